@@ -1,0 +1,238 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+// Config is the complete runtime configuration of the proxy.
+//
+// Each field corresponds to exactly one command-line flag (named in the field
+// comment) and one PGSIDECAR_* environment variable; see [Bind].
+type Config struct {
+	// Listen is the host:port the proxy accepts PostgreSQL clients on (--listen).
+	Listen string
+	// Upstream is the upstream server as a postgres URL or key=value DSN
+	// (--upstream, falling back to DATABASE_URL). It is parsed by the caller;
+	// this package only requires it to be non-empty.
+	Upstream string
+	// PoolMode decides when a server connection goes back to the pool (--pool-mode).
+	PoolMode PoolMode
+	// PoolSize is the number of server connections per (database, user) pool,
+	// 1..10000 (--pool-size).
+	PoolSize int
+	// MaxClientConn is the maximum number of concurrent client connections,
+	// at least 1 (--max-client-conn).
+	MaxClientConn int
+	// HTTPListen is the host:port of the HTTP (metrics/health) server; ""
+	// disables it (--http-listen).
+	HTTPListen string
+	// LeakThreshold reports a server connection held by one client longer than
+	// this as a possible leak; 0 disables the check (--leak-threshold).
+	LeakThreshold time.Duration
+	// IdleTransactionTimeout disconnects a client idle inside a transaction for
+	// longer than this; 0 disables it (--idle-transaction-timeout).
+	IdleTransactionTimeout time.Duration
+	// QueryWaitTimeout is how long a client may wait for a server connection,
+	// greater than 0 (--query-wait-timeout).
+	QueryWaitTimeout time.Duration
+	// ServerLifetime is the maximum age of a server connection, applied with
+	// +/-10% jitter by the pool; 0 means unlimited (--server-lifetime).
+	ServerLifetime time.Duration
+	// ServerIdleTimeout closes server connections unused for longer than this;
+	// 0 means never (--server-idle-timeout).
+	ServerIdleTimeout time.Duration
+	// ServerConnectTimeout bounds establishing a new server connection,
+	// greater than 0 (--server-connect-timeout).
+	ServerConnectTimeout time.Duration
+	// ClientLoginTimeout is the time a client has to finish its startup packet
+	// after connecting, greater than 0 (--client-login-timeout).
+	ClientLoginTimeout time.Duration
+	// ShutdownTimeout is how long a graceful shutdown waits for clients before
+	// closing them; 0 does not wait (--shutdown-timeout).
+	ShutdownTimeout time.Duration
+	// LogFormat is "text" or "json" (--log-format).
+	LogFormat string
+	// LogLevel is the minimum level logged: debug, info, warn or error (--log-level).
+	LogLevel slog.Level
+}
+
+// Log formats accepted for [Config.LogFormat].
+const (
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// Limits on [Config.PoolSize].
+const (
+	MinPoolSize = 1
+	MaxPoolSize = 10000
+)
+
+// Default returns the built-in defaults. Upstream is empty: the DATABASE_URL
+// fallback is applied by the function returned from [Bind], not here, so
+// Default never reads the environment.
+func Default() Config {
+	return Config{
+		Listen:                 "127.0.0.1:6432",
+		Upstream:               "",
+		PoolMode:               PoolModeTransaction,
+		PoolSize:               20,
+		MaxClientConn:          1000,
+		HTTPListen:             "127.0.0.1:9127",
+		LeakThreshold:          10 * time.Second,
+		IdleTransactionTimeout: 0,
+		QueryWaitTimeout:       30 * time.Second,
+		ServerLifetime:         time.Hour,
+		ServerIdleTimeout:      10 * time.Minute,
+		ServerConnectTimeout:   5 * time.Second,
+		ClientLoginTimeout:     15 * time.Second,
+		ShutdownTimeout:        30 * time.Second,
+		LogFormat:              LogFormatText,
+		LogLevel:               slog.LevelInfo,
+	}
+}
+
+// Validate returns nil if c is usable, or an error joining (with
+// [errors.Join]) every problem found, one per line, each starting with the
+// flag it concerns, e.g. "--pool-size: must be between 1 and 10000, got 0".
+func (c Config) Validate() error {
+	var errs []error
+	for _, s := range specs {
+		if msg := s.check(c); msg != "" {
+			errs = append(errs, fmt.Errorf("--%s: %s", s.name, msg))
+		}
+	}
+	// Cross-field checks.
+	if c.HTTPListen != "" && c.HTTPListen == c.Listen {
+		// Port 0 picks a free port per listener, so only a fixed port clashes.
+		if _, port, err := net.SplitHostPort(c.Listen); err == nil && port != "0" {
+			errs = append(errs, fmt.Errorf("--%s: must differ from --%s, both are %q", flagHTTPListen, flagListen, c.Listen))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PoolMode says when a server connection is released back to its pool.
+type PoolMode int
+
+const (
+	// PoolModeTransaction releases the server connection at the end of every
+	// transaction (the default).
+	PoolModeTransaction PoolMode = iota
+	// PoolModeSession keeps the server connection until the client disconnects.
+	PoolModeSession
+)
+
+// String returns "transaction" or "session", or "PoolMode(N)" for an
+// unknown value.
+func (m PoolMode) String() string {
+	switch m {
+	case PoolModeTransaction:
+		return "transaction"
+	case PoolModeSession:
+		return "session"
+	}
+	return fmt.Sprintf("PoolMode(%d)", int(m))
+}
+
+// valid reports whether m is one of the defined modes.
+func (m PoolMode) valid() bool {
+	return m == PoolModeTransaction || m == PoolModeSession
+}
+
+// ParsePoolMode parses "transaction" or "session" (case-insensitive).
+func ParsePoolMode(s string) (PoolMode, error) {
+	m, err := parsePoolMode(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid pool mode %q: %w", s, err)
+	}
+	return m, nil
+}
+
+// parsePoolMode is ParsePoolMode with an error that does not repeat s, for
+// use by flag.Value.Set (the flag package already quotes the value).
+func parsePoolMode(s string) (PoolMode, error) {
+	switch strings.ToLower(s) {
+	case "transaction":
+		return PoolModeTransaction, nil
+	case "session":
+		return PoolModeSession, nil
+	case "statement":
+		return 0, errors.New("statement pooling is not supported (want transaction or session)")
+	}
+	return 0, errors.New("want transaction or session")
+}
+
+// Set implements [flag.Value]; it accepts what [ParsePoolMode] accepts.
+func (m *PoolMode) Set(s string) error {
+	v, err := parsePoolMode(s)
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+// MarshalText implements [encoding.TextMarshaler]; it fails for an unknown mode.
+func (m PoolMode) MarshalText() ([]byte, error) {
+	if !m.valid() {
+		return nil, fmt.Errorf("invalid pool mode %s", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText implements [encoding.TextUnmarshaler] using [ParsePoolMode].
+func (m *PoolMode) UnmarshalText(b []byte) error {
+	v, err := ParsePoolMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+// ParseLogLevel parses debug, info, warn (or warning) and error,
+// case-insensitively, into the matching [slog.Level].
+func ParseLogLevel(s string) (slog.Level, error) {
+	l, err := parseLogLevel(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid log level %q: %w", s, err)
+	}
+	return l, nil
+}
+
+// parseLogLevel is ParseLogLevel with an error that does not repeat s.
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, errors.New("want debug, info, warn or error")
+}
+
+// logLevelName is the inverse of ParseLogLevel; ok is false for levels other
+// than the four named ones.
+func logLevelName(l slog.Level) (name string, ok bool) {
+	switch l {
+	case slog.LevelDebug:
+		return "debug", true
+	case slog.LevelInfo:
+		return "info", true
+	case slog.LevelWarn:
+		return "warn", true
+	case slog.LevelError:
+		return "error", true
+	}
+	return l.String(), false
+}

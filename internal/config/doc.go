@@ -1,0 +1,17 @@
+// Package config owns the runtime configuration of pgsidecar: the [Config]
+// type and its defaults ([Default]), the binding of every setting to a
+// command-line flag and a PGSIDECAR_* environment variable ([Bind]), the help
+// text for those flags ([FlagUsage]) and validation ([Config.Validate]).
+//
+// All flag names live in a single table in this package; flag registration,
+// environment variable names, usage text and validation messages are derived
+// from it, so a setting is added or renamed in exactly one place.
+//
+// Precedence, highest first: command-line flag, PGSIDECAR_<NAME> environment
+// variable, DATABASE_URL (for --upstream only), the default held in the
+// Config passed to [Bind].
+//
+// The package must not import anything but the standard library. It does not
+// interpret the upstream connection string (the caller parses it with pgconn);
+// it only requires that one is present.
+package config

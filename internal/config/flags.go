@@ -1,0 +1,534 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// EnvPrefix is prepended to the upper-cased, '-'→'_' flag name to form the
+// environment variable for a flag; see [EnvName].
+const EnvPrefix = "PGSIDECAR_"
+
+// DatabaseURLEnv is the conventional environment variable used for --upstream
+// when neither the flag nor PGSIDECAR_UPSTREAM is set.
+const DatabaseURLEnv = "DATABASE_URL"
+
+// Flag names referred to outside the table.
+const (
+	flagListen     = "listen"
+	flagUpstream   = "upstream"
+	flagHTTPListen = "http-listen"
+)
+
+// spec describes one setting. The specs table below is the single source of
+// flag names: registration, env names, usage and validation all iterate it.
+type spec struct {
+	name  string                   // flag name without dashes
+	arg   string                   // placeholder shown in usage
+	usage string                   // one-sentence meaning, incl. allowed range
+	value func(*Config) flag.Value // binds the flag to its Config field
+	check func(Config) string      // "" if valid, else the problem (without the flag name)
+	// secret values are never echoed in errors or usage.
+	secret bool
+}
+
+var specs = []spec{
+	{
+		name:  flagListen,
+		arg:   "host:port",
+		usage: "Address the proxy accepts PostgreSQL client connections on.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.Listen) },
+		check: func(c Config) string { return checkHostPort(c.Listen) },
+	},
+	{
+		name: flagUpstream,
+		arg:  "url|dsn",
+		usage: "Upstream PostgreSQL server, as a postgres:// URL or a key=value DSN. " +
+			"Falls back to $" + DatabaseURLEnv + ". Required.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.Upstream) },
+		check: func(c Config) string {
+			if c.Upstream == "" {
+				return "must not be empty (set --upstream, " + EnvName(flagUpstream) + " or " + DatabaseURLEnv + ")"
+			}
+			return ""
+		},
+		secret: true,
+	},
+	{
+		name: "pool-mode",
+		arg:  "mode",
+		usage: "When a server connection returns to its pool: transaction (at the end of " +
+			"each transaction) or session (when the client disconnects).",
+		value: func(c *Config) flag.Value { return &c.PoolMode },
+		check: func(c Config) string {
+			if !c.PoolMode.valid() {
+				return fmt.Sprintf("must be transaction or session, got %s", c.PoolMode)
+			}
+			return ""
+		},
+	},
+	{
+		name:  "pool-size",
+		arg:   "n",
+		usage: fmt.Sprintf("Server connections per (database, user) pool, %d..%d.", MinPoolSize, MaxPoolSize),
+		value: func(c *Config) flag.Value { return (*intValue)(&c.PoolSize) },
+		check: func(c Config) string {
+			if c.PoolSize < MinPoolSize || c.PoolSize > MaxPoolSize {
+				return fmt.Sprintf("must be between %d and %d, got %d", MinPoolSize, MaxPoolSize, c.PoolSize)
+			}
+			return ""
+		},
+	},
+	{
+		name:  "max-client-conn",
+		arg:   "n",
+		usage: "Maximum number of concurrent client connections, at least 1; further clients are refused.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.MaxClientConn) },
+		check: func(c Config) string {
+			if c.MaxClientConn < 1 {
+				return fmt.Sprintf("must be at least 1, got %d", c.MaxClientConn)
+			}
+			return ""
+		},
+	},
+	{
+		name:  flagHTTPListen,
+		arg:   "host:port|off",
+		usage: `Address of the HTTP server (metrics, health checks); "off" or "" disables it.`,
+		value: func(c *Config) flag.Value { return (*optionalAddrValue)(&c.HTTPListen) },
+		check: func(c Config) string {
+			if c.HTTPListen == "" {
+				return ""
+			}
+			return checkHostPort(c.HTTPListen)
+		},
+	},
+	{
+		name:  "leak-threshold",
+		arg:   "duration",
+		usage: "Report a server connection held by one client for longer than this as a possible leak; 0 disables.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.LeakThreshold) },
+		check: func(c Config) string { return nonNegative(c.LeakThreshold) },
+	},
+	{
+		name:  "idle-transaction-timeout",
+		arg:   "duration",
+		usage: "Disconnect a client that stays idle inside a transaction for longer than this; 0 disables.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.IdleTransactionTimeout) },
+		check: func(c Config) string { return nonNegative(c.IdleTransactionTimeout) },
+	},
+	{
+		name:  "query-wait-timeout",
+		arg:   "duration",
+		usage: "How long a client may wait for a free server connection before it gets an error; must be greater than 0.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.QueryWaitTimeout) },
+		check: func(c Config) string { return positive(c.QueryWaitTimeout) },
+	},
+	{
+		name:  "server-lifetime",
+		arg:   "duration",
+		usage: "Close a server connection older than this (+/-10% jitter) once it is released; 0 means unlimited.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.ServerLifetime) },
+		check: func(c Config) string { return nonNegative(c.ServerLifetime) },
+	},
+	{
+		name:  "server-idle-timeout",
+		arg:   "duration",
+		usage: "Close a server connection that has been unused for longer than this; 0 means never.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.ServerIdleTimeout) },
+		check: func(c Config) string { return nonNegative(c.ServerIdleTimeout) },
+	},
+	{
+		name:  "server-connect-timeout",
+		arg:   "duration",
+		usage: "Time allowed to open and authenticate a new server connection; must be greater than 0.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.ServerConnectTimeout) },
+		check: func(c Config) string { return positive(c.ServerConnectTimeout) },
+	},
+	{
+		name:  "client-login-timeout",
+		arg:   "duration",
+		usage: "Time a new client has to finish its startup packet; must be greater than 0.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.ClientLoginTimeout) },
+		check: func(c Config) string { return positive(c.ClientLoginTimeout) },
+	},
+	{
+		name:  "shutdown-timeout",
+		arg:   "duration",
+		usage: "On shutdown, how long to wait for clients to finish before closing them; 0 does not wait.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.ShutdownTimeout) },
+		check: func(c Config) string { return nonNegative(c.ShutdownTimeout) },
+	},
+	{
+		name:  "log-format",
+		arg:   "text|json",
+		usage: "Log output format.",
+		value: func(c *Config) flag.Value { return (*logFormatValue)(&c.LogFormat) },
+		check: func(c Config) string {
+			if c.LogFormat != LogFormatText && c.LogFormat != LogFormatJSON {
+				return fmt.Sprintf("must be %s or %s, got %q", LogFormatText, LogFormatJSON, c.LogFormat)
+			}
+			return ""
+		},
+	},
+	{
+		name:  "log-level",
+		arg:   "level",
+		usage: "Minimum level logged: debug, info, warn or error.",
+		value: func(c *Config) flag.Value { return (*logLevelValue)(&c.LogLevel) },
+		check: func(c Config) string {
+			if name, ok := logLevelName(c.LogLevel); !ok {
+				return "must be debug, info, warn or error, got " + name
+			}
+			return ""
+		},
+	},
+}
+
+// FlagNames returns the names (without dashes) of all flags registered by
+// [Bind], in the order [FlagUsage] lists them.
+func FlagNames() []string {
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.name
+	}
+	return names
+}
+
+// EnvName returns the environment variable that sets the flag named
+// flagName: [EnvPrefix] followed by the name upper-cased with '-' replaced by
+// '_', e.g. "pool-size" → "PGSIDECAR_POOL_SIZE".
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Bind registers every configuration flag on fs, bound to the fields of cfg,
+// with cfg's current values as the defaults (normally cfg holds [Default]()).
+// cfg must not be nil and fs must not already define any of the flags.
+//
+// The returned applyEnv must be called after fs.Parse. For every flag not set
+// on the command line it reads PGSIDECAR_<NAME> through getenv (os.Getenv if
+// getenv is nil) and, if the value is non-empty, parses it with the same
+// flag.Value as the command line would. For --upstream, DATABASE_URL is used
+// when PGSIDECAR_UPSTREAM is empty. Because an empty value counts as unset,
+// use "off" to disable the HTTP server from the environment.
+//
+// applyEnv returns nil or an error joining one error per invalid variable,
+// each naming the variable and its flag. Valid variables are applied even
+// when others are invalid.
+func Bind(fs *flag.FlagSet, cfg *Config) (applyEnv func(getenv func(string) string) error) {
+	values := make([]flag.Value, len(specs))
+	for i, s := range specs {
+		values[i] = s.value(cfg)
+		fs.Var(values[i], s.name, s.usage)
+	}
+	return func(getenv func(string) string) error {
+		if getenv == nil {
+			getenv = os.Getenv
+		}
+		onCommandLine := make(map[string]bool)
+		fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+
+		var errs []error
+		for i, s := range specs {
+			if onCommandLine[s.name] {
+				continue
+			}
+			env := EnvName(s.name)
+			val := getenv(env)
+			if val == "" && s.name == flagUpstream {
+				env, val = DatabaseURLEnv, getenv(DatabaseURLEnv)
+			}
+			if val == "" {
+				continue
+			}
+			if err := values[i].Set(val); err != nil {
+				if s.secret {
+					errs = append(errs, fmt.Errorf("%s: invalid value for --%s: %w", env, s.name, err))
+				} else {
+					errs = append(errs, fmt.Errorf("%s: invalid value %q for --%s: %w", env, val, s.name, err))
+				}
+			}
+		}
+		return errors.Join(errs...)
+	}
+}
+
+// FlagUsage writes help text for the flags of fs to w: first every flag
+// registered by [Bind], in table order, each with its placeholder, meaning,
+// environment variable and default (the default shown is the one fs holds,
+// i.e. the value cfg had when Bind was called; passwords in the upstream are
+// not shown); then any other flags defined on fs. It is meant to be used as
+//
+//	fs.Usage = func() { config.FlagUsage(fs.Output(), fs) }
+func FlagUsage(w io.Writer, fs *flag.FlagSet) {
+	var b strings.Builder
+	b.WriteString("Flags (each can also be set by the environment variable shown;\n" +
+		"a flag given on the command line wins over its variable):\n")
+	known := make(map[string]bool, len(specs))
+	def := Default()
+	for _, s := range specs {
+		known[s.name] = true
+		defValue := s.value(&def).String()
+		if f := fs.Lookup(s.name); f != nil {
+			defValue = f.DefValue
+		}
+		if s.secret {
+			defValue = redactSecret(defValue)
+		}
+		if s.name == flagUpstream && defValue == "" {
+			defValue = "$" + DatabaseURLEnv
+		}
+		writeFlag(&b, s.name, s.arg, s.usage, EnvName(s.name), defValue)
+	}
+
+	var others []*flag.Flag
+	fs.VisitAll(func(f *flag.Flag) {
+		if !known[f.Name] {
+			others = append(others, f)
+		}
+	})
+	if len(others) > 0 {
+		b.WriteString("\nOther flags:\n")
+		for _, f := range others {
+			arg, usage := flag.UnquoteUsage(f)
+			defValue := f.DefValue
+			if defValue == "false" || defValue == "0" {
+				defValue = ""
+			}
+			writeFlag(&b, f.Name, arg, usage, "", defValue)
+		}
+	}
+	io.WriteString(w, b.String())
+}
+
+// writeFlag writes one flag entry: a "  --name arg" line, the wrapped usage
+// and a line with the env variable and default (each part only if non-empty).
+func writeFlag(b *strings.Builder, name, arg, usage, env, defValue string) {
+	const indent = "        "
+	fmt.Fprintf(b, "  --%s", name)
+	if arg != "" {
+		fmt.Fprintf(b, " %s", arg)
+	}
+	b.WriteByte('\n')
+	for _, line := range wrap(usage, 72) {
+		b.WriteString(indent + line + "\n")
+	}
+	var extra []string
+	if env != "" {
+		extra = append(extra, "env "+env)
+	}
+	if defValue != "" {
+		extra = append(extra, "default "+defValue)
+	}
+	if len(extra) > 0 {
+		b.WriteString(indent + "(" + strings.Join(extra, ", ") + ")\n")
+	}
+}
+
+// wrap splits text into lines of at most width bytes at spaces (a single
+// longer word gets a line of its own).
+func wrap(text string, width int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(text) {
+		switch {
+		case line == "":
+			line = word
+		case len(line)+1+len(word) <= width:
+			line += " " + word
+		default:
+			lines = append(lines, line)
+			line = word
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// redactSecret hides a password in a connection string: the password of a
+// postgres URL (user info or query) is replaced by "xxxxx", and any other
+// string mentioning a password is replaced entirely.
+func redactSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	if u, err := url.Parse(s); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
+		return u.Redacted()
+	}
+	if strings.Contains(strings.ToLower(s), "password") {
+		return "(set, not shown: contains a password)"
+	}
+	return s
+}
+
+// checkHostPort returns "" if addr is host:port with a numeric port in
+// 0..65535 (the host may be empty, meaning all interfaces).
+func checkHostPort(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		reason := err.Error()
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			reason = ae.Err
+		}
+		return fmt.Sprintf("must be host:port, got %q (%s)", addr, reason)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Sprintf("port must be a number between 0 and 65535, got %q in %q", port, addr)
+	}
+	return ""
+}
+
+func nonNegative(d time.Duration) string {
+	if d < 0 {
+		return "must not be negative, got " + formatDuration(d)
+	}
+	return ""
+}
+
+func positive(d time.Duration) string {
+	if d <= 0 {
+		return "must be greater than 0, got " + formatDuration(d)
+	}
+	return ""
+}
+
+// The flag.Value implementations below are named types over the Config field
+// types, so a zero value is always usable (the flag package calls String on
+// zero values) and Set errors do not repeat the input, which the flag package
+// and applyEnv already quote.
+
+// stringValue accepts any string.
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+// optionalAddrValue is an address where "off" (any case) and "" mean unset;
+// it prints "" as "off" so the default round-trips and shows in usage.
+type optionalAddrValue string
+
+func (v *optionalAddrValue) Set(s string) error {
+	if strings.EqualFold(s, "off") {
+		s = ""
+	}
+	*v = optionalAddrValue(s)
+	return nil
+}
+
+func (v *optionalAddrValue) String() string {
+	if *v == "" {
+		return "off"
+	}
+	return string(*v)
+}
+
+// intValue accepts a decimal integer.
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		if errors.Is(err, strconv.ErrRange) {
+			return errors.New("integer out of range")
+		}
+		return errors.New("not an integer")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+// durationValue accepts a Go duration with units ("30s", "1m30s"); a bare
+// number other than 0 is rejected so "30" is never silently misread.
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v = durationValue(d)
+	return nil
+}
+
+func (v *durationValue) String() string { return formatDuration(time.Duration(*v)) }
+
+func parseDuration(s string) (time.Duration, error) {
+	if s != "0" && isBareNumber(s) {
+		return 0, fmt.Errorf("missing unit: bare numbers are not accepted, write e.g. %q or %q", s+"s", s+"ms")
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, errors.New(`not a duration: want a number with a unit (ns, us, ms, s, m, h), e.g. "30s" or "1m30s"`)
+	}
+	return d, nil
+}
+
+// isBareNumber reports whether s is an optionally signed decimal number
+// without a unit, such as "30", "-5" or "1.5".
+func isBareNumber(s string) bool {
+	s = strings.TrimLeft(s, "+-")
+	return strings.ContainsAny(s, "0123456789") && strings.Trim(s, "0123456789.") == ""
+}
+
+// formatDuration is time.Duration.String without trailing zero units:
+// "1h" rather than "1h0m0s", "10m" rather than "10m0s".
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// logFormatValue accepts "text" or "json" (any case).
+type logFormatValue string
+
+func (v *logFormatValue) Set(s string) error {
+	switch f := strings.ToLower(s); f {
+	case LogFormatText, LogFormatJSON:
+		*v = logFormatValue(f)
+		return nil
+	}
+	return fmt.Errorf("want %s or %s", LogFormatText, LogFormatJSON)
+}
+
+func (v *logFormatValue) String() string { return string(*v) }
+
+// logLevelValue accepts what ParseLogLevel accepts and prints lower case.
+type logLevelValue slog.Level
+
+func (v *logLevelValue) Set(s string) error {
+	l, err := parseLogLevel(s)
+	if err != nil {
+		return err
+	}
+	*v = logLevelValue(l)
+	return nil
+}
+
+func (v *logLevelValue) String() string {
+	name, _ := logLevelName(slog.Level(*v))
+	return name
+}

@@ -1,0 +1,160 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// BufferSize is the size of each backend's read and write buffers.
+const BufferSize = 32 * 1024
+
+// Backend is one authenticated PostgreSQL server connection, ready for raw protocol
+// traffic. While a client holds it, that client's session owns R and W exclusively.
+type Backend struct {
+	// Conn is the hijacked server connection.
+	Conn net.Conn
+	// R buffers reads from Conn. Writers bring their own buffer: a session writes
+	// through its own bufio.Writer so that nothing of it outlives its hold.
+	R *bufio.Reader
+	// PID and Key identify the backend for CancelRequest.
+	PID uint32
+	Key []byte
+	// Params are the ParameterStatus values the server reported at login.
+	Params map[string]string
+	// CreatedAt is when the connection was established.
+	CreatedAt time.Time
+
+	pool      *Pool
+	expiresAt time.Time // zero = never
+	idleSince time.Time
+	raw       syscall.RawConn
+	peekState int // result of the last peek, set inside peekFn
+	peekFn    func(fd uintptr) bool
+	peekBuf   [1]byte
+}
+
+// Pool returns the pool the backend belongs to.
+func (b *Backend) Pool() *Pool { return b.pool }
+
+// Close sends Terminate (best effort, bounded) and closes the connection.
+func (b *Backend) Close() error {
+	_ = b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	var buf [5]byte
+	_, _ = b.Conn.Write(wire.AppendTerminate(buf[:0]))
+	return b.Conn.Close()
+}
+
+// CancelAddr is the address a CancelRequest for this backend must be sent to.
+func (b *Backend) CancelAddr() net.Addr { return b.Conn.RemoteAddr() }
+
+const (
+	peekAlive = iota
+	peekClosed
+	peekData
+)
+
+// alive reports whether an idle backend is still usable: nothing buffered, no byte
+// waiting on the socket (an idle backend only speaks to say it is terminating) and
+// no EOF. It costs one non-blocking recv.
+func (b *Backend) alive() bool {
+	if b.R.Buffered() > 0 {
+		return false
+	}
+	if b.raw == nil {
+		return true
+	}
+	if err := b.raw.Read(b.peekFn); err != nil {
+		return false
+	}
+	return b.peekState == peekAlive
+}
+
+func (b *Backend) initPeek() {
+	c := b.Conn
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	b.raw = raw
+	b.peekFn = func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
+			b.peekState = peekAlive
+		case err != nil || n == 0:
+			b.peekState = peekClosed
+		default:
+			b.peekState = peekData
+		}
+		return true
+	}
+}
+
+// NewBackend wraps an already authenticated, idle server connection.
+func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string) *Backend {
+	b := &Backend{
+		Conn:      conn,
+		R:         bufio.NewReaderSize(conn, BufferSize),
+		PID:       pid,
+		Key:       key,
+		Params:    params,
+		CreatedAt: time.Now(),
+	}
+	b.initPeek()
+	return b
+}
+
+// DialFunc opens one new backend connection.
+type DialFunc func(ctx context.Context) (*Backend, error)
+
+// ServerError returns the SQLSTATE code and message of a PostgreSQL error inside err
+// (for example a failed login: 28P01, 3D000), if there is one.
+func ServerError(err error) (code, message string, ok bool) {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code, pe.Message, true
+	}
+	return "", "", false
+}
+
+// PgconnDialer returns a DialFunc that logs in with pgconn (any authentication and TLS
+// setting pgconn supports) and then hijacks the connection.
+func PgconnDialer(cfg *pgconn.Config) DialFunc {
+	return func(ctx context.Context) (*Backend, error) {
+		pc, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		hc, err := pc.Hijack()
+		if err != nil {
+			pc.Close(context.Background())
+			return nil, fmt.Errorf("hijack server connection: %w", err)
+		}
+		if hc.TxStatus != wire.TxIdle {
+			hc.Conn.Close()
+			return nil, errors.New("server connection not idle after login")
+		}
+		params := make(map[string]string, len(hc.ParameterStatuses))
+		for k, v := range hc.ParameterStatuses {
+			params[k] = v
+		}
+		return NewBackend(hc.Conn, hc.PID, hc.SecretKey, params), nil
+	}
+}

@@ -1,0 +1,10 @@
+// Package pool owns the server side of pgsidecar: bounded pools of authenticated
+// PostgreSQL backend connections, one pool per route (database, user), with FIFO
+// waiters, most-recently-released-first reuse, lifetime with jitter, idle timeout,
+// liveness checks of idle backends, and dialing through pgconn followed by Hijack so
+// that the proxy can speak the raw protocol on the connection afterwards.
+//
+// The pool never holds its mutex across network I/O. It may import the wire package
+// and pgconn; it must not import the proxy, metrics or admin packages, nor
+// Prometheus (metrics read Stats at scrape time).
+package pool

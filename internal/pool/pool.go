@@ -1,0 +1,436 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrClosed is returned by Acquire on a closed pool.
+	ErrClosed = errors.New("pool is closed")
+	// ErrDial wraps a failure to open a backend connection.
+	ErrDial = errors.New("could not connect to the server")
+)
+
+// idleCheckAfter is how long a backend must have been idle before Acquire spends a
+// syscall on checking that it is still alive. A backend that died within this time of
+// being released is found by its next user, as with a direct connection.
+const idleCheckAfter = 10 * time.Millisecond
+
+// Config configures a Pool.
+type Config struct {
+	// Size is the most backends open at once (dialing ones included).
+	Size int
+	// Lifetime is how long a backend may live (0 = unlimited); each backend gets it
+	// with a random jitter of +-10% so that backends do not all expire together.
+	Lifetime time.Duration
+	// IdleTimeout closes backends idle for longer (0 = never).
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds one dial.
+	ConnectTimeout time.Duration
+	// Dial opens a backend.
+	Dial DialFunc
+	// Logger receives pool events.
+	Logger *slog.Logger
+}
+
+// Stats is a snapshot of a pool's figures.
+type Stats struct {
+	Size     int // configured maximum
+	Open     int // backends open or being opened
+	Idle     int // open and idle in the pool
+	InUse    int // open and held by a client
+	Dialing  int // being opened
+	Waiting  int // Acquire calls queued
+	MaxWait  time.Duration
+	Acquires uint64 // successful Acquire calls
+	// Waited counts Acquire calls that had to queue; WaitTime is their total wait.
+	Waited       uint64
+	WaitTime     time.Duration
+	WaitTimeouts uint64 // Acquire calls that gave up (context done)
+	Dials        uint64 // backends opened
+	DialFailures uint64
+	Closed       uint64 // backends closed (expired, idle, dead, destroyed)
+}
+
+type result struct {
+	b   *Backend
+	err error
+}
+
+type waiter struct {
+	ch    chan result
+	since time.Time
+	next  *waiter
+	prev  *waiter
+	gone  bool // removed from the queue
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
+
+// Pool is a bounded pool of backends for one route.
+type Pool struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	idle    []*Backend // stack: the top is the most recently released
+	open    int        // open + dialing
+	dialing int
+	head    *waiter // FIFO queue of waiters
+	tail    *waiter
+	nwait   int
+	closed  bool
+	params  map[string]string // ParameterStatus of the newest backend
+	stats   Stats
+	// acquires is atomic so that the uncontended Acquire path takes the lock once.
+	acquires atomic.Uint64
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New creates a pool and starts its maintenance loop; Close stops it.
+func New(cfg Config) *Pool {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	p := &Pool{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	p.wg.Add(1)
+	go p.maintain()
+	return p
+}
+
+// Acquire returns an idle backend, a newly dialed one, or waits in FIFO order for
+// one to be released until ctx is done. A dead idle backend is replaced without the
+// caller seeing an error. The error wraps ErrDial when the server cannot be reached
+// and no other backend can serve the caller, ErrClosed when the pool is closed, or
+// ctx.Err() when the wait ran out.
+func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
+	if b, err := p.TryAcquire(); b != nil || err != nil {
+		return b, err
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if len(p.idle) > 0 { // released meanwhile
+		p.mu.Unlock()
+		return p.Acquire(ctx)
+	}
+	w := waiterPool.Get().(*waiter)
+	w.since = time.Now()
+	w.gone = false
+	p.enqueueLocked(w)
+	p.dialIfNeededLocked()
+	p.mu.Unlock()
+	return p.wait(ctx, w)
+}
+
+// TryAcquire returns an idle backend, or nil when none is idle; it never waits and
+// never dials. Dead or expired idle backends are closed on the way.
+func (p *Pool) TryAcquire() (*Backend, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return nil, nil
+		}
+		b := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		now := time.Now()
+		if b.expired(now) || (now.Sub(b.idleSince) >= idleCheckAfter && !b.alive()) {
+			p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
+			p.Destroy(b)
+			continue
+		}
+		p.acquires.Add(1)
+		return b, nil
+	}
+}
+
+func (p *Pool) wait(ctx context.Context, w *waiter) (*Backend, error) {
+	select {
+	case r := <-w.ch:
+		p.mu.Lock()
+		p.noteWaitLocked(w, r.err == nil)
+		p.mu.Unlock()
+		waiterPool.Put(w)
+		return r.b, r.err
+	case <-ctx.Done():
+		p.mu.Lock()
+		if !w.gone {
+			p.removeLocked(w)
+			p.stats.WaitTimeouts++
+			p.stats.Waited++
+			p.stats.WaitTime += time.Since(w.since)
+			p.mu.Unlock()
+			waiterPool.Put(w)
+			return nil, ctx.Err()
+		}
+		p.mu.Unlock()
+		// A result was handed to us as the context ended: give a backend back.
+		r := <-w.ch
+		waiterPool.Put(w)
+		if r.b != nil {
+			p.Release(r.b)
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		return nil, ctx.Err()
+	}
+}
+
+func (p *Pool) noteWaitLocked(w *waiter, ok bool) {
+	p.stats.Waited++
+	p.stats.WaitTime += time.Since(w.since)
+	if ok {
+		p.acquires.Add(1)
+	}
+}
+
+func (p *Pool) enqueueLocked(w *waiter) {
+	w.prev, w.next = p.tail, nil
+	if p.tail != nil {
+		p.tail.next = w
+	} else {
+		p.head = w
+	}
+	p.tail = w
+	p.nwait++
+}
+
+func (p *Pool) removeLocked(w *waiter) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		p.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		p.tail = w.prev
+	}
+	w.prev, w.next, w.gone = nil, nil, true
+	p.nwait--
+}
+
+// handLocked gives r to the oldest waiter, if any.
+func (p *Pool) handLocked(r result) bool {
+	w := p.head
+	if w == nil {
+		return false
+	}
+	p.removeLocked(w)
+	w.ch <- r // buffered, never blocks
+	return true
+}
+
+// dialIfNeededLocked starts dials while waiters outnumber dials in flight and the
+// pool has room.
+func (p *Pool) dialIfNeededLocked() {
+	for p.nwait > p.dialing && p.open < p.cfg.Size && !p.closed {
+		p.open++
+		p.dialing++
+		p.wg.Add(1)
+		go p.dial()
+	}
+}
+
+func (p *Pool) dial() {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
+	go func() { // a closing pool abandons dials in flight
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	b, err := p.cfg.Dial(ctx)
+	cancel()
+	p.mu.Lock()
+	p.dialing--
+	if err != nil {
+		p.open--
+		p.stats.DialFailures++
+		err = fmt.Errorf("%w: %w", ErrDial, err)
+		if p.open == 0 {
+			// Nothing open could ever serve the waiters: tell them all now.
+			for p.handLocked(result{err: err}) {
+			}
+		} else {
+			p.handLocked(result{err: err})
+		}
+		p.mu.Unlock()
+		p.log.Warn("server connection failed", "error", err, "elapsed", time.Since(start))
+		return
+	}
+	b.pool = p
+	if p.cfg.Lifetime > 0 {
+		j := 0.9 + 0.2*rand.Float64()
+		b.expiresAt = b.CreatedAt.Add(time.Duration(float64(p.cfg.Lifetime) * j))
+	}
+	p.stats.Dials++
+	p.params = b.Params
+	if p.closed {
+		p.open--
+		p.mu.Unlock()
+		_ = b.Close()
+		return
+	}
+	if !p.handLocked(result{b: b}) {
+		b.idleSince = time.Now()
+		p.idle = append(p.idle, b)
+	}
+	p.mu.Unlock()
+	p.log.Debug("server connection opened", "pid", b.PID, "elapsed", time.Since(start))
+}
+
+func (b *Backend) expired(now time.Time) bool {
+	return !b.expiresAt.IsZero() && now.After(b.expiresAt)
+}
+
+// Release returns a backend that is idle (ReadyForQuery 'I', nothing in flight) to
+// the pool: to the oldest waiter, or onto the idle stack. An expired backend is closed.
+func (p *Pool) Release(b *Backend) {
+	now := time.Now()
+	if b.expired(now) {
+		p.Destroy(b)
+		return
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.Destroy(b)
+		return
+	}
+	if !p.handLocked(result{b: b}) {
+		b.idleSince = now
+		p.idle = append(p.idle, b)
+	}
+	p.mu.Unlock()
+}
+
+// Destroy closes a backend whose state is unknown or broken and frees its slot; a
+// waiter, if any, gets a fresh dial.
+func (p *Pool) Destroy(b *Backend) {
+	_ = b.Close()
+	p.mu.Lock()
+	p.open--
+	p.stats.Closed++
+	p.dialIfNeededLocked()
+	p.mu.Unlock()
+}
+
+// ServerParams returns the ParameterStatus values of the newest backend, or nil if
+// none was ever opened. The map must not be modified.
+func (p *Pool) ServerParams() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params
+}
+
+// Stats returns a snapshot of the pool's figures.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.stats
+	s.Acquires = p.acquires.Load()
+	s.Size = p.cfg.Size
+	s.Open = p.open
+	s.Idle = len(p.idle)
+	s.Dialing = p.dialing
+	s.InUse = p.open - s.Idle - p.dialing
+	s.Waiting = p.nwait
+	if p.head != nil {
+		s.MaxWait = time.Since(p.head.since)
+	}
+	return s
+}
+
+// Close closes idle backends, fails waiters with ErrClosed and makes later Acquire
+// calls fail; backends still held are closed when released. It waits for the
+// maintenance loop and dials in flight to end.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	p.stats.Closed += uint64(len(idle))
+	for p.handLocked(result{err: ErrClosed}) {
+	}
+	p.mu.Unlock()
+	close(p.done)
+	for _, b := range idle {
+		_ = b.Close()
+	}
+	p.wg.Wait()
+}
+
+func (p *Pool) maintain() {
+	defer p.wg.Done()
+	interval := time.Second
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case now := <-t.C:
+			p.reap(now)
+		}
+	}
+}
+
+// reap closes idle backends past their lifetime or idle timeout. Idle backends are
+// ordered oldest-released first, so the scan stops at the first one still fresh
+// unless lifetimes are set.
+func (p *Pool) reap(now time.Time) {
+	var doomed []*Backend
+	p.mu.Lock()
+	kept := p.idle[:0]
+	for _, b := range p.idle {
+		if b.expired(now) || (p.cfg.IdleTimeout > 0 && now.Sub(b.idleSince) > p.cfg.IdleTimeout) {
+			doomed = append(doomed, b)
+			continue
+		}
+		kept = append(kept, b)
+	}
+	for i := len(kept); i < len(p.idle); i++ {
+		p.idle[i] = nil
+	}
+	p.idle = kept
+	p.open -= len(doomed)
+	p.stats.Closed += uint64(len(doomed))
+	p.mu.Unlock()
+	for _, b := range doomed {
+		p.log.Debug("server connection closed", "pid", b.PID, "reason", "idle timeout or lifetime")
+		_ = b.Close()
+	}
+}

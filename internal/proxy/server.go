@@ -1,0 +1,274 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// PoolMode says when a client gives its backend back.
+type PoolMode int
+
+const (
+	// ModeTransaction releases the backend at the end of every transaction.
+	ModeTransaction PoolMode = iota
+	// ModeSession keeps the backend for the client's whole connection and resets it
+	// with DISCARD ALL when the client leaves.
+	ModeSession
+)
+
+// Options configures a Server.
+type Options struct {
+	Mode PoolMode
+	// MaxClientConn is the most clients connected at once; more are refused with
+	// SQLSTATE 53300.
+	MaxClientConn int
+	// ClientLoginTimeout bounds the startup phase of a client.
+	ClientLoginTimeout time.Duration
+	// QueryWaitTimeout bounds how long a client waits for a backend.
+	QueryWaitTimeout time.Duration
+	// IdleTransactionTimeout ends a client silent inside a transaction for longer
+	// (0 = off) with SQLSTATE 25P03; its backend is rolled back and reused.
+	IdleTransactionTimeout time.Duration
+	// CancelTimeout bounds forwarding one CancelRequest (default 5s).
+	CancelTimeout time.Duration
+	// Logger receives the server's log; nil discards.
+	Logger *slog.Logger
+}
+
+// Stats is a snapshot of the server's client-side figures.
+type Stats struct {
+	Clients       int    // connected clients (logged in or logging in)
+	ClientsTotal  uint64 // clients accepted since start
+	Refused       uint64 // clients refused by max-client-conn
+	ProtocolError uint64 // clients closed for a protocol violation
+	IdleTxKilled  uint64 // clients ended by the idle-transaction timeout
+}
+
+// Server accepts PostgreSQL clients and serves them from pooled backends.
+type Server struct {
+	opt   Options
+	pools *pool.Registry
+	log   *slog.Logger
+
+	drainCtx    context.Context // canceled when Shutdown starts
+	drainCancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[uint32]*session // by the BackendKeyData pid given to the client
+	shutdown  bool
+	sessWG    sync.WaitGroup
+
+	clients  atomic.Int64
+	accepted atomic.Uint64
+	refused  atomic.Uint64
+	protoErr atomic.Uint64
+	idleKill atomic.Uint64
+}
+
+// NewServer returns a Server that takes backends from pools.
+func NewServer(opt Options, pools *pool.Registry) *Server {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.ClientLoginTimeout <= 0 {
+		opt.ClientLoginTimeout = 15 * time.Second
+	}
+	if opt.QueryWaitTimeout <= 0 {
+		opt.QueryWaitTimeout = 30 * time.Second
+	}
+	if opt.CancelTimeout <= 0 {
+		opt.CancelTimeout = 5 * time.Second
+	}
+	if opt.MaxClientConn <= 0 {
+		opt.MaxClientConn = 1000
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		opt:         opt,
+		pools:       pools,
+		log:         opt.Logger,
+		drainCtx:    ctx,
+		drainCancel: cancel,
+		listeners:   make(map[net.Listener]struct{}),
+		sessions:    make(map[uint32]*session),
+	}
+}
+
+// Stats returns a snapshot of client-side figures.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Clients:       int(s.clients.Load()),
+		ClientsTotal:  s.accepted.Load(),
+		Refused:       s.refused.Load(),
+		ProtocolError: s.protoErr.Load(),
+		IdleTxKilled:  s.idleKill.Load(),
+	}
+}
+
+// Draining reports whether Shutdown or Close has started.
+func (s *Server) Draining() bool { return s.drainCtx.Err() != nil }
+
+// Serve accepts clients on ln until Shutdown or Close; it then returns
+// ErrServerClosed. Other accept errors are returned after closing ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.Draining() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed, retrying", "error", err, "delay", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		s.accepted.Add(1)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		s.sessWG.Add(1)
+		go s.serveClient(c)
+	}
+}
+
+// register assigns the client a unique BackendKeyData pid and a random secret.
+func (s *Server) register(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	for {
+		pid := rand.Uint32()&0x7fffffff | 1
+		if _, taken := s.sessions[pid]; !taken {
+			ss.pid, ss.key = pid, rand.Uint32()
+			s.sessions[pid] = ss
+			return true
+		}
+	}
+}
+
+func (s *Server) unregister(ss *session) {
+	if ss.pid == 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.sessions[ss.pid] == ss {
+		delete(s.sessions, ss.pid)
+	}
+	s.mu.Unlock()
+}
+
+// cancel forwards a client's CancelRequest to the backend its session uses now.
+func (s *Server) cancel(pid uint32, key []byte) {
+	s.mu.Lock()
+	ss := s.sessions[pid]
+	s.mu.Unlock()
+	if ss == nil || len(key) != 4 {
+		return
+	}
+	var want [4]byte
+	want[0], want[1], want[2], want[3] = byte(ss.key>>24), byte(ss.key>>16), byte(ss.key>>8), byte(ss.key)
+	if subtle.ConstantTimeCompare(want[:], key) != 1 {
+		s.log.Debug("cancel request with a wrong key ignored", "pid", pid)
+		return
+	}
+	ss.forwardCancel()
+}
+
+func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.drainCancel()
+}
+
+// Shutdown stops accepting clients, closes clients that are between transactions,
+// lets open transactions finish until ctx is done, then ends the rest (their
+// backends are rolled back). It returns when every client is gone. Pools are not
+// closed: that is the caller's job, after Shutdown.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	for _, ss := range s.snapshot() {
+		ss.drain()
+	}
+	done := make(chan struct{})
+	go func() { s.sessWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	for _, ss := range s.snapshot() {
+		ss.terminate(killShutdown)
+	}
+	<-done
+	return ctx.Err()
+}
+
+// Close ends every client now, rolling back their backends, and returns when they
+// are gone.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := s.Shutdown(ctx)
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// refuse writes a FATAL error to a client that is not logged in and closes it.
+func refuse(c net.Conn, code, msg string) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
+	c.Close()
+}

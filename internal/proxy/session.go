@@ -1,0 +1,861 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// bufSize is the size of a session's pooled read and write buffers.
+const bufSize = 16 * 1024
+
+// cleanupTimeout bounds the ROLLBACK / DISCARD ALL that returns the backend of a
+// client that left.
+const cleanupTimeout = 5 * time.Second
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+)
+
+// killReason says why the proxy ends a client.
+type killReason int32
+
+const (
+	killNone killReason = iota
+	killShutdown
+	killIdleTx
+	killServerLost
+)
+
+var (
+	errLocal    = errors.New("answered locally")
+	errKilled   = errors.New("client is being closed")
+	errDraining = errors.New("proxy is shutting down")
+)
+
+// sink is an io.Writer over a net.Conn that remembers the first write error and then
+// swallows further output, so that the side copying into it keeps draining its source.
+type sink struct {
+	c   net.Conn
+	err error
+}
+
+func (w *sink) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return len(p), nil
+	}
+	if _, err := w.c.Write(p); err != nil {
+		w.err = err
+	}
+	return len(p), nil
+}
+
+// session is one client connection.
+//
+// Two goroutines work on it: the client goroutine (run) reads client messages and
+// writes them to the attached backend; while a backend is attached, the server
+// goroutine (serverLoop) reads that backend and writes to the client. The client
+// writer w belongs to the server goroutine while a backend is attached and to the
+// client goroutine otherwise. mu guards the state shared between the two.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	raw  syscall.RawConn
+	addr string
+
+	r       *bufio.Reader // client reader; nil while waiting for input with nothing buffered
+	cout    sink          // client connection, error-swallowing
+	w       *bufio.Writer // buffered writes to the client
+	bout    sink          // attached backend connection
+	bw      *bufio.Writer // buffered writes to the attached backend
+	waitFn  func(fd uintptr) bool
+	waitArm bool
+	peekBuf [1]byte
+
+	pool           *pool.Pool
+	pid, key       uint32
+	db, user, app  string
+	discardToSync  bool // an extended-protocol batch failed locally; skip to its Sync
+	swallow        atomic.Bool
+	fatalForwarded atomic.Bool
+
+	mu             sync.Mutex
+	cond           sync.Cond
+	be             *pool.Backend
+	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool // extended-protocol messages sent since the last Sync
+	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	tx             byte // transaction status of the last ReadyForQuery
+	gone           bool // the client left; the server goroutine cleans up and releases
+	draining       bool
+	kill           killReason
+	doomed         bool // the backend is being closed: never release it
+	cancels        int
+	idleSince      time.Time
+	idleTimer      *time.Timer
+	readerWG       sync.WaitGroup
+}
+
+func (s *Server) serveClient(c net.Conn) {
+	defer s.sessWG.Done()
+	n := s.clients.Add(1)
+	defer s.clients.Add(-1)
+	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle}
+	ss.cond.L = &ss.mu
+	ss.cout.c = c
+	ss.r = readerPool.Get().(*bufio.Reader)
+	ss.r.Reset(c)
+	ss.w = writerPool.Get().(*bufio.Writer)
+	ss.w.Reset(&ss.cout)
+	defer ss.release()
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			ss.raw = raw
+			ss.waitFn = ss.readable
+		}
+	}
+
+	_ = c.SetDeadline(time.Now().Add(s.opt.ClientLoginTimeout))
+	st, ok := ss.startup()
+	if !ok {
+		c.Close()
+		return
+	}
+	if n > int64(s.opt.MaxClientConn) {
+		s.refused.Add(1)
+		s.log.Warn("client refused: max-client-conn reached", "client", ss.addr, "max_client_conn", s.opt.MaxClientConn)
+		refuse(c, wire.CodeTooManyConnections, "sorry, too many clients already")
+		return
+	}
+	if !ss.login(st) {
+		c.Close()
+		return
+	}
+	defer s.unregister(ss)
+	_ = c.SetDeadline(time.Time{})
+	ss.run()
+}
+
+// release returns the session's buffers to their pools.
+func (ss *session) release() {
+	if ss.r != nil {
+		ss.r.Reset(nil)
+		readerPool.Put(ss.r)
+		ss.r = nil
+	}
+	if ss.w != nil {
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+		ss.w = nil
+	}
+}
+
+// startup reads packets until a StartupMessage; it answers SSL and GSSENC requests
+// with 'N' and serves CancelRequests. ok is false when the connection is done.
+func (ss *session) startup() (*wire.Startup, bool) {
+	for i := 0; ; i++ {
+		st, err := wire.ReadStartup(ss.r)
+		if err != nil {
+			ss.startupError(err)
+			return nil, false
+		}
+		switch st.Code {
+		case wire.SSLRequestCode, wire.GSSENCRequestCode:
+			if i >= 2 {
+				ss.protocolViolation("too many encryption requests")
+				return nil, false
+			}
+			if ss.r.Buffered() > 0 {
+				// The client must wait for our answer before sending more.
+				ss.protocolViolation("received unencrypted data after SSL request")
+				return nil, false
+			}
+			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+				return nil, false
+			}
+			continue
+		case wire.CancelRequestCode:
+			ss.srv.cancel(st.CancelPID, st.CancelKey)
+			return nil, false
+		}
+		if st.Major() != 3 {
+			ss.srv.protoErr.Add(1)
+			refuse(ss.conn, wire.CodeFeatureNotSupported,
+				fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", st.Major(), st.Minor()))
+			return nil, false
+		}
+		return st, true
+	}
+}
+
+func (ss *session) startupError(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF):
+		// Connection probe (a TCP health check): nothing to say.
+	case errors.As(err, &ne) && ne.Timeout():
+		ss.srv.log.Info("client login timed out", "client", ss.addr, "timeout", ss.srv.opt.ClientLoginTimeout)
+		ss.srv.protoErr.Add(1)
+		refuse(ss.conn, wire.CodeProtocolViolation,
+			fmt.Sprintf("pgsidecar: startup not completed within %s", ss.srv.opt.ClientLoginTimeout))
+	case errors.Is(err, wire.ErrInvalidLength), errors.Is(err, wire.ErrInvalidStartup), errors.Is(err, io.ErrUnexpectedEOF):
+		ss.protocolViolation(err.Error())
+	default:
+		ss.srv.log.Debug("client startup failed", "client", ss.addr, "error", err)
+	}
+}
+
+func (ss *session) protocolViolation(msg string) {
+	ss.srv.protoErr.Add(1)
+	ss.srv.log.Info("client protocol violation", "client", ss.addr, "user", ss.user, "database", ss.db, "error", msg)
+	refuse(ss.conn, wire.CodeProtocolViolation, msg)
+}
+
+// login checks the startup parameters, makes sure the route's server parameters are
+// known and sends the client what PostgreSQL sends after authentication.
+func (ss *session) login(st *wire.Startup) bool {
+	ss.user = st.Param("user")
+	ss.db = st.Param("database")
+	ss.app = st.Param("application_name")
+	if ss.user == "" {
+		refuse(ss.conn, wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+		return false
+	}
+	if ss.db == "" {
+		ss.db = ss.user
+	}
+	switch st.Param("replication") {
+	case "", "false", "off", "no", "0":
+	default:
+		refuse(ss.conn, wire.CodeFeatureNotSupported, "pgsidecar does not support replication connections")
+		return false
+	}
+	var unsupported []string
+	for _, p := range st.Params {
+		if len(p.Name) > 5 && p.Name[:5] == "_pq_." {
+			unsupported = append(unsupported, p.Name)
+		}
+	}
+	ss.pool = ss.srv.pools.Get(pool.Key{Database: ss.db, User: ss.user})
+	if ss.pool == nil {
+		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
+		return false
+	}
+	params := ss.pool.ServerParams()
+	if params == nil {
+		// First client of this route: log in once to learn what the server reports.
+		ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.ClientLoginTimeout)
+		be, err := ss.pool.Acquire(ctx)
+		cancel()
+		if err != nil {
+			code, msg := ss.acquireError(err)
+			ss.srv.log.Warn("client login failed", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+			refuse(ss.conn, code, msg)
+			return false
+		}
+		params = be.Params
+		ss.pool.Release(be)
+	}
+	if !ss.srv.register(ss) {
+		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
+		return false
+	}
+	buf := make([]byte, 0, 512)
+	if st.Minor() > 0 || len(unsupported) > 0 {
+		buf = wire.AppendNegotiateProtocolVersion(buf, 0, unsupported)
+	}
+	buf = wire.AppendAuthOK(buf)
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := params[k]
+		if k == "application_name" {
+			v = ss.app
+		}
+		buf = wire.AppendParameterStatus(buf, k, v)
+	}
+	buf = wire.AppendBackendKeyData(buf, ss.pid, ss.key)
+	buf = wire.AppendReadyForQuery(buf, wire.TxIdle)
+	if _, err := ss.conn.Write(buf); err != nil {
+		return false
+	}
+	ss.srv.log.Debug("client logged in", "client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app)
+	return true
+}
+
+// acquireError maps a failure to get a backend to what the client is told.
+func (ss *session) acquireError(err error) (code, msg string) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		st := ss.pool.Stats()
+		return wire.CodeQueryCanceled, fmt.Sprintf(
+			"pgsidecar: query_wait_timeout: no server connection became free within %s (pool %s/%s: %d of %d in use, %d waiting)",
+			ss.srv.opt.QueryWaitTimeout, ss.db, ss.user, st.InUse, st.Size, st.Waiting)
+	case errors.Is(err, context.Canceled), errors.Is(err, pool.ErrClosed), errors.Is(err, errDraining):
+		return wire.CodeAdminShutdown, "pgsidecar is shutting down"
+	}
+	if c, m, ok := pool.ServerError(err); ok {
+		return c, m
+	}
+	return wire.CodeConnectionFailure, "pgsidecar: " + err.Error()
+}
+
+// readable is the session's RawConn.Read callback: it returns true once the client
+// socket has data (or an error/EOF) to read, so that the client goroutine can wait
+// for input without holding a read buffer.
+func (ss *session) readable(fd uintptr) bool {
+	if ss.waitArm {
+		return true
+	}
+	_, _, err := syscall.Recvfrom(int(fd), ss.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	if err == syscall.EAGAIN || err == syscall.EWOULDBLOCK {
+		ss.waitArm = true
+		return false
+	}
+	return true
+}
+
+// fill makes sure the client reader exists; with nothing buffered it first waits for
+// input holding no buffer, so that an idle client costs little memory.
+func (ss *session) fill() error {
+	if ss.r != nil && ss.r.Buffered() > 0 {
+		return nil
+	}
+	if ss.raw != nil {
+		if ss.r != nil {
+			ss.r.Reset(nil)
+			readerPool.Put(ss.r)
+			ss.r = nil
+		}
+		ss.waitArm = false
+		err := ss.raw.Read(ss.waitFn)
+		ss.r = readerPool.Get().(*bufio.Reader)
+		ss.r.Reset(ss.conn)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// complete reports whether r holds one whole message, so that the writer on the other
+// side may keep batching instead of flushing.
+func complete(r *bufio.Reader) bool {
+	n := r.Buffered()
+	if n < wire.HeaderLen {
+		return false
+	}
+	p, _ := r.Peek(wire.HeaderLen)
+	return n >= 1+int(binary.BigEndian.Uint32(p[1:5]))
+}
+
+// run is the client goroutine after login.
+func (ss *session) run() {
+	for {
+		if err := ss.fill(); err != nil {
+			ss.end(err)
+			return
+		}
+		h, err := wire.PeekHeader(ss.r, wire.MaxMessageLength)
+		if err != nil {
+			ss.end(err)
+			return
+		}
+		switch h.Type {
+		case wire.MsgTerminate:
+			ss.end(io.EOF)
+			return
+		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyDone:
+			if h.Len != 4 {
+				ss.end(fmt.Errorf("%w: type %q length %d", wire.ErrInvalidLength, h.Type, h.Len))
+				return
+			}
+		default:
+			if !wire.ValidFrontendType(h.Type) {
+				ss.end(fmt.Errorf("%w: invalid frontend message type %d", errProtocol, h.Type))
+				return
+			}
+		}
+		if ss.discardToSync {
+			if err := wire.Skip(ss.r, 1+h.Len); err != nil {
+				ss.end(err)
+				return
+			}
+			if h.Type == wire.MsgSync {
+				ss.discardToSync = false
+				ss.w.Write(readyIdle)
+				ss.w.Flush()
+			}
+			continue
+		}
+		be, err := ss.attach(h.Type)
+		if err != nil {
+			if !ss.failLocally(h, err) {
+				return
+			}
+			continue
+		}
+		if err := wire.Forward(ss.bw, ss.r, 1+h.Len); err != nil {
+			ss.end(err)
+			return
+		}
+		if !complete(ss.r) {
+			if err := ss.bw.Flush(); err != nil || ss.bout.err != nil {
+				// The server goroutine sees the broken backend and ends this client.
+				ss.doom(be)
+			}
+		}
+	}
+}
+
+var (
+	errProtocol = errors.New("protocol violation")
+	readyIdle   = wire.AppendReadyForQuery(nil, wire.TxIdle)
+)
+
+// failLocally answers a message that got no backend. It returns false when the
+// client is done.
+func (ss *session) failLocally(h wire.Header, err error) bool {
+	if skipErr := wire.Skip(ss.r, 1+h.Len); skipErr != nil {
+		ss.end(skipErr)
+		return false
+	}
+	if errors.Is(err, errLocal) {
+		if h.Type == wire.MsgSync {
+			ss.w.Write(readyIdle)
+			ss.w.Flush()
+		}
+		return true
+	}
+	if errors.Is(err, errKilled) || errors.Is(err, errDraining) || errors.Is(err, pool.ErrClosed) || errors.Is(err, context.Canceled) {
+		ss.end(err)
+		return false
+	}
+	code, msg := ss.acquireError(err)
+	ss.srv.log.Warn("no server connection for client", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+	ss.w.Write(wire.AppendError(nil, wire.SeverityError, code, msg, ""))
+	switch h.Type {
+	case wire.MsgQuery, wire.MsgFunctionCall, wire.MsgSync:
+		ss.w.Write(wire.AppendReadyForQuery(nil, wire.TxIdle))
+	default:
+		ss.discardToSync = true
+	}
+	ss.w.Flush()
+	return true
+}
+
+// attach returns the backend the message of type t goes to, attaching one first if
+// needed, and accounts for the message. Messages that need no backend while none is
+// attached (Sync, Flush, stray COPY data) return errLocal.
+func (ss *session) attach(t byte) (*pool.Backend, error) {
+	ss.mu.Lock()
+	if ss.kill != killNone {
+		ss.mu.Unlock()
+		return nil, errKilled
+	}
+	be := ss.be
+	if be == nil {
+		switch t {
+		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
+			ss.mu.Unlock()
+			return nil, errLocal
+		}
+		if ss.draining {
+			ss.mu.Unlock()
+			return nil, errDraining
+		}
+		ss.mu.Unlock()
+		var err error
+		if be, err = ss.acquire(); err != nil {
+			return nil, err
+		}
+		ss.mu.Lock()
+		if ss.kill != killNone {
+			ss.mu.Unlock()
+			be.Pool().Release(be)
+			return nil, errKilled
+		}
+		ss.be = be
+		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
+		ss.doomed = false
+		ss.swallow.Store(false)
+		ss.fatalForwarded.Store(false)
+		ss.bout = sink{c: be.Conn}
+		if ss.bw == nil {
+			ss.bw = writerPool.Get().(*bufio.Writer)
+		}
+		ss.bw.Reset(&ss.bout)
+		ss.readerWG.Add(1)
+		go ss.serverLoop(be)
+	}
+	switch t {
+	case wire.MsgQuery, wire.MsgFunctionCall:
+		ss.outstanding++
+		ss.partial = false
+		ss.syncsAfterExec = 0
+	case wire.MsgSync:
+		ss.outstanding++
+		ss.partial = false
+		ss.syncsAfterExec++
+	case wire.MsgExecute:
+		ss.partial = true
+		ss.syncsAfterExec = 0
+	case wire.MsgCopyDone, wire.MsgCopyFail:
+		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
+		ss.outstanding -= ss.syncsAfterExec
+		ss.syncsAfterExec = 0
+	case wire.MsgCopyData, wire.MsgFlush:
+	default: // Parse, Bind, Describe, Close
+		ss.partial = true
+	}
+	ss.mu.Unlock()
+	return be, nil
+}
+
+func (ss *session) acquire() (*pool.Backend, error) {
+	be, err := ss.pool.TryAcquire()
+	if be != nil || err != nil {
+		return be, err
+	}
+	ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.QueryWaitTimeout)
+	be, err = ss.pool.Acquire(ctx)
+	cancel()
+	if err != nil && ss.srv.drainCtx.Err() != nil {
+		err = errDraining
+	}
+	return be, err
+}
+
+// serverLoop is the server goroutine: it forwards the attached backend's messages to
+// the client and releases the backend at the transaction boundary.
+func (ss *session) serverLoop(be *pool.Backend) {
+	defer ss.readerWG.Done()
+	r := be.R
+	for {
+		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
+		if err != nil {
+			ss.serverFailed(be, err)
+			return
+		}
+		switch h.Type {
+		case wire.MsgReadyForQuery:
+			msg, err := wire.PeekMessage(r, h)
+			if err != nil || h.Len != 5 {
+				ss.serverFailed(be, fmt.Errorf("bad ReadyForQuery: %w", err))
+				return
+			}
+			status := msg[5]
+			if !ss.swallow.Load() {
+				ss.w.Write(msg)
+			}
+			r.Discard(6)
+			if !complete(r) {
+				ss.w.Flush()
+			}
+			if ss.ready(be, status) {
+				return
+			}
+			continue
+		case wire.MsgErrorResponse:
+			if h.Len < 1024 { // an error the server ends the connection with is short
+				if msg, err := wire.PeekMessage(r, h); err == nil {
+					if f := wire.ParseError(msg[5:]); f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
+						ss.fatalForwarded.Store(true)
+					}
+				}
+			}
+		}
+		if ss.swallow.Load() {
+			err = wire.Skip(r, 1+h.Len)
+		} else {
+			err = wire.Forward(ss.w, r, 1+h.Len)
+		}
+		if err != nil {
+			ss.serverFailed(be, err)
+			return
+		}
+		if !complete(r) {
+			ss.w.Flush()
+		}
+	}
+}
+
+// ready accounts for a ReadyForQuery and releases the backend when the client is at
+// a transaction boundary. It reports whether the backend was released.
+func (ss *session) ready(be *pool.Backend, status byte) bool {
+	ss.mu.Lock()
+	ss.outstanding--
+	ss.tx = status
+	for {
+		if ss.doomed {
+			ss.mu.Unlock()
+			return false
+		}
+		if ss.outstanding > 0 || ss.partial || status != wire.TxIdle ||
+			(ss.srv.opt.Mode == ModeSession && !ss.gone) {
+			if ss.outstanding <= 0 && !ss.partial && status != wire.TxIdle {
+				ss.armIdleLocked()
+			}
+			ss.mu.Unlock()
+			return false
+		}
+		if ss.cancels > 0 {
+			// A CancelRequest for this backend is on its way: keep the backend until it
+			// has been delivered, so that it cannot hit another client's query.
+			ss.cond.Wait()
+			continue
+		}
+		if ss.w.Buffered() > 0 {
+			ss.mu.Unlock()
+			ss.w.Flush()
+			ss.mu.Lock()
+			continue
+		}
+		break
+	}
+	ss.be = nil
+	ss.outstanding = 0
+	draining, gone := ss.draining, ss.gone
+	ss.mu.Unlock()
+	be.Pool().Release(be)
+	if draining && !gone {
+		ss.terminate(killShutdown)
+	}
+	return true
+}
+
+// serverFailed handles a backend that broke while attached: it is destroyed, and a
+// client whose transaction or session was on it is ended.
+func (ss *session) serverFailed(be *pool.Backend, err error) {
+	ss.mu.Lock()
+	lost := ss.outstanding > 0 || ss.partial || ss.tx != wire.TxIdle || ss.srv.opt.Mode == ModeSession
+	gone := ss.gone
+	if ss.be == be {
+		ss.be = nil
+	}
+	ss.outstanding, ss.partial = 0, false
+	ss.mu.Unlock()
+	ss.w.Flush()
+	be.Pool().Destroy(be)
+	if !gone {
+		ss.srv.log.Warn("server connection lost", "client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", be.PID, "error", err)
+		if lost {
+			ss.terminate(killServerLost)
+		}
+	}
+}
+
+func (ss *session) armIdleLocked() {
+	d := ss.srv.opt.IdleTransactionTimeout
+	if d <= 0 {
+		return
+	}
+	ss.idleSince = time.Now()
+	if ss.idleTimer == nil {
+		ss.idleTimer = time.AfterFunc(d, ss.idleTimeout)
+	} else {
+		ss.idleTimer.Reset(d)
+	}
+}
+
+func (ss *session) idleTimeout() {
+	d := ss.srv.opt.IdleTransactionTimeout
+	ss.mu.Lock()
+	expired := ss.be != nil && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle &&
+		time.Since(ss.idleSince) >= d && !ss.gone
+	ss.mu.Unlock()
+	if expired {
+		ss.srv.idleKill.Add(1)
+		ss.srv.log.Warn("client idle in transaction too long, closing it and rolling back",
+			"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app, "timeout", d)
+		ss.terminate(killIdleTx)
+	}
+}
+
+// terminate asks the client goroutine to end the client for reason: it wakes the
+// goroutine from its read.
+func (ss *session) terminate(reason killReason) {
+	ss.mu.Lock()
+	if ss.kill == killNone {
+		ss.kill = reason
+	}
+	ss.mu.Unlock()
+	_ = ss.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// drain is called at the start of Shutdown: a client between transactions is ended
+// now, one inside a transaction when its backend is released.
+func (ss *session) drain() {
+	ss.mu.Lock()
+	ss.draining = true
+	idle := ss.be == nil
+	ss.mu.Unlock()
+	if idle {
+		ss.terminate(killShutdown)
+	}
+}
+
+// end finishes the client goroutine: the attached backend is cleaned up and released,
+// the client told why if the proxy ends it, and the connection closed.
+func (ss *session) end(cause error) {
+	ss.mu.Lock()
+	reason := ss.kill
+	ss.mu.Unlock()
+	ss.leave()
+	if ss.idleTimer != nil {
+		ss.idleTimer.Stop()
+	}
+	var code, msg string
+	switch {
+	case reason == killShutdown:
+		code, msg = wire.CodeAdminShutdown, "terminating connection: pgsidecar is shutting down"
+	case reason == killIdleTx:
+		code, msg = wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"
+	case reason == killServerLost:
+		if !ss.fatalForwarded.Load() {
+			code, msg = wire.CodeConnectionFailure, "pgsidecar: server connection lost"
+		}
+	case errors.Is(cause, errProtocol), errors.Is(cause, wire.ErrInvalidLength):
+		ss.srv.protoErr.Add(1)
+		ss.srv.log.Info("client protocol violation", "client", ss.addr, "user", ss.user, "database", ss.db, "error", cause)
+		code, msg = wire.CodeProtocolViolation, cause.Error()
+	case errors.Is(cause, io.ErrUnexpectedEOF):
+		ss.srv.log.Debug("client disconnected mid-message", "client", ss.addr)
+	}
+	if code != "" && ss.w != nil {
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
+		ss.w.Flush()
+	}
+	ss.conn.Close()
+	if ss.bw != nil {
+		ss.bw.Reset(nil)
+		writerPool.Put(ss.bw)
+		ss.bw = nil
+	}
+}
+
+// leave returns the attached backend, if any, to a known state: a backend idle in a
+// transaction is rolled back (and in session mode reset with DISCARD ALL) and
+// released; one in the middle of a response or a message batch is closed, which
+// makes PostgreSQL roll back.
+func (ss *session) leave() {
+	ss.mu.Lock()
+	ss.gone = true
+	be := ss.be
+	if be == nil {
+		ss.mu.Unlock()
+		return
+	}
+	var q []byte
+	clean := ss.outstanding <= 0 && !ss.partial
+	if !clean {
+		ss.doomed = true
+	} else {
+		if ss.tx != wire.TxIdle {
+			q = wire.AppendQuery(q, "ROLLBACK")
+			ss.outstanding++
+		}
+		if ss.srv.opt.Mode == ModeSession {
+			q = wire.AppendQuery(q, "DISCARD ALL")
+			ss.outstanding++
+		}
+		ss.swallow.Store(true)
+	}
+	ss.cond.Broadcast()
+	ss.mu.Unlock()
+	if !clean {
+		be.Conn.Close()
+	} else if len(q) > 0 {
+		_ = be.Conn.SetWriteDeadline(time.Now().Add(cleanupTimeout))
+		ss.bw.Write(q)
+		if err := ss.bw.Flush(); err != nil || ss.bout.err != nil {
+			ss.doom(be)
+		}
+		_ = be.Conn.SetWriteDeadline(time.Time{})
+	}
+	done := make(chan struct{})
+	go func() { ss.readerWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(cleanupTimeout):
+		ss.srv.log.Warn("server connection did not finish cleanup in time, closing it", "client", ss.addr, "server_pid", be.PID)
+		ss.doom(be)
+		<-done
+	}
+}
+
+// doom closes be if it is still the attached backend, making sure the server
+// goroutine destroys it instead of releasing it.
+func (ss *session) doom(be *pool.Backend) {
+	ss.mu.Lock()
+	mine := ss.be == be
+	if mine {
+		ss.doomed = true
+	}
+	ss.mu.Unlock()
+	if mine {
+		be.Conn.Close()
+	}
+}
+
+// forwardCancel sends a CancelRequest to the backend the client uses now, if it is
+// running something, and keeps that backend attached until the request is delivered.
+func (ss *session) forwardCancel() {
+	ss.mu.Lock()
+	be := ss.be
+	if be == nil || ss.outstanding <= 0 {
+		ss.mu.Unlock()
+		return
+	}
+	ss.cancels++
+	pid, key, addr := be.PID, be.Key, be.CancelAddr()
+	ss.mu.Unlock()
+	defer func() {
+		ss.mu.Lock()
+		ss.cancels--
+		ss.cond.Broadcast()
+		ss.mu.Unlock()
+	}()
+	if err := sendCancel(addr, pid, key, ss.srv.opt.CancelTimeout); err != nil {
+		ss.srv.log.Warn("forwarding cancel request failed", "client", ss.addr, "server_pid", pid, "error", err)
+		return
+	}
+	ss.srv.log.Debug("cancel request forwarded", "client", ss.addr, "server_pid", pid)
+}
+
+// sendCancel delivers a CancelRequest and waits until the server has processed it
+// (the postmaster closes the connection after signalling the backend).
+func sendCancel(addr net.Addr, pid uint32, key []byte, timeout time.Duration) error {
+	c, err := net.DialTimeout(addr.Network(), addr.String(), timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(wire.AppendCancelRequest(nil, pid, key)); err != nil {
+		return err
+	}
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
+}
