@@ -222,13 +222,13 @@ func (s *Server) snapshot() []*session {
 }
 
 func (s *Server) closeListeners() {
+	s.drainCancel() // first, so that Serve sees the accept error as a shutdown
 	s.mu.Lock()
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
 	}
 	s.mu.Unlock()
-	s.drainCancel()
 }
 
 // Shutdown stops accepting clients, closes clients that are between transactions,
