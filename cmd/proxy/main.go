@@ -24,6 +24,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/admin"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
@@ -160,6 +161,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	var started atomic.Bool
 	var httpSrv *admin.Server
+	metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv))
 	if cfg.HTTPListen != "" {
 		h := admin.NewHandler(admin.Probes{
 			Started: started.Load,
@@ -172,7 +174,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 				}
 				return nil
 			},
-		}, nil)
+		}, metricsHandler)
 		if httpSrv, err = admin.Listen(cfg.HTTPListen, h, log); err != nil {
 			ln.Close()
 			return err

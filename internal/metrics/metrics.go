@@ -1,0 +1,97 @@
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+)
+
+// Collector exports pool and client figures, read at scrape time.
+type Collector struct {
+	pools  *pool.Registry
+	server *proxy.Server
+
+	poolSize, serverConns, waiting, maxWait      *prometheus.Desc
+	acquires, waits, waitSeconds, waitTimeouts   *prometheus.Desc
+	dials, dialFailures, closed                  *prometheus.Desc
+	clients, clientsTotal, refused, protoErr, it *prometheus.Desc
+}
+
+var poolLabels = []string{"database", "user"}
+
+// NewCollector returns a collector over pools and server.
+func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("pgsidecar_"+name, help, labels, nil)
+	}
+	return &Collector{
+		pools:        pools,
+		server:       server,
+		poolSize:     d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
+		serverConns:  d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
+		waiting:      d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
+		maxWait:      d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
+		acquires:     d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
+		waits:        d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
+		waitSeconds:  d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
+		waitTimeouts: d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
+		dials:        d("server_connects_total", "Server connections opened.", poolLabels...),
+		dialFailures: d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
+		closed:       d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
+		clients:      d("clients", "Connected clients."),
+		clientsTotal: d("client_connections_total", "Client connections accepted."),
+		refused:      d("clients_refused_total", "Clients refused because max-client-conn was reached."),
+		protoErr:     d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
+		it:           d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
+		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
+		c.protoErr, c.it} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
+	for _, r := range c.pools.Pools() {
+		s := r.Pool.Stats()
+		l := []string{r.Key.Database, r.Key.User}
+		ch <- prometheus.MustNewConstMetric(c.poolSize, gauge, float64(s.Size), l...)
+		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.InUse), l[0], l[1], "active")
+		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Idle), l[0], l[1], "idle")
+		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Dialing), l[0], l[1], "login")
+		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.Waiting), l...)
+		ch <- prometheus.MustNewConstMetric(c.maxWait, gauge, s.MaxWait.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.acquires, counter, float64(s.Acquires), l...)
+		ch <- prometheus.MustNewConstMetric(c.waits, counter, float64(s.Waited), l...)
+		ch <- prometheus.MustNewConstMetric(c.waitSeconds, counter, s.WaitTime.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.waitTimeouts, counter, float64(s.WaitTimeouts), l...)
+		ch <- prometheus.MustNewConstMetric(c.dials, counter, float64(s.Dials), l...)
+		ch <- prometheus.MustNewConstMetric(c.dialFailures, counter, float64(s.DialFailures), l...)
+		ch <- prometheus.MustNewConstMetric(c.closed, counter, float64(s.Closed), l...)
+	}
+	st := c.server.Stats()
+	ch <- prometheus.MustNewConstMetric(c.clients, gauge, float64(st.Clients))
+	ch <- prometheus.MustNewConstMetric(c.clientsTotal, counter, float64(st.ClientsTotal))
+	ch <- prometheus.MustNewConstMetric(c.refused, counter, float64(st.Refused))
+	ch <- prometheus.MustNewConstMetric(c.protoErr, counter, float64(st.ProtocolError))
+	ch <- prometheus.MustNewConstMetric(c.it, counter, float64(st.IdleTxKilled))
+}
+
+// Handler returns the /metrics handler for a registry of our own holding c plus the
+// Go runtime and process collectors.
+func Handler(c *Collector) (http.Handler, *prometheus.Registry) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), reg
+}
