@@ -49,16 +49,17 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	cfg := config.Default()
 	applyEnv := config.Bind(fs, &cfg)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "pgsidecar: PostgreSQL transaction-pooling sidecar\n\n"+
-			"Usage:\n  proxy [flags]       run the proxy in front of --upstream (or $DATABASE_URL)\n"+
-			"  proxy dev [flags]   start a throwaway local PostgreSQL and the proxy in front of it\n\n")
-		config.FlagUsage(fs.Output(), fs)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" || a == "help" {
+			fmt.Fprintf(stdout, "pgsidecar: PostgreSQL transaction-pooling sidecar\n\n"+
+				"Usage:\n  proxy [flags]       run the proxy in front of --upstream (or $DATABASE_URL)\n"+
+				"  proxy dev [flags]   start a throwaway local PostgreSQL and the proxy in front of it\n\n")
+			config.FlagUsage(stdout, fs)
 			return exitOK
 		}
+	}
+	fs.Usage = func() { fmt.Fprintln(stderr, "proxy: invalid configuration (see proxy --help)") }
+	if err := fs.Parse(args); err != nil {
 		return exitConfig
 	}
 	if fs.NArg() > 0 {

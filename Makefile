@@ -1,0 +1,44 @@
+# pgsidecar — see README.md.
+GO      ?= go
+BIN     := bin/proxy
+FUZZTIME ?= 10s
+
+.PHONY: all build run dev test test-short fuzz bench bench-go vet fmt clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/proxy
+
+## run: the proxy in front of a throwaway local PostgreSQL (prints the DATABASE_URL to use).
+run: build
+	./$(BIN) dev
+
+dev: run
+
+## test: everything CI runs: vet, race-enabled tests against a real PostgreSQL, short fuzzing.
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+test-short:
+	$(GO) test -count=1 ./...
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzReadStartup$$' -fuzztime=$(FUZZTIME) ./internal/wire/
+	$(GO) test -run='^$$' -fuzz='^FuzzMessageStream$$' -fuzztime=$(FUZZTIME) ./internal/wire/
+
+vet:
+	@test -z "$$(gofmt -l cmd internal)" || { echo "gofmt needed:"; gofmt -l cmd internal; exit 1; }
+	$(GO) vet ./...
+
+## bench: pgbench side by side: direct PostgreSQL, PgBouncer (if installed), pgsidecar.
+bench: build
+	PROXY_BIN=$(BIN) scripts/bench.sh
+
+## bench-go: Go benchmarks of the hot path (allocations per op).
+bench-go:
+	$(GO) test -run='^$$' -bench=. -benchmem ./internal/wire/ ./internal/proxy/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
+)
+
+// TestMain lets the test binary act as the proxy binary for end-to-end tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("PGSIDECAR_TEST_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// The binary serves clients, answers health checks and metrics, and on SIGTERM lets
+// an open transaction commit, then exits 0.
+func TestBinarySIGTERM(t *testing.T) {
+	cl := pgtest.Start(t, localpg.Options{})
+	listen, httpAddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "--listen", listen, "--http-listen", httpAddr,
+		"--pool-size", "2", "--shutdown-timeout", "10s", "--log-format", "json")
+	cmd.Env = append(os.Environ(), "PGSIDECAR_TEST_RUN_MAIN=1", "DATABASE_URL="+cl.URL("postgres"))
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs <- sc.Text()
+		}
+		close(logs)
+	}()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if code, _ := get("/readyz"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("proxy not ready within 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := get("/livez"); code != 200 {
+		t.Fatalf("/livez = %d", code)
+	}
+	url := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", listen)
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, "CREATE TABLE IF NOT EXISTS e2e (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO e2e VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `pgsidecar_server_connections{database="postgres",state="active",user="postgres"} 1`) {
+		t.Fatalf("/metrics = %d, want one active server connection:\n%s", code, body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Draining: not ready any more, but the open transaction may finish.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if code, _ := get("/readyz"); code == 503 || code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit during drain: %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("proxy exit: %v", err)
+	}
+	d, err := pgx.Connect(ctx, cl.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	var n int
+	if err := d.QueryRow(ctx, "SELECT count(*) FROM e2e").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("committed rows %d %v, want 1", n, err)
+	}
+	var all []string
+	for l := range logs {
+		all = append(all, l)
+	}
+	if !strings.Contains(strings.Join(all, "\n"), "pgsidecar stopped") {
+		t.Fatalf("no clean stop in the log:\n%s", strings.Join(all, "\n"))
+	}
+}
