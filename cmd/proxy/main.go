@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -88,6 +89,13 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return exitConfig
 	}
 	log := newLogger(cfg, stderr)
+	if path := getenv("PGSIDECAR_CPUPROFILE"); path != "" { // undocumented: for profiling benchmarks
+		if f, err := os.Create(path); err == nil {
+			if err := pprof.StartCPUProfile(f); err == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
