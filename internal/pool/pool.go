@@ -281,6 +281,9 @@ func (p *Pool) dial() {
 			}
 		} else {
 			p.handLocked(result{err: err})
+			// The failed dial freed a slot: waiters still queued get a dial of their own
+			// rather than waiting for a held backend to come back.
+			p.dialIfNeededLocked()
 		}
 		p.mu.Unlock()
 		p.log.Warn("server connection failed", "error", err, "elapsed", time.Since(start))
@@ -295,6 +298,7 @@ func (p *Pool) dial() {
 	p.params = b.Params
 	if p.closed {
 		p.open--
+		p.stats.Closed++
 		p.mu.Unlock()
 		_ = b.Close()
 		return
@@ -408,9 +412,7 @@ func (p *Pool) maintain() {
 	}
 }
 
-// reap closes idle backends past their lifetime or idle timeout. Idle backends are
-// ordered oldest-released first, so the scan stops at the first one still fresh
-// unless lifetimes are set.
+// reap closes idle backends past their lifetime or idle timeout.
 func (p *Pool) reap(now time.Time) {
 	var doomed []*Backend
 	p.mu.Lock()

@@ -52,7 +52,8 @@ func ReadStartup(r io.Reader) (*Startup, error) {
 		return nil, err
 	}
 	length := int(int32(binary.BigEndian.Uint32(hdr[:4])))
-	if length < 8 || length > MaxStartupPacketLength {
+	// PostgreSQL limits the packet without its length field.
+	if length < 8 || length-4 > MaxStartupPacketLength {
 		return nil, fmt.Errorf("%w: startup packet length %d", ErrInvalidLength, length)
 	}
 	body := make([]byte, length-4)
