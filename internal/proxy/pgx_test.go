@@ -22,12 +22,14 @@ var allModes = []pgx.QueryExecMode{
 	pgx.QueryExecModeSimpleProtocol,
 }
 
-// Modes whose statements live within one Sync: they work in transaction mode
-// without prepared-statement tracking.
+// Modes that use only the unnamed statement: they work in transaction mode without
+// prepared-statement tracking (DescribeExec parses in one Sync and binds in the next;
+// the proxy holds the backend from that Parse to its Bind).
 var oneSyncModes = []pgx.QueryExecMode{
 	pgx.QueryExecModeSimpleProtocol,
 	pgx.QueryExecModeExec,
 	pgx.QueryExecModeCacheDescribe,
+	pgx.QueryExecModeDescribeExec,
 }
 
 // runWorkers runs workers concurrent clients, each doing txns transactions that

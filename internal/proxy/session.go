@@ -99,6 +99,11 @@ type session struct {
 	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	partial        bool // extended-protocol messages sent since the last Sync
 	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	// unnamedPending: the client parsed the unnamed statement and has not bound it
+	// yet. The backend stays attached until it does: a Bind in the client's next
+	// batch must reach the backend that holds its statement, never another
+	// client's unnamed statement on another backend.
+	unnamedPending bool
 	tx             byte // transaction status of the last ReadyForQuery
 	gone           bool // the client left; the server goroutine cleans up and releases
 	draining       bool
@@ -405,7 +410,13 @@ func (ss *session) run() {
 			}
 			continue
 		}
-		be, err := ss.attach(h.Type)
+		unnamed := false
+		if h.Type == wire.MsgParse {
+			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil {
+				unnamed = p[wire.HeaderLen] == 0
+			}
+		}
+		be, err := ss.attach(h.Type, unnamed)
 		if err != nil {
 			if !ss.failLocally(h, err) {
 				return
@@ -464,7 +475,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 // attach returns the backend the message of type t goes to, attaching one first if
 // needed, and accounts for the message. Messages that need no backend while none is
 // attached (Sync, Flush, stray COPY data) return errLocal.
-func (ss *session) attach(t byte) (*pool.Backend, error) {
+func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 	ss.mu.Lock()
 	if ss.kill != killNone {
 		ss.mu.Unlock()
@@ -494,6 +505,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.be = be
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
+		ss.unnamedPending = false
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
@@ -522,7 +534,15 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.outstanding -= ss.syncsAfterExec
 		ss.syncsAfterExec = 0
 	case wire.MsgCopyData, wire.MsgFlush:
-	default: // Parse, Bind, Describe, Close
+	case wire.MsgParse:
+		ss.partial = true
+		if unnamedParse {
+			ss.unnamedPending = true
+		}
+	case wire.MsgBind:
+		ss.partial = true
+		ss.unnamedPending = false
+	default: // Describe, Close
 		ss.partial = true
 	}
 	ss.mu.Unlock()
@@ -609,7 +629,7 @@ func (ss *session) ready(be *pool.Backend, status byte) bool {
 			return false
 		}
 		if ss.outstanding > 0 || ss.partial || status != wire.TxIdle ||
-			(ss.srv.opt.Mode == ModeSession && !ss.gone) {
+			(ss.unnamedPending && !ss.gone) || (ss.srv.opt.Mode == ModeSession && !ss.gone) {
 			if ss.outstanding <= 0 && !ss.partial && status != wire.TxIdle {
 				ss.armIdleLocked()
 			}
@@ -679,7 +699,12 @@ func (ss *session) idleTimeout() {
 	d := ss.srv.opt.IdleTransactionTimeout
 	ss.mu.Lock()
 	expired := ss.be != nil && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle &&
-		time.Since(ss.idleSince) >= d && !ss.gone
+		time.Since(ss.idleSince) >= d && !ss.gone && ss.kill == killNone
+	if expired {
+		// Decided under the same lock that attach takes: a message the client sends
+		// from now on is refused, so the client cannot be ended halfway through it.
+		ss.kill = killIdleTx
+	}
 	ss.mu.Unlock()
 	if expired {
 		ss.srv.idleKill.Add(1)
@@ -775,6 +800,12 @@ func (ss *session) leave() {
 		}
 		if ss.srv.opt.Mode == ModeSession {
 			q = wire.AppendQuery(q, "DISCARD ALL")
+			ss.outstanding++
+		}
+		if len(q) == 0 {
+			// Held while idle (an unnamed statement awaiting its Bind): a Sync brings
+			// the ReadyForQuery at which the server goroutine releases the backend.
+			q = wire.AppendSync(q)
 			ss.outstanding++
 		}
 		ss.swallow.Store(true)
