@@ -92,6 +92,7 @@ type session struct {
 	discardToSync  bool // an extended-protocol batch failed locally; skip to its Sync
 	swallow        atomic.Bool
 	fatalForwarded atomic.Bool
+	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
 
 	mu             sync.Mutex
 	cond           sync.Cond
@@ -509,6 +510,7 @@ func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
+		ss.streamBroken.Store(false)
 		ss.bout = sink{c: be.Conn}
 		if ss.bw == nil {
 			ss.bw = writerPool.Get().(*bufio.Writer)
@@ -604,8 +606,10 @@ func (ss *session) serverLoop(be *pool.Backend) {
 		}
 		if ss.swallow.Load() {
 			err = wire.Skip(r, 1+h.Len)
-		} else {
-			err = wire.Forward(ss.w, r, 1+h.Len)
+		} else if err = wire.Forward(ss.w, r, 1+h.Len); err != nil {
+			// Part of a message may have reached the client: anything more would be
+			// read as the rest of it. Like PostgreSQL, just close.
+			ss.streamBroken.Store(true)
 		}
 		if err != nil {
 			ss.serverFailed(be, err)
@@ -671,8 +675,15 @@ func (ss *session) serverFailed(be *pool.Backend, err error) {
 		ss.be = nil
 	}
 	ss.outstanding, ss.partial = 0, false
+	if lost && !gone && ss.kill == killNone {
+		// Under the lock that attach takes: the client's next statement must not run
+		// on another backend outside the transaction it lost.
+		ss.kill = killServerLost
+	}
 	ss.mu.Unlock()
-	ss.w.Flush()
+	if !ss.streamBroken.Load() {
+		ss.w.Flush()
+	}
 	be.Pool().Destroy(be)
 	if !gone {
 		ss.srv.log.Warn("server connection lost", "client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", be.PID, "error", err)
@@ -764,7 +775,7 @@ func (ss *session) end(cause error) {
 	case errors.Is(cause, io.ErrUnexpectedEOF):
 		ss.srv.log.Debug("client disconnected mid-message", "client", ss.addr)
 	}
-	if code != "" && ss.w != nil {
+	if code != "" && ss.w != nil && !ss.streamBroken.Load() {
 		_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
 		ss.w.Flush()
@@ -787,6 +798,9 @@ func (ss *session) leave() {
 	be := ss.be
 	if be == nil {
 		ss.mu.Unlock()
+		// A server goroutine may still be finishing (serverFailed): it uses the
+		// client writer, so wait before the buffers go back to their pools.
+		ss.readerWG.Wait()
 		return
 	}
 	var q []byte

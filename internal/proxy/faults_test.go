@@ -1,0 +1,1520 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// Fault-injection tests: malformed input, resource limits, backends that die, a
+// PostgreSQL restart, clients that vanish, cancel requests, the proxy's timeouts and
+// graceful shutdown.
+
+// ---------------------------------------------------------------------------
+// helpers (all prefixed with fault, as other test files share the package)
+
+// faultRaw is a client speaking the raw protocol to the proxy.
+type faultRaw struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+	// pid and key are the BackendKeyData the proxy gave at login.
+	pid uint32
+	key []byte
+}
+
+func faultDial(t *testing.T, addr string) *faultRaw {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial proxy: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &faultRaw{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+func (rc *faultRaw) send(b []byte) {
+	rc.t.Helper()
+	_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rc.c.Write(b); err != nil {
+		rc.t.Fatalf("write to proxy: %v", err)
+	}
+}
+
+// read reads one backend message; the read deadline must be set by the caller.
+func (rc *faultRaw) read() (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(rc.r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || n > 1<<20 {
+		return hdr[0], nil, fmt.Errorf("proxy sent message %q with length %d", hdr[0], n)
+	}
+	body := make([]byte, n-4)
+	if k, err := io.ReadFull(rc.r, body); err != nil {
+		return hdr[0], body[:k], err // the part received of a truncated message
+	}
+	return hdr[0], body, nil
+}
+
+func (rc *faultRaw) next(within time.Duration) (byte, []byte, error) {
+	_ = rc.c.SetReadDeadline(time.Now().Add(within))
+	return rc.read()
+}
+
+// login sends a StartupMessage for db and reads up to ReadyForQuery.
+func (rc *faultRaw) login(db string) {
+	rc.t.Helper()
+	rc.send(wire.AppendStartup(nil, wire.ProtocolVersion30,
+		wire.StartupParam{Name: "user", Value: "postgres"},
+		wire.StartupParam{Name: "database", Value: db},
+		wire.StartupParam{Name: "application_name", Value: "fault_raw"}))
+	for {
+		typ, body, err := rc.next(10 * time.Second)
+		if err != nil {
+			rc.t.Fatalf("raw login: %v", err)
+		}
+		switch typ {
+		case wire.MsgErrorResponse:
+			rc.t.Fatalf("raw login refused: %+v", wire.ParseError(body))
+		case wire.MsgBackendKeyData:
+			if len(body) >= 8 {
+				rc.pid = binary.BigEndian.Uint32(body[:4])
+				rc.key = append([]byte(nil), body[4:]...)
+			}
+		case wire.MsgReadyForQuery:
+			return
+		}
+	}
+}
+
+// query runs sql with the simple protocol; it returns the first ErrorResponse (nil if
+// none) and the transaction status of the ReadyForQuery.
+func (rc *faultRaw) query(sql string) (*wire.ErrorFields, byte) {
+	rc.t.Helper()
+	rc.send(wire.AppendQuery(nil, sql))
+	var first *wire.ErrorFields
+	for {
+		typ, body, err := rc.next(10 * time.Second)
+		if err != nil {
+			rc.t.Fatalf("raw query %q: %v", sql, err)
+		}
+		switch typ {
+		case wire.MsgErrorResponse:
+			if first == nil {
+				f := wire.ParseError(body)
+				first = &f
+			}
+		case wire.MsgReadyForQuery:
+			if len(body) != 1 {
+				rc.t.Fatalf("raw query %q: bad ReadyForQuery %v", sql, body)
+			}
+			return first, body[0]
+		}
+	}
+}
+
+// mustQuery runs sql and fails on an error or an unexpected transaction status.
+func (rc *faultRaw) mustQuery(sql string, wantTx byte) {
+	rc.t.Helper()
+	if f, tx := rc.query(sql); f != nil || tx != wantTx {
+		rc.t.Fatalf("raw query %q: error %+v, tx status %q (want %q)", sql, f, tx, wantTx)
+	}
+}
+
+// faultClosed reports whether err says the peer closed the connection.
+func faultClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// readToClose reads messages until the proxy closes the connection, which must
+// happen within d. It returns the ErrorResponses seen, the arrival time of the first
+// one, and the types of the other messages.
+func (rc *faultRaw) readToClose(d time.Duration) (errs []wire.ErrorFields, firstAt time.Time, others []byte) {
+	rc.t.Helper()
+	deadline := time.Now().Add(d)
+	_ = rc.c.SetReadDeadline(deadline)
+	for i := 0; ; i++ {
+		typ, body, err := rc.read()
+		if err != nil {
+			if faultClosed(err) {
+				return errs, firstAt, others
+			}
+			rc.t.Fatalf("proxy did not close the connection within %s: %v (errors so far: %+v, other messages %q)", d, err, errs, others)
+		}
+		if i > 1000 {
+			rc.t.Fatalf("proxy keeps sending messages, types %q", others)
+		}
+		if typ == wire.MsgErrorResponse {
+			if errs == nil {
+				firstAt = time.Now()
+			}
+			errs = append(errs, wire.ParseError(body))
+		} else {
+			others = append(others, typ)
+		}
+	}
+}
+
+// expectFatal reads to the end of the connection (within d) and checks that the
+// proxy sent exactly one ErrorResponse, FATAL with SQLSTATE code. It returns when the
+// error arrived.
+func (rc *faultRaw) expectFatal(code string, d time.Duration) time.Time {
+	rc.t.Helper()
+	errs, at, others := rc.readToClose(d)
+	if len(errs) != 1 {
+		rc.t.Fatalf("got %d ErrorResponses %+v (other messages %q), want one FATAL %s", len(errs), errs, others, code)
+	}
+	if errs[0].Severity != wire.SeverityFatal || errs[0].Code != code {
+		rc.t.Fatalf("got error %+v, want severity FATAL, SQLSTATE %s", errs[0], code)
+	}
+	return at
+}
+
+// faultTryConnect opens a pgx connection through the proxy, returning the error.
+func faultTryConnect(t *testing.T, tp *testProxy, mode pgx.QueryExecMode) (*pgx.Conn, error) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(tp.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = mode
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c, nil
+}
+
+func faultCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+func faultExec(t *testing.T, c *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := faultCtx()
+	defer cancel()
+	if _, err := c.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func faultInt(t *testing.T, c *pgx.Conn, sql string, args ...any) int {
+	t.Helper()
+	ctx, cancel := faultCtx()
+	defer cancel()
+	var n int
+	if err := c.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// faultSelect runs SELECT $1::int and checks the answer.
+func faultSelect(c *pgx.Conn, v int) error {
+	ctx, cancel := faultCtx()
+	defer cancel()
+	var got int
+	if err := c.QueryRow(ctx, "SELECT $1::int", v).Scan(&got); err != nil {
+		return err
+	}
+	if got != v {
+		return fmt.Errorf("SELECT %d returned %d", v, got)
+	}
+	return nil
+}
+
+func faultRows(t *testing.T, chk *pgx.Conn, id int) int {
+	t.Helper()
+	return faultInt(t, chk, "SELECT count(*) FROM fault_rows WHERE id = $1", id)
+}
+
+func faultTable(t *testing.T, chk *pgx.Conn) {
+	t.Helper()
+	faultExec(t, chk, "CREATE TABLE fault_rows (id int)")
+}
+
+// faultNoIdleInTx waits until no backend of the proxy is idle in a transaction.
+func faultNoIdleInTx(t *testing.T, tp *testProxy, chk *pgx.Conn) {
+	t.Helper()
+	eventually(t, 5*time.Second, "no proxy backend idle in transaction", func() error {
+		st := tp.serverBackends(t, chk)
+		if n := st["idle in transaction"] + st["idle in transaction (aborted)"]; n > 0 {
+			return fmt.Errorf("backends by state: %v", st)
+		}
+		return nil
+	})
+}
+
+func faultPool(tp *testProxy) *pool.Pool {
+	return tp.pools.Get(pool.Key{Database: tp.db, User: "postgres"})
+}
+
+// faultLoop runs SELECT $1::int on c until stop is closed (at most max times) and
+// sends the number of successful queries on the returned channel. Any error fails t.
+func faultLoop(t *testing.T, tp *testProxy, c *pgx.Conn, stop <-chan struct{}, max int) <-chan int {
+	out := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { out <- n }()
+		for i := 0; i < max; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			start := time.Now()
+			if err := faultSelect(c, i); err != nil {
+				t.Errorf("concurrent client: query %d failed after %s: %v (pool %+v)", i, time.Since(start), err, faultPool(tp).Stats())
+				return
+			}
+			n++
+		}
+	}()
+	return out
+}
+
+// faultNoHang fails t if err looks like a query that hung until its context ended.
+func faultNoHang(t *testing.T, what string, err error, elapsed time.Duration) {
+	t.Helper()
+	if errors.Is(err, context.DeadlineExceeded) || elapsed > 9*time.Second {
+		t.Fatalf("%s hung (%s): %v", what, elapsed, err)
+	}
+}
+
+// ---------------------------------------------------------------------------
+
+func TestFaultBadInput(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{ClientLoginTimeout: 300 * time.Millisecond}})
+	{
+		// Learn the route's server parameters outside the short login timeout.
+		ctx, cancel := faultCtx()
+		be, err := faultPool(tp).Acquire(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		faultPool(tp).Release(be)
+	}
+	bystander := tp.connect(t, pgx.QueryExecModeExec)
+	// idle stays logged in without a word for longer than the login timeout.
+	idle := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+
+	stop := make(chan struct{})
+	loop := faultLoop(t, tp, bystander, stop, 1_000_000)
+	stopped := false
+	stopLoop := func() int {
+		if stopped {
+			return -1
+		}
+		stopped = true
+		close(stop)
+		return <-loop
+	}
+	t.Cleanup(func() { stopLoop() })
+	protoErr0 := tp.srv.Stats().ProtocolError
+
+	loggedIn := func(t *testing.T) *faultRaw {
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		return rc
+	}
+	cases := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"HTTPRequest", func(t *testing.T) {
+			rc := faultDial(t, tp.addr)
+			rc.send([]byte("GET / HTTP/1.1\r\n\r\n"))
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+		}},
+		{"HugeStartupLength", func(t *testing.T) {
+			rc := faultDial(t, tp.addr)
+			rc.send([]byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0})
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+		}},
+		{"TruncatedStartup", func(t *testing.T) {
+			rc := faultDial(t, tp.addr)
+			pkt := []byte{0, 0, 0, 100, 0, 3, 0, 0}
+			pkt = append(pkt, "user\x00postgr"...) // 20 bytes of the announced 100
+			rc.send(pkt)
+			if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			errs, _, others := rc.readToClose(2 * time.Second)
+			if len(others) > 0 || len(errs) > 1 {
+				t.Fatalf("got messages %q and errors %+v, want at most one FATAL error", others, errs)
+			}
+			if len(errs) == 1 && (errs[0].Severity != wire.SeverityFatal || errs[0].Code != wire.CodeProtocolViolation) {
+				t.Fatalf("got error %+v, want FATAL 08P01", errs[0])
+			}
+		}},
+		{"UnsupportedProtocol", func(t *testing.T) {
+			rc := faultDial(t, tp.addr)
+			rc.send(wire.AppendStartup(nil, 2<<16, wire.StartupParam{Name: "user", Value: "postgres"}))
+			rc.expectFatal(wire.CodeFeatureNotSupported, 2*time.Second)
+		}},
+		{"StalledStartup", func(t *testing.T) {
+			start := time.Now()
+			rc := faultDial(t, tp.addr)
+			at := rc.expectFatal(wire.CodeProtocolViolation, 3*time.Second)
+			if d := at.Sub(start); d < 250*time.Millisecond || d > 2*time.Second {
+				t.Fatalf("login timeout error after %s, want about 300ms", d)
+			}
+		}},
+		{"InvalidMessageType", func(t *testing.T) {
+			rc := loggedIn(t)
+			rc.mustQuery("SELECT 1", wire.TxIdle)
+			rc.send([]byte{0x01, 0, 0, 0, 4})
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+		}},
+		{"NegativeQueryLength", func(t *testing.T) {
+			rc := loggedIn(t)
+			msg := []byte{'Q', 0xff, 0xff, 0xff, 0xf0}
+			rc.send(append(msg, "SELECT 1\x00"...))
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+		}},
+		{"BadSyncLength", func(t *testing.T) {
+			rc := loggedIn(t)
+			rc.send([]byte{'S', 0, 0, 0, 8, 0, 0, 0, 0})
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+		}},
+		{"GarbageInTransaction", func(t *testing.T) {
+			rc := loggedIn(t)
+			rc.mustQuery("BEGIN", wire.TxActive)
+			rc.mustQuery("INSERT INTO fault_rows VALUES (7)", wire.TxActive)
+			rc.send([]byte("GET / HTTP/1.1\r\n\r\n"))
+			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			faultNoIdleInTx(t, tp, chk)
+			if n := faultRows(t, chk, 7); n != 0 {
+				t.Fatalf("row of the broken transaction committed (%d rows)", n)
+			}
+		}},
+		{"GarbagePipelinedInTransaction", func(t *testing.T) {
+			// The garbage follows a query whose answer is still on its way: the
+			// proxy cannot roll back cleanly and must drop the backend instead.
+			rc := loggedIn(t)
+			rc.mustQuery("BEGIN", wire.TxActive)
+			msg := wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (8)")
+			rc.send(append(msg, 0x01, 0, 0, 0, 4))
+			errs, _, others := rc.readToClose(2 * time.Second)
+			if len(errs) != 1 || errs[0].Severity != wire.SeverityFatal || errs[0].Code != wire.CodeProtocolViolation {
+				t.Fatalf("got errors %+v (other messages %q), want one FATAL 08P01", errs, others)
+			}
+			faultNoIdleInTx(t, tp, chk)
+			if n := faultRows(t, chk, 8); n != 0 {
+				t.Fatalf("row of the broken transaction committed (%d rows)", n)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, c.run)
+	}
+	n := stopLoop()
+	if n <= 0 {
+		t.Errorf("concurrent client completed %d queries", n)
+	}
+	t.Logf("concurrent client ran %d queries", n)
+	if err := faultSelect(idle, 42); err != nil {
+		t.Errorf("client idle since login (longer than the login timeout): %v", err)
+	}
+	if got, want := tp.srv.Stats().ProtocolError-protoErr0, uint64(len(cases)-1); got < want {
+		t.Errorf("Stats.ProtocolError grew by %d, want at least %d", got, want)
+	}
+	faultNoIdleInTx(t, tp, chk)
+	if st := faultPool(tp).Stats(); st.Open > st.Size {
+		t.Errorf("pool has %d backends open, size %d", st.Open, st.Size)
+	}
+}
+
+func TestFaultMaxClientConn(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{Opt: proxy.Options{MaxClientConn: 3}})
+	var conns []*pgx.Conn
+	for i := 0; i < 3; i++ {
+		c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		if err := faultSelect(c, i); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	refused0 := tp.srv.Stats().Refused
+	for i := 0; i < 2; i++ {
+		c, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol)
+		if err == nil {
+			c.Close(context.Background())
+			t.Fatalf("fourth client connected (attempt %d)", i)
+		}
+		if code := pgCode(err); code != "53300" {
+			t.Fatalf("fourth client: error %v (SQLSTATE %q), want 53300", err, code)
+		}
+	}
+	if got := tp.srv.Stats().Refused - refused0; got != 2 {
+		t.Errorf("Stats.Refused grew by %d, want 2", got)
+	}
+	for i, c := range conns {
+		if err := faultSelect(c, 10+i); err != nil {
+			t.Fatalf("client %d after the refusals: %v", i, err)
+		}
+	}
+	ctx, cancel := faultCtx()
+	defer cancel()
+	if err := conns[0].Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var c4 *pgx.Conn
+	eventually(t, 5*time.Second, "a new client is accepted after one left", func() error {
+		c, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol)
+		if err != nil {
+			return err
+		}
+		c4 = c
+		return nil
+	})
+	if err := faultSelect(c4, 4); err != nil {
+		t.Fatalf("new client: %v", err)
+	}
+	if _, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol); pgCode(err) != "53300" {
+		t.Fatalf("client beyond the limit again: %v, want SQLSTATE 53300", err)
+	}
+}
+
+func TestFaultTerminateIdleBackend(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	c1 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	c2 := tp.connect(t, pgx.QueryExecModeExec)
+	// Two overlapping queries make the pool open both backends.
+	errc := make(chan error, 2)
+	for _, c := range []*pgx.Conn{c1, c2} {
+		go func() {
+			ctx, cancel := faultCtx()
+			defer cancel()
+			_, err := c.Exec(ctx, "SELECT pg_sleep(0.2)")
+			errc <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "two idle proxy backends", func() error {
+		if st := tp.serverBackends(t, chk); st["idle"] != 2 || len(st) != 1 {
+			return fmt.Errorf("backends by state: %v", st)
+		}
+		return nil
+	})
+	// The pool checks an idle backend before handing it out only once it has been
+	// idle for a few milliseconds (one that dies sooner is found by its next user, by
+	// design): the backends are made to be idle a while, as idle backends are.
+	eventually(t, 5*time.Second, "backends idle for 100ms", func() error {
+		n := faultInt(t, chk, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1
+			AND state = 'idle' AND state_change < clock_timestamp() - interval '100 ms'`, tp.appName)
+		if n != 2 {
+			return fmt.Errorf("%d backends idle for 100ms", n)
+		}
+		return nil
+	})
+	var old []uint32
+	{
+		ctx, cancel := faultCtx()
+		rows, err := chk.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = $1", tp.appName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, err = pgx.CollectRows(rows, pgx.RowTo[uint32])
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) s", tp.appName); n != 2 {
+		t.Fatalf("terminated %d backends, want 2", n)
+	}
+	eventually(t, 5*time.Second, "terminated backends gone", func() error {
+		if st := tp.serverBackends(t, chk); len(st) != 0 {
+			return fmt.Errorf("backends by state: %v", st)
+		}
+		return nil
+	})
+	for i := 0; i < 5; i++ {
+		if err := faultSelect(c1, i); err != nil {
+			t.Fatalf("same client (simple protocol), query %d after the backends were terminated: %v", i, err)
+		}
+		if err := faultSelect(c2, i); err != nil {
+			t.Fatalf("same client (extended protocol), query %d after the backends were terminated: %v", i, err)
+		}
+	}
+	c3 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if err := faultSelect(c3, 3); err != nil {
+		t.Fatalf("new client: %v", err)
+	}
+	pid := faultInt(t, c3, "SELECT pg_backend_pid()")
+	for _, o := range old {
+		if uint32(pid) == o {
+			t.Fatalf("client served by terminated backend %d", pid)
+		}
+	}
+	if st := faultPool(tp).Stats(); st.Open > 2 {
+		t.Fatalf("pool has %d backends open, size 2", st.Open)
+	}
+}
+
+// TestFaultTerminateBackendInTransaction kills the backend of a client that is in a
+// transaction and keeps sending statements (pipelined, without waiting for answers):
+// once the transaction is lost, none of the client's later statements may run on
+// another backend outside it.
+func TestFaultTerminateBackendInTransaction(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	bystander := tp.connect(t, pgx.QueryExecModeExec)
+	for round := 0; round < 3; round++ {
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		rc.mustQuery("BEGIN", wire.TxActive)
+		rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+		pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+
+		// reader: counts answers and keeps the errors until the proxy closes.
+		var answers atomic.Int64
+		type outcome struct {
+			errs []wire.ErrorFields
+			err  error
+		}
+		readDone := make(chan outcome, 1)
+		go func() {
+			var o outcome
+			_ = rc.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			for {
+				typ, body, err := rc.read()
+				if err != nil {
+					o.err = err
+					readDone <- o
+					return
+				}
+				switch typ {
+				case wire.MsgErrorResponse:
+					o.errs = append(o.errs, wire.ParseError(body))
+				case wire.MsgReadyForQuery:
+					answers.Add(1)
+				case 'C', wire.MsgNoticeResponse:
+				default:
+					o.err = fmt.Errorf("unexpected message %q %q after %d answers (corrupt stream?)", typ, body, answers.Load())
+					readDone <- o
+					return
+				}
+			}
+		}()
+		// writer: INSERT 2 as fast as possible, never waiting for an answer.
+		stop := make(chan struct{})
+		writeDone := make(chan int, 1)
+		go func() {
+			var batch []byte
+			for i := 0; i < 10; i++ {
+				batch = wire.AppendQuery(batch, "INSERT INTO fault_rows VALUES (2)")
+			}
+			n := 0
+			defer func() { writeDone <- n }()
+			for ; n < 200_000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				if _, err := rc.c.Write(batch); err != nil {
+					return
+				}
+			}
+		}()
+		eventually(t, 5*time.Second, "pipelined statements answered", func() error {
+			if answers.Load() < 50 {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+			t.Fatal("pg_terminate_backend")
+		}
+		var o outcome
+		select {
+		case o = <-readDone:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("proxy did not close the client whose transaction was lost")
+		}
+		close(stop)
+		<-writeDone
+		// The stream may end abruptly (the proxy closes a client that is still
+		// sending, so its last bytes may be lost to a reset), but what arrives must
+		// be well-formed messages.
+		if !faultClosed(o.err) && !errors.Is(o.err, io.ErrUnexpectedEOF) {
+			t.Errorf("round %d: client connection: %v, want well-formed messages, then closed", round, o.err)
+		}
+		faultNoIdleInTx(t, tp, chk)
+		if n := faultRows(t, chk, 1); n != 0 {
+			t.Fatalf("round %d: row of the lost transaction committed", round)
+		}
+		if n := faultRows(t, chk, 2); n != 0 {
+			t.Fatalf("round %d: %d statements sent inside the lost transaction were committed outside it (after %d answers)", round, n, answers.Load())
+		}
+		if err := faultSelect(bystander, round); err != nil {
+			t.Fatalf("other client: %v", err)
+		}
+	}
+}
+
+// TestFaultBackendDiesMidMessage kills a backend while it is blocked sending a large
+// result to a client that does not read yet, so that PostgreSQL dies in the middle
+// of a message. What the client then reads must be well-formed messages, then the
+// end of the connection (possibly in the middle of a message, as from PostgreSQL
+// itself): nothing may be spliced after a partly forwarded message.
+func TestFaultBackendDiesMidMessage(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	bystander := tp.connect(t, pgx.QueryExecModeExec)
+	const total = 2_000_000
+	// PostgreSQL sends its FATAL instead when it happens not to be blocked at that
+	// moment: two rounds make a cut in the middle of a message all but certain.
+	for round := 0; round < 2; round++ {
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		rc.send(wire.AppendQuery(nil, fmt.Sprintf("SELECT repeat('x', 100) FROM generate_series(1, %d)", total)))
+		var pid int
+		eventually(t, 20*time.Second, "backend blocked sending the result", func() error {
+			ctx, cancel := faultCtx()
+			defer cancel()
+			return chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1
+				AND state = 'active' AND wait_event = 'ClientWrite'`, tp.appName).Scan(&pid)
+		})
+		if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+			t.Fatal("pg_terminate_backend")
+		}
+		eventually(t, 5*time.Second, "terminated backend gone", func() error {
+			if n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid); n != 0 {
+				return errors.New("still there")
+			}
+			return nil
+		})
+
+		_ = rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		rows := 0
+		var errs []wire.ErrorFields
+		var end error
+		for i := 0; i <= total+10; i++ {
+			typ, body, err := rc.read()
+			if err != nil {
+				end = err
+				if typ == 'D' && errors.Is(err, io.ErrUnexpectedEOF) {
+					// The connection ended in the middle of a DataRow: what came of it
+					// must be the start of a good one.
+					good := append([]byte{0, 1, 0, 0, 0, 100}, bytes.Repeat([]byte("x"), 100)...)
+					if !bytes.HasPrefix(good, body) {
+						t.Fatalf("corrupt truncated DataRow after %d good rows: %q", rows, body)
+					}
+				}
+				break
+			}
+			switch typ {
+			case 'T':
+				if i != 0 {
+					t.Fatalf("RowDescription after %d rows", rows)
+				}
+			case 'D':
+				if len(errs) > 0 {
+					t.Fatalf("DataRow after an ErrorResponse %+v", errs)
+				}
+				ok := len(body) == 106 && body[0] == 0 && body[1] == 1 && binary.BigEndian.Uint32(body[2:6]) == 100
+				for _, c := range body[min(6, len(body)):] {
+					ok = ok && c == 'x'
+				}
+				if !ok {
+					t.Fatalf("corrupt DataRow after %d good rows: %q", rows, body[:min(len(body), 120)])
+				}
+				rows++
+			case wire.MsgErrorResponse:
+				errs = append(errs, wire.ParseError(body))
+			default:
+				t.Fatalf("unexpected message %q after %d rows and errors %+v: %q", typ, rows, errs, body[:min(len(body), 120)])
+			}
+		}
+		t.Logf("client read %d rows, errors %+v, then %v", rows, errs, end)
+		if !faultClosed(end) && !errors.Is(end, io.ErrUnexpectedEOF) {
+			t.Fatalf("after %d rows and errors %+v: %v; want well-formed messages, then the end of the connection", rows, errs, end)
+		}
+		if rows >= total {
+			t.Fatalf("the backend was not killed during the result")
+		}
+		if err := faultSelect(bystander, 1); err != nil {
+			t.Fatalf("other client: %v", err)
+		}
+		faultNoIdleInTx(t, tp, chk)
+		if st := faultPool(tp).Stats(); st.Open > 2 {
+			t.Fatalf("pool has %d backends open, size 2", st.Open)
+		}
+	}
+}
+
+// faultGate is a slog.Handler that, once armed, holds the first Warn (or worse)
+// record until released: a slow log sink, used to hold the proxy right after it logs
+// a fault.
+type faultGate struct {
+	armed    atomic.Bool
+	hit      chan struct{}
+	hitOnce  sync.Once
+	open     chan struct{}
+	openOnce sync.Once
+}
+
+func newFaultGate() *faultGate {
+	return &faultGate{hit: make(chan struct{}), open: make(chan struct{})}
+}
+
+func (g *faultGate) Enabled(context.Context, slog.Level) bool { return true }
+
+func (g *faultGate) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn && g.armed.Load() {
+		g.hitOnce.Do(func() { close(g.hit) })
+		select {
+		case <-g.open:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	return nil
+}
+
+func (g *faultGate) WithAttrs([]slog.Attr) slog.Handler { return g }
+func (g *faultGate) WithGroup(string) slog.Handler      { return g }
+func (g *faultGate) release()                           { g.openOnce.Do(func() { close(g.open) }) }
+
+// TestFaultLostTransactionNotRerouted: a client's backend dies while the client is in
+// a transaction; a statement the client sends afterwards (pipelined, or by a client
+// that does not stop at the FATAL) must not run on another backend, outside the
+// transaction the client believes it is in. The proxy's log sink is made slow, which
+// widens the time between the proxy noticing the dead backend and ending the client.
+func TestFaultLostTransactionNotRerouted(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	gate := newFaultGate()
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{Logger: slog.New(gate)}})
+	t.Cleanup(gate.release) // before the proxy is closed
+	bystander := tp.connect(t, pgx.QueryExecModeExec)
+
+	rc := faultDial(t, tp.addr)
+	rc.login(db)
+	rc.mustQuery("BEGIN", wire.TxActive)
+	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+	gate.armed.Store(true)
+	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+		t.Fatal("pg_terminate_backend")
+	}
+	select {
+	case <-gate.hit:
+	case <-time.After(5 * time.Second):
+		t.Logf("the proxy logged nothing about the lost backend; going on without holding it")
+	}
+	rc.send(wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (2)"))
+	// While the proxy is held, the statement must not run anywhere.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if faultRows(t, chk, 2) != 0 {
+			break
+		}
+	}
+	gate.release()
+	errs, _, others := rc.readToClose(5 * time.Second)
+	t.Logf("client got errors %+v and messages %q", errs, others)
+	if n := faultRows(t, chk, 2); n != 0 {
+		t.Fatalf("statement sent after the transaction's backend died was committed on another backend (client saw errors %+v, messages %q)", errs, others)
+	}
+	for _, typ := range others {
+		if typ == 'C' {
+			t.Fatalf("statement sent after the transaction's backend died completed (messages %q)", others)
+		}
+	}
+	if len(errs) == 0 || errs[0].Severity != wire.SeverityFatal {
+		t.Fatalf("client got errors %+v, want a FATAL one first", errs)
+	}
+	if n := faultRows(t, chk, 1); n != 0 {
+		t.Fatalf("row of the lost transaction committed")
+	}
+	if err := faultSelect(bystander, 1); err != nil {
+		t.Fatalf("other client: %v", err)
+	}
+	faultNoIdleInTx(t, tp, chk)
+}
+
+// TestFaultClientLeavesWhileBackendFails: the client of a transaction disconnects
+// while the proxy is still handling the death of that client's backend (held in a
+// slow log sink). The session must not be finished, its buffers recycled and the
+// server closed while its server goroutine still runs.
+func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	gate := newFaultGate()
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{Logger: slog.New(gate)}})
+	t.Cleanup(gate.release) // before the proxy is closed
+
+	rc := faultDial(t, tp.addr)
+	rc.login(db)
+	rc.mustQuery("BEGIN", wire.TxActive)
+	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+	gate.armed.Store(true)
+	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+		t.Fatal("pg_terminate_backend")
+	}
+	select {
+	case <-gate.hit:
+	case <-time.After(5 * time.Second):
+		t.Skip("the proxy logged nothing about the lost backend: nothing to hold it with")
+	}
+	// The proxy's server goroutine for this client is now held in the log sink.
+	rc.c.Close()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && tp.srv.Stats().Clients > 0; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- tp.srv.Close() }()
+	select {
+	case err := <-closed:
+		gate.release()
+		t.Fatalf("Server.Close returned (%v) while a session goroutine was still running (held in the log sink)", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	gate.release()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Close did not return")
+	}
+	if n := faultRows(t, chk, 1); n != 0 {
+		t.Fatalf("row of the lost transaction committed")
+	}
+}
+
+func TestFaultRestartPostgres(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	// The cluster is shared: whatever happens, leave it running.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := cluster.Start(ctx); err != nil {
+			t.Errorf("restart the shared cluster: %v", err)
+		}
+	})
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	idle1 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	idle2 := tp.connect(t, pgx.QueryExecModeExec)
+	txc := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	for i, c := range []*pgx.Conn{idle1, idle2, txc} {
+		if err := faultSelect(c, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faultExec(t, txc, "BEGIN")
+	faultExec(t, txc, "INSERT INTO fault_rows VALUES (1)")
+	chk.Close(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := cluster.Stop(ctx); err != nil {
+		t.Fatalf("stop PostgreSQL: %v", err)
+	}
+	// While PostgreSQL is down a query fails with an error, quickly.
+	start := time.Now()
+	err := faultSelect(idle2, 5)
+	faultNoHang(t, "query while PostgreSQL is down", err, time.Since(start))
+	if err == nil {
+		t.Fatalf("query succeeded while PostgreSQL is down")
+	}
+	t.Logf("query while PostgreSQL is down: %v", err)
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatalf("start PostgreSQL: %v", err)
+	}
+
+	for name, c := range map[string]*pgx.Conn{"simple": idle1, "extended": idle2} {
+		deadline := time.Now().Add(10 * time.Second)
+		fails := 0
+		for i := 0; ; i++ {
+			start := time.Now()
+			err := faultSelect(c, 100+i)
+			if err == nil {
+				break
+			}
+			faultNoHang(t, name+" client after the restart", err, time.Since(start))
+			fails++
+			t.Logf("%s client, query %d after the restart: %v", name, i, err)
+			if time.Now().After(deadline) || i > 100 {
+				t.Fatalf("%s client: no query succeeded within 10s of the restart", name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if fails > 1 {
+			t.Errorf("%s client: %d queries failed after the restart, want at most 1", name, fails)
+		}
+		for i := 0; i < 3; i++ {
+			if err := faultSelect(c, 200+i); err != nil {
+				t.Fatalf("%s client still not usable: %v", name, err)
+			}
+		}
+	}
+
+	// The client whose transaction was on a backend that died gets an error; its
+	// next statement must not run elsewhere outside its transaction.
+	qctx, qcancel := faultCtx()
+	start = time.Now()
+	_, err = txc.Exec(qctx, "INSERT INTO fault_rows VALUES (2)")
+	qcancel()
+	faultNoHang(t, "client of a transaction lost in the restart", err, time.Since(start))
+	if err == nil {
+		t.Fatalf("statement of a transaction lost in the restart succeeded")
+	}
+	t.Logf("client in a transaction during the restart: %v (SQLSTATE %q)", err, pgCode(err))
+
+	chk2 := direct(t, db)
+	c4 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	for i := 0; i < 3; i++ {
+		if err := faultSelect(c4, i); err != nil {
+			t.Fatalf("new client after the restart: %v", err)
+		}
+	}
+	for _, id := range []int{1, 2} {
+		if n := faultRows(t, chk2, id); n != 0 {
+			t.Errorf("row %d of the lost transaction is visible", id)
+		}
+	}
+	faultNoIdleInTx(t, tp, chk2)
+	if st := faultPool(tp).Stats(); st.Open > 2 {
+		t.Fatalf("pool has %d backends open, size 2", st.Open)
+	}
+}
+
+func TestFaultDisconnectMidTransaction(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
+
+	t.Run("Idle", func(t *testing.T) {
+		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		faultExec(t, a, "BEGIN")
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (1)")
+		pid := faultInt(t, a, "SELECT pg_backend_pid()")
+		a.PgConn().Conn().Close()
+		eventually(t, 5*time.Second, "backend back to idle", func() error {
+			if st := tp.serverBackends(t, chk); st["idle"] != 1 || len(st) != 1 {
+				return fmt.Errorf("backends by state: %v", st)
+			}
+			return nil
+		})
+		if n := faultRows(t, chk, 1); n != 0 {
+			t.Fatalf("row of the abandoned transaction is visible")
+		}
+		b := tp.connect(t, pgx.QueryExecModeExec)
+		if got := faultInt(t, b, "SELECT pg_backend_pid()"); got != pid {
+			t.Fatalf("new client on backend %d, want the reused backend %d (pool size 1)", got, pid)
+		}
+		if n := faultInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = $1", 1); n != 0 {
+			t.Fatalf("new client sees the abandoned row")
+		}
+		if b.PgConn().TxStatus() != 'I' {
+			t.Fatalf("new client's transaction status %q, want I", b.PgConn().TxStatus())
+		}
+		faultExec(t, b, "INSERT INTO fault_rows VALUES ($1)", 2)
+		if n := faultRows(t, chk, 2); n != 1 {
+			t.Fatalf("new client's autocommit row: %d rows", n)
+		}
+	})
+
+	t.Run("MidQuery", func(t *testing.T) {
+		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		faultExec(t, a, "BEGIN")
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (3)")
+		pid := faultInt(t, a, "SELECT pg_backend_pid()")
+		errc := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := a.Exec(ctx, "SELECT pg_sleep(5)")
+			errc <- err
+		}()
+		eventually(t, 5*time.Second, "pg_sleep running", func() error {
+			if n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query = 'SELECT pg_sleep(5)'", pid); n != 1 {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		a.PgConn().Conn().Close()
+		select {
+		case err := <-errc:
+			if err == nil {
+				t.Fatalf("query on a closed connection succeeded")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("query did not return after its connection was closed")
+		}
+		b := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		start := time.Now()
+		if n := faultInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = 3"); n != 0 {
+			t.Fatalf("new client sees the abandoned row")
+		}
+		t.Logf("next client served after %s", time.Since(start))
+		if b.PgConn().TxStatus() != 'I' {
+			t.Fatalf("new client's transaction status %q, want I", b.PgConn().TxStatus())
+		}
+		faultExec(t, b, "INSERT INTO fault_rows VALUES (4)")
+		if n := faultRows(t, chk, 4); n != 1 {
+			t.Fatalf("new client's autocommit row: %d rows", n)
+		}
+		// The abandoned backend ends (closed by the proxy, PostgreSQL notices after
+		// pg_sleep) without committing anything.
+		eventually(t, 10*time.Second, "abandoned backend gone or rolled back", func() error {
+			st := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'", pid)
+			if st != 0 {
+				return fmt.Errorf("backend %d still busy or in a transaction", pid)
+			}
+			return nil
+		})
+		if n := faultRows(t, chk, 3); n != 0 {
+			t.Fatalf("row of the abandoned transaction committed")
+		}
+		faultNoIdleInTx(t, tp, chk)
+		if st := faultPool(tp).Stats(); st.Open > 1 {
+			t.Fatalf("pool leaks: %d backends open, size 1 (%+v)", st.Open, st)
+		}
+		if err := faultSelect(b, 9); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestFaultCancel(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	b := tp.connect(t, pgx.QueryExecModeExec)
+	running := func(sql string) func() error {
+		return func() error {
+			n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query = $2", tp.appName, sql)
+			if n != 1 {
+				return fmt.Errorf("%d backends running %q", n, sql)
+			}
+			return nil
+		}
+	}
+
+	stop := make(chan struct{})
+	loop := faultLoop(t, tp, b, stop, 1_000_000)
+	stopped := false
+	stopLoop := func() int {
+		if stopped {
+			return -1
+		}
+		stopped = true
+		close(stop)
+		return <-loop
+	}
+	t.Cleanup(func() { stopLoop() })
+
+	errc := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+		defer cancel()
+		_, err := a.Exec(ctx, "SELECT pg_sleep(30)")
+		errc <- err
+	}()
+	eventually(t, 5*time.Second, "A's pg_sleep running", running("SELECT pg_sleep(30)"))
+	ctx, cancel := faultCtx()
+	defer cancel()
+	start := time.Now()
+	if err := a.PgConn().CancelRequest(ctx); err != nil {
+		t.Fatalf("cancel request: %v", err)
+	}
+	select {
+	case err := <-errc:
+		if code := pgCode(err); code != "57014" {
+			t.Fatalf("canceled query: %v (SQLSTATE %q), want 57014", err, code)
+		}
+		t.Logf("query canceled after %s", time.Since(start))
+	case <-time.After(3 * time.Second):
+		t.Fatalf("query not canceled within 3s")
+	}
+	if err := faultSelect(a, 1); err != nil {
+		t.Fatalf("A after the cancel: %v", err)
+	}
+	if n := stopLoop(); n <= 0 {
+		t.Fatalf("concurrent client completed %d queries", n)
+	}
+
+	// Cancel requests that must have no effect: for a client running nothing, and
+	// with a wrong key.
+	c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	sleep := func(send func()) {
+		t.Helper()
+		errc := make(chan error, 1)
+		go func() {
+			ctx, cancel := faultCtx()
+			defer cancel()
+			_, err := c.Exec(ctx, "SELECT pg_sleep(0.5)")
+			errc <- err
+		}()
+		eventually(t, 5*time.Second, "pg_sleep(0.5) running", running("SELECT pg_sleep(0.5)"))
+		send()
+		if err := <-errc; err != nil {
+			t.Fatalf("other client's pg_sleep(0.5): %v", err)
+		}
+	}
+	sleep(func() {
+		if err := a.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatalf("cancel request: %v", err)
+		}
+	})
+	sleep(func() {
+		rc := faultDial(t, tp.addr)
+		key := append([]byte(nil), c.PgConn().SecretKey()...)
+		key[0] ^= 0xff
+		rc.send(wire.AppendCancelRequest(nil, c.PgConn().PID(), key))
+		rc.readToClose(2 * time.Second)
+	})
+	if err := faultSelect(a, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := faultSelect(c, 3); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFaultIdleTransactionTimeout(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{IdleTransactionTimeout: 300 * time.Millisecond}})
+
+	// A client idle outside a transaction is never affected, even right after one.
+	idle := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	faultExec(t, idle, "BEGIN")
+	faultExec(t, idle, "INSERT INTO fault_rows VALUES (100)")
+	faultExec(t, idle, "COMMIT")
+	idleSince := time.Now()
+
+	// A raw client goes silent in a transaction: FATAL 25P03.
+	rc := faultDial(t, tp.addr)
+	rc.login(db)
+	rc.mustQuery("BEGIN", wire.TxActive)
+	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	start := time.Now()
+	at := rc.expectFatal(wire.CodeIdleInTransactionTimout, 3*time.Second)
+	if d := at.Sub(start); d < 250*time.Millisecond {
+		t.Fatalf("idle-transaction timeout after %s, want about 300ms", d)
+	}
+	faultNoIdleInTx(t, tp, chk)
+	if n := faultRows(t, chk, 1); n != 0 {
+		t.Fatalf("row of the timed-out transaction committed")
+	}
+	b := tp.connect(t, pgx.QueryExecModeExec)
+	if err := faultSelect(b, 1); err != nil {
+		t.Fatalf("client B on the single backend: %v", err)
+	}
+
+	// The same with pgx: its next operation fails.
+	a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	killed := tp.srv.Stats().IdleTxKilled
+	faultExec(t, a, "BEGIN")
+	faultExec(t, a, "INSERT INTO fault_rows VALUES (2)")
+	eventually(t, 3*time.Second, "idle-transaction timeout", func() error {
+		if tp.srv.Stats().IdleTxKilled == killed {
+			return errors.New("client not ended yet")
+		}
+		return nil
+	})
+	ctx, cancel := faultCtx()
+	_, err := a.Exec(ctx, "INSERT INTO fault_rows VALUES (3)")
+	cancel()
+	if err == nil {
+		t.Fatalf("client ended by the idle-transaction timeout could still run a statement")
+	}
+	if code := pgCode(err); code != "" && code != wire.CodeIdleInTransactionTimout {
+		t.Fatalf("client ended by the idle-transaction timeout: %v, want SQLSTATE 25P03", err)
+	}
+	t.Logf("pgx client after the timeout: %v", err)
+	if n := faultRows(t, chk, 2) + faultRows(t, chk, 3); n != 0 {
+		t.Fatalf("rows of the timed-out transaction committed")
+	}
+	if err := faultSelect(b, 2); err != nil {
+		t.Fatalf("client B after the second timeout: %v", err)
+	}
+
+	// A transaction that is busy (not idle) for longer than the timeout survives.
+	faultExec(t, b, "BEGIN")
+	faultExec(t, b, "SELECT pg_sleep(0.6)")
+	faultExec(t, b, "INSERT INTO fault_rows VALUES ($1)", 4)
+	faultExec(t, b, "COMMIT")
+	if n := faultRows(t, chk, 4); n != 1 {
+		t.Fatalf("busy transaction not committed")
+	}
+
+	if d := time.Second - time.Since(idleSince); d > 0 {
+		time.Sleep(d) // the scenario: idle for a second
+	}
+	if err := faultSelect(idle, 5); err != nil {
+		t.Fatalf("client idle outside a transaction for 1s: %v", err)
+	}
+	if n := faultRows(t, chk, 100); n != 1 {
+		t.Fatalf("committed row lost")
+	}
+	if got := tp.srv.Stats().IdleTxKilled; got != 2 {
+		t.Fatalf("Stats.IdleTxKilled = %d, want 2", got)
+	}
+}
+
+func TestFaultQueryWaitTimeout(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{QueryWaitTimeout: 300 * time.Millisecond}})
+	a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	for _, m := range []struct {
+		name string
+		mode pgx.QueryExecMode
+	}{{"Simple", pgx.QueryExecModeSimpleProtocol}, {"Extended", pgx.QueryExecModeExec}} {
+		t.Run(m.name, func(t *testing.T) {
+			b := tp.connect(t, m.mode)
+			faultExec(t, a, "BEGIN")
+			for i := 0; i < 2; i++ {
+				start := time.Now()
+				err := faultSelect(b, i)
+				d := time.Since(start)
+				if code := pgCode(err); code != "57014" {
+					t.Fatalf("query %d while the only backend is held: %v (SQLSTATE %q), want 57014", i, err, code)
+				}
+				// About 300ms; the bound is loose for loaded machines.
+				if d < 250*time.Millisecond || d > 2*time.Second {
+					t.Fatalf("query_wait_timeout error after %s, want about 300ms", d)
+				}
+				if b.IsClosed() {
+					t.Fatalf("client closed after query_wait_timeout")
+				}
+			}
+			faultExec(t, a, "COMMIT")
+			for i := 0; i < 3; i++ {
+				if err := faultSelect(b, 10+i); err != nil {
+					t.Fatalf("query after the backend was freed: %v", err)
+				}
+			}
+			if err := faultSelect(a, 1); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+
+	// Raw extended protocol: the failed batch gets exactly one error, and one
+	// ReadyForQuery at its Sync.
+	t.Run("ExtendedRaw", func(t *testing.T) {
+		rc := faultDial(t, tp.addr)
+		rc.login(tp.db)
+		batch := faultExtendedBatch("SELECT 1")
+		faultExec(t, a, "BEGIN")
+		for i := 0; i < 2; i++ {
+			start := time.Now()
+			rc.send(batch)
+			var types []byte
+			var errs []wire.ErrorFields
+			for len(types) == 0 || types[len(types)-1] != wire.MsgReadyForQuery {
+				typ, body, err := rc.next(5 * time.Second)
+				if err != nil {
+					t.Fatalf("batch %d: after %q: %v", i, types, err)
+				}
+				types = append(types, typ)
+				if typ == wire.MsgErrorResponse {
+					errs = append(errs, wire.ParseError(body))
+				}
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("batch %d answered after %s, want about 300ms", i, d)
+			}
+			if string(types) != "EZ" || errs[0].Code != wire.CodeQueryCanceled || errs[0].Severity != wire.SeverityError {
+				t.Fatalf("batch %d while the only backend is held: messages %q, errors %+v; want one ERROR 57014 then ReadyForQuery", i, types, errs)
+			}
+		}
+		faultExec(t, a, "COMMIT")
+		rc.send(batch)
+		var types []byte
+		for len(types) == 0 || types[len(types)-1] != wire.MsgReadyForQuery {
+			typ, body, err := rc.next(5 * time.Second)
+			if err != nil {
+				t.Fatalf("batch after the backend was freed: after %q: %v", types, err)
+			}
+			if typ == wire.MsgErrorResponse {
+				t.Fatalf("batch after the backend was freed: %+v", wire.ParseError(body))
+			}
+			types = append(types, typ)
+		}
+		if string(types) != "12TDCZ" {
+			t.Fatalf("batch after the backend was freed: messages %q, want \"12TDCZ\"", types)
+		}
+	})
+}
+
+// faultExtendedBatch encodes Parse, Bind, Describe (portal), Execute and Sync of sql
+// with the unnamed statement and portal and no parameters.
+func faultExtendedBatch(sql string) []byte {
+	msg := func(dst []byte, t byte, body ...byte) []byte {
+		dst = append(dst, t)
+		dst = binary.BigEndian.AppendUint32(dst, uint32(4+len(body)))
+		return append(dst, body...)
+	}
+	parse := append([]byte{0}, sql...) // unnamed statement
+	parse = append(parse, 0, 0, 0)     // no parameter types
+	var b []byte
+	b = msg(b, 'P', parse...)
+	b = msg(b, 'B', 0, 0, 0, 0, 0, 0, 0, 0) // portal, statement, 0 formats, 0 params, 0 result formats
+	b = msg(b, 'D', 'P', 0)
+	b = msg(b, 'E', 0, 0, 0, 0, 0)
+	return wire.AppendSync(b)
+}
+
+func TestFaultShutdown(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	faultTable(t, chk)
+
+	t.Run("Graceful", func(t *testing.T) {
+		tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		b := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		if err := faultSelect(b, 1); err != nil {
+			t.Fatal(err)
+		}
+		braw := faultDial(t, tp.addr)
+		braw.login(db)
+		faultExec(t, a, "BEGIN")
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (1)")
+
+		done := make(chan error, 1)
+		var returned atomic.Bool
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := tp.srv.Shutdown(ctx)
+			returned.Store(true)
+			done <- err
+		}()
+		braw.expectFatal(wire.CodeAdminShutdown, 3*time.Second)
+		eventually(t, 3*time.Second, "idle clients closed", func() error {
+			if n := tp.srv.Stats().Clients; n != 1 {
+				return fmt.Errorf("%d clients connected", n)
+			}
+			return nil
+		})
+		ctx, cancel := faultCtx()
+		_, err := b.Exec(ctx, "SELECT 1")
+		cancel()
+		if err == nil {
+			t.Fatalf("idle client still usable during shutdown")
+		}
+		if code := pgCode(err); code != "" && code != wire.CodeAdminShutdown {
+			t.Fatalf("idle client during shutdown: %v, want SQLSTATE 57P01", err)
+		}
+		if c, err := net.DialTimeout("tcp", tp.addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("proxy accepts connections during shutdown")
+		}
+		if returned.Load() {
+			t.Fatalf("Shutdown returned while a transaction was open")
+		}
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (2)")
+		faultExec(t, a, "COMMIT")
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("Shutdown did not return after the last transaction ended")
+		}
+		if n := faultRows(t, chk, 1) + faultRows(t, chk, 2); n != 2 {
+			t.Fatalf("committed transaction has %d of 2 rows", n)
+		}
+		ctx, cancel = faultCtx()
+		_, err = a.Exec(ctx, "SELECT 1")
+		cancel()
+		if err == nil {
+			t.Fatalf("client still usable after Shutdown")
+		}
+		faultNoIdleInTx(t, tp, chk)
+	})
+
+	t.Run("Deadline", func(t *testing.T) {
+		tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		faultExec(t, a, "BEGIN")
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (3)")
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		err := tp.srv.Shutdown(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want context.DeadlineExceeded", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("Shutdown took %s", d)
+		}
+		if n := tp.srv.Stats().Clients; n != 0 {
+			t.Fatalf("%d clients left after Shutdown", n)
+		}
+		faultNoIdleInTx(t, tp, chk)
+		if n := faultRows(t, chk, 3); n != 0 {
+			t.Fatalf("row of the unfinished transaction committed")
+		}
+		qctx, qcancel := faultCtx()
+		_, err = a.Exec(qctx, "COMMIT")
+		qcancel()
+		if err == nil {
+			t.Fatalf("client ended by Shutdown could still COMMIT")
+		}
+		if code := pgCode(err); code != "" && code != wire.CodeAdminShutdown {
+			t.Fatalf("client ended by Shutdown: %v, want SQLSTATE 57P01", err)
+		}
+		if n := faultRows(t, chk, 3); n != 0 {
+			t.Fatalf("row of the unfinished transaction committed")
+		}
+		if st := faultPool(tp).Stats(); st.Open > 2 || st.InUse != 0 {
+			t.Fatalf("pool after Shutdown: %+v", st)
+		}
+	})
+}
