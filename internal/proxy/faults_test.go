@@ -189,24 +189,6 @@ func (rc *faultRaw) expectFatal(code string, d time.Duration) time.Time {
 	return at
 }
 
-// faultTryConnect opens a pgx connection through the proxy, returning the error.
-func faultTryConnect(t *testing.T, tp *testProxy, mode pgx.QueryExecMode) (*pgx.Conn, error) {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(tp.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = mode
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c, nil
-}
-
 func faultCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
@@ -464,7 +446,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 	}
 	refused0 := tp.srv.Stats().Refused
 	for i := 0; i < 2; i++ {
-		c, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol)
+		c, err := tp.tryConnect(t, pgx.QueryExecModeSimpleProtocol)
 		if err == nil {
 			c.Close(context.Background())
 			t.Fatalf("fourth client connected (attempt %d)", i)
@@ -488,7 +470,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 	}
 	var c4 *pgx.Conn
 	eventually(t, 5*time.Second, "a new client is accepted after one left", func() error {
-		c, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol)
+		c, err := tp.tryConnect(t, pgx.QueryExecModeSimpleProtocol)
 		if err != nil {
 			return err
 		}
@@ -498,7 +480,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 	if err := faultSelect(c4, 4); err != nil {
 		t.Fatalf("new client: %v", err)
 	}
-	if _, err := faultTryConnect(t, tp, pgx.QueryExecModeSimpleProtocol); pgCode(err) != "53300" {
+	if _, err := tp.tryConnect(t, pgx.QueryExecModeSimpleProtocol); pgCode(err) != "53300" {
 		t.Fatalf("client beyond the limit again: %v, want SQLSTATE 53300", err)
 	}
 }

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -154,6 +155,17 @@ func (tp *testProxy) URL() string {
 // connect opens a pgx connection through the proxy.
 func (tp *testProxy) connect(t testing.TB, mode pgx.QueryExecMode) *pgx.Conn {
 	t.Helper()
+	c, err := tp.tryConnect(t, mode)
+	if err != nil {
+		t.Fatalf("connect through proxy: %v", err)
+	}
+	return c
+}
+
+// tryConnect opens a pgx connection through the proxy, returning the error; a
+// connection is closed at cleanup.
+func (tp *testProxy) tryConnect(t testing.TB, mode pgx.QueryExecMode) (*pgx.Conn, error) {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(tp.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -163,10 +175,10 @@ func (tp *testProxy) connect(t testing.TB, mode pgx.QueryExecMode) *pgx.Conn {
 	defer cancel()
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		t.Fatalf("connect through proxy: %v", err)
+		return nil, err
 	}
 	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
+	return c, nil
 }
 
 // direct opens a pgx connection straight to PostgreSQL (for checks and setup).
@@ -223,11 +235,8 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() err
 
 // pgCode returns the SQLSTATE of err, or "".
 func pgCode(err error) string {
-	if pe, ok := err.(*pgconn.PgError); ok {
-		return pe.Code
-	}
 	var pe *pgconn.PgError
-	if errorsAs(err, &pe) {
+	if errors.As(err, &pe) {
 		return pe.Code
 	}
 	return ""
