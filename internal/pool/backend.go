@@ -73,7 +73,10 @@ func (b *Backend) alive() bool {
 	if b.raw == nil {
 		return true
 	}
-	if err := b.raw.Read(b.peekFn); err != nil {
+	// Control, not Read: the peek never blocks, and a read deadline left on the
+	// connection by its last user must not make a healthy backend look dead.
+	var ok bool
+	if err := b.raw.Control(func(fd uintptr) { ok = b.peekFn(fd) }); err != nil || !ok {
 		return false
 	}
 	return b.peekState == peekAlive

@@ -26,6 +26,11 @@ const bufSize = 16 * 1024
 // client that left.
 const cleanupTimeout = 5 * time.Second
 
+// syncReadLimit is how long the client goroutine waits for a backend's answer
+// itself before it hands the backend to a server goroutine and goes back to
+// watching the client (see syncRead).
+const syncReadLimit = 100 * time.Millisecond
+
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
@@ -66,11 +71,16 @@ func (w *sink) Write(p []byte) (int, error) {
 
 // session is one client connection.
 //
-// Two goroutines work on it: the client goroutine (run) reads client messages and
-// writes them to the attached backend; while a backend is attached, the server
-// goroutine (serverLoop) reads that backend and writes to the client. The client
-// writer w belongs to the server goroutine while a backend is attached and to the
-// client goroutine otherwise. mu guards the state shared between the two.
+// The client goroutine (run) reads client messages and writes them to the attached
+// backend. When it has sent a complete batch (up to a Sync or a Query) and the
+// client has sent nothing more, it reads the backend's answer itself (syncRead):
+// the common request/response exchange costs no goroutine handoff. Otherwise (a
+// Flush or an unfinished batch whose answers the client may be waiting for, COPY
+// IN, a slow answer, session mode, cleanup after the client left) a server
+// goroutine (serverLoop) reads the backend and writes to the client until the
+// batch is answered. At most one of them reads the backend at a time: reader says
+// which. The client writer w belongs to the server goroutine while it runs and to
+// the client goroutine otherwise. mu guards the state shared between the two.
 type session struct {
 	srv  *Server
 	conn net.Conn
@@ -97,6 +107,8 @@ type session struct {
 	mu             sync.Mutex
 	cond           sync.Cond
 	be             *pool.Backend
+	reader         bool // a server goroutine reads be
+	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
 	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	partial        bool // extended-protocol messages sent since the last Sync
 	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
@@ -429,10 +441,148 @@ func (ss *session) run() {
 			return
 		}
 		if !complete(ss.r) {
-			if err := ss.bw.Flush(); err != nil || ss.bout.err != nil {
-				// The server goroutine sees the broken backend and ends this client.
-				ss.doom(be)
+			ss.flushed(be)
+		}
+	}
+}
+
+// flushed sends what was forwarded to be and decides who reads the answer.
+func (ss *session) flushed(be *pool.Backend) {
+	err := ss.bw.Flush()
+	if err == nil {
+		err = ss.bout.err
+	}
+	ss.mu.Lock()
+	if ss.be != be || ss.reader {
+		// The server goroutine reads the answer (or sees the broken backend and
+		// ends this client).
+		ss.mu.Unlock()
+		if err != nil {
+			ss.doom(be)
+		}
+		return
+	}
+	if err != nil {
+		ss.mu.Unlock()
+		ss.serverFailed(be, err, false)
+		return
+	}
+	if ss.partial {
+		// The client may wait for answers before it sends the rest of its batch (a
+		// Flush): read them while the client goroutine watches the client.
+		ss.startReaderLocked(be)
+		ss.mu.Unlock()
+		return
+	}
+	wait := ss.outstanding > 0
+	ss.mu.Unlock()
+	if wait {
+		ss.syncRead(be)
+	}
+}
+
+// startReaderLocked starts the server goroutine for be. ss.mu is held.
+func (ss *session) startReaderLocked(be *pool.Backend) {
+	ss.reader = true
+	ss.readerWG.Add(1)
+	go ss.serverLoop(be)
+}
+
+// syncRead reads be's answer to the batch in flight on the client goroutine and
+// forwards it to the client, like a PostgreSQL backend that answers a batch before
+// it reads the next one. A backend that has not answered within syncReadLimit (a
+// long query) or that starts COPY IN is handed to a server goroutine, so that the
+// client goroutine goes back to watching the client (its disconnect, more COPY
+// data, the proxy ending it).
+func (ss *session) syncRead(be *pool.Backend) {
+	_ = be.Conn.SetReadDeadline(time.Now().Add(syncReadLimit))
+	r := be.R
+	for {
+		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
+		if err != nil {
+			ss.syncReadFailed(be, err, 0)
+			return
+		}
+		if h.Type == wire.MsgReadyForQuery {
+			status, err := ss.forwardReady(r, h)
+			if err != nil {
+				ss.serverFailed(be, err, false)
+				return
 			}
+			switch ss.ready(be, status, false) {
+			case released, stopReading:
+				ss.w.Flush()
+				return
+			}
+			if !complete(r) {
+				ss.w.Flush()
+			}
+			continue
+		}
+		ss.noteServerMessage(r, h)
+		if rest, err := wire.ForwardRest(ss.w, r, 1+h.Len); err != nil {
+			ss.syncReadFailed(be, err, rest)
+			return
+		}
+		if h.Type == wire.MsgCopyInResponse || h.Type == wire.MsgCopyBothResponse {
+			ss.w.Flush()
+			ss.handOver(be, 0)
+			return
+		}
+		if !complete(r) {
+			ss.w.Flush()
+		}
+	}
+}
+
+// syncReadFailed handles a read error of syncRead: a timeout hands the backend to a
+// server goroutine (which first forwards the rest bytes of a message cut by the
+// timeout); anything else means the backend is broken.
+func (ss *session) syncReadFailed(be *pool.Backend, err error, rest int) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		ss.handOver(be, rest)
+		return
+	}
+	if rest > 0 {
+		// Part of a message may have reached the client: anything more would be read
+		// as the rest of it. Like PostgreSQL, just close.
+		ss.streamBroken.Store(true)
+	}
+	ss.serverFailed(be, err, false)
+}
+
+// handOver starts the server goroutine for be from the client goroutine.
+func (ss *session) handOver(be *pool.Backend, rest int) {
+	ss.mu.Lock()
+	ss.pendingBody = rest
+	ss.startReaderLocked(be)
+	ss.mu.Unlock()
+}
+
+// forwardReady forwards the ReadyForQuery whose header h was peeked (unless the
+// session swallows the backend's output) and returns its status byte.
+func (ss *session) forwardReady(r *bufio.Reader, h wire.Header) (byte, error) {
+	msg, err := wire.PeekMessage(r, h)
+	if err != nil || h.Len != 5 {
+		return 0, fmt.Errorf("bad ReadyForQuery: %w", err)
+	}
+	status := msg[5]
+	if !ss.swallow.Load() {
+		ss.w.Write(msg)
+	}
+	r.Discard(6)
+	return status, nil
+}
+
+// noteServerMessage looks at a backend message before it is forwarded: it
+// remembers a FATAL error, after which the client is told nothing more.
+func (ss *session) noteServerMessage(r *bufio.Reader, h wire.Header) {
+	if h.Type != wire.MsgErrorResponse || h.Len >= 1024 { // an error the server ends the connection with is short
+		return
+	}
+	if msg, err := wire.PeekMessage(r, h); err == nil {
+		if f := wire.ParseError(msg[5:]); f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
+			ss.fatalForwarded.Store(true)
 		}
 	}
 }
@@ -516,8 +666,12 @@ func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 			ss.bw = writerPool.Get().(*bufio.Writer)
 		}
 		ss.bw.Reset(&ss.bout)
-		ss.readerWG.Add(1)
-		go ss.serverLoop(be)
+		ss.pendingBody = 0
+		if ss.srv.opt.Mode == ModeSession {
+			// The backend stays for the whole session: read it all the time, so that
+			// notices and notifications reach an idle client.
+			ss.startReaderLocked(be)
+		}
 	}
 	switch t {
 	case wire.MsgQuery, wire.MsgFunctionCall:
@@ -566,44 +720,41 @@ func (ss *session) acquire() (*pool.Backend, error) {
 }
 
 // serverLoop is the server goroutine: it forwards the attached backend's messages to
-// the client and releases the backend at the transaction boundary.
+// the client until the batch in flight is answered, and releases the backend at a
+// transaction boundary.
 func (ss *session) serverLoop(be *pool.Backend) {
 	defer ss.readerWG.Done()
+	_ = be.Conn.SetReadDeadline(time.Time{}) // set by syncRead
 	r := be.R
+	if n := ss.pendingBody; n > 0 {
+		ss.pendingBody = 0
+		if _, err := wire.ForwardRest(ss.w, r, n); err != nil {
+			ss.streamBroken.Store(true)
+			ss.serverFailed(be, err, true)
+			return
+		}
+	}
 	for {
 		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
 		if err != nil {
-			ss.serverFailed(be, err)
+			ss.serverFailed(be, err, true)
 			return
 		}
-		switch h.Type {
-		case wire.MsgReadyForQuery:
-			msg, err := wire.PeekMessage(r, h)
-			if err != nil || h.Len != 5 {
-				ss.serverFailed(be, fmt.Errorf("bad ReadyForQuery: %w", err))
+		if h.Type == wire.MsgReadyForQuery {
+			status, err := ss.forwardReady(r, h)
+			if err != nil {
+				ss.serverFailed(be, err, true)
 				return
 			}
-			status := msg[5]
-			if !ss.swallow.Load() {
-				ss.w.Write(msg)
-			}
-			r.Discard(6)
 			if !complete(r) {
 				ss.w.Flush()
 			}
-			if ss.ready(be, status) {
+			if ss.ready(be, status, true) != keepReading {
 				return
 			}
 			continue
-		case wire.MsgErrorResponse:
-			if h.Len < 1024 { // an error the server ends the connection with is short
-				if msg, err := wire.PeekMessage(r, h); err == nil {
-					if f := wire.ParseError(msg[5:]); f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
-						ss.fatalForwarded.Store(true)
-					}
-				}
-			}
 		}
+		ss.noteServerMessage(r, h)
 		if ss.swallow.Load() {
 			err = wire.Skip(r, 1+h.Len)
 		} else if err = wire.Forward(ss.w, r, 1+h.Len); err != nil {
@@ -612,7 +763,7 @@ func (ss *session) serverLoop(be *pool.Backend) {
 			ss.streamBroken.Store(true)
 		}
 		if err != nil {
-			ss.serverFailed(be, err)
+			ss.serverFailed(be, err, true)
 			return
 		}
 		if !complete(r) {
@@ -621,24 +772,52 @@ func (ss *session) serverLoop(be *pool.Backend) {
 	}
 }
 
+// readyAction is what the reader of a backend does after a ReadyForQuery.
+type readyAction int
+
+const (
+	keepReading readyAction = iota // more answers are due
+	stopReading                    // the batch is answered; the backend stays attached
+	released                       // the backend went back to its pool
+)
+
 // ready accounts for a ReadyForQuery and releases the backend when the client is at
-// a transaction boundary. It reports whether the backend was released.
-func (ss *session) ready(be *pool.Backend, status byte) bool {
+// a transaction boundary. async says the caller is the server goroutine, which
+// flushes the client writer before it gives the writer back.
+func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction {
 	ss.mu.Lock()
 	ss.outstanding--
 	ss.tx = status
 	for {
 		if ss.doomed {
+			// Closed under us: the next read fails and destroys it.
 			ss.mu.Unlock()
-			return false
+			return keepReading
 		}
-		if ss.outstanding > 0 || ss.partial || status != wire.TxIdle ||
-			(ss.unnamedPending && !ss.gone) || (ss.srv.opt.Mode == ModeSession && !ss.gone) {
-			if ss.outstanding <= 0 && !ss.partial && status != wire.TxIdle {
+		if ss.outstanding > 0 || ss.partial {
+			ss.mu.Unlock()
+			return keepReading
+		}
+		session := ss.srv.opt.Mode == ModeSession && !ss.gone
+		if status != wire.TxIdle || (ss.unnamedPending && !ss.gone) || session {
+			if status != wire.TxIdle {
 				ss.armIdleLocked()
 			}
+			if async {
+				if session {
+					ss.mu.Unlock()
+					return keepReading
+				}
+				if ss.w.Buffered() > 0 {
+					ss.mu.Unlock()
+					ss.w.Flush()
+					ss.mu.Lock()
+					continue
+				}
+				ss.reader = false
+			}
 			ss.mu.Unlock()
-			return false
+			return stopReading
 		}
 		if ss.cancels > 0 {
 			// A CancelRequest for this backend is on its way: keep the backend until it
@@ -646,7 +825,7 @@ func (ss *session) ready(be *pool.Backend, status byte) bool {
 			ss.cond.Wait()
 			continue
 		}
-		if ss.w.Buffered() > 0 {
+		if async && ss.w.Buffered() > 0 {
 			ss.mu.Unlock()
 			ss.w.Flush()
 			ss.mu.Lock()
@@ -656,18 +835,26 @@ func (ss *session) ready(be *pool.Backend, status byte) bool {
 	}
 	ss.be = nil
 	ss.outstanding = 0
+	if async {
+		ss.reader = false
+	}
 	draining, gone := ss.draining, ss.gone
 	ss.mu.Unlock()
 	be.Pool().Release(be)
 	if draining && !gone {
 		ss.terminate(killShutdown)
 	}
-	return true
+	return released
 }
 
 // serverFailed handles a backend that broke while attached: it is destroyed, and a
 // client whose transaction or session was on it is ended.
-func (ss *session) serverFailed(be *pool.Backend, err error) {
+//
+// async says the caller is the server goroutine, which stops reading.
+func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
+	if !ss.streamBroken.Load() {
+		ss.w.Flush()
+	}
 	ss.mu.Lock()
 	lost := ss.outstanding > 0 || ss.partial || ss.tx != wire.TxIdle || ss.srv.opt.Mode == ModeSession
 	gone := ss.gone
@@ -675,15 +862,15 @@ func (ss *session) serverFailed(be *pool.Backend, err error) {
 		ss.be = nil
 	}
 	ss.outstanding, ss.partial = 0, false
+	if async {
+		ss.reader = false // the client writer is the client goroutine's again
+	}
 	if lost && !gone && ss.kill == killNone {
 		// Under the lock that attach takes: the client's next statement must not run
 		// on another backend outside the transaction it lost.
 		ss.kill = killServerLost
 	}
 	ss.mu.Unlock()
-	if !ss.streamBroken.Load() {
-		ss.w.Flush()
-	}
 	be.Pool().Destroy(be)
 	if !gone {
 		ss.srv.log.Warn("server connection lost", "client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", be.PID, "error", err)
@@ -823,6 +1010,11 @@ func (ss *session) leave() {
 			ss.outstanding++
 		}
 		ss.swallow.Store(true)
+	}
+	if !ss.reader {
+		// Nobody reads the backend between batches: a server goroutine swallows the
+		// cleanup's answers and releases the backend (or destroys a closed one).
+		ss.startReaderLocked(be)
 	}
 	ss.cond.Broadcast()
 	ss.mu.Unlock()

@@ -129,6 +129,14 @@ func PeekMessage(r *bufio.Reader, h Header) ([]byte, error) {
 // Forward copies the next n bytes of r to w without decoding them, straight from r's
 // buffer. It never allocates; large messages stream through in buffer-sized chunks.
 func Forward(w *bufio.Writer, r *bufio.Reader, n int) error {
+	_, err := ForwardRest(w, r, n)
+	return err
+}
+
+// ForwardRest is Forward that also reports how many of the n bytes were not
+// forwarded when it fails, so that a caller whose read timed out can finish the
+// message later.
+func ForwardRest(w *bufio.Writer, r *bufio.Reader, n int) (int, error) {
 	for n > 0 {
 		avail := r.Buffered()
 		if avail == 0 {
@@ -136,7 +144,7 @@ func Forward(w *bufio.Writer, r *bufio.Reader, n int) error {
 				if errors.Is(err, io.EOF) {
 					err = io.ErrUnexpectedEOF
 				}
-				return err
+				return n, err
 			}
 			avail = r.Buffered()
 		}
@@ -145,12 +153,12 @@ func Forward(w *bufio.Writer, r *bufio.Reader, n int) error {
 		}
 		p, _ := r.Peek(avail)
 		if _, err := w.Write(p); err != nil {
-			return err
+			return n, err
 		}
 		_, _ = r.Discard(avail)
 		n -= avail
 	}
-	return nil
+	return 0, nil
 }
 
 // Skip discards the next n bytes of r.
