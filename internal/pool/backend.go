@@ -33,6 +33,10 @@ type Backend struct {
 	Params map[string]string
 	// CreatedAt is when the connection was established.
 	CreatedAt time.Time
+	// Ext is state the pool's user keeps with the connection (the proxy: which
+	// prepared statements it holds). Only the current holder touches it; the pool
+	// never does.
+	Ext any
 
 	pool      *Pool
 	expiresAt time.Time // zero = never

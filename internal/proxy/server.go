@@ -45,9 +45,18 @@ type Options struct {
 	IdleTransactionTimeout time.Duration
 	// CancelTimeout bounds forwarding one CancelRequest (default 5s).
 	CancelTimeout time.Duration
+	// MaxPreparedStatements bounds the named statements the proxy keeps prepared
+	// on each backend in transaction mode (least recently used closed first).
+	// 0 means DefaultMaxPreparedStatements; a negative value turns the rewriting of
+	// statement names off (named statements then fail in transaction mode).
+	MaxPreparedStatements int
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 }
+
+// DefaultMaxPreparedStatements is the default bound of prepared statements per
+// backend.
+const DefaultMaxPreparedStatements = 256
 
 // Stats is a snapshot of the server's client-side figures.
 type Stats struct {
@@ -78,6 +87,9 @@ type Server struct {
 	refused  atomic.Uint64
 	protoErr atomic.Uint64
 	idleKill atomic.Uint64
+
+	stmts stmtRegistry
+	prep  preparedCounters
 }
 
 // NewServer returns a Server that takes backends from pools.
@@ -96,6 +108,9 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 	}
 	if opt.MaxClientConn <= 0 {
 		opt.MaxClientConn = 1000
+	}
+	if opt.MaxPreparedStatements == 0 {
+		opt.MaxPreparedStatements = DefaultMaxPreparedStatements
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -117,6 +132,17 @@ func (s *Server) Stats() Stats {
 		Refused:       s.refused.Load(),
 		ProtocolError: s.protoErr.Load(),
 		IdleTxKilled:  s.idleKill.Load(),
+	}
+}
+
+// PreparedStats returns the prepared-statement layer's counts.
+func (s *Server) PreparedStats() PreparedStats {
+	return PreparedStats{
+		ClientParses: s.prep.clientParses.Load(),
+		ServerParses: s.prep.serverParses.Load(),
+		CacheHits:    s.prep.hits.Load(),
+		Evictions:    s.prep.evictions.Load(),
+		Statements:   s.stmts.len(),
 	}
 }
 

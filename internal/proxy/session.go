@@ -100,6 +100,15 @@ type session struct {
 	pid, key       uint32
 	db, user, app  string
 	discardToSync  bool // an extended-protocol batch failed locally; skip to its Sync
+	track          bool // named statements are rewritten (transaction mode)
+
+	// The client goroutine's own prepared-statement state.
+	unnamed      []byte // the client's last Parse of the unnamed statement
+	unnamedValid bool   // ... which PostgreSQL would still hold
+	unnamedHere  bool   // ... and which the attached backend has
+	owed         int    // ParseCompletes due for Parses taken without a backend
+	inj          []byte // messages the proxy sends ahead of the client's
+	scratch      []byte // a whole client message
 	swallow        atomic.Bool
 	fatalForwarded atomic.Bool
 	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
@@ -109,14 +118,13 @@ type session struct {
 	be             *pool.Backend
 	reader         bool // a server goroutine reads be
 	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool // ... which are dropped rather than forwarded
 	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	partial        bool // extended-protocol messages sent since the last Sync
 	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	// unnamedPending: the client parsed the unnamed statement and has not bound it
-	// yet. The backend stays attached until it does: a Bind in the client's next
-	// batch must reach the backend that holds its statement, never another
-	// client's unnamed statement on another backend.
-	unnamedPending bool
+	q              respQueue         // answers due from be
+	stmts          map[string]*stmt  // the client's named statements (transaction mode)
+	bstmts         *backendStmts     // be's prepared statements
 	tx             byte // transaction status of the last ReadyForQuery
 	gone           bool // the client left; the server goroutine cleans up and releases
 	draining       bool
@@ -246,6 +254,7 @@ func (ss *session) protocolViolation(msg string) {
 // login checks the startup parameters, makes sure the route's server parameters are
 // known and sends the client what PostgreSQL sends after authentication.
 func (ss *session) login(st *wire.Startup) bool {
+	ss.track = ss.srv.opt.Mode == ModeTransaction && ss.srv.opt.MaxPreparedStatements > 0
 	ss.user = st.Param("user")
 	ss.db = st.Param("database")
 	ss.app = st.Param("application_name")
@@ -423,20 +432,24 @@ func (ss *session) run() {
 			}
 			continue
 		}
-		unnamed := false
-		if h.Type == wire.MsgParse {
-			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil {
-				unnamed = p[wire.HeaderLen] == 0
+		if h.Type == wire.MsgParse && ss.track {
+			deferred, err := ss.deferParse(h)
+			if err != nil {
+				ss.end(err)
+				return
+			}
+			if deferred {
+				continue
 			}
 		}
-		be, err := ss.attach(h.Type, unnamed)
+		be, err := ss.attach(h.Type)
 		if err != nil {
 			if !ss.failLocally(h, err) {
 				return
 			}
 			continue
 		}
-		if err := wire.Forward(ss.bw, ss.r, 1+h.Len); err != nil {
+		if err := ss.send(be, h); err != nil {
 			ss.end(err)
 			return
 		}
@@ -500,7 +513,7 @@ func (ss *session) syncRead(be *pool.Backend) {
 	for {
 		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
 		if err != nil {
-			ss.syncReadFailed(be, err, 0)
+			ss.syncReadFailed(be, err, 0, false)
 			return
 		}
 		if h.Type == wire.MsgReadyForQuery {
@@ -519,14 +532,13 @@ func (ss *session) syncRead(be *pool.Backend) {
 			}
 			continue
 		}
-		ss.noteServerMessage(r, h)
-		if rest, err := wire.ForwardRest(ss.w, r, 1+h.Len); err != nil {
-			ss.syncReadFailed(be, err, rest)
+		if rest, skip, err := ss.relay(r, h); err != nil {
+			ss.syncReadFailed(be, err, rest, skip)
 			return
 		}
 		if h.Type == wire.MsgCopyInResponse || h.Type == wire.MsgCopyBothResponse {
 			ss.w.Flush()
-			ss.handOver(be, 0)
+			ss.handOver(be, 0, false)
 			return
 		}
 		if !complete(r) {
@@ -538,12 +550,12 @@ func (ss *session) syncRead(be *pool.Backend) {
 // syncReadFailed handles a read error of syncRead: a timeout hands the backend to a
 // server goroutine (which first forwards the rest bytes of a message cut by the
 // timeout); anything else means the backend is broken.
-func (ss *session) syncReadFailed(be *pool.Backend, err error, rest int) {
+func (ss *session) syncReadFailed(be *pool.Backend, err error, rest int, skip bool) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		ss.handOver(be, rest)
+		ss.handOver(be, rest, skip)
 		return
 	}
-	if rest > 0 {
+	if rest > 0 && !skip {
 		// Part of a message may have reached the client: anything more would be read
 		// as the rest of it. Like PostgreSQL, just close.
 		ss.streamBroken.Store(true)
@@ -552,9 +564,9 @@ func (ss *session) syncReadFailed(be *pool.Backend, err error, rest int) {
 }
 
 // handOver starts the server goroutine for be from the client goroutine.
-func (ss *session) handOver(be *pool.Backend, rest int) {
+func (ss *session) handOver(be *pool.Backend, rest int, skip bool) {
 	ss.mu.Lock()
-	ss.pendingBody = rest
+	ss.pendingBody, ss.pendingSkip = rest, skip
 	ss.startReaderLocked(be)
 	ss.mu.Unlock()
 }
@@ -574,19 +586,6 @@ func (ss *session) forwardReady(r *bufio.Reader, h wire.Header) (byte, error) {
 	return status, nil
 }
 
-// noteServerMessage looks at a backend message before it is forwarded: it
-// remembers a FATAL error, after which the client is told nothing more.
-func (ss *session) noteServerMessage(r *bufio.Reader, h wire.Header) {
-	if h.Type != wire.MsgErrorResponse || h.Len >= 1024 { // an error the server ends the connection with is short
-		return
-	}
-	if msg, err := wire.PeekMessage(r, h); err == nil {
-		if f := wire.ParseError(msg[5:]); f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
-			ss.fatalForwarded.Store(true)
-		}
-	}
-}
-
 var (
 	errProtocol = errors.New("protocol violation")
 	readyIdle   = wire.AppendReadyForQuery(nil, wire.TxIdle)
@@ -600,9 +599,16 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 		return false
 	}
 	if errors.Is(err, errLocal) {
-		if h.Type == wire.MsgSync {
+		switch h.Type {
+		case wire.MsgSync:
+			ss.payOwed()
 			ss.w.Write(readyIdle)
 			ss.w.Flush()
+		case wire.MsgFlush:
+			if ss.owed > 0 {
+				ss.payOwed()
+				ss.w.Flush()
+			}
 		}
 		return true
 	}
@@ -612,6 +618,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 	}
 	code, msg := ss.acquireError(err)
 	ss.srv.log.Warn("no server connection for client", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+	ss.payOwed()
 	ss.w.Write(wire.AppendError(nil, wire.SeverityError, code, msg, ""))
 	switch h.Type {
 	case wire.MsgQuery, wire.MsgFunctionCall, wire.MsgSync:
@@ -626,7 +633,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 // attach returns the backend the message of type t goes to, attaching one first if
 // needed, and accounts for the message. Messages that need no backend while none is
 // attached (Sync, Flush, stray COPY data) return errLocal.
-func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
+func (ss *session) attach(t byte) (*pool.Backend, error) {
 	ss.mu.Lock()
 	if ss.kill != killNone {
 		ss.mu.Unlock()
@@ -656,7 +663,9 @@ func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 		}
 		ss.be = be
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
-		ss.unnamedPending = false
+		ss.q.reset()
+		ss.bstmts = stmtsOf(be)
+		ss.unnamedHere = false
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
@@ -667,6 +676,11 @@ func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 		}
 		ss.bw.Reset(&ss.bout)
 		ss.pendingBody = 0
+		for ; ss.owed > 0; ss.owed-- {
+			// ParseCompletes owed for Parses answered without a backend come first.
+			ss.q.push(pending{kind: rkClose, action: actReplace, x: owedParse})
+			ss.bw.Write(noopClose)
+		}
 		if ss.srv.opt.Mode == ModeSession {
 			// The backend stays for the whole session: read it all the time, so that
 			// notices and notifications reach an idle client.
@@ -678,27 +692,26 @@ func (ss *session) attach(t byte, unnamedParse bool) (*pool.Backend, error) {
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec = 0
+		ss.q.push(pending{kind: rkQuery})
 	case wire.MsgSync:
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec++
+		ss.q.push(pending{kind: rkSync})
 	case wire.MsgExecute:
 		ss.partial = true
 		ss.syncsAfterExec = 0
+		ss.q.push(pending{kind: rkExecute})
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
 		ss.outstanding -= ss.syncsAfterExec
-		ss.syncsAfterExec = 0
-	case wire.MsgCopyData, wire.MsgFlush:
-	case wire.MsgParse:
-		ss.partial = true
-		if unnamedParse {
-			ss.unnamedPending = true
+		for ; ss.syncsAfterExec > 0; ss.syncsAfterExec-- {
+			if b := ss.q.back(); b != nil && b.kind == rkSync {
+				ss.q.popBack()
+			}
 		}
-	case wire.MsgBind:
-		ss.partial = true
-		ss.unnamedPending = false
-	default: // Describe, Close
+	case wire.MsgCopyData, wire.MsgFlush:
+	default: // Parse, Bind, Describe, Close: send queues their answers
 		ss.partial = true
 	}
 	ss.mu.Unlock()
@@ -728,8 +741,13 @@ func (ss *session) serverLoop(be *pool.Backend) {
 	r := be.R
 	if n := ss.pendingBody; n > 0 {
 		ss.pendingBody = 0
-		if _, err := wire.ForwardRest(ss.w, r, n); err != nil {
+		var err error
+		if ss.pendingSkip {
+			err = wire.Skip(r, n)
+		} else if _, err = wire.ForwardRest(ss.w, r, n); err != nil {
 			ss.streamBroken.Store(true)
+		}
+		if err != nil {
 			ss.serverFailed(be, err, true)
 			return
 		}
@@ -754,15 +772,12 @@ func (ss *session) serverLoop(be *pool.Backend) {
 			}
 			continue
 		}
-		ss.noteServerMessage(r, h)
-		if ss.swallow.Load() {
-			err = wire.Skip(r, 1+h.Len)
-		} else if err = wire.Forward(ss.w, r, 1+h.Len); err != nil {
-			// Part of a message may have reached the client: anything more would be
-			// read as the rest of it. Like PostgreSQL, just close.
-			ss.streamBroken.Store(true)
-		}
-		if err != nil {
+		if rest, skip, err := ss.relay(r, h); err != nil {
+			if rest > 0 && !skip {
+				// Part of a message may have reached the client: anything more would be
+				// read as the rest of it. Like PostgreSQL, just close.
+				ss.streamBroken.Store(true)
+			}
 			ss.serverFailed(be, err, true)
 			return
 		}
@@ -788,6 +803,7 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 	ss.mu.Lock()
 	ss.outstanding--
 	ss.tx = status
+	ss.popReadyLocked()
 	for {
 		if ss.doomed {
 			// Closed under us: the next read fails and destroys it.
@@ -799,7 +815,7 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 			return keepReading
 		}
 		session := ss.srv.opt.Mode == ModeSession && !ss.gone
-		if status != wire.TxIdle || (ss.unnamedPending && !ss.gone) || session {
+		if status != wire.TxIdle || session {
 			if status != wire.TxIdle {
 				ss.armIdleLocked()
 			}
@@ -834,7 +850,9 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 		break
 	}
 	ss.be = nil
+	ss.bstmts = nil
 	ss.outstanding = 0
+	ss.q.reset()
 	if async {
 		ss.reader = false
 	}
@@ -860,8 +878,10 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 	gone := ss.gone
 	if ss.be == be {
 		ss.be = nil
+		ss.bstmts = nil
 	}
 	ss.outstanding, ss.partial = 0, false
+	ss.q.reset()
 	if async {
 		ss.reader = false // the client writer is the client goroutine's again
 	}
@@ -942,6 +962,7 @@ func (ss *session) end(cause error) {
 	reason := ss.kill
 	ss.mu.Unlock()
 	ss.leave()
+	ss.releaseStmts()
 	if ss.idleTimer != nil {
 		ss.idleTimer.Stop()
 	}
@@ -998,16 +1019,19 @@ func (ss *session) leave() {
 		if ss.tx != wire.TxIdle {
 			q = wire.AppendQuery(q, "ROLLBACK")
 			ss.outstanding++
+			ss.q.push(pending{kind: rkQuery, action: actSwallow})
 		}
 		if ss.srv.opt.Mode == ModeSession {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
+			ss.q.push(pending{kind: rkQuery, action: actSwallow})
 		}
 		if len(q) == 0 {
-			// Held while idle (an unnamed statement awaiting its Bind): a Sync brings
-			// the ReadyForQuery at which the server goroutine releases the backend.
+			// Attached while idle: a Sync brings the ReadyForQuery at which the server
+			// goroutine releases the backend.
 			q = wire.AppendSync(q)
 			ss.outstanding++
+			ss.q.push(pending{kind: rkSync, action: actSwallow})
 		}
 		ss.swallow.Store(true)
 	}

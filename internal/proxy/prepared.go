@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// Named prepared statements in transaction mode (DESIGN.md section 5).
+//
+// A client's named statements live in its registry (session.stmts: client name ->
+// *stmt). Every distinct statement (query text and parameter types) is one *stmt
+// with a server-side name of its own, shared by all clients that prepared it. Each
+// backend remembers which statements it has prepared (backendStmts, bounded, least
+// recently used evicted with a Close). Before a Bind or Describe reaches a backend
+// that lacks the statement, the proxy sends the Parse first and drops its
+// ParseComplete; the Bind or Describe goes out with the server-side name.
+//
+// Every message sent to a backend that gets an answer is queued (respQueue) with
+// what to do with that answer: forward it, drop it (a message the proxy added), or
+// replace it. The reader of the backend walks the queue with the answers, so that
+// the client sees exactly the answers to what it sent, in the protocol's order, and
+// registry changes of messages the backend skipped after an error are undone.
+
+// stmt is one distinct prepared statement.
+type stmt struct {
+	name  string // server-side name
+	key   string // the Parse body after the statement name: query and parameter types
+	parse []byte // the Parse message with the server-side name
+	// gen grows when the statement's plans became invalid ("cached plan must not
+	// change result type"): backends holding an older generation prepare it anew.
+	gen  atomic.Uint32
+	refs int // client registrations, under stmtRegistry.mu
+}
+
+// stmtRegistry interns statements: one *stmt per distinct query text and parameter
+// types among the clients connected now.
+type stmtRegistry struct {
+	mu    sync.Mutex
+	byKey map[string]*stmt
+	seq   uint64
+}
+
+// stmtPrefix starts every server-side statement name the proxy makes.
+const stmtPrefix = "pgsidecar_"
+
+// intern returns the statement for the Parse body after the name, counting one
+// more registration.
+func (r *stmtRegistry) intern(body []byte) *stmt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st, ok := r.byKey[string(body)]; ok {
+		st.refs++
+		return st
+	}
+	if r.byKey == nil {
+		r.byKey = make(map[string]*stmt)
+	}
+	r.seq++
+	st := &stmt{name: stmtPrefix + strconv.FormatUint(r.seq, 36), key: string(body), refs: 1}
+	st.gen.Store(1)
+	msg := make([]byte, 5, 5+len(st.name)+1+len(body))
+	msg[0] = 'P'
+	msg = append(msg, st.name...)
+	msg = append(msg, 0)
+	msg = append(msg, body...)
+	putLen(msg)
+	st.parse = msg
+	r.byKey[st.key] = st
+	return st
+}
+
+// acquire counts one more registration of st (an undone Close).
+func (r *stmtRegistry) acquire(st *stmt) {
+	r.mu.Lock()
+	st.refs++
+	if _, ok := r.byKey[st.key]; !ok {
+		r.byKey[st.key] = st
+	}
+	r.mu.Unlock()
+}
+
+// release drops one registration; a statement no client has any more leaves the
+// registry (backends keep it until evicted).
+func (r *stmtRegistry) release(st *stmt) {
+	r.mu.Lock()
+	st.refs--
+	if st.refs <= 0 && r.byKey[st.key] == st {
+		delete(r.byKey, st.key)
+	}
+	r.mu.Unlock()
+}
+
+// len is the number of interned statements.
+func (r *stmtRegistry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byKey)
+}
+
+// putLen fills in the length field of the message in msg.
+func putLen(msg []byte) {
+	n := uint32(len(msg) - 1)
+	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// backendStmts is what one backend has prepared. Only the session holding the
+// backend touches it, under its mu.
+type backendStmts struct {
+	m    map[*stmt]stmtSlot
+	tick uint64
+	// dirty: a client ran DISCARD ALL / DEALLOCATE ALL here, which may have dropped
+	// them: close every remembered one before relying on m again.
+	dirty bool
+}
+
+type stmtSlot struct {
+	used uint64
+	gen  uint32
+}
+
+// respKind is a message sent to a backend that gets an answer.
+type respKind uint8
+
+const (
+	rkParse respKind = iota + 1
+	rkBind
+	rkDescribeStmt
+	rkDescribePortal
+	rkExecute
+	rkClose
+	rkSync
+	rkQuery // a simple Query or FunctionCall: answered up to its ReadyForQuery
+)
+
+// respAction is what happens to an answer.
+type respAction uint8
+
+const (
+	actForward respAction = iota
+	actSwallow            // the proxy sent the message; the client never did
+	actReplace            // the client gets pending.x.replace instead
+)
+
+// pending is a message sent to the backend whose answer is due.
+type pending struct {
+	kind   respKind
+	action respAction
+	st     *stmt        // the statement a Bind or Describe used (cached-plan errors)
+	x      *pendingUndo // rarely set
+}
+
+// pendingUndo holds what a pending message changed in the registries, taken back
+// when the backend skips or fails the message, and a replacement answer.
+type pendingUndo struct {
+	replace []byte
+	ops     []undoOp
+}
+
+type undoKind uint8
+
+const (
+	undoRegister   undoKind = iota + 1 // the client's Parse registered name: drop it
+	undoUnregister                     // the client's Close dropped name -> st: restore it
+	undoCached                         // st was added to the backend's statements: drop it
+	undoUncached                       // st was closed on the backend: it may still be there
+)
+
+type undoOp struct {
+	kind undoKind
+	name string
+	st   *stmt
+}
+
+// respQueue is a FIFO of pending answers (a ring buffer that grows).
+type respQueue struct {
+	buf  []pending
+	head int
+	n    int
+}
+
+func (q *respQueue) push(p pending) {
+	if q.n == len(q.buf) {
+		nb := make([]pending, max(16, 2*len(q.buf)))
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)&(len(q.buf)-1)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)&(len(q.buf)-1)] = p
+	q.n++
+}
+
+// front is the oldest pending answer, or nil.
+func (q *respQueue) front() *pending {
+	if q.n == 0 {
+		return nil
+	}
+	return &q.buf[q.head]
+}
+
+// at is the i-th oldest pending answer.
+func (q *respQueue) at(i int) *pending { return &q.buf[(q.head+i)&(len(q.buf)-1)] }
+
+func (q *respQueue) pop() {
+	q.buf[q.head] = pending{}
+	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.n--
+}
+
+// back is the newest pending answer, or nil.
+func (q *respQueue) back() *pending {
+	if q.n == 0 {
+		return nil
+	}
+	return q.at(q.n - 1)
+}
+
+func (q *respQueue) popBack() {
+	*q.at(q.n - 1) = pending{}
+	q.n--
+}
+
+func (q *respQueue) reset() {
+	for q.n > 0 {
+		q.pop()
+	}
+	q.head = 0
+}
+
+// PreparedStats counts the work of the prepared-statement layer.
+type PreparedStats struct {
+	ClientParses uint64 // named Parse messages from clients
+	ServerParses uint64 // Parse messages sent to backends for named statements
+	CacheHits    uint64 // statements a backend already had when a client needed them
+	Evictions    uint64 // statements closed on a backend to stay within its bound
+	Statements   int    // distinct named statements of the connected clients
+}
+
+type preparedCounters struct {
+	clientParses, serverParses, hits, evictions atomic.Uint64
+}

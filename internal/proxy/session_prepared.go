@@ -1,0 +1,558 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// Messages the proxy sends on its own.
+var (
+	// noopClose closes a statement that never exists: its CloseComplete marks a
+	// place in the answer stream where the proxy puts an answer of its own.
+	noopClose = appendClose(nil, 'S', stmtPrefix+"noop")
+	// failParse fails (a syntax error), so that the backend skips the rest of the
+	// batch as it would after the error the proxy reports in its place.
+	failParse = appendParse(nil, stmtPrefix+"fail", "pgsidecar statement name already in use")
+	// parseComplete is a ParseComplete message.
+	parseComplete = []byte{'1', 0, 0, 0, 4}
+)
+
+func appendClose(dst []byte, kind byte, name string) []byte {
+	start := len(dst)
+	dst = append(dst, 'C', 0, 0, 0, 0, kind)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	putLen(dst[start:])
+	return dst
+}
+
+func appendParse(dst []byte, name, query string) []byte {
+	start := len(dst)
+	dst = append(dst, 'P', 0, 0, 0, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, query...)
+	dst = append(dst, 0, 0, 0)
+	putLen(dst[start:])
+	return dst
+}
+
+// owedParse replaces a no-op Close's answer with a ParseComplete owed to the client.
+var owedParse = &pendingUndo{replace: parseComplete}
+
+// deferParse takes a client's Parse of a named statement while it holds no
+// backend: the statement is registered and prepared on a backend when a Bind or
+// Describe needs it, and its ParseComplete is owed until the next message that
+// is answered. A client that prepares outside a transaction then never waits for
+// a backend for it, which also keeps a client program that prepares
+// synchronously (pgbench -M prepared) from waiting for a backend that another of
+// its connections holds in a transaction. An error in the statement surfaces at
+// its first use instead.
+func (ss *session) deferParse(h wire.Header) (bool, error) {
+	head, err := ss.r.Peek(wire.HeaderLen + 1)
+	if err != nil || head[wire.HeaderLen] == 0 {
+		return false, nil
+	}
+	ss.mu.Lock()
+	free := ss.be == nil && ss.kill == killNone
+	ss.mu.Unlock()
+	if !free {
+		return false, nil
+	}
+	msg, err := ss.readInto(&ss.scratch, h)
+	if err != nil {
+		return false, err
+	}
+	if cap(ss.scratch) > 64*1024 {
+		ss.scratch = nil
+	}
+	i := bytes.IndexByte(msg[wire.HeaderLen:], 0)
+	if i < 0 {
+		return false, fmt.Errorf("%w: Parse message without a statement name", errProtocol)
+	}
+	name, body := msg[wire.HeaderLen:wire.HeaderLen+i], msg[wire.HeaderLen+i+1:]
+	ss.srv.prep.clientParses.Add(1)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if _, dup := ss.stmts[string(name)]; dup {
+		ss.payOwed()
+		ss.w.Write(wire.AppendError(nil, wire.SeverityError, "42P05",
+			fmt.Sprintf("prepared statement \"%s\" already exists", name), ""))
+		ss.w.Flush()
+		ss.discardToSync = true
+		return true, nil
+	}
+	if ss.stmts == nil {
+		ss.stmts = make(map[string]*stmt)
+	}
+	ss.stmts[string(name)] = ss.srv.stmts.intern(body)
+	ss.owed++
+	return true, nil
+}
+
+// payOwed writes the ParseCompletes owed to the client. Client goroutine, no
+// backend attached.
+func (ss *session) payOwed() {
+	for ; ss.owed > 0; ss.owed-- {
+		ss.w.Write(parseComplete)
+	}
+}
+
+// stmtsOf returns the prepared-statement record of a backend.
+func stmtsOf(be *pool.Backend) *backendStmts {
+	bs, _ := be.Ext.(*backendStmts)
+	if bs == nil {
+		bs = &backendStmts{m: make(map[*stmt]stmtSlot)}
+		be.Ext = bs
+	}
+	return bs
+}
+
+// send writes the client message with header h to be, rewriting statement names
+// in transaction mode, and queues the answers it expects.
+func (ss *session) send(be *pool.Backend, h wire.Header) error {
+	switch h.Type {
+	case wire.MsgParse:
+		return ss.sendParse(h)
+	case wire.MsgBind, wire.MsgDescribe:
+		return ss.sendUse(h)
+	case wire.MsgClose:
+		return ss.sendClose(h)
+	case wire.MsgQuery:
+		ss.unnamedValid = false // a simple query drops the unnamed statement
+	}
+	return wire.Forward(ss.bw, ss.r, 1+h.Len)
+}
+
+// readInto reads the whole message with header h into *buf (reused) and returns it.
+func (ss *session) readInto(buf *[]byte, h wire.Header) ([]byte, error) {
+	n := 1 + h.Len
+	if cap(*buf) < n {
+		*buf = make([]byte, n)
+	}
+	b := (*buf)[:n]
+	if _, err := io.ReadFull(ss.r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	*buf = b
+	return b, nil
+}
+
+// peekNames returns the start of the message with header h as far as the buffer
+// holds it (enough for the names at its start).
+func (ss *session) peekNames(h wire.Header) ([]byte, error) {
+	p, err := ss.r.Peek(min(1+h.Len, ss.r.Size()))
+	if err != nil && errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return p, err
+}
+
+func (ss *session) sendParse(h wire.Header) error {
+	head, err := ss.r.Peek(wire.HeaderLen + 1)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if head[wire.HeaderLen] == 0 || !ss.track {
+		var msg []byte
+		if head[wire.HeaderLen] == 0 {
+			// Kept, so that a Bind in a later batch can find it on any backend.
+			if msg, err = ss.readInto(&ss.unnamed, h); err != nil {
+				return err
+			}
+			ss.unnamedValid, ss.unnamedHere = true, true
+		}
+		ss.mu.Lock()
+		ss.q.push(pending{kind: rkParse})
+		ss.mu.Unlock()
+		if msg == nil {
+			return wire.Forward(ss.bw, ss.r, 1+h.Len)
+		}
+		_, err = ss.bw.Write(msg)
+		return err
+	}
+	msg, err := ss.readInto(&ss.scratch, h)
+	if err != nil {
+		return err
+	}
+	if cap(ss.scratch) > 64*1024 {
+		ss.scratch = nil // msg stays valid; a huge buffer is not kept
+	}
+	i := bytes.IndexByte(msg[wire.HeaderLen:], 0)
+	if i < 0 {
+		return fmt.Errorf("%w: Parse message without a statement name", errProtocol)
+	}
+	name, body := msg[wire.HeaderLen:wire.HeaderLen+i], msg[wire.HeaderLen+i+1:]
+	ss.srv.prep.clientParses.Add(1)
+	ss.mu.Lock()
+	if _, dup := ss.stmts[string(name)]; dup {
+		x := &pendingUndo{replace: wire.AppendError(nil, wire.SeverityError, "42P05",
+			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
+		ss.q.push(pending{kind: rkParse, action: actReplace, x: x})
+		ss.mu.Unlock()
+		_, err = ss.bw.Write(failParse)
+		return err
+	}
+	st := ss.srv.stmts.intern(body)
+	if ss.stmts == nil {
+		ss.stmts = make(map[string]*stmt)
+	}
+	n := string(name)
+	ss.stmts[n] = st
+	inj := ss.prepareLocked(st, n)
+	ss.mu.Unlock()
+	_, err = ss.bw.Write(inj)
+	return err
+}
+
+// prepareLocked makes sure the attached backend has st, returning the messages to
+// send for it and queueing their answers. client is the client's name for st when
+// this is the client's own Parse, which gets a ParseComplete either way. ss.mu is
+// held.
+func (ss *session) prepareLocked(st *stmt, client string) []byte {
+	bs := ss.bstmts
+	inj := ss.inj[:0]
+	if bs.dirty {
+		for s := range bs.m {
+			inj = appendClose(inj, 'S', s.name)
+			ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
+		}
+		clear(bs.m)
+		bs.dirty = false
+	}
+	bs.tick++
+	gen := st.gen.Load()
+	slot, ok := bs.m[st]
+	if ok && slot.gen == gen {
+		bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
+		ss.srv.prep.hits.Add(1)
+		if client != "" {
+			// The backend has it: the client's ParseComplete takes the place of a no-op
+			// Close's answer.
+			inj = append(inj, noopClose...)
+			ss.q.push(pending{kind: rkClose, action: actReplace, x: &pendingUndo{
+				replace: parseComplete, ops: []undoOp{{kind: undoRegister, name: client, st: st}}}})
+		}
+		ss.inj = inj
+		return inj
+	}
+	if ok {
+		// An older generation whose plans went stale: prepare it anew.
+		inj = appendClose(inj, 'S', st.name)
+		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: st}}}})
+		delete(bs.m, st)
+	}
+	for len(bs.m) >= ss.srv.opt.MaxPreparedStatements {
+		var victim *stmt
+		var oldest uint64
+		for s, sl := range bs.m {
+			if victim == nil || sl.used < oldest {
+				victim, oldest = s, sl.used
+			}
+		}
+		inj = appendClose(inj, 'S', victim.name)
+		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: victim}}}})
+		delete(bs.m, victim)
+		ss.srv.prep.evictions.Add(1)
+	}
+	inj = append(inj, st.parse...)
+	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st}}}
+	act := actSwallow
+	if client != "" {
+		act = actForward
+		x.ops = append(x.ops, undoOp{kind: undoRegister, name: client, st: st})
+	}
+	ss.q.push(pending{kind: rkParse, action: act, x: x})
+	bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
+	ss.srv.prep.serverParses.Add(1)
+	ss.inj = inj
+	return inj
+}
+
+// sendUse sends a Bind or Describe, preparing its statement on the backend first
+// when needed and naming it by its server-side name.
+func (ss *session) sendUse(h wire.Header) error {
+	p, err := ss.peekNames(h)
+	if err != nil {
+		return err
+	}
+	var kind respKind
+	var ns, ne int // the statement name is p[ns:ne]
+	body := p[wire.HeaderLen:]
+	if h.Type == wire.MsgBind {
+		kind = rkBind
+		i := bytes.IndexByte(body, 0)
+		if i < 0 {
+			return fmt.Errorf("%w: Bind message names too long", errProtocol)
+		}
+		j := bytes.IndexByte(body[i+1:], 0)
+		if j < 0 {
+			return fmt.Errorf("%w: Bind message names too long", errProtocol)
+		}
+		ns = wire.HeaderLen + i + 1
+		ne = ns + j
+	} else {
+		if len(body) < 2 {
+			return fmt.Errorf("%w: short Describe message", errProtocol)
+		}
+		if body[0] != 'S' {
+			ss.mu.Lock()
+			ss.q.push(pending{kind: rkDescribePortal})
+			ss.mu.Unlock()
+			return wire.Forward(ss.bw, ss.r, 1+h.Len)
+		}
+		kind = rkDescribeStmt
+		j := bytes.IndexByte(body[1:], 0)
+		if j < 0 {
+			return fmt.Errorf("%w: Describe message name too long", errProtocol)
+		}
+		ns = wire.HeaderLen + 1
+		ne = ns + j
+	}
+	if ns == ne {
+		// The unnamed statement: a backend other than the one the client parsed it
+		// on gets the client's last Parse of it first.
+		replay := ss.unnamedValid && !ss.unnamedHere
+		ss.mu.Lock()
+		if replay {
+			ss.q.push(pending{kind: rkParse, action: actSwallow})
+		}
+		ss.q.push(pending{kind: kind})
+		ss.mu.Unlock()
+		if replay {
+			ss.unnamedHere = true
+			if _, err := ss.bw.Write(ss.unnamed); err != nil {
+				return err
+			}
+		}
+		return wire.Forward(ss.bw, ss.r, 1+h.Len)
+	}
+	ss.mu.Lock()
+	st := ss.stmts[string(p[ns:ne])]
+	if st == nil || !ss.track {
+		// Not one of the client's named statements: PostgreSQL answers for it (with
+		// "does not exist" in transaction mode).
+		ss.q.push(pending{kind: kind})
+		ss.mu.Unlock()
+		return wire.Forward(ss.bw, ss.r, 1+h.Len)
+	}
+	inj := ss.prepareLocked(st, "")
+	ss.q.push(pending{kind: kind, st: st})
+	ss.mu.Unlock()
+	if _, err := ss.bw.Write(inj); err != nil {
+		return err
+	}
+	// The message again, with the server-side name.
+	n := h.Len - (ne - ns) + len(st.name)
+	ss.bw.Write([]byte{h.Type, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	ss.bw.Write(p[wire.HeaderLen:ns])
+	ss.bw.WriteString(st.name)
+	if _, err := ss.r.Discard(ne); err != nil {
+		return err
+	}
+	return wire.Forward(ss.bw, ss.r, 1+h.Len-ne)
+}
+
+// sendClose sends a Close. The close of one of the client's named statements is
+// the client's business only: its registry forgets the name, and the backend,
+// which never had a statement of that name, answers CloseComplete.
+func (ss *session) sendClose(h wire.Header) error {
+	p, err := ss.peekNames(h)
+	if err != nil {
+		return err
+	}
+	body := p[wire.HeaderLen:]
+	var x *pendingUndo
+	if len(body) >= 2 && body[0] == 'S' {
+		if body[1] == 0 {
+			ss.unnamedValid = false
+		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
+			name := body[1 : 1+j]
+			ss.mu.Lock()
+			if st := ss.stmts[string(name)]; st != nil {
+				n := string(name)
+				delete(ss.stmts, n)
+				ss.srv.stmts.release(st)
+				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, name: n, st: st}}}
+			}
+			ss.mu.Unlock()
+		}
+	}
+	ss.mu.Lock()
+	ss.q.push(pending{kind: rkClose, x: x})
+	ss.mu.Unlock()
+	return wire.Forward(ss.bw, ss.r, 1+h.Len)
+}
+
+// releaseStmts drops the client's registrations when it leaves.
+func (ss *session) releaseStmts() {
+	ss.mu.Lock()
+	for _, st := range ss.stmts {
+		ss.srv.stmts.release(st)
+	}
+	ss.stmts = nil
+	ss.mu.Unlock()
+}
+
+// relay passes one backend message (not ReadyForQuery) whose header h was peeked
+// on to the client: forwarded, dropped or replaced, as its pending entry says.
+// When it fails, rest bytes of the message are left, to be dropped (skip) or
+// forwarded.
+func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, err error) {
+	act, repl := ss.route(r, h)
+	if ss.swallow.Load() {
+		act = actSwallow
+	}
+	n := 1 + h.Len
+	switch act {
+	case actForward:
+		rest, err = wire.ForwardRest(ss.w, r, n)
+		return rest, false, err
+	case actReplace:
+		ss.w.Write(repl)
+	}
+	d, err := r.Discard(n)
+	if err != nil && errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return n - d, true, err
+}
+
+// route matches a backend message with the pending answers.
+func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
+	var match func(respKind) bool
+	switch h.Type {
+	case wire.MsgErrorResponse:
+		return ss.routeError(r, h)
+	case '1': // ParseComplete
+		match = func(k respKind) bool { return k == rkParse }
+	case '2': // BindComplete
+		match = func(k respKind) bool { return k == rkBind }
+	case '3': // CloseComplete
+		match = func(k respKind) bool { return k == rkClose }
+	case 'T', 'n': // RowDescription, NoData
+		match = func(k respKind) bool { return k == rkDescribeStmt || k == rkDescribePortal }
+	case 'C', 'I', 's': // CommandComplete, EmptyQueryResponse, PortalSuspended
+		match = func(k respKind) bool { return k == rkExecute }
+	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
+		return actForward, nil
+	}
+	ss.mu.Lock()
+	p := ss.q.front()
+	if p == nil || !match(p.kind) {
+		// Part of a simple query's answer (or an answer nothing waits for).
+		ss.mu.Unlock()
+		return actForward, nil
+	}
+	act := p.action
+	var repl []byte
+	if act == actReplace {
+		repl = p.x.replace
+	}
+	ss.q.pop()
+	ss.mu.Unlock()
+	return act, repl
+}
+
+// routeError handles an ErrorResponse: in the extended protocol the backend skips
+// everything up to the next Sync, so what the failed message and the skipped ones
+// changed in the registries is taken back.
+func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byte) {
+	var cachedPlan bool
+	if h.Len < 4096 { // errors the proxy looks at are short
+		if msg, err := wire.PeekMessage(r, h); err == nil {
+			f := wire.ParseError(msg[wire.HeaderLen:])
+			if f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
+				ss.fatalForwarded.Store(true)
+			}
+			cachedPlan = f.Code == wire.CodeFeatureNotSupported && f.Message == "cached plan must not change result type"
+		}
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	p := ss.q.front()
+	if p == nil || p.kind == rkSync || p.kind == rkQuery {
+		return actForward, nil
+	}
+	act, repl := actForward, []byte(nil)
+	if p.action == actReplace {
+		act, repl = actReplace, p.x.replace
+	}
+	if cachedPlan && p.st != nil {
+		// Its plans are stale on every backend: each prepares it anew on next use,
+		// so the client's next execution works.
+		p.st.gen.Add(1)
+	}
+	end := 0
+	for end < ss.q.n && ss.q.at(end).kind != rkSync {
+		end++
+	}
+	for i := end - 1; i >= 0; i-- {
+		e := ss.q.at(i)
+		if e.x != nil {
+			ss.undoLocked(e.x.ops)
+		}
+		if i > 0 && e.kind == rkQuery {
+			ss.outstanding-- // skipped: no ReadyForQuery comes for it
+		}
+	}
+	for ; end > 0; end-- {
+		ss.q.pop()
+	}
+	return act, repl
+}
+
+// popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
+func (ss *session) popReadyLocked() {
+	for ss.q.n > 0 {
+		p := ss.q.front()
+		k := p.kind
+		if k != rkSync && k != rkQuery && p.x != nil {
+			ss.undoLocked(p.x.ops) // got no answer: skipped
+		}
+		ss.q.pop()
+		if k == rkSync || k == rkQuery {
+			return
+		}
+	}
+}
+
+// undoLocked takes back registry changes, newest first.
+func (ss *session) undoLocked(ops []undoOp) {
+	for i := len(ops) - 1; i >= 0; i-- {
+		op := ops[i]
+		switch op.kind {
+		case undoRegister:
+			if ss.stmts[op.name] == op.st {
+				delete(ss.stmts, op.name)
+				ss.srv.stmts.release(op.st)
+			}
+		case undoUnregister:
+			if _, taken := ss.stmts[op.name]; !taken && ss.stmts != nil {
+				ss.stmts[op.name] = op.st
+				ss.srv.stmts.acquire(op.st)
+			}
+		case undoCached:
+			if ss.bstmts != nil {
+				delete(ss.bstmts.m, op.st)
+			}
+		case undoUncached:
+			if ss.bstmts != nil {
+				// Maybe still there: remembered as stale, closed before next use.
+				ss.bstmts.m[op.st] = stmtSlot{}
+			}
+		}
+	}
+}
