@@ -161,6 +161,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		ClientLoginTimeout:     cfg.ClientLoginTimeout,
 		QueryWaitTimeout:       cfg.QueryWaitTimeout,
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
+		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
 		Logger:                 log,
 	}, pools)
 
@@ -235,4 +236,12 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	log.Info("pgsidecar stopped")
 	return nil
+}
+
+// maxPrepared maps --max-prepared-statements (0 = off) to proxy.Options.
+func maxPrepared(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -37,6 +37,10 @@ type Config struct {
 	// IdleTransactionTimeout disconnects a client idle inside a transaction for
 	// longer than this; 0 disables it (--idle-transaction-timeout).
 	IdleTransactionTimeout time.Duration
+	// MaxPreparedStatements bounds the named prepared statements kept on each
+	// server connection in transaction mode; 0 turns statement-name rewriting off
+	// (--max-prepared-statements).
+	MaxPreparedStatements int
 	// QueryWaitTimeout is how long a client may wait for a server connection,
 	// greater than 0 (--query-wait-timeout).
 	QueryWaitTimeout time.Duration
@@ -86,6 +90,7 @@ func Default() Config {
 		HTTPListen:             "127.0.0.1:9127",
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
+		MaxPreparedStatements:  256,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
 		ServerIdleTimeout:      10 * time.Minute,

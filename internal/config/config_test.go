@@ -62,6 +62,7 @@ func TestDefault(t *testing.T) {
 		HTTPListen:             "127.0.0.1:9127",
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
+		MaxPreparedStatements:  256,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
 		ServerIdleTimeout:      10 * time.Minute,
@@ -218,6 +219,7 @@ func TestAllFlagsParse(t *testing.T) {
 		"--http-listen=[::1]:8080",
 		"--leak-threshold=0",
 		"--idle-transaction-timeout=2m",
+		"--max-prepared-statements=0",
 		"--query-wait-timeout=1500ms",
 		"--server-lifetime=0s",
 		"--server-idle-timeout=1h",
@@ -488,6 +490,7 @@ func TestValidate(t *testing.T) {
 				c.HTTPListen = "nonsense"
 				c.LeakThreshold = -time.Second
 				c.IdleTransactionTimeout = -time.Minute
+				c.MaxPreparedStatements = -1
 				c.QueryWaitTimeout = 0
 				c.ServerLifetime = -time.Hour
 				c.ServerIdleTimeout = -time.Second
@@ -504,6 +507,7 @@ func TestValidate(t *testing.T) {
 				`--http-listen: must be host:port, got "nonsense" (missing port in address)`,
 				"--leak-threshold: must not be negative, got -1s",
 				"--idle-transaction-timeout: must not be negative, got -1m",
+				"--max-prepared-statements: must be between 0 and 100000, got -1",
 				"--query-wait-timeout: must be greater than 0, got 0s",
 				"--server-lifetime: must not be negative, got -1h",
 				"--server-idle-timeout: must not be negative, got -1s",

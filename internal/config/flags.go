@@ -127,6 +127,19 @@ var specs = []spec{
 		check: func(c Config) string { return nonNegative(c.IdleTransactionTimeout) },
 	},
 	{
+		name: "max-prepared-statements",
+		arg:  "n",
+		usage: "Named prepared statements kept per server connection in transaction mode (least recently used " +
+			"closed first); clients' statements work on any server connection. 0 turns this off.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.MaxPreparedStatements) },
+		check: func(c Config) string {
+			if c.MaxPreparedStatements < 0 || c.MaxPreparedStatements > 100000 {
+				return fmt.Sprintf("must be between 0 and 100000, got %d", c.MaxPreparedStatements)
+			}
+			return ""
+		},
+	},
+	{
 		name:  "query-wait-timeout",
 		arg:   "duration",
 		usage: "How long a client may wait for a free server connection before it gets an error; must be greater than 0.",

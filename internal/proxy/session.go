@@ -96,19 +96,19 @@ type session struct {
 	waitArm bool
 	peekBuf [1]byte
 
-	pool           *pool.Pool
-	pid, key       uint32
-	db, user, app  string
-	discardToSync  bool // an extended-protocol batch failed locally; skip to its Sync
-	track          bool // named statements are rewritten (transaction mode)
+	pool          *pool.Pool
+	pid, key      uint32
+	db, user, app string
+	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
+	track         bool // named statements are rewritten (transaction mode)
 
 	// The client goroutine's own prepared-statement state.
-	unnamed      []byte // the client's last Parse of the unnamed statement
-	unnamedValid bool   // ... which PostgreSQL would still hold
-	unnamedHere  bool   // ... and which the attached backend has
-	owed         int    // ParseCompletes due for Parses taken without a backend
-	inj          []byte // messages the proxy sends ahead of the client's
-	scratch      []byte // a whole client message
+	unnamed        []byte // the client's last Parse of the unnamed statement
+	unnamedValid   bool   // ... which PostgreSQL would still hold
+	unnamedHere    bool   // ... and which the attached backend has
+	owed           int    // ParseCompletes due for Parses taken without a backend
+	inj            []byte // messages the proxy sends ahead of the client's
+	scratch        []byte // a whole client message
 	swallow        atomic.Bool
 	fatalForwarded atomic.Bool
 	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
@@ -116,17 +116,17 @@ type session struct {
 	mu             sync.Mutex
 	cond           sync.Cond
 	be             *pool.Backend
-	reader         bool // a server goroutine reads be
-	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool // ... which are dropped rather than forwarded
-	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool // extended-protocol messages sent since the last Sync
-	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              respQueue         // answers due from be
-	stmts          map[string]*stmt  // the client's named statements (transaction mode)
-	bstmts         *backendStmts     // be's prepared statements
-	tx             byte // transaction status of the last ReadyForQuery
-	gone           bool // the client left; the server goroutine cleans up and releases
+	reader         bool             // a server goroutine reads be
+	pendingBody    int              // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool             // ... which are dropped rather than forwarded
+	outstanding    int              // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool             // extended-protocol messages sent since the last Sync
+	syncsAfterExec int              // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	q              respQueue        // answers due from be
+	stmts          map[string]*stmt // the client's named statements (transaction mode)
+	bstmts         *backendStmts    // be's prepared statements
+	tx             byte             // transaction status of the last ReadyForQuery
+	gone           bool             // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
 	doomed         bool // the backend is being closed: never release it
