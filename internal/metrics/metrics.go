@@ -20,6 +20,8 @@ type Collector struct {
 	acquires, waits, waitSeconds, waitTimeouts   *prometheus.Desc
 	dials, dialFailures, closed                  *prometheus.Desc
 	clients, clientsTotal, refused, protoErr, it *prometheus.Desc
+	clientParses, serverParses, stmtHits         *prometheus.Desc
+	stmtEvictions, statements, pins              *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -30,24 +32,30 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		return prometheus.NewDesc("pgsidecar_"+name, help, labels, nil)
 	}
 	return &Collector{
-		pools:        pools,
-		server:       server,
-		poolSize:     d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
-		serverConns:  d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
-		waiting:      d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
-		maxWait:      d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
-		acquires:     d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
-		waits:        d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
-		waitSeconds:  d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
-		waitTimeouts: d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
-		dials:        d("server_connects_total", "Server connections opened.", poolLabels...),
-		dialFailures: d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
-		closed:       d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
-		clients:      d("clients", "Connected clients."),
-		clientsTotal: d("client_connections_total", "Client connections accepted."),
-		refused:      d("clients_refused_total", "Clients refused because max-client-conn was reached."),
-		protoErr:     d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
-		it:           d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
+		pools:         pools,
+		server:        server,
+		poolSize:      d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
+		serverConns:   d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
+		waiting:       d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
+		maxWait:       d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
+		acquires:      d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
+		waits:         d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
+		waitSeconds:   d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
+		waitTimeouts:  d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
+		dials:         d("server_connects_total", "Server connections opened.", poolLabels...),
+		dialFailures:  d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
+		closed:        d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
+		clients:       d("clients", "Connected clients."),
+		clientsTotal:  d("client_connections_total", "Client connections accepted."),
+		refused:       d("clients_refused_total", "Clients refused because max-client-conn was reached."),
+		protoErr:      d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
+		it:            d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
+		clientParses:  d("prepared_client_parses_total", "Named prepared statements parsed by clients (transaction mode)."),
+		serverParses:  d("prepared_server_parses_total", "Parse messages the proxy sent to server connections for clients' named statements."),
+		stmtHits:      d("prepared_cache_hits_total", "Named statements a server connection already had when a client used them."),
+		stmtEvictions: d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
+		statements:    d("prepared_statements", "Distinct named statements of the connected clients."),
+		pins:          d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
 	}
 }
 
@@ -55,7 +63,7 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
-		c.protoErr, c.it} {
+		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins} {
 		ch <- d
 	}
 }
@@ -86,6 +94,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.refused, counter, float64(st.Refused))
 	ch <- prometheus.MustNewConstMetric(c.protoErr, counter, float64(st.ProtocolError))
 	ch <- prometheus.MustNewConstMetric(c.it, counter, float64(st.IdleTxKilled))
+	ps := c.server.PreparedStats()
+	ch <- prometheus.MustNewConstMetric(c.clientParses, counter, float64(ps.ClientParses))
+	ch <- prometheus.MustNewConstMetric(c.serverParses, counter, float64(ps.ServerParses))
+	ch <- prometheus.MustNewConstMetric(c.stmtHits, counter, float64(ps.CacheHits))
+	ch <- prometheus.MustNewConstMetric(c.stmtEvictions, counter, float64(ps.Evictions))
+	ch <- prometheus.MustNewConstMetric(c.statements, gauge, float64(ps.Statements))
+	for reason, n := range c.server.Pins() {
+		ch <- prometheus.MustNewConstMetric(c.pins, counter, float64(n), reason)
+	}
 }
 
 // Handler returns the /metrics handler for a registry of our own holding c plus the

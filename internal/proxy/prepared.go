@@ -33,6 +33,18 @@ type stmt struct {
 	refs int // client registrations, under stmtRegistry.mu
 }
 
+// reg is one of a client's names for a statement.
+type reg struct {
+	name string
+	st   *stmt
+	// gen is the statement generation the client saw: a Bind of an older one gets
+	// "cached plan must not change result type" once, as from PostgreSQL.
+	gen uint32
+	// unconfirmed: the client's Parse was answered without a backend and no
+	// backend has parsed the statement yet.
+	unconfirmed bool
+}
+
 // stmtRegistry interns statements: one *stmt per distinct query text and parameter
 // types among the clients connected now.
 type stmtRegistry struct {
@@ -155,20 +167,23 @@ type pending struct {
 type pendingUndo struct {
 	replace []byte
 	ops     []undoOp
+	// check is an unconfirmed registration this Parse confirms, or drops when it
+	// fails.
+	check *reg
 }
 
 type undoKind uint8
 
 const (
-	undoRegister   undoKind = iota + 1 // the client's Parse registered name: drop it
-	undoUnregister                     // the client's Close dropped name -> st: restore it
+	undoRegister   undoKind = iota + 1 // the client's Parse registered rg: drop it
+	undoUnregister                     // the client's Close dropped rg: restore it
 	undoCached                         // st was added to the backend's statements: drop it
 	undoUncached                       // st was closed on the backend: it may still be there
 )
 
 type undoOp struct {
 	kind undoKind
-	name string
+	rg   *reg
 	st   *stmt
 }
 

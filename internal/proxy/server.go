@@ -90,6 +90,29 @@ type Server struct {
 
 	stmts stmtRegistry
 	prep  preparedCounters
+
+	pinMu sync.Mutex
+	pins  map[string]uint64 // clients pinned, by reason
+}
+
+func (s *Server) countPin(reason string) {
+	s.pinMu.Lock()
+	if s.pins == nil {
+		s.pins = make(map[string]uint64)
+	}
+	s.pins[reason]++
+	s.pinMu.Unlock()
+}
+
+// Pins returns how many clients were pinned to their backend, by reason.
+func (s *Server) Pins() map[string]uint64 {
+	s.pinMu.Lock()
+	defer s.pinMu.Unlock()
+	out := make(map[string]uint64, len(s.pins))
+	for k, v := range s.pins {
+		out[k] = v
+	}
+	return out
 }
 
 // NewServer returns a Server that takes backends from pools.

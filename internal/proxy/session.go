@@ -103,12 +103,16 @@ type session struct {
 	track         bool // named statements are rewritten (transaction mode)
 
 	// The client goroutine's own prepared-statement state.
-	unnamed        []byte // the client's last Parse of the unnamed statement
-	unnamedValid   bool   // ... which PostgreSQL would still hold
-	unnamedHere    bool   // ... and which the attached backend has
-	owed           int    // ParseCompletes due for Parses taken without a backend
-	inj            []byte // messages the proxy sends ahead of the client's
-	scratch        []byte // a whole client message
+	unnamed        []byte              // the client's last Parse of the unnamed statement
+	unnamedValid   bool                // ... which PostgreSQL would still hold
+	unnamedHere    bool                // ... and which the attached backend has
+	owed           int                 // ParseCompletes due for Parses taken without a backend
+	held           []byte              // a client message too big for r, read whole and not yet sent
+	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
+	portalTag      []byte              // ... and so does the unnamed portal
+	sqlNames       map[string]struct{} // statements of SQL PREPARE (the client is pinned)
+	inj            []byte              // messages the proxy sends ahead of the client's
+	scratch        []byte              // a whole client message
 	swallow        atomic.Bool
 	fatalForwarded atomic.Bool
 	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
@@ -116,20 +120,21 @@ type session struct {
 	mu             sync.Mutex
 	cond           sync.Cond
 	be             *pool.Backend
-	reader         bool             // a server goroutine reads be
-	pendingBody    int              // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool             // ... which are dropped rather than forwarded
-	outstanding    int              // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool             // extended-protocol messages sent since the last Sync
-	syncsAfterExec int              // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              respQueue        // answers due from be
-	stmts          map[string]*stmt // the client's named statements (transaction mode)
-	bstmts         *backendStmts    // be's prepared statements
-	tx             byte             // transaction status of the last ReadyForQuery
-	gone           bool             // the client left; the server goroutine cleans up and releases
+	reader         bool            // a server goroutine reads be
+	pendingBody    int             // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool            // ... which are dropped rather than forwarded
+	outstanding    int             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool            // extended-protocol messages sent since the last Sync
+	syncsAfterExec int             // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	q              respQueue       // answers due from be
+	stmts          map[string]*reg // the client's named statements (transaction mode)
+	bstmts         *backendStmts   // be's prepared statements
+	tx             byte            // transaction status of the last ReadyForQuery
+	gone           bool            // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
-	doomed         bool // the backend is being closed: never release it
+	pin            string // why the client keeps its backend between transactions
+	doomed         bool   // the backend is being closed: never release it
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
@@ -442,6 +447,16 @@ func (ss *session) run() {
 				continue
 			}
 		}
+		var eff sqlEffect
+		if h.Type == wire.MsgQuery && ss.track {
+			if eff, err = ss.classifyQuery(h); err != nil {
+				ss.end(err)
+				return
+			}
+			if ss.answerLocally(&eff) {
+				continue
+			}
+		}
 		be, err := ss.attach(h.Type)
 		if err != nil {
 			if !ss.failLocally(h, err) {
@@ -449,7 +464,12 @@ func (ss *session) run() {
 			}
 			continue
 		}
-		if err := ss.send(be, h); err != nil {
+		if h.Type == wire.MsgQuery && ss.track {
+			err = ss.sendQuery(eff, h)
+		} else {
+			err = ss.send(be, h)
+		}
+		if err != nil {
 			ss.end(err)
 			return
 		}
@@ -594,7 +614,9 @@ var (
 // failLocally answers a message that got no backend. It returns false when the
 // client is done.
 func (ss *session) failLocally(h wire.Header, err error) bool {
-	if skipErr := wire.Skip(ss.r, 1+h.Len); skipErr != nil {
+	if ss.held != nil {
+		ss.held = nil
+	} else if skipErr := wire.Skip(ss.r, 1+h.Len); skipErr != nil {
 		ss.end(skipErr)
 		return false
 	}
@@ -815,7 +837,7 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 			return keepReading
 		}
 		session := ss.srv.opt.Mode == ModeSession && !ss.gone
-		if status != wire.TxIdle || session {
+		if status != wire.TxIdle || session || (ss.pin != "" && !ss.gone) {
 			if status != wire.TxIdle {
 				ss.armIdleLocked()
 			}
@@ -1021,10 +1043,13 @@ func (ss *session) leave() {
 			ss.outstanding++
 			ss.q.push(pending{kind: rkQuery, action: actSwallow})
 		}
-		if ss.srv.opt.Mode == ModeSession {
+		if ss.srv.opt.Mode == ModeSession || ss.pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
 			ss.q.push(pending{kind: rkQuery, action: actSwallow})
+			if ss.bstmts != nil {
+				ss.bstmts.dirty = true // DISCARD ALL dropped the proxy's statements too
+			}
 		}
 		if len(q) == 0 {
 			// Attached while idle: a Sync brings the ReadyForQuery at which the server

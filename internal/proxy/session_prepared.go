@@ -21,6 +21,9 @@ var (
 	failParse = appendParse(nil, stmtPrefix+"fail", "pgsidecar statement name already in use")
 	// parseComplete is a ParseComplete message.
 	parseComplete = []byte{'1', 0, 0, 0, 4}
+	// errCachedPlan is PostgreSQL's error for a statement whose result type changed.
+	errCachedPlan = wire.AppendError(nil, wire.SeverityError, wire.CodeFeatureNotSupported,
+		"cached plan must not change result type", "")
 )
 
 func appendClose(dst []byte, kind byte, name string) []byte {
@@ -88,10 +91,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 		ss.discardToSync = true
 		return true, nil
 	}
-	if ss.stmts == nil {
-		ss.stmts = make(map[string]*stmt)
-	}
-	ss.stmts[string(name)] = ss.srv.stmts.intern(body)
+	ss.registerLocked(string(name), ss.srv.stmts.intern(body)).unconfirmed = true
 	ss.owed++
 	return true, nil
 }
@@ -102,6 +102,20 @@ func (ss *session) payOwed() {
 	for ; ss.owed > 0; ss.owed-- {
 		ss.w.Write(parseComplete)
 	}
+}
+
+// parseQuery returns the query text of a Parse message.
+func parseQuery(msg []byte) []byte {
+	b := msg[wire.HeaderLen:]
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil
+	}
+	b = b[i+1:]
+	if j := bytes.IndexByte(b, 0); j >= 0 {
+		return b[:j]
+	}
+	return nil
 }
 
 // stmtsOf returns the prepared-statement record of a backend.
@@ -126,6 +140,16 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 		return ss.sendClose(h)
 	case wire.MsgQuery:
 		ss.unnamedValid = false // a simple query drops the unnamed statement
+	case wire.MsgExecute:
+		if ss.portalTag != nil {
+			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil && p[wire.HeaderLen] == 0 {
+				ss.mu.Lock()
+				if b := ss.q.back(); b != nil && b.kind == rkExecute {
+					b.action, b.x = actReplace, &pendingUndo{replace: ss.portalTag}
+				}
+				ss.mu.Unlock()
+			}
+		}
 	}
 	return wire.Forward(ss.bw, ss.r, 1+h.Len)
 }
@@ -167,14 +191,29 @@ func (ss *session) sendParse(h wire.Header) error {
 	}
 	if head[wire.HeaderLen] == 0 || !ss.track {
 		var msg []byte
+		var e sqlEffect
 		if head[wire.HeaderLen] == 0 {
 			// Kept, so that a Bind in a later batch can find it on any backend.
 			if msg, err = ss.readInto(&ss.unnamed, h); err != nil {
 				return err
 			}
 			ss.unnamedValid, ss.unnamedHere = true, true
+			ss.unnamedTag = nil
+			if ss.track {
+				e = classifyText(parseQuery(msg))
+			}
 		}
 		ss.mu.Lock()
+		if ss.localTagLocked(&e) {
+			// DEALLOCATE through the extended protocol (psycopg): an empty statement
+			// stands in for it and its Execute gets the answer.
+			ss.dropLocked(&e)
+			ss.unnamed = appendParse(ss.unnamed[:0], "", "")
+			msg = ss.unnamed
+			ss.unnamedTag = e.localTag
+		} else if ss.track {
+			ss.applyLocked(&e)
+		}
 		ss.q.push(pending{kind: rkParse})
 		ss.mu.Unlock()
 		if msg == nil {
@@ -205,23 +244,29 @@ func (ss *session) sendParse(h wire.Header) error {
 		_, err = ss.bw.Write(failParse)
 		return err
 	}
-	st := ss.srv.stmts.intern(body)
-	if ss.stmts == nil {
-		ss.stmts = make(map[string]*stmt)
-	}
-	n := string(name)
-	ss.stmts[n] = st
-	inj := ss.prepareLocked(st, n)
+	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
+	inj := ss.prepareLocked(rg, true)
 	ss.mu.Unlock()
 	_, err = ss.bw.Write(inj)
 	return err
 }
 
-// prepareLocked makes sure the attached backend has st, returning the messages to
-// send for it and queueing their answers. client is the client's name for st when
+// registerLocked records the client's name for st. ss.mu is held.
+func (ss *session) registerLocked(name string, st *stmt) *reg {
+	if ss.stmts == nil {
+		ss.stmts = make(map[string]*reg)
+	}
+	rg := &reg{name: name, st: st, gen: st.gen.Load()}
+	ss.stmts[name] = rg
+	return rg
+}
+
+// prepareLocked makes sure the attached backend has the statement of rg,
+// returning the messages to send for it and queueing their answers. parse says
 // this is the client's own Parse, which gets a ParseComplete either way. ss.mu is
 // held.
-func (ss *session) prepareLocked(st *stmt, client string) []byte {
+func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
+	st := rg.st
 	bs := ss.bstmts
 	inj := ss.inj[:0]
 	if bs.dirty {
@@ -238,12 +283,12 @@ func (ss *session) prepareLocked(st *stmt, client string) []byte {
 	if ok && slot.gen == gen {
 		bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
 		ss.srv.prep.hits.Add(1)
-		if client != "" {
+		if parse {
 			// The backend has it: the client's ParseComplete takes the place of a no-op
 			// Close's answer.
 			inj = append(inj, noopClose...)
 			ss.q.push(pending{kind: rkClose, action: actReplace, x: &pendingUndo{
-				replace: parseComplete, ops: []undoOp{{kind: undoRegister, name: client, st: st}}}})
+				replace: parseComplete, ops: []undoOp{{kind: undoRegister, rg: rg}}}})
 		}
 		ss.inj = inj
 		return inj
@@ -270,9 +315,13 @@ func (ss *session) prepareLocked(st *stmt, client string) []byte {
 	inj = append(inj, st.parse...)
 	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st}}}
 	act := actSwallow
-	if client != "" {
+	if parse {
 		act = actForward
-		x.ops = append(x.ops, undoOp{kind: undoRegister, name: client, st: st})
+		x.ops = append(x.ops, undoOp{kind: undoRegister, rg: rg})
+	} else if rg.unconfirmed {
+		// The client's Parse was answered without a backend: if this one fails, the
+		// name was never valid.
+		x.check = rg
 	}
 	ss.q.push(pending{kind: rkParse, action: act, x: x})
 	bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
@@ -321,6 +370,12 @@ func (ss *session) sendUse(h wire.Header) error {
 		ns = wire.HeaderLen + 1
 		ne = ns + j
 	}
+	if kind == rkBind && ns == wire.HeaderLen+1 { // the unnamed portal
+		ss.portalTag = nil
+		if ns == ne {
+			ss.portalTag = ss.unnamedTag
+		}
+	}
 	if ns == ne {
 		// The unnamed statement: a backend other than the one the client parsed it
 		// on gets the client's last Parse of it first.
@@ -340,15 +395,28 @@ func (ss *session) sendUse(h wire.Header) error {
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
 	ss.mu.Lock()
-	st := ss.stmts[string(p[ns:ne])]
-	if st == nil || !ss.track {
+	rg := ss.stmts[string(p[ns:ne])]
+	if rg == nil || !ss.track {
 		// Not one of the client's named statements: PostgreSQL answers for it (with
 		// "does not exist" in transaction mode).
 		ss.q.push(pending{kind: kind})
 		ss.mu.Unlock()
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
-	inj := ss.prepareLocked(st, "")
+	st := rg.st
+	if kind == rkBind && rg.gen != st.gen.Load() {
+		// The statement's result type changed since the client prepared it: like
+		// PostgreSQL, the client's next Bind fails (and the one after works). A
+		// failing Parse in the Bind's place makes the backend skip the batch.
+		rg.gen = st.gen.Load()
+		ss.q.push(pending{kind: rkParse, action: actReplace, x: &pendingUndo{replace: errCachedPlan}})
+		ss.mu.Unlock()
+		if _, err := ss.bw.Write(failParse); err != nil {
+			return err
+		}
+		return wire.Skip(ss.r, 1+h.Len)
+	}
+	inj := ss.prepareLocked(rg, false)
 	ss.q.push(pending{kind: kind, st: st})
 	ss.mu.Unlock()
 	if _, err := ss.bw.Write(inj); err != nil {
@@ -381,11 +449,10 @@ func (ss *session) sendClose(h wire.Header) error {
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
-			if st := ss.stmts[string(name)]; st != nil {
-				n := string(name)
-				delete(ss.stmts, n)
-				ss.srv.stmts.release(st)
-				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, name: n, st: st}}}
+			if rg := ss.stmts[string(name)]; rg != nil {
+				delete(ss.stmts, rg.name)
+				ss.srv.stmts.release(rg.st)
+				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, rg: rg}}}
 			}
 			ss.mu.Unlock()
 		}
@@ -399,8 +466,8 @@ func (ss *session) sendClose(h wire.Header) error {
 // releaseStmts drops the client's registrations when it leaves.
 func (ss *session) releaseStmts() {
 	ss.mu.Lock()
-	for _, st := range ss.stmts {
-		ss.srv.stmts.release(st)
+	for _, rg := range ss.stmts {
+		ss.srv.stmts.release(rg.st)
 	}
 	ss.stmts = nil
 	ss.mu.Unlock()
@@ -444,7 +511,17 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 		match = func(k respKind) bool { return k == rkClose }
 	case 'T', 'n': // RowDescription, NoData
 		match = func(k respKind) bool { return k == rkDescribeStmt || k == rkDescribePortal }
-	case 'C', 'I', 's': // CommandComplete, EmptyQueryResponse, PortalSuspended
+	case 'I': // EmptyQueryResponse
+		ss.mu.Lock()
+		if p := ss.q.front(); p != nil && p.kind == rkQuery && p.action == actReplace {
+			// The empty query that stands in for a statement the proxy answered.
+			repl := p.x.replace
+			ss.mu.Unlock()
+			return actReplace, repl
+		}
+		ss.mu.Unlock()
+		match = func(k respKind) bool { return k == rkExecute }
+	case 'C', 's': // CommandComplete, PortalSuspended
 		match = func(k respKind) bool { return k == rkExecute }
 	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
 		return actForward, nil
@@ -460,6 +537,9 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 	var repl []byte
 	if act == actReplace {
 		repl = p.x.replace
+	}
+	if p.x != nil && p.x.check != nil {
+		p.x.check.unconfirmed = false // its statement is valid after all
 	}
 	ss.q.pop()
 	ss.mu.Unlock()
@@ -492,8 +572,20 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 	}
 	if cachedPlan && p.st != nil {
 		// Its plans are stale on every backend: each prepares it anew on next use,
-		// so the client's next execution works.
-		p.st.gen.Add(1)
+		// so the client's next execution works. Other clients that prepared it
+		// before get the same error once (stale registration) instead of rows of
+		// another type.
+		gen := p.st.gen.Add(1)
+		for _, rg := range ss.stmts {
+			if rg.st == p.st {
+				rg.gen = gen
+			}
+		}
+	}
+	if p.x != nil && p.x.check != nil && p.x.check.unconfirmed {
+		// The statement of a Parse answered without a backend does not parse: as
+		// with PostgreSQL, the name does not exist.
+		ss.unregisterLocked(p.x.check)
 	}
 	end := 0
 	for end < ss.q.n && ss.q.at(end).kind != rkSync {
@@ -529,20 +621,25 @@ func (ss *session) popReadyLocked() {
 	}
 }
 
+// unregisterLocked drops the client's registration rg if it is still current.
+func (ss *session) unregisterLocked(rg *reg) {
+	if ss.stmts[rg.name] == rg {
+		delete(ss.stmts, rg.name)
+		ss.srv.stmts.release(rg.st)
+	}
+}
+
 // undoLocked takes back registry changes, newest first.
 func (ss *session) undoLocked(ops []undoOp) {
 	for i := len(ops) - 1; i >= 0; i-- {
 		op := ops[i]
 		switch op.kind {
 		case undoRegister:
-			if ss.stmts[op.name] == op.st {
-				delete(ss.stmts, op.name)
-				ss.srv.stmts.release(op.st)
-			}
+			ss.unregisterLocked(op.rg)
 		case undoUnregister:
-			if _, taken := ss.stmts[op.name]; !taken && ss.stmts != nil {
-				ss.stmts[op.name] = op.st
-				ss.srv.stmts.acquire(op.st)
+			if _, taken := ss.stmts[op.rg.name]; !taken && ss.stmts != nil {
+				ss.stmts[op.rg.name] = op.rg
+				ss.srv.stmts.acquire(op.rg.st)
 			}
 		case undoCached:
 			if ss.bstmts != nil {
@@ -555,4 +652,213 @@ func (ss *session) undoLocked(ops []undoOp) {
 			}
 		}
 	}
+}
+
+// sqlEffect is what a simple Query does to prepared statements.
+type sqlEffect struct {
+	single   bool      // one statement
+	first    wire.Kind // its kind
+	name     string    // its name (DEALLOCATE)
+	prepare  []string  // names of SQL PREPARE
+	dealloc  []string  // names of SQL DEALLOCATE
+	dropAll  bool      // DEALLOCATE ALL or DISCARD ALL
+	localTag []byte    // the proxy answers the query with this CommandComplete
+}
+
+// emptyQuery stands in for a statement the proxy answers itself while the client
+// holds a backend: its EmptyQueryResponse is replaced by the answer.
+var emptyQuery = wire.AppendQuery(nil, "")
+
+// classifyQuery finds the statements of the client's Query with header h that
+// affect prepared statements. A Query too big for the client reader is read
+// whole into ss.held.
+func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
+	var msg []byte
+	if n := 1 + h.Len; n <= ss.r.Size() {
+		p, err := ss.r.Peek(n)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return sqlEffect{}, err
+		}
+		msg = p
+	} else {
+		m, err := ss.readInto(&ss.scratch, h)
+		if err != nil {
+			return sqlEffect{}, err
+		}
+		ss.held = m
+		ss.scratch = nil
+		msg = m
+	}
+	q := msg[wire.HeaderLen:]
+	if len(q) > 0 && q[len(q)-1] == 0 {
+		q = q[:len(q)-1]
+	}
+	return classifyText(q), nil
+}
+
+// classifyText finds the statements of q that affect prepared statements.
+func classifyText(q []byte) sqlEffect {
+	var sc wire.Scanner
+	sc.Reset(q)
+	var e sqlEffect
+	n := 0
+	for sc.Next() {
+		st := sc.Statement()
+		n++
+		if n == 1 {
+			e.first, e.name = st.Kind, st.Name
+		}
+		switch st.Kind {
+		case wire.KindPrepare:
+			e.prepare = append(e.prepare, st.Name)
+		case wire.KindDeallocate:
+			e.dealloc = append(e.dealloc, st.Name)
+		case wire.KindDeallocateAll, wire.KindDiscardAll:
+			e.dropAll = true
+		}
+	}
+	e.single = n == 1
+	return e
+}
+
+// answerLocally answers DEALLOCATE of the client's protocol-level statements
+// (psycopg deallocates with SQL): they exist only in the proxy's registry. It
+// reports whether the query was answered and consumed; with a backend attached
+// it leaves e.localTag for sendQuery instead.
+func (ss *session) answerLocally(e *sqlEffect) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if !ss.localTagLocked(e) || ss.be != nil {
+		return false
+	}
+	ss.dropLocked(e)
+	if ss.held != nil {
+		ss.held = nil
+	} else if _, err := ss.r.Discard(1 + int(msgLen(ss.r))); err != nil {
+		return false
+	}
+	ss.payOwed()
+	ss.w.Write(e.localTag)
+	ss.w.Write(readyIdle)
+	ss.w.Flush()
+	return true
+}
+
+// localTagLocked decides whether the proxy answers e itself (DEALLOCATE of
+// statements only its registry holds) and sets e.localTag. ss.mu is held.
+func (ss *session) localTagLocked(e *sqlEffect) bool {
+	if !e.single || (ss.be != nil && ss.tx == wire.TxFailed) { // PostgreSQL refuses it in a failed transaction
+		return false
+	}
+	switch {
+	case e.first == wire.KindDeallocate && ss.stmts[e.name] != nil && len(ss.sqlNames) == 0:
+		e.localTag = appendCommandComplete(nil, "DEALLOCATE")
+	case e.first == wire.KindDeallocateAll && len(ss.sqlNames) == 0:
+		e.localTag = appendCommandComplete(nil, "DEALLOCATE ALL")
+	default:
+		return false
+	}
+	return true
+}
+
+// msgLen is the length field of the message at the head of r (peeked before).
+func msgLen(r *bufio.Reader) uint32 {
+	p, _ := r.Peek(wire.HeaderLen)
+	return uint32(p[1])<<24 | uint32(p[2])<<16 | uint32(p[3])<<8 | uint32(p[4])
+}
+
+// dropLocked forgets the statements a DEALLOCATE names (all of them for
+// DEALLOCATE ALL).
+func (ss *session) dropLocked(e *sqlEffect) {
+	if e.first == wire.KindDeallocate {
+		if rg := ss.stmts[e.name]; rg != nil {
+			ss.unregisterLocked(rg)
+		}
+		return
+	}
+	for _, rg := range ss.stmts {
+		ss.unregisterLocked(rg)
+	}
+}
+
+// sendQuery sends the client's Query (after attach queued its answer), applying
+// what e found: a DEALLOCATE the proxy answers goes out as an empty query; SQL
+// PREPARE pins the client to its backend until its statements are deallocated;
+// DEALLOCATE ALL and DISCARD ALL drop the client's statements and may drop the
+// proxy's on the backend.
+func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
+	ss.unnamedValid = false // a simple query drops the unnamed statement
+	ss.mu.Lock()
+	if e.localTag != nil {
+		ss.dropLocked(&e)
+		if b := ss.q.back(); b != nil && b.kind == rkQuery {
+			b.action, b.x = actReplace, &pendingUndo{replace: e.localTag}
+		}
+		ss.mu.Unlock()
+		if ss.held != nil {
+			ss.held = nil
+		} else if err := wire.Skip(ss.r, 1+h.Len); err != nil {
+			return err
+		}
+		_, err := ss.bw.Write(emptyQuery)
+		return err
+	}
+	ss.applyLocked(&e)
+	ss.mu.Unlock()
+	if m := ss.held; m != nil {
+		ss.held = nil
+		_, err := ss.bw.Write(m)
+		return err
+	}
+	return wire.Forward(ss.bw, ss.r, 1+h.Len)
+}
+
+// applyLocked applies what a forwarded statement does to prepared statements.
+// ss.mu is held.
+func (ss *session) applyLocked(e *sqlEffect) {
+	for _, n := range e.prepare {
+		if ss.sqlNames == nil {
+			ss.sqlNames = make(map[string]struct{})
+		}
+		ss.sqlNames[n] = struct{}{}
+		ss.pinLocked("sql_prepare")
+	}
+	for _, n := range e.dealloc {
+		delete(ss.sqlNames, n)
+	}
+	if e.dropAll {
+		ss.dropLocked(&sqlEffect{first: wire.KindDeallocateAll})
+		ss.sqlNames = nil
+		if ss.bstmts != nil {
+			ss.bstmts.dirty = true
+		}
+	}
+	if ss.pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.dealloc) > 0 || e.dropAll) {
+		ss.pin = ""
+		ss.sqlNames = nil
+	}
+}
+
+// pinLocked keeps the client on its backend between transactions (state that
+// cannot move to another backend). ss.mu is held.
+func (ss *session) pinLocked(reason string) {
+	if ss.pin != "" {
+		return
+	}
+	ss.pin = reason
+	ss.srv.countPin(reason)
+	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
+		"database", ss.db, "application_name", ss.app, "reason", reason)
+}
+
+func appendCommandComplete(dst []byte, tag string) []byte {
+	start := len(dst)
+	dst = append(dst, 'C', 0, 0, 0, 0)
+	dst = append(dst, tag...)
+	dst = append(dst, 0)
+	putLen(dst[start:])
+	return dst
 }
