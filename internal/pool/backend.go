@@ -47,6 +47,9 @@ type Backend struct {
 	peekBuf   [1]byte
 }
 
+// RawConn returns the connection's syscall.RawConn, or nil when it has none (TLS).
+func (b *Backend) RawConn() syscall.RawConn { return b.raw }
+
 // Pool returns the pool the backend belongs to.
 func (b *Backend) Pool() *Pool { return b.pool }
 

@@ -117,6 +117,17 @@ func New(cfg Config) *Pool {
 // and no other backend can serve the caller, ErrClosed when the pool is closed, or
 // ctx.Err() when the wait ran out.
 func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
+	return p.acquire(ctx, ctx.Done(), nil)
+}
+
+// AcquireWait is Acquire for a caller that brings its own timer, so that a wait
+// allocates nothing: it gives up with context.DeadlineExceeded when expire
+// delivers and with context.Canceled when done is closed.
+func (p *Pool) AcquireWait(expire <-chan time.Time, done <-chan struct{}) (*Backend, error) {
+	return p.acquire(nil, done, expire)
+}
+
+func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan time.Time) (*Backend, error) {
 	if b, err := p.TryAcquire(); b != nil || err != nil {
 		return b, err
 	}
@@ -127,7 +138,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
 	}
 	if len(p.idle) > 0 { // released meanwhile
 		p.mu.Unlock()
-		return p.Acquire(ctx)
+		return p.acquire(ctx, done, expire)
 	}
 	w := waiterPool.Get().(*waiter)
 	w.since = time.Now()
@@ -135,7 +146,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
 	p.enqueueLocked(w)
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
-	return p.wait(ctx, w)
+	return p.wait(ctx, w, done, expire)
 }
 
 // TryAcquire returns an idle backend, or nil when none is idle; it never waits and
@@ -167,7 +178,8 @@ func (p *Pool) TryAcquire() (*Backend, error) {
 	}
 }
 
-func (p *Pool) wait(ctx context.Context, w *waiter) (*Backend, error) {
+func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}, expire <-chan time.Time) (*Backend, error) {
+	var giveUp error
 	select {
 	case r := <-w.ch:
 		p.mu.Lock()
@@ -175,29 +187,35 @@ func (p *Pool) wait(ctx context.Context, w *waiter) (*Backend, error) {
 		p.mu.Unlock()
 		waiterPool.Put(w)
 		return r.b, r.err
-	case <-ctx.Done():
-		p.mu.Lock()
-		if !w.gone {
-			p.removeLocked(w)
-			p.stats.WaitTimeouts++
-			p.stats.Waited++
-			p.stats.WaitTime += time.Since(w.since)
-			p.mu.Unlock()
-			waiterPool.Put(w)
-			return nil, ctx.Err()
+	case <-done:
+		giveUp = context.Canceled
+		if ctx != nil {
+			giveUp = ctx.Err()
 		}
-		p.mu.Unlock()
-		// A result was handed to us as the context ended: give a backend back.
-		r := <-w.ch
-		waiterPool.Put(w)
-		if r.b != nil {
-			p.Release(r.b)
-		}
-		if r.err != nil {
-			return nil, r.err
-		}
-		return nil, ctx.Err()
+	case <-expire:
+		giveUp = context.DeadlineExceeded
 	}
+	p.mu.Lock()
+	if !w.gone {
+		p.removeLocked(w)
+		p.stats.WaitTimeouts++
+		p.stats.Waited++
+		p.stats.WaitTime += time.Since(w.since)
+		p.mu.Unlock()
+		waiterPool.Put(w)
+		return nil, giveUp
+	}
+	p.mu.Unlock()
+	// A result was handed to us as the context ended: give a backend back.
+	r := <-w.ch
+	waiterPool.Put(w)
+	if r.b != nil {
+		p.Release(r.b)
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return nil, giveUp
 }
 
 func (p *Pool) noteWaitLocked(w *waiter, ok bool) {

@@ -1399,3 +1399,58 @@ func TestServerError(t *testing.T) {
 		t.Fatal("ServerError(nil) reported a server error")
 	}
 }
+
+// AcquireWait gives up on the caller's timer (DeadlineExceeded) or done channel
+// (Canceled), hands over a released backend, and allocates nothing on the way.
+func TestAcquireWait(t *testing.T) {
+	f := newFakeDB(t)
+	p := newPool(t, f, pool.Config{Size: 1})
+	a := mustAcquire(t, p)
+
+	timer := time.NewTimer(50 * time.Millisecond)
+	if b, err := p.AcquireWait(timer.C, nil); !errors.Is(err, context.DeadlineExceeded) || b != nil {
+		t.Fatalf("AcquireWait on a full pool with an expiring timer = %v, %v; want DeadlineExceeded", b, err)
+	}
+	done := make(chan struct{})
+	close(done)
+	timer.Reset(time.Hour)
+	if b, err := p.AcquireWait(timer.C, done); !errors.Is(err, context.Canceled) || b != nil {
+		t.Fatalf("AcquireWait with done closed = %v, %v; want Canceled", b, err)
+	}
+	timer.Stop()
+	if s := p.Stats(); s.WaitTimeouts != 2 || s.Waiting != 0 {
+		t.Fatalf("stats after two give-ups: %+v", s)
+	}
+
+	got := make(chan *pool.Backend, 1)
+	go func() {
+		tm := time.NewTimer(10 * time.Second)
+		defer tm.Stop()
+		b, err := p.AcquireWait(tm.C, nil)
+		if err != nil {
+			t.Errorf("AcquireWait: %v", err)
+		}
+		got <- b
+	}()
+	waitFor(t, 5*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+	p.Release(a)
+	b := <-got
+	if b != a {
+		t.Fatalf("waiter got %v, want the released backend %v", b, a)
+	}
+
+	// A wait that gets a backend at once allocates nothing (the proxy's hot path).
+	p.Release(b)
+	tm := time.NewTimer(time.Hour)
+	allocs := testing.AllocsPerRun(100, func() {
+		b, err := p.AcquireWait(tm.C, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release(b)
+	})
+	tm.Stop()
+	if allocs != 0 {
+		t.Errorf("AcquireWait + Release allocated %v times per run, want 0", allocs)
+	}
+}

@@ -87,14 +87,17 @@ type session struct {
 	raw  syscall.RawConn
 	addr string
 
-	r       *bufio.Reader // client reader; nil while waiting for input with nothing buffered
-	cout    sink          // client connection, error-swallowing
-	w       *bufio.Writer // buffered writes to the client
-	bout    sink          // attached backend connection
-	bw      *bufio.Writer // buffered writes to the attached backend
-	waitFn  func(fd uintptr) bool
-	waitArm bool
-	peekBuf [1]byte
+	r          *bufio.Reader // client reader; nil while waiting for input with nothing buffered
+	cout       sink          // client connection, error-swallowing
+	w          *bufio.Writer // buffered writes to the client
+	bout       sink          // attached backend connection
+	bw         *bufio.Writer // buffered writes to the attached backend
+	waitFn     func(fd uintptr) bool
+	flushFn    func(fd uintptr) bool // ss.flushAndWait
+	flushState int
+	flushErr   error
+	waitArm    bool
+	peekBuf    [1]byte
 
 	pool          *pool.Pool
 	pid, key      uint32
@@ -138,6 +141,7 @@ type session struct {
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
+	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
 	readerWG       sync.WaitGroup
 }
 
@@ -159,6 +163,7 @@ func (s *Server) serveClient(c net.Conn) {
 			ss.waitFn = ss.readable
 		}
 	}
+	ss.flushFn = ss.flushAndWait
 
 	_ = c.SetDeadline(time.Now().Add(s.opt.ClientLoginTimeout))
 	st, ok := ss.startup()
@@ -481,6 +486,14 @@ func (ss *session) run() {
 
 // flushed sends what was forwarded to be and decides who reads the answer.
 func (ss *session) flushed(be *pool.Backend) {
+	ss.mu.Lock()
+	if ss.be == be && !ss.reader && !ss.partial && ss.outstanding > 0 {
+		// The common case: a complete batch whose answer the client goroutine reads.
+		ss.mu.Unlock()
+		ss.syncRead(be, true)
+		return
+	}
+	ss.mu.Unlock()
 	err := ss.bw.Flush()
 	if err == nil {
 		err = ss.bout.err
@@ -510,8 +523,23 @@ func (ss *session) flushed(be *pool.Backend) {
 	wait := ss.outstanding > 0
 	ss.mu.Unlock()
 	if wait {
-		ss.syncRead(be)
+		ss.syncRead(be, false)
 	}
+}
+
+// flushAndWait is the backend RawConn.Read callback of syncRead: its first call
+// sends the batch, later calls report the answer readable. Sending it after the
+// read was armed spares the read attempt that would find nothing yet.
+func (ss *session) flushAndWait(uintptr) bool {
+	if ss.flushState == 0 {
+		ss.flushState = 1
+		ss.flushErr = ss.bw.Flush()
+		if ss.flushErr == nil {
+			ss.flushErr = ss.bout.err
+		}
+		return ss.flushErr != nil
+	}
+	return true
 }
 
 // startReaderLocked starts the server goroutine for be. ss.mu is held.
@@ -527,9 +555,32 @@ func (ss *session) startReaderLocked(be *pool.Backend) {
 // long query) or that starts COPY IN is handed to a server goroutine, so that the
 // client goroutine goes back to watching the client (its disconnect, more COPY
 // data, the proxy ending it).
-func (ss *session) syncRead(be *pool.Backend) {
+//
+// flush says the batch is still in ss.bw: it is sent here.
+func (ss *session) syncRead(be *pool.Backend, flush bool) {
 	_ = be.Conn.SetReadDeadline(time.Now().Add(syncReadLimit))
 	r := be.R
+	if flush {
+		var err error
+		if raw := be.RawConn(); raw != nil && r.Buffered() == 0 {
+			ss.flushState = 0
+			err = raw.Read(ss.flushFn)
+			if ss.flushErr != nil {
+				ss.serverFailed(be, ss.flushErr, false)
+				return
+			}
+		} else if err = ss.bw.Flush(); err == nil && ss.bout.err != nil {
+			err = ss.bout.err
+		}
+		if err != nil {
+			if ss.flushState == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				ss.serverFailed(be, err, false)
+			} else {
+				ss.handOver(be, 0, false)
+			}
+			return
+		}
+	}
 	for {
 		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
 		if err != nil {
@@ -745,9 +796,14 @@ func (ss *session) acquire() (*pool.Backend, error) {
 	if be != nil || err != nil {
 		return be, err
 	}
-	ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.QueryWaitTimeout)
-	be, err = ss.pool.Acquire(ctx)
-	cancel()
+	// A timer of the session's own: a wait allocates nothing.
+	if ss.waitTimer == nil {
+		ss.waitTimer = time.NewTimer(ss.srv.opt.QueryWaitTimeout)
+	} else {
+		ss.waitTimer.Reset(ss.srv.opt.QueryWaitTimeout)
+	}
+	be, err = ss.pool.AcquireWait(ss.waitTimer.C, ss.srv.drainCtx.Done())
+	ss.waitTimer.Stop()
 	if err != nil && ss.srv.drainCtx.Err() != nil {
 		err = errDraining
 	}
