@@ -37,6 +37,9 @@ type Backend struct {
 	// prepared statements it holds). Only the current holder touches it; the pool
 	// never does.
 	Ext any
+	// StateKey identifies the session state the holder left on the connection
+	// (0: the state it logged in with); see Pool.TryAcquirePrefer.
+	StateKey uint64
 
 	pool      *Pool
 	expiresAt time.Time // zero = never

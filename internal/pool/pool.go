@@ -151,7 +151,15 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan 
 
 // TryAcquire returns an idle backend, or nil when none is idle; it never waits and
 // never dials. Dead or expired idle backends are closed on the way.
-func (p *Pool) TryAcquire() (*Backend, error) {
+func (p *Pool) TryAcquire() (*Backend, error) { return p.TryAcquirePrefer(0) }
+
+// preferScan bounds how many idle backends TryAcquirePrefer looks at.
+const preferScan = 32
+
+// TryAcquirePrefer is TryAcquire that prefers, among the most recently released
+// idle backends, one whose StateKey is key (0: no preference), so that a client
+// gets a backend whose session state already matches its own.
+func (p *Pool) TryAcquirePrefer(key uint64) (*Backend, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -163,7 +171,17 @@ func (p *Pool) TryAcquire() (*Backend, error) {
 			p.mu.Unlock()
 			return nil, nil
 		}
-		b := p.idle[n-1]
+		i := n - 1
+		if key != 0 && p.idle[i].StateKey != key {
+			for j := n - 2; j >= 0 && j >= n-preferScan; j-- {
+				if p.idle[j].StateKey == key {
+					i = j
+					break
+				}
+			}
+		}
+		b := p.idle[i]
+		copy(p.idle[i:], p.idle[i+1:])
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()

@@ -516,8 +516,8 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 	// idle for a few milliseconds (one that dies sooner is found by its next user, by
 	// design): the backends are made to be idle a while, as idle backends are.
 	eventually(t, 5*time.Second, "backends idle for 100ms", func() error {
-		n := faultInt(t, chk, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1
-			AND state = 'idle' AND state_change < clock_timestamp() - interval '100 ms'`, tp.appName)
+		n := faultInt(t, chk, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()
+			AND state = 'idle' AND state_change < clock_timestamp() - interval '100 ms'`, tp.db)
 		if n != 2 {
 			return fmt.Errorf("%d backends idle for 100ms", n)
 		}
@@ -526,7 +526,7 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 	var old []uint32
 	{
 		ctx, cancel := faultCtx()
-		rows, err := chk.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = $1", tp.appName)
+		rows, err := chk.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()", tp.db)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -536,7 +536,7 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) s", tp.appName); n != 2 {
+	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()) s", tp.db); n != 2 {
 		t.Fatalf("terminated %d backends, want 2", n)
 	}
 	eventually(t, 5*time.Second, "terminated backends gone", func() error {
@@ -583,7 +583,7 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 		rc.login(db)
 		rc.mustQuery("BEGIN", wire.TxActive)
 		rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-		pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+		pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 
 		// reader: counts answers and keeps the errors until the proxy closes.
 		var answers atomic.Int64
@@ -694,8 +694,8 @@ func TestFaultBackendDiesMidMessage(t *testing.T) {
 		eventually(t, 20*time.Second, "backend blocked sending the result", func() error {
 			ctx, cancel := faultCtx()
 			defer cancel()
-			return chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1
-				AND state = 'active' AND wait_event = 'ClientWrite'`, tp.appName).Scan(&pid)
+			return chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()
+				AND state = 'active' AND wait_event = 'ClientWrite'`, tp.db).Scan(&pid)
 		})
 		if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 			t.Fatal("pg_terminate_backend")
@@ -815,7 +815,7 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	rc.login(db)
 	rc.mustQuery("BEGIN", wire.TxActive)
 	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
 	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 		t.Fatal("pg_terminate_backend")
@@ -871,7 +871,7 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	rc.login(db)
 	rc.mustQuery("BEGIN", wire.TxActive)
 	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction'", tp.appName)
+	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
 	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 		t.Fatal("pg_terminate_backend")
@@ -1114,7 +1114,7 @@ func TestFaultCancel(t *testing.T) {
 	b := tp.connect(t, pgx.QueryExecModeExec)
 	running := func(sql string) func() error {
 		return func() error {
-			n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query = $2", tp.appName, sql)
+			n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'active' AND query = $2", tp.db, sql)
 			if n != 1 {
 				return fmt.Errorf("%d backends running %q", n, sql)
 			}

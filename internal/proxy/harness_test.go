@@ -43,8 +43,10 @@ type testProxy struct {
 	pools *pool.Registry
 	addr  string
 	db    string
-	// appName is the application_name the proxy's backends log in with, so that
-	// tests can find them in pg_stat_activity.
+	// appName is the application_name the proxy's backends log in with; a
+	// client's own application_name replaces it while the client uses a backend, so
+	// tests find the proxy's backends by database instead (serverBackends): every
+	// connection to the test's database except direct ones (directAppName).
 	appName string
 }
 
@@ -89,6 +91,9 @@ func needCluster(t testing.TB) {
 		t.Skip("PostgreSQL server binaries not found")
 	}
 }
+
+// directAppName marks the tests' direct connections to PostgreSQL.
+const directAppName = "pgsidecar_test_direct"
 
 // startProxy starts a proxy for database db and returns it; it is closed at cleanup.
 func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
@@ -186,7 +191,13 @@ func direct(t testing.TB, db string) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := pgx.Connect(ctx, cluster.URL(db))
+	cfg, err := pgx.ParseConfig(cluster.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not counted as a proxy backend (see serverBackends).
+	cfg.RuntimeParams["application_name"] = directAppName
+	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatalf("connect directly: %v", err)
 	}
@@ -198,7 +209,7 @@ func direct(t testing.TB, db string) *pgx.Conn {
 func (tp *testProxy) serverBackends(t testing.TB, chk *pgx.Conn) map[string]int {
 	t.Helper()
 	rows, err := chk.Query(context.Background(),
-		`SELECT coalesce(state, ''), count(*) FROM pg_stat_activity WHERE application_name = $1 GROUP BY 1`, tp.appName)
+		`SELECT coalesce(state, ''), count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() GROUP BY 1`, tp.db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -124,6 +124,8 @@ type backendStmts struct {
 	// dirty: a client ran DISCARD ALL / DEALLOCATE ALL here, which may have dropped
 	// them: close every remembered one before relying on m again.
 	dirty bool
+	// gucs are the settings the proxy left on the backend (see session_state.go).
+	gucs settings
 }
 
 type stmtSlot struct {
@@ -150,7 +152,7 @@ type respAction uint8
 
 const (
 	actForward respAction = iota
-	actSwallow            // the proxy sent the message; the client never did
+	actSwallow            // the proxy sent the message; the client never did (a Query: all of its answer)
 	actReplace            // the client gets pending.x.replace instead
 )
 
@@ -170,6 +172,9 @@ type pendingUndo struct {
 	// check is an unconfirmed registration this Parse confirms, or drops when it
 	// fails.
 	check *reg
+	// fatal: an error answering this (swallowed) Query means the client cannot
+	// have its session state on this backend.
+	fatal bool
 }
 
 type undoKind uint8

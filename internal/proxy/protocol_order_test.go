@@ -56,8 +56,8 @@ func TestProtocolOrder(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			var pid int
-			if err := chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query = $2
-				ORDER BY query_start DESC LIMIT 1`, tp.appName, text).Scan(&pid); err != nil {
+			if err := chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND query = $2
+				ORDER BY query_start DESC LIMIT 1`, tp.db, text).Scan(&pid); err != nil {
 				return "?"
 			}
 			return strconv.Itoa(pid)

@@ -99,7 +99,7 @@ func pyCreateMessages(t *testing.T, db string) *pgx.Conn {
 // errors instead of failing the test.
 func pyBackendCount(ctx context.Context, tp *testProxy, c *pgx.Conn) (int, error) {
 	var n int
-	err := c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, tp.appName).Scan(&n)
+	err := c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()`, tp.db).Scan(&n)
 	return n, err
 }
 
@@ -324,7 +324,7 @@ func TestPythonWorkerLeak(t *testing.T) {
 	})
 	eventually(t, 10*time.Second, "a proxy backend waits for the advisory lock", func() error {
 		var n int
-		if err := chk.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'advisory'`, tp.appName).Scan(&n); err != nil || n != 1 {
+		if err := chk.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND wait_event = 'advisory'`, tp.db).Scan(&n); err != nil || n != 1 {
 			return fmt.Errorf("%d waiting, %v", n, err)
 		}
 		return nil

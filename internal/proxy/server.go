@@ -50,6 +50,10 @@ type Options struct {
 	// 0 means DefaultMaxPreparedStatements; a negative value turns the rewriting of
 	// statement names off (named statements then fail in transaction mode).
 	MaxPreparedStatements int
+	// PinPolicy says whether a statement that would pin a client to its backend
+	// (LISTEN, session advisory locks, temp tables, ...) pins it or is refused with
+	// SQLSTATE 0A000, in transaction mode.
+	PinPolicy PinPolicy
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 }
@@ -88,8 +92,9 @@ type Server struct {
 	protoErr atomic.Uint64
 	idleKill atomic.Uint64
 
-	stmts stmtRegistry
-	prep  preparedCounters
+	stmts   stmtRegistry
+	prep    preparedCounters
+	replays atomic.Uint64 // settings given to a backend for a client
 
 	pinMu sync.Mutex
 	pins  map[string]uint64 // clients pinned, by reason
@@ -168,6 +173,9 @@ func (s *Server) PreparedStats() PreparedStats {
 		Statements:   s.stmts.len(),
 	}
 }
+
+// Replays is how often a client's settings had to be applied to a backend.
+func (s *Server) Replays() uint64 { return s.replays.Load() }
 
 // Draining reports whether Shutdown or Close has started.
 func (s *Server) Draining() bool { return s.drainCtx.Err() != nil }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -104,6 +105,7 @@ type session struct {
 	db, user, app string
 	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
 	track         bool // named statements are rewritten (transaction mode)
+	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
 	unnamed        []byte              // the client's last Parse of the unnamed statement
@@ -117,6 +119,7 @@ type session struct {
 	inj            []byte              // messages the proxy sends ahead of the client's
 	scratch        []byte              // a whole client message
 	swallow        atomic.Bool
+	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
 	fatalForwarded atomic.Bool
 	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
 
@@ -136,8 +139,16 @@ type session struct {
 	gone           bool            // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
-	pin            string // why the client keeps its backend between transactions
-	doomed         bool   // the backend is being closed: never release it
+	pin            string              // why the client keeps its backend between transactions
+	pinListen      bool                // ... and it listens: notifications reach it while idle
+	pinPermanent   bool                // ... and nothing can undo it (LOAD)
+	pinCheck       bool                // a statement may have removed what pins it: ask the backend
+	probing        bool                // the backend is being asked (see probe); attach waits
+	startupSet     settings            // the client's startup parameters
+	want           settings            // the client's settings (see session_state.go)
+	wantKey        uint64              // settingsKey(want)
+	dirty          map[string]struct{} // settings changed since the backend was attached
+	doomed         bool                // the backend is being closed: never release it
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
@@ -264,7 +275,9 @@ func (ss *session) protocolViolation(msg string) {
 // login checks the startup parameters, makes sure the route's server parameters are
 // known and sends the client what PostgreSQL sends after authentication.
 func (ss *session) login(st *wire.Startup) bool {
-	ss.track = ss.srv.opt.Mode == ModeTransaction && ss.srv.opt.MaxPreparedStatements > 0
+	ss.pooled = ss.srv.opt.Mode == ModeTransaction
+	ss.track = ss.pooled && ss.srv.opt.MaxPreparedStatements > 0
+	ss.initSettings(st)
 	ss.user = st.Param("user")
 	ss.db = st.Param("database")
 	ss.app = st.Param("application_name")
@@ -323,8 +336,10 @@ func (ss *session) login(st *wire.Startup) bool {
 	sort.Strings(names)
 	for _, k := range names {
 		v := params[k]
-		if k == "application_name" {
-			v = ss.app
+		if own, ok := ss.startupSet[strings.ToLower(k)]; ok {
+			v = own // the client's own value, which the proxy gives it on every backend
+		} else if k == "application_name" {
+			v = ""
 		}
 		buf = wire.AppendParameterStatus(buf, k, v)
 	}
@@ -453,12 +468,15 @@ func (ss *session) run() {
 			}
 		}
 		var eff sqlEffect
-		if h.Type == wire.MsgQuery && ss.track {
+		if h.Type == wire.MsgQuery && ss.pooled {
 			if eff, err = ss.classifyQuery(h); err != nil {
 				ss.end(err)
 				return
 			}
-			if ss.answerLocally(&eff) {
+			if ss.track && ss.answerLocally(&eff) {
+				continue
+			}
+			if eff.state.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff) {
 				continue
 			}
 		}
@@ -469,7 +487,7 @@ func (ss *session) run() {
 			}
 			continue
 		}
-		if h.Type == wire.MsgQuery && ss.track {
+		if h.Type == wire.MsgQuery && ss.pooled {
 			err = ss.sendQuery(eff, h)
 		} else {
 			err = ss.send(be, h)
@@ -593,9 +611,17 @@ func (ss *session) syncRead(be *pool.Backend, flush bool) {
 				ss.serverFailed(be, err, false)
 				return
 			}
-			switch ss.ready(be, status, false) {
-			case released, stopReading:
+			switch ss.settle(be, ss.ready(be, status, false), false) {
+			case released:
 				ss.w.Flush()
+				return
+			case stopReading:
+				ss.w.Flush()
+				ss.mu.Lock()
+				if ss.pinListen && ss.be == be && !ss.reader {
+					ss.startReaderLocked(be) // notifications reach the idle client
+				}
+				ss.mu.Unlock()
 				return
 			}
 			if !complete(r) {
@@ -650,7 +676,7 @@ func (ss *session) forwardReady(r *bufio.Reader, h wire.Header) (byte, error) {
 		return 0, fmt.Errorf("bad ReadyForQuery: %w", err)
 	}
 	status := msg[5]
-	if !ss.swallow.Load() {
+	if !ss.swallow.Load() && !ss.frontSwallowed() {
 		ss.w.Write(msg)
 	}
 	r.Discard(6)
@@ -708,6 +734,9 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 // attached (Sync, Flush, stray COPY data) return errLocal.
 func (ss *session) attach(t byte) (*pool.Backend, error) {
 	ss.mu.Lock()
+	for ss.probing {
+		ss.cond.Wait()
+	}
 	if ss.kill != killNone {
 		ss.mu.Unlock()
 		return nil, errKilled
@@ -723,9 +752,10 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.mu.Unlock()
 			return nil, errDraining
 		}
+		key := ss.wantKey
 		ss.mu.Unlock()
 		var err error
-		if be, err = ss.acquire(); err != nil {
+		if be, err = ss.acquire(key); err != nil {
 			return nil, err
 		}
 		ss.mu.Lock()
@@ -736,7 +766,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.be = be
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
-		ss.q.reset()
+		ss.resetQueueLocked()
 		ss.bstmts = stmtsOf(be)
 		ss.unnamedHere = false
 		ss.doomed = false
@@ -749,6 +779,13 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.bw.Reset(&ss.bout)
 		ss.pendingBody = 0
+		ss.dirty = nil
+		if q := ss.replayLocked(be); q != nil {
+			// The client's settings first; an error means it cannot have them here.
+			ss.outstanding++
+			ss.pushSwallowedLocked(&pendingUndo{fatal: true})
+			ss.bw.Write(q)
+		}
 		for ; ss.owed > 0; ss.owed-- {
 			// ParseCompletes owed for Parses answered without a backend come first.
 			ss.q.push(pending{kind: rkClose, action: actReplace, x: owedParse})
@@ -791,8 +828,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 	return be, nil
 }
 
-func (ss *session) acquire() (*pool.Backend, error) {
-	be, err := ss.pool.TryAcquire()
+func (ss *session) acquire(key uint64) (*pool.Backend, error) {
+	be, err := ss.pool.TryAcquirePrefer(key)
 	if be != nil || err != nil {
 		return be, err
 	}
@@ -845,7 +882,7 @@ func (ss *session) serverLoop(be *pool.Backend) {
 			if !complete(r) {
 				ss.w.Flush()
 			}
-			if ss.ready(be, status, true) != keepReading {
+			if ss.settle(be, ss.ready(be, status, true), true) != keepReading {
 				return
 			}
 			continue
@@ -872,6 +909,7 @@ const (
 	keepReading readyAction = iota // more answers are due
 	stopReading                    // the batch is answered; the backend stays attached
 	released                       // the backend went back to its pool
+	probeNow                       // ask the backend about session state, then decide again
 )
 
 // ready accounts for a ReadyForQuery and releases the backend when the client is at
@@ -882,6 +920,15 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 	ss.outstanding--
 	ss.tx = status
 	ss.popReadyLocked()
+	return ss.decideLocked(be, async)
+}
+
+// decideLocked decides, at a ReadyForQuery, whether the reader keeps reading,
+// stops (the backend stays attached), asks the backend about session state first
+// (probeNow: the caller runs probe and decides again) or releases it. ss.mu is
+// held; it is released.
+func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
+	status := ss.tx
 	for {
 		if ss.doomed {
 			// Closed under us: the next read fails and destroys it.
@@ -892,13 +939,24 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 			ss.mu.Unlock()
 			return keepReading
 		}
+		if status == wire.TxIdle && ss.probeDueLocked() {
+			if ss.w.Buffered() > 0 {
+				ss.mu.Unlock()
+				ss.w.Flush()
+				ss.mu.Lock()
+				continue
+			}
+			ss.probing = true // the client goroutine waits in attach until probe is done
+			ss.mu.Unlock()
+			return probeNow
+		}
 		session := ss.srv.opt.Mode == ModeSession && !ss.gone
 		if status != wire.TxIdle || session || (ss.pin != "" && !ss.gone) {
 			if status != wire.TxIdle {
 				ss.armIdleLocked()
 			}
 			if async {
-				if session {
+				if session || (ss.pinListen && status == wire.TxIdle && !ss.gone) {
 					ss.mu.Unlock()
 					return keepReading
 				}
@@ -930,7 +988,7 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 	ss.be = nil
 	ss.bstmts = nil
 	ss.outstanding = 0
-	ss.q.reset()
+	ss.resetQueueLocked()
 	if async {
 		ss.reader = false
 	}
@@ -959,7 +1017,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 		ss.bstmts = nil
 	}
 	ss.outstanding, ss.partial = 0, false
-	ss.q.reset()
+	ss.resetQueueLocked()
 	if async {
 		ss.reader = false // the client writer is the client goroutine's again
 	}
@@ -1097,14 +1155,25 @@ func (ss *session) leave() {
 		if ss.tx != wire.TxIdle {
 			q = wire.AppendQuery(q, "ROLLBACK")
 			ss.outstanding++
-			ss.q.push(pending{kind: rkQuery, action: actSwallow})
+			ss.pushSwallowedLocked(nil)
 		}
 		if ss.srv.opt.Mode == ModeSession || ss.pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
-			ss.q.push(pending{kind: rkQuery, action: actSwallow})
+			ss.pushSwallowedLocked(nil)
 			if ss.bstmts != nil {
 				ss.bstmts.dirty = true // DISCARD ALL dropped the proxy's statements too
+				ss.bstmts.gucs = nil   // ... and reset every setting
+				be.StateKey = 0
+			}
+		} else if len(ss.dirty) > 0 {
+			// Settings changed and not read back: back to the backend's defaults.
+			q = wire.AppendQuery(q, "RESET ALL")
+			ss.outstanding++
+			ss.pushSwallowedLocked(nil)
+			if ss.bstmts != nil {
+				ss.bstmts.gucs = nil
+				be.StateKey = 0
 			}
 		}
 		if len(q) == 0 {

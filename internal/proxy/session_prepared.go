@@ -499,6 +499,9 @@ func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, e
 
 // route matches a backend message with the pending answers.
 func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
+	if ss.routeSwallowed(r, h) {
+		return actSwallow, nil
+	}
 	var match func(respKind) bool
 	switch h.Type {
 	case wire.MsgErrorResponse:
@@ -563,6 +566,9 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	p := ss.q.front()
+	if p != nil && p.kind == rkQuery && p.action == actReplace && p.x != nil {
+		return actReplace, p.x.replace // a refused statement
+	}
 	if p == nil || p.kind == rkSync || p.kind == rkQuery {
 		return actForward, nil
 	}
@@ -614,6 +620,9 @@ func (ss *session) popReadyLocked() {
 		if k != rkSync && k != rkQuery && p.x != nil {
 			ss.undoLocked(p.x.ops) // got no answer: skipped
 		}
+		if k == rkQuery && p.action == actSwallow {
+			ss.swallowing.Add(-1)
+		}
 		ss.q.pop()
 		if k == rkSync || k == rkQuery {
 			return
@@ -663,6 +672,8 @@ type sqlEffect struct {
 	dealloc  []string  // names of SQL DEALLOCATE
 	dropAll  bool      // DEALLOCATE ALL or DISCARD ALL
 	localTag []byte    // the proxy answers the query with this CommandComplete
+	state    stateEffect
+	refuse   []byte // --pin-policy refuse: the ErrorResponse the client gets instead
 }
 
 // emptyQuery stands in for a statement the proxy answers itself while the client
@@ -711,6 +722,7 @@ func classifyText(q []byte) sqlEffect {
 		if n == 1 {
 			e.first, e.name = st.Kind, st.Name
 		}
+		e.state.noteState(st)
 		switch st.Kind {
 		case wire.KindPrepare:
 			e.prepare = append(e.prepare, st.Name)
@@ -806,14 +818,40 @@ func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 		_, err := ss.bw.Write(emptyQuery)
 		return err
 	}
-	ss.applyLocked(&e)
-	ss.mu.Unlock()
-	if m := ss.held; m != nil {
-		ss.held = nil
-		_, err := ss.bw.Write(m)
+	if e.refuse != nil {
+		if b := ss.q.back(); b != nil && b.kind == rkQuery {
+			b.action, b.x = actReplace, &pendingUndo{replace: e.refuse}
+		}
+		ss.mu.Unlock()
+		if ss.held != nil {
+			ss.held = nil
+		} else if err := wire.Skip(ss.r, 1+h.Len); err != nil {
+			return err
+		}
+		_, err := ss.bw.Write(failQuery)
 		return err
 	}
-	return wire.Forward(ss.bw, ss.r, 1+h.Len)
+	if ss.track {
+		ss.applyLocked(&e)
+	}
+	ss.applyStateLocked(&e.state)
+	fix := ss.fixupQuery(&e.state)
+	if fix != nil {
+		ss.outstanding++
+		ss.pushSwallowedLocked(nil)
+	}
+	ss.mu.Unlock()
+	var err error
+	if m := ss.held; m != nil {
+		ss.held = nil
+		_, err = ss.bw.Write(m)
+	} else {
+		err = wire.Forward(ss.bw, ss.r, 1+h.Len)
+	}
+	if err == nil && fix != nil {
+		_, err = ss.bw.Write(fix)
+	}
+	return err
 }
 
 // applyLocked applies what a forwarded statement does to prepared statements.

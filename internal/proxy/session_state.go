@@ -1,0 +1,624 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// Session state in transaction mode (DESIGN.md section 6).
+//
+// Settings are tracked: each client has the settings it wants (its startup
+// parameters plus what its committed SET / RESET / set_config changed), each
+// backend the settings the proxy left on it. A backend whose settings differ gets
+// the difference (one swallowed Query) before the client's first message there;
+// the pool prefers an idle backend whose settings already match. What a client's
+// transaction changed is read back from the backend when the transaction is over
+// (current_setting), so that rolled-back and failed SETs, SET LOCAL and savepoints
+// need no modelling: the backend's word is the truth.
+//
+// State that cannot move (LISTEN, session advisory locks, temporary tables, WITH
+// HOLD cursors, SQL PREPARE, LOAD, set_config with computed arguments) pins the
+// client to its backend; after a statement that may have removed it (UNLISTEN,
+// unlock, DISCARD, CLOSE, DEALLOCATE) the backend is asked whether anything is
+// left, and the client is unpinned when nothing is.
+
+// PinPolicy says what happens to a statement that would pin a client.
+type PinPolicy int
+
+const (
+	// PinPolicyPin keeps the client on its backend until the state is gone.
+	PinPolicyPin PinPolicy = iota
+	// PinPolicyRefuse answers the statement with SQLSTATE 0A000 instead.
+	PinPolicyRefuse
+)
+
+// settings maps a setting's name (lower case) to its value as current_setting
+// shows it or as the client gave it.
+type settings map[string]string
+
+// notSettings are startup parameters that are not settings to replay.
+var notSettings = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
+
+// initSettings records the client's startup parameters as its settings.
+func (ss *session) initSettings(st *wire.Startup) {
+	ss.startupSet = settings{}
+	for _, p := range st.Params {
+		n := strings.ToLower(p.Name)
+		if notSettings[n] || strings.HasPrefix(n, "_pq_.") {
+			continue
+		}
+		ss.startupSet[n] = p.Value
+	}
+	for _, kv := range parseOptions(st.Param("options")) {
+		ss.startupSet[strings.ToLower(kv[0])] = kv[1]
+	}
+	ss.want = maps2(ss.startupSet)
+	ss.wantKey = settingsKey(ss.want)
+}
+
+func maps2(m settings) settings {
+	out := make(settings, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// parseOptions reads the "-c name=value" and "--name=value" items of the options
+// startup parameter (separated by spaces, a backslash escapes the next byte).
+func parseOptions(s string) [][2]string {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	var out [][2]string
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			w = words[i]
+		case strings.HasPrefix(w, "-c"):
+			w = w[2:]
+		case strings.HasPrefix(w, "--"):
+			w = w[2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(w, "="); ok && k != "" {
+			out = append(out, [2]string{strings.ReplaceAll(k, "-", "_"), v})
+		}
+	}
+	return out
+}
+
+// settingsKey fingerprints settings (0 only for none).
+func settingsKey(m settings) uint64 {
+	if len(m) == 0 {
+		return 0
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	h := fnv.New64a()
+	for _, k := range names {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(m[k]))
+		h.Write([]byte{0})
+	}
+	if k := h.Sum64(); k != 0 {
+		return k
+	}
+	return 1
+}
+
+// quoteLiteral quotes s as an escape string literal, right whatever
+// standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	var b strings.Builder
+	b.WriteString("E'")
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\'':
+			b.WriteString("''")
+		case '\\':
+			b.WriteString(`\\`)
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// replayLocked returns the Query that gives the attached backend the client's
+// settings (nil when they match) and records them as the backend's. ss.mu is
+// held.
+func (ss *session) replayLocked(be *pool.Backend) []byte {
+	bs := ss.bstmts
+	if bs.gucs == nil {
+		bs.gucs = settings{}
+	}
+	if be.StateKey == ss.wantKey && len(bs.gucs) == len(ss.want) {
+		return nil
+	}
+	var resets, sets []string
+	for k := range bs.gucs {
+		if _, ok := ss.want[k]; !ok {
+			resets = append(resets, k)
+		}
+	}
+	for k, v := range ss.want {
+		if have, ok := bs.gucs[k]; !ok || have != v {
+			sets = append(sets, k)
+		}
+	}
+	if len(resets) == 0 && len(sets) == 0 {
+		be.StateKey = ss.wantKey
+		return nil
+	}
+	slices.Sort(resets)
+	slices.Sort(sets)
+	var q strings.Builder
+	for _, k := range resets {
+		q.WriteString("RESET ")
+		q.WriteString(quoteIdent(k))
+		q.WriteString(";")
+		delete(bs.gucs, k)
+	}
+	if len(sets) > 0 {
+		q.WriteString("SELECT ")
+		for i, k := range sets {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(ss.want[k]))
+			bs.gucs[k] = ss.want[k]
+		}
+	}
+	be.StateKey = ss.wantKey
+	ss.srv.replays.Add(1)
+	return wire.AppendQuery(nil, q.String())
+}
+
+// stateEffect is what a statement does to session state.
+type stateEffect struct {
+	dirty      []string // settings to read back when the transaction is over
+	resets     []string // settings reset to the session default
+	resetAll   bool     // RESET ALL / DISCARD ALL
+	pin        string   // the reason it pins the client ("" none)
+	pinKind    string   // what to call it in a refusal
+	listen     bool     // LISTEN: notifications must reach the idle client
+	permanent  bool     // LOAD: never unpinned
+	unpinCheck bool     // may have removed pinning state
+}
+
+// noteState adds the session-state effect of one classified statement to e.
+func (e *stateEffect) noteState(st wire.Statement) {
+	switch st.Kind {
+	case wire.KindSet:
+		switch st.Name {
+		case "":
+			e.setPin("set", "SET of an unrecognised form")
+		case "session_characteristics":
+			e.dirty = append(e.dirty, "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable")
+		case "role", "session_authorization":
+			e.dirty = append(e.dirty, "role", "session_authorization")
+		default:
+			e.dirty = append(e.dirty, st.Name)
+			if st.Default {
+				e.resets = append(e.resets, st.Name)
+			}
+		}
+	case wire.KindSetConfig:
+		switch {
+		case st.Name == "":
+			e.setPin("set_config", "set_config with computed arguments")
+		case !st.IsLocal:
+			e.dirty = append(e.dirty, st.Name)
+		}
+	case wire.KindReset:
+		switch st.Name {
+		case "":
+			e.setPin("set", "RESET of an unrecognised form")
+		case "session_authorization", "role":
+			e.dirty = append(e.dirty, "role", "session_authorization")
+			e.resets = append(e.resets, "role", "session_authorization")
+		default:
+			e.dirty = append(e.dirty, st.Name)
+			e.resets = append(e.resets, st.Name)
+		}
+	case wire.KindResetAll:
+		e.resetAll = true
+	case wire.KindDiscardAll:
+		e.resetAll = true
+		e.unpinCheck = true
+	case wire.KindListen:
+		e.setPin("listen", "LISTEN")
+		e.listen = true
+	case wire.KindAdvisoryLock:
+		e.setPin("advisory_lock", "a session-level advisory lock ("+st.Name+")")
+	case wire.KindTempTable:
+		e.setPin("temp_table", "a temporary table")
+	case wire.KindDeclareHold:
+		e.setPin("hold_cursor", "a WITH HOLD cursor")
+	case wire.KindPrepare:
+		e.setPin("sql_prepare", "SQL PREPARE")
+	case wire.KindLoad:
+		e.setPin("load", "LOAD")
+		e.permanent = true
+	case wire.KindUnlisten, wire.KindUnlistenAll, wire.KindAdvisoryUnlock, wire.KindCloseCursor,
+		wire.KindCloseAll, wire.KindDiscardTemp, wire.KindDeallocate, wire.KindDeallocateAll:
+		e.unpinCheck = true
+	}
+}
+
+func (e *stateEffect) setPin(reason, kind string) {
+	if e.pin == "" {
+		e.pin, e.pinKind = reason, kind
+	}
+}
+
+// refusal is the ErrorResponse for a statement --pin-policy refuse turns away.
+func refusal(kind string) []byte {
+	return wire.AppendError(nil, wire.SeverityError, wire.CodeFeatureNotSupported,
+		fmt.Sprintf("pgsidecar: %s keeps session state that cannot move between server connections; "+
+			"refused by --pin-policy refuse (use --pool-mode session, or --pin-policy pin)", kind), "")
+}
+
+// applyStateLocked records a forwarded statement's effect. ss.mu is held.
+func (ss *session) applyStateLocked(e *stateEffect) {
+	if ss.dirty == nil && (len(e.dirty) > 0 || e.resetAll) {
+		ss.dirty = map[string]struct{}{}
+	}
+	for _, n := range e.dirty {
+		ss.dirty[n] = struct{}{}
+	}
+	if e.resetAll {
+		for n := range ss.want {
+			ss.dirty[n] = struct{}{}
+		}
+		if ss.bstmts != nil {
+			for n := range ss.bstmts.gucs {
+				ss.dirty[n] = struct{}{}
+			}
+		}
+	}
+	if e.pin != "" {
+		ss.pinLocked(e.pin)
+		if e.listen {
+			ss.pinListen = true
+		}
+		if e.permanent {
+			ss.pinPermanent = true
+		}
+	}
+	if e.unpinCheck && ss.pin != "" {
+		ss.pinCheck = true
+	}
+}
+
+// fixupQuery returns the Query that puts the client's own startup values back
+// after a RESET (the backend's defaults are not the client's), or nil.
+func (ss *session) fixupQuery(e *stateEffect) []byte {
+	var names []string
+	if e.resetAll {
+		for n := range ss.startupSet {
+			names = append(names, n)
+		}
+	} else {
+		for _, n := range e.resets {
+			if _, ok := ss.startupSet[n]; ok {
+				names = append(names, n)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	slices.Sort(names)
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, n := range names {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(n), quoteLiteral(ss.startupSet[n]))
+	}
+	return wire.AppendQuery(nil, q.String())
+}
+
+// probeDueLocked reports whether the backend must be asked about session state
+// before it is released (or the client unpinned). ss.mu is held.
+func (ss *session) probeDueLocked() bool {
+	return !ss.gone && ss.srv.opt.Mode == ModeTransaction && (len(ss.dirty) > 0 || (ss.pinCheck && !ss.pinPermanent))
+}
+
+// pinLeftQuery counts what still pins a backend to its client.
+const pinLeftQuery = "(SELECT count(*) FROM pg_catalog.pg_listening_channels())" +
+	" + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())" +
+	" + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())" +
+	" + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)" +
+	" + (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
+
+var errProbe = errors.New("session state probe failed")
+
+// probe asks the backend, between transactions, for the current values of the
+// settings the client's last transaction touched and, for a pinned client,
+// whether anything still pins it; it records the answers. The caller reads be
+// (the client goroutine in syncRead, or the server goroutine); the client
+// goroutine waits in attach meanwhile.
+func (ss *session) probe(be *pool.Backend) error {
+	ss.mu.Lock()
+	names := make([]string, 0, len(ss.dirty))
+	for n := range ss.dirty {
+		names = append(names, n)
+	}
+	check := ss.pin != "" && ss.pinCheck && !ss.pinPermanent
+	ss.dirty = nil
+	ss.pinCheck = false
+	ss.probing = true
+	ss.mu.Unlock()
+	defer func() {
+		ss.mu.Lock()
+		ss.probing = false
+		ss.cond.Broadcast()
+		ss.mu.Unlock()
+	}()
+	slices.Sort(names)
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, n := range names {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "pg_catalog.current_setting(%s, true)", quoteLiteral(n))
+	}
+	if check {
+		if len(names) > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(pinLeftQuery)
+	}
+	_ = be.Conn.SetDeadline(time.Now().Add(cleanupTimeout))
+	defer be.Conn.SetDeadline(time.Time{})
+	if _, err := be.Conn.Write(wire.AppendQuery(nil, q.String())); err != nil {
+		return err
+	}
+	var row [][]byte
+	var failed error
+	r := be.R
+	for {
+		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
+		if err != nil {
+			return err
+		}
+		msg, err := r.Peek(1 + h.Len)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		switch h.Type {
+		case 'D': // DataRow
+			row = parseDataRow(msg[wire.HeaderLen:])
+		case wire.MsgErrorResponse:
+			f := wire.ParseError(msg[wire.HeaderLen:])
+			failed = fmt.Errorf("%w: %s (%s)", errProbe, f.Message, f.Code)
+		}
+		if _, err := r.Discard(1 + h.Len); err != nil {
+			return err
+		}
+		if h.Type == wire.MsgReadyForQuery {
+			break
+		}
+	}
+	if failed != nil {
+		return failed
+	}
+	want := len(names)
+	if check {
+		want++
+	}
+	if len(row) != want {
+		return fmt.Errorf("%w: %d values for %d settings", errProbe, len(row), len(names))
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	bs := ss.bstmts
+	for i, n := range names {
+		if row[i] == nil {
+			delete(ss.want, n)
+			if bs != nil {
+				delete(bs.gucs, n)
+			}
+			continue
+		}
+		v := string(row[i])
+		ss.want[n] = v
+		if bs != nil {
+			if bs.gucs == nil {
+				bs.gucs = settings{}
+			}
+			bs.gucs[n] = v
+		}
+	}
+	if len(names) > 0 {
+		ss.wantKey = settingsKey(ss.want)
+		if bs != nil {
+			be.StateKey = settingsKey(bs.gucs)
+			if be.StateKey != ss.wantKey {
+				be.StateKey = 0 // not a state any client asks for by key
+			}
+		}
+	}
+	if check && string(row[len(row)-1]) == "0" {
+		ss.srv.log.Info("client unpinned from its server connection", "client", ss.addr, "user", ss.user,
+			"database", ss.db, "application_name", ss.app, "reason", ss.pin)
+		ss.pin, ss.pinListen = "", false
+		ss.sqlNames = nil
+	}
+	return nil
+}
+
+// parseDataRow returns the columns of a DataRow body (nil for NULL).
+func parseDataRow(b []byte) [][]byte {
+	if len(b) < 2 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	out := make([][]byte, 0, n)
+	for i := 0; i < n && len(b) >= 4; i++ {
+		l := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if l < 0 {
+			out = append(out, nil)
+			continue
+		}
+		if l > len(b) {
+			return nil
+		}
+		out = append(out, append([]byte{}, b[:l]...)) // copied: the reader's buffer moves on
+		b = b[l:]
+	}
+	return out
+}
+
+// pushSwallowedLocked queues a Query the proxy sends on its own: all of its
+// answer is dropped. ss.mu is held.
+func (ss *session) pushSwallowedLocked(x *pendingUndo) {
+	ss.q.push(pending{kind: rkQuery, action: actSwallow, x: x})
+	ss.swallowing.Add(1)
+}
+
+// resetQueueLocked empties the answer queue. ss.mu is held.
+func (ss *session) resetQueueLocked() {
+	ss.q.reset()
+	ss.swallowing.Store(0)
+}
+
+// frontSwallowed reports whether the oldest pending answer belongs to a Query the
+// proxy sent on its own.
+func (ss *session) frontSwallowed() bool {
+	if ss.swallowing.Load() == 0 {
+		return false
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	p := ss.q.front()
+	return p != nil && p.kind == rkQuery && p.action == actSwallow
+}
+
+// routeSwallowed drops every message of the answer to a Query the proxy sent on
+// its own. An error answering the Query that gives the client its settings ends
+// the client: it cannot have them on this backend. It reports whether the
+// message belongs to such a Query.
+func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
+	if ss.swallowing.Load() == 0 {
+		return false
+	}
+	ss.mu.Lock()
+	p := ss.q.front()
+	if p == nil || p.kind != rkQuery || p.action != actSwallow {
+		ss.mu.Unlock()
+		return false
+	}
+	if h.Type != wire.MsgErrorResponse || p.x == nil || !p.x.fatal {
+		ss.mu.Unlock()
+		return true
+	}
+	var msg string
+	if m, err := wire.PeekMessage(r, h); err == nil {
+		f := wire.ParseError(m[wire.HeaderLen:])
+		msg = f.Message + " (" + f.Code + ")"
+	}
+	be := ss.be
+	if ss.kill == killNone {
+		ss.kill = killServerLost
+	}
+	ss.doomed = true
+	ss.mu.Unlock()
+	ss.srv.log.Warn("could not give a client its settings on a server connection, closing it",
+		"client", ss.addr, "user", ss.user, "database", ss.db, "error", msg)
+	if be != nil {
+		be.Conn.Close()
+	}
+	return true
+}
+
+// settle runs probe while the decision is probeNow and returns the final one.
+func (ss *session) settle(be *pool.Backend, act readyAction, async bool) readyAction {
+	for act == probeNow {
+		if err := ss.probe(be); err != nil {
+			ss.srv.log.Warn("could not read session state from a server connection, closing it",
+				"client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", be.PID, "error", err)
+			ss.doom(be)
+		}
+		ss.mu.Lock()
+		act = ss.decideLocked(be, async)
+	}
+	return act
+}
+
+// refuseLocally answers a statement --pin-policy refuse turns away while no
+// backend is attached. With one attached, it leaves e.refuse for sendQuery.
+func (ss *session) refuseLocally(e *sqlEffect) bool {
+	e.refuse = refusal(e.state.pinKind)
+	ss.mu.Lock()
+	attached := ss.be != nil
+	ss.mu.Unlock()
+	if attached {
+		return false
+	}
+	if ss.held != nil {
+		ss.held = nil
+	} else if _, err := ss.r.Discard(1 + int(msgLen(ss.r))); err != nil {
+		return false
+	}
+	ss.payOwed()
+	ss.w.Write(e.refuse)
+	ss.w.Write(readyIdle)
+	ss.w.Flush()
+	return true
+}
+
+// failQuery fails (a syntax error) in place of a refused statement, so that an
+// open transaction fails as it would on PostgreSQL; the client sees the refusal.
+var failQuery = wire.AppendQuery(nil, "pgsidecar refused this statement")
