@@ -162,6 +162,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		QueryWaitTimeout:       cfg.QueryWaitTimeout,
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
+		PinPolicy:              pinPolicy(cfg.PinPolicy),
 		Logger:                 log,
 	}, pools)
 
@@ -244,4 +245,12 @@ func maxPrepared(n int) int {
 		return -1
 	}
 	return n
+}
+
+// pinPolicy maps --pin-policy to proxy.Options.
+func pinPolicy(p string) proxy.PinPolicy {
+	if p == config.PinPolicyRefuse {
+		return proxy.PinPolicyRefuse
+	}
+	return proxy.PinPolicyPin
 }

@@ -41,6 +41,9 @@ type Config struct {
 	// server connection in transaction mode; 0 turns statement-name rewriting off
 	// (--max-prepared-statements).
 	MaxPreparedStatements int
+	// PinPolicy is what a statement that would pin a client to its server
+	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
+	PinPolicy string
 	// QueryWaitTimeout is how long a client may wait for a server connection,
 	// greater than 0 (--query-wait-timeout).
 	QueryWaitTimeout time.Duration
@@ -64,6 +67,12 @@ type Config struct {
 	// LogLevel is the minimum level logged: debug, info, warn or error (--log-level).
 	LogLevel slog.Level
 }
+
+// Pin policies accepted for [Config.PinPolicy].
+const (
+	PinPolicyPin    = "pin"
+	PinPolicyRefuse = "refuse"
+)
 
 // Log formats accepted for [Config.LogFormat].
 const (
@@ -91,6 +100,7 @@ func Default() Config {
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
 		MaxPreparedStatements:  256,
+		PinPolicy:              PinPolicyPin,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
 		ServerIdleTimeout:      10 * time.Minute,

@@ -63,6 +63,7 @@ func TestDefault(t *testing.T) {
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
 		MaxPreparedStatements:  256,
+		PinPolicy:              "pin",
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
 		ServerIdleTimeout:      10 * time.Minute,
@@ -220,6 +221,7 @@ func TestAllFlagsParse(t *testing.T) {
 		"--leak-threshold=0",
 		"--idle-transaction-timeout=2m",
 		"--max-prepared-statements=0",
+		"--pin-policy=REFUSE",
 		"--query-wait-timeout=1500ms",
 		"--server-lifetime=0s",
 		"--server-idle-timeout=1h",
@@ -238,6 +240,7 @@ func TestAllFlagsParse(t *testing.T) {
 		HTTPListen:             "[::1]:8080",
 		LeakThreshold:          0,
 		IdleTransactionTimeout: 2 * time.Minute,
+		PinPolicy:              "refuse",
 		QueryWaitTimeout:       1500 * time.Millisecond,
 		ServerLifetime:         0,
 		ServerIdleTimeout:      time.Hour,
@@ -491,6 +494,7 @@ func TestValidate(t *testing.T) {
 				c.LeakThreshold = -time.Second
 				c.IdleTransactionTimeout = -time.Minute
 				c.MaxPreparedStatements = -1
+				c.PinPolicy = "never"
 				c.QueryWaitTimeout = 0
 				c.ServerLifetime = -time.Hour
 				c.ServerIdleTimeout = -time.Second
@@ -508,6 +512,7 @@ func TestValidate(t *testing.T) {
 				"--leak-threshold: must not be negative, got -1s",
 				"--idle-transaction-timeout: must not be negative, got -1m",
 				"--max-prepared-statements: must be between 0 and 100000, got -1",
+				`--pin-policy: must be pin or refuse, got "never"`,
 				"--query-wait-timeout: must be greater than 0, got 0s",
 				"--server-lifetime: must not be negative, got -1h",
 				"--server-idle-timeout: must not be negative, got -1s",

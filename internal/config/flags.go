@@ -140,6 +140,20 @@ var specs = []spec{
 		},
 	},
 	{
+		name: "pin-policy",
+		arg:  "pin|refuse",
+		usage: "Transaction mode: a statement whose state cannot move between server connections (LISTEN, " +
+			"session advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE) pins the client to its server " +
+			"connection until the state is gone (pin), or is refused with SQLSTATE 0A000 (refuse).",
+		value: func(c *Config) flag.Value { return (*pinPolicyValue)(&c.PinPolicy) },
+		check: func(c Config) string {
+			if c.PinPolicy != PinPolicyPin && c.PinPolicy != PinPolicyRefuse {
+				return fmt.Sprintf("must be %s or %s, got %q", PinPolicyPin, PinPolicyRefuse, c.PinPolicy)
+			}
+			return ""
+		},
+	},
+	{
 		name:  "query-wait-timeout",
 		arg:   "duration",
 		usage: "How long a client may wait for a free server connection before it gets an error; must be greater than 0.",
@@ -545,3 +559,16 @@ func (v *logLevelValue) String() string {
 	name, _ := logLevelName(slog.Level(*v))
 	return name
 }
+
+type pinPolicyValue string
+
+func (v *pinPolicyValue) Set(s string) error {
+	switch p := strings.ToLower(s); p {
+	case PinPolicyPin, PinPolicyRefuse:
+		*v = pinPolicyValue(p)
+		return nil
+	}
+	return fmt.Errorf("want %s or %s", PinPolicyPin, PinPolicyRefuse)
+}
+
+func (v *pinPolicyValue) String() string { return string(*v) }

@@ -21,7 +21,7 @@ type Collector struct {
 	dials, dialFailures, closed                  *prometheus.Desc
 	clients, clientsTotal, refused, protoErr, it *prometheus.Desc
 	clientParses, serverParses, stmtHits         *prometheus.Desc
-	stmtEvictions, statements, pins              *prometheus.Desc
+	stmtEvictions, statements, pins, replays     *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -56,6 +56,7 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		stmtEvictions: d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
 		statements:    d("prepared_statements", "Distinct named statements of the connected clients."),
 		pins:          d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
+		replays:       d("state_replays_total", "Times a client's settings had to be applied to a server connection that differed."),
 	}
 }
 
@@ -63,7 +64,7 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
-		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins} {
+		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays} {
 		ch <- d
 	}
 }
@@ -100,6 +101,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.stmtHits, counter, float64(ps.CacheHits))
 	ch <- prometheus.MustNewConstMetric(c.stmtEvictions, counter, float64(ps.Evictions))
 	ch <- prometheus.MustNewConstMetric(c.statements, gauge, float64(ps.Statements))
+	ch <- prometheus.MustNewConstMetric(c.replays, counter, float64(c.server.Replays()))
 	for reason, n := range c.server.Pins() {
 		ch <- prometheus.MustNewConstMetric(c.pins, counter, float64(n), reason)
 	}

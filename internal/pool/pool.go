@@ -66,11 +66,13 @@ type result struct {
 }
 
 type waiter struct {
-	ch    chan result
-	since time.Time
-	next  *waiter
-	prev  *waiter
-	gone  bool // removed from the queue
+	ch      chan result
+	key     uint64 // the StateKey it prefers
+	skipped int    // times a backend went to a waiter behind it
+	since   time.Time
+	next    *waiter
+	prev    *waiter
+	gone    bool // removed from the queue
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
@@ -117,18 +119,24 @@ func New(cfg Config) *Pool {
 // and no other backend can serve the caller, ErrClosed when the pool is closed, or
 // ctx.Err() when the wait ran out.
 func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
-	return p.acquire(ctx, ctx.Done(), nil)
+	return p.acquire(ctx, ctx.Done(), nil, 0)
 }
 
 // AcquireWait is Acquire for a caller that brings its own timer, so that a wait
 // allocates nothing: it gives up with context.DeadlineExceeded when expire
 // delivers and with context.Canceled when done is closed.
 func (p *Pool) AcquireWait(expire <-chan time.Time, done <-chan struct{}) (*Backend, error) {
-	return p.acquire(nil, done, expire)
+	return p.acquire(nil, done, expire, 0)
 }
 
-func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan time.Time) (*Backend, error) {
-	if b, err := p.TryAcquire(); b != nil || err != nil {
+// AcquirePrefer is AcquireWait that prefers a backend whose StateKey is key, idle
+// or being released (see TryAcquirePrefer).
+func (p *Pool) AcquirePrefer(key uint64, expire <-chan time.Time, done <-chan struct{}) (*Backend, error) {
+	return p.acquire(nil, done, expire, key)
+}
+
+func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan time.Time, key uint64) (*Backend, error) {
+	if b, err := p.TryAcquirePrefer(key); b != nil || err != nil {
 		return b, err
 	}
 	p.mu.Lock()
@@ -138,11 +146,13 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan 
 	}
 	if len(p.idle) > 0 { // released meanwhile
 		p.mu.Unlock()
-		return p.acquire(ctx, done, expire)
+		return p.acquire(ctx, done, expire, key)
 	}
 	w := waiterPool.Get().(*waiter)
 	w.since = time.Now()
 	w.gone = false
+	w.key = key
+	w.skipped = 0
 	p.enqueueLocked(w)
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
@@ -153,12 +163,18 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan 
 // never dials. Dead or expired idle backends are closed on the way.
 func (p *Pool) TryAcquire() (*Backend, error) { return p.TryAcquirePrefer(0) }
 
-// preferScan bounds how many idle backends TryAcquirePrefer looks at.
-const preferScan = 32
+// preferScan bounds how many idle backends TryAcquirePrefer looks at;
+// preferWaiters how many waiters a released backend may skip for one that
+// prefers its state.
+const (
+	preferScan    = 32
+	preferWaiters = 8
+	maxSkips      = 2
+)
 
 // TryAcquirePrefer is TryAcquire that prefers, among the most recently released
-// idle backends, one whose StateKey is key (0: no preference), so that a client
-// gets a backend whose session state already matches its own.
+// idle backends, one whose StateKey is key, so that a client gets a backend whose
+// session state already matches its own.
 func (p *Pool) TryAcquirePrefer(key uint64) (*Backend, error) {
 	for {
 		p.mu.Lock()
@@ -172,7 +188,7 @@ func (p *Pool) TryAcquirePrefer(key uint64) (*Backend, error) {
 			return nil, nil
 		}
 		i := n - 1
-		if key != 0 && p.idle[i].StateKey != key {
+		if p.idle[i].StateKey != key {
 			for j := n - 2; j >= 0 && j >= n-preferScan; j-- {
 				if p.idle[j].StateKey == key {
 					i = j
@@ -275,6 +291,21 @@ func (p *Pool) handLocked(r result) bool {
 	w := p.head
 	if w == nil {
 		return false
+	}
+	if r.b != nil && w.key != r.b.StateKey && w.skipped < maxSkips {
+		// Among the first few waiters, one whose state the backend already has
+		// goes first: a little unfairness saves replaying session state. A waiter
+		// is passed over at most maxSkips times.
+		n := 0
+		for x := w.next; x != nil && n < preferWaiters; x, n = x.next, n+1 {
+			if x.key == r.b.StateKey {
+				for y := w; y != x; y = y.next {
+					y.skipped++
+				}
+				w = x
+				break
+			}
+		}
 	}
 	p.removeLocked(w)
 	w.ch <- r // buffered, never blocks

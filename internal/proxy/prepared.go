@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,8 @@ type stmt struct {
 	// change result type"): backends holding an older generation prepare it anew.
 	gen  atomic.Uint32
 	refs int // client registrations, under stmtRegistry.mu
+	// effect is what executing it does to session state (nil: nothing).
+	effect *stateEffect
 }
 
 // reg is one of a client's names for a statement.
@@ -70,6 +73,11 @@ func (r *stmtRegistry) intern(body []byte) *stmt {
 	}
 	r.seq++
 	st := &stmt{name: stmtPrefix + strconv.FormatUint(r.seq, 36), key: string(body), refs: 1}
+	if i := bytes.IndexByte(body, 0); i >= 0 {
+		if e := classifyText(body[:i]).state; e.pin != "" || len(e.dirty) > 0 || e.resetAll || e.unpinCheck {
+			st.effect = &e
+		}
+	}
 	st.gen.Store(1)
 	msg := make([]byte, 5, 5+len(st.name)+1+len(body))
 	msg[0] = 'P'

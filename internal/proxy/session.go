@@ -114,6 +114,8 @@ type session struct {
 	owed           int                 // ParseCompletes due for Parses taken without a backend
 	held           []byte              // a client message too big for r, read whole and not yet sent
 	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
+	unnamedEffect  *stateEffect        // what executing the unnamed statement does to session state
+	execFixup      []string            // settings to give their startup values after the next Execute
 	portalTag      []byte              // ... and so does the unnamed portal
 	sqlNames       map[string]struct{} // statements of SQL PREPARE (the client is pinned)
 	inj            []byte              // messages the proxy sends ahead of the client's
@@ -148,6 +150,7 @@ type session struct {
 	want           settings            // the client's settings (see session_state.go)
 	wantKey        uint64              // settingsKey(want)
 	dirty          map[string]struct{} // settings changed since the backend was attached
+	resetNames     []string            // settings RESET since: back to the client's startup values
 	doomed         bool                // the backend is being closed: never release it
 	cancels        int
 	idleSince      time.Time
@@ -839,7 +842,7 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	} else {
 		ss.waitTimer.Reset(ss.srv.opt.QueryWaitTimeout)
 	}
-	be, err = ss.pool.AcquireWait(ss.waitTimer.C, ss.srv.drainCtx.Done())
+	be, err = ss.pool.AcquirePrefer(key, ss.waitTimer.C, ss.srv.drainCtx.Done())
 	ss.waitTimer.Stop()
 	if err != nil && ss.srv.drainCtx.Err() != nil {
 		err = errDraining

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -141,6 +142,12 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 	case wire.MsgQuery:
 		ss.unnamedValid = false // a simple query drops the unnamed statement
 	case wire.MsgExecute:
+		if ss.execFixup != nil {
+			if err := wire.Forward(ss.bw, ss.r, 1+h.Len); err != nil {
+				return err
+			}
+			return ss.sendExecFixup()
+		}
 		if ss.portalTag != nil {
 			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil && p[wire.HeaderLen] == 0 {
 				ss.mu.Lock()
@@ -199,8 +206,12 @@ func (ss *session) sendParse(h wire.Header) error {
 			}
 			ss.unnamedValid, ss.unnamedHere = true, true
 			ss.unnamedTag = nil
-			if ss.track {
+			ss.unnamedEffect = nil
+			if ss.pooled {
 				e = classifyText(parseQuery(msg))
+				if st := e.state; st.pin != "" || len(st.dirty) > 0 || st.resetAll || st.unpinCheck {
+					ss.unnamedEffect = &st // applies when the statement is bound
+				}
 			}
 		}
 		ss.mu.Lock()
@@ -380,6 +391,11 @@ func (ss *session) sendUse(h wire.Header) error {
 		// The unnamed statement: a backend other than the one the client parsed it
 		// on gets the client's last Parse of it first.
 		replay := ss.unnamedValid && !ss.unnamedHere
+		if kind == rkBind && ss.unnamedEffect != nil {
+			if refused, err := ss.bindEffect(ss.unnamedEffect, h); refused || err != nil {
+				return err
+			}
+		}
 		ss.mu.Lock()
 		if replay {
 			ss.q.push(pending{kind: rkParse, action: actSwallow})
@@ -404,6 +420,17 @@ func (ss *session) sendUse(h wire.Header) error {
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
 	st := rg.st
+	if kind == rkBind && st.effect != nil {
+		ss.mu.Unlock()
+		if refused, err := ss.bindEffect(st.effect, h); refused || err != nil {
+			return err
+		}
+		ss.mu.Lock()
+		if ss.stmts[rg.name] != rg {
+			ss.mu.Unlock()
+			return fmt.Errorf("%w: statement registry changed under a Bind", errProtocol)
+		}
+	}
 	if kind == rkBind && rg.gen != st.gen.Load() {
 		// The statement's result type changed since the client prepared it: like
 		// PostgreSQL, the client's next Bind fails (and the one after works). A
@@ -897,6 +924,70 @@ func appendCommandComplete(dst []byte, tag string) []byte {
 	dst = append(dst, 'C', 0, 0, 0, 0)
 	dst = append(dst, tag...)
 	dst = append(dst, 0)
+	putLen(dst[start:])
+	return dst
+}
+
+// bindEffect applies what executing a bound statement does to session state, or
+// refuses it (--pin-policy refuse): then the Bind is replaced by a failing Parse
+// whose error the client sees, and the backend skips the rest of the batch.
+func (ss *session) bindEffect(e *stateEffect, h wire.Header) (refused bool, err error) {
+	ss.mu.Lock()
+	if e.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse {
+		ss.q.push(pending{kind: rkParse, action: actReplace, x: &pendingUndo{replace: refusal(e.pinKind)}})
+		ss.mu.Unlock()
+		if _, err := ss.bw.Write(failParse); err != nil {
+			return true, err
+		}
+		return true, wire.Skip(ss.r, 1+h.Len)
+	}
+	ss.applyStateLocked(e)
+	ss.mu.Unlock()
+	if names := ss.fixupNames(e); len(names) > 0 {
+		ss.execFixup = names // sent after the statement's Execute
+	}
+	return false, nil
+}
+
+// sendExecFixup sends, after the Execute of a RESET through the extended
+// protocol, what puts the client's startup values back (see fixupQuery), as
+// extended-protocol messages whose answers the client never sees.
+func (ss *session) sendExecFixup() error {
+	names := ss.execFixup
+	ss.execFixup = nil
+	sql := ss.fixupSQL(names)
+	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
+	const name = stmtPrefix + "fixup"
+	b := appendParse(nil, name, do)
+	b = appendBind(b, name, name)
+	b = appendExecute(b, name)
+	b = appendClose(b, 'P', name)
+	b = appendClose(b, 'S', name)
+	ss.mu.Lock()
+	for _, k := range []respKind{rkParse, rkBind, rkExecute, rkClose, rkClose} {
+		ss.q.push(pending{kind: k, action: actSwallow})
+	}
+	ss.mu.Unlock()
+	_, err := ss.bw.Write(b)
+	return err
+}
+
+func appendBind(dst []byte, portal, stmt string) []byte {
+	start := len(dst)
+	dst = append(dst, 'B', 0, 0, 0, 0)
+	dst = append(dst, portal...)
+	dst = append(dst, 0)
+	dst = append(dst, stmt...)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0) // no parameter formats, no parameters, no result formats
+	putLen(dst[start:])
+	return dst
+}
+
+func appendExecute(dst []byte, portal string) []byte {
+	start := len(dst)
+	dst = append(dst, 'E', 0, 0, 0, 0)
+	dst = append(dst, portal...)
+	dst = append(dst, 0, 0, 0, 0, 0)
 	putLen(dst[start:])
 	return dst
 }

@@ -193,7 +193,7 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 		return nil
 	}
 	slices.Sort(resets)
-	slices.Sort(sets)
+	slices.SortFunc(sets, func(a, b string) int { return strings.Compare(setOrder(a), setOrder(b)) })
 	var q strings.Builder
 	for _, k := range resets {
 		q.WriteString("RESET ")
@@ -214,6 +214,15 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 	be.StateKey = ss.wantKey
 	ss.srv.replays.Add(1)
 	return wire.AppendQuery(nil, q.String())
+}
+
+// setOrder sorts settings for a replay: session_authorization first, since
+// setting it resets role.
+func setOrder(name string) string {
+	if name == "session_authorization" {
+		return ""
+	}
+	return name
 }
 
 // stateEffect is what a statement does to session state.
@@ -309,6 +318,16 @@ func (ss *session) applyStateLocked(e *stateEffect) {
 	for _, n := range e.dirty {
 		ss.dirty[n] = struct{}{}
 	}
+	for _, n := range e.resets {
+		if _, ok := ss.startupSet[n]; ok {
+			ss.resetNames = append(ss.resetNames, n)
+		}
+	}
+	if e.resetAll {
+		for n := range ss.startupSet {
+			ss.resetNames = append(ss.resetNames, n)
+		}
+	}
 	if e.resetAll {
 		for n := range ss.want {
 			ss.dirty[n] = struct{}{}
@@ -320,6 +339,9 @@ func (ss *session) applyStateLocked(e *stateEffect) {
 		}
 	}
 	if e.pin != "" {
+		// Ask the backend at the end of the transaction: a try-lock that failed, a
+		// LISTEN rolled back, an error leave nothing to pin for.
+		ss.pinCheck = true
 		ss.pinLocked(e.pin)
 		if e.listen {
 			ss.pinListen = true
@@ -336,6 +358,15 @@ func (ss *session) applyStateLocked(e *stateEffect) {
 // fixupQuery returns the Query that puts the client's own startup values back
 // after a RESET (the backend's defaults are not the client's), or nil.
 func (ss *session) fixupQuery(e *stateEffect) []byte {
+	names := ss.fixupNames(e)
+	if len(names) == 0 {
+		return nil
+	}
+	return wire.AppendQuery(nil, ss.fixupSQL(names))
+}
+
+// fixupNames are the settings e resets that have startup values.
+func (ss *session) fixupNames(e *stateEffect) []string {
 	var names []string
 	if e.resetAll {
 		for n := range ss.startupSet {
@@ -348,19 +379,28 @@ func (ss *session) fixupQuery(e *stateEffect) []byte {
 			}
 		}
 	}
-	if len(names) == 0 {
-		return nil
-	}
+	return names
+}
+
+// fixupSQL sets the named settings to the client's startup values where the
+// session no longer sets them (a RESET took effect; one that failed or was
+// rolled back leaves source = 'session').
+func (ss *session) fixupSQL(names []string) string {
 	slices.Sort(names)
 	var q strings.Builder
-	q.WriteString("SELECT ")
+	q.WriteString("SELECT pg_catalog.set_config(name, CASE lower(name)")
+	for _, n := range names {
+		fmt.Fprintf(&q, " WHEN %s THEN %s", quoteLiteral(n), quoteLiteral(ss.startupSet[n]))
+	}
+	q.WriteString(" END, false) FROM pg_catalog.pg_settings WHERE source <> 'session' AND lower(name) IN (")
 	for i, n := range names {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(n), quoteLiteral(ss.startupSet[n]))
+		q.WriteString(quoteLiteral(n))
 	}
-	return wire.AppendQuery(nil, q.String())
+	q.WriteString(")")
+	return q.String()
 }
 
 // probeDueLocked reports whether the backend must be asked about session state
@@ -390,6 +430,13 @@ func (ss *session) probe(be *pool.Backend) error {
 		names = append(names, n)
 	}
 	check := ss.pin != "" && ss.pinCheck && !ss.pinPermanent
+	resets := ss.resetNames
+	ss.resetNames = nil
+	for _, n := range resets {
+		if _, ok := ss.dirty[n]; !ok {
+			names = append(names, n) // read back what the fix-up set
+		}
+	}
 	ss.dirty = nil
 	ss.pinCheck = false
 	ss.probing = true
@@ -402,6 +449,12 @@ func (ss *session) probe(be *pool.Backend) error {
 	}()
 	slices.Sort(names)
 	var q strings.Builder
+	if len(resets) > 0 {
+		// A RESET returns to the client's startup value, not the backend's.
+		slices.Sort(resets)
+		q.WriteString(ss.fixupSQL(slices.Compact(resets)))
+		q.WriteString("; ")
+	}
 	q.WriteString("SELECT ")
 	for i, n := range names {
 		if i > 0 {
@@ -436,6 +489,8 @@ func (ss *session) probe(be *pool.Backend) error {
 			return err
 		}
 		switch h.Type {
+		case 'T': // RowDescription: the last statement's row counts
+			row = nil
 		case 'D': // DataRow
 			row = parseDataRow(msg[wire.HeaderLen:])
 		case wire.MsgErrorResponse:

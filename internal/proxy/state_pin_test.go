@@ -1,0 +1,1227 @@
+package proxy_test
+
+// Transaction mode: state that cannot move between backends (LISTEN, session
+// advisory locks, temporary tables, WITH HOLD cursors) pins the client to its
+// backend until the state is gone; --pin-policy refuse turns such statements
+// away (DESIGN.md section 6). Every test runs a crowd of other clients doing
+// short transactions throughout, each checking that it sees none of the pinned
+// client's state and never lands on its backend.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+)
+
+const spSimple = pgx.QueryExecModeSimpleProtocol
+
+// spLog captures the proxy's log (Info and up) so that tests can count the
+// "client pinned" / "client unpinned" lines of one client.
+type spLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *spLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *spLog) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// count returns the number of log lines that contain every one of subs.
+func (l *spLog) count(subs ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		ok := line != ""
+		for _, s := range subs {
+			if !strings.Contains(line, s) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// lines returns the log lines that contain sub (for failure messages).
+func (l *spLog) lines(sub string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+const (
+	spPinnedMsg   = `msg="client pinned to its server connection"`
+	spUnpinnedMsg = `msg="client unpinned from its server connection"`
+)
+
+// spClient is the "client=" attribute the proxy logs for c.
+func spClient(c *pgx.Conn) string {
+	return "client=" + c.PgConn().Conn().LocalAddr().String() + " "
+}
+
+// spStart starts a proxy logging to a capture.
+func spStart(t *testing.T, db string, o proxyOpts) (*testProxy, *spLog) {
+	t.Helper()
+	logs := &spLog{}
+	o.Opt.Logger = logs.logger()
+	return startProxy(t, db, o), logs
+}
+
+func spCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func spExec(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := c.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func spInt(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) int64 {
+	t.Helper()
+	var v int64
+	if err := c.QueryRow(ctx, sql).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+func spBool(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) bool {
+	t.Helper()
+	var v bool
+	if err := c.QueryRow(ctx, sql).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+func spPid(t *testing.T, ctx context.Context, c *pgx.Conn) int32 {
+	t.Helper()
+	return int32(spInt(t, ctx, c, "SELECT pg_backend_pid()"))
+}
+
+// spPending returns a notification pgx has already received on c, without
+// reading the connection, or nil.
+func spPending(c *pgx.Conn) *pgconn.Notification {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	n, _ := c.WaitForNotification(ctx)
+	return n
+}
+
+func spPool(t *testing.T, tp *testProxy) *pool.Pool {
+	t.Helper()
+	for _, r := range tp.pools.Pools() {
+		if r.Key.Database == tp.db {
+			return r.Pool
+		}
+	}
+	t.Fatalf("no pool for %s", tp.db)
+	return nil
+}
+
+// spAdvisoryHolders lists the pids holding a granted advisory lock on key (one
+// int4 key: objid) in the test's database, seen directly.
+func spAdvisoryHolders(ctx context.Context, d *pgx.Conn, key int) ([]int32, error) {
+	rows, err := d.Query(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND classid = 0 AND objid = $1 AND objsubid = 1 ORDER BY pid`, key)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int32])
+}
+
+// ---------------------------------------------------------------------------
+// The crowd
+
+// spCrowd is a set of clients running short transactions until stopped. Each
+// transaction is BEGIN; SELECT pg_backend_pid(); check; COMMIT, and must not
+// leave a notification behind on the client.
+type spCrowd struct {
+	stopc    chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
+	txs      atomic.Int64
+	waits    atomic.Int64 // tolerated failures (query_wait_timeout)
+	mu       sync.Mutex
+	errs     []string
+	tolerate func(error) bool
+}
+
+type spCheck func(ctx context.Context, c *pgx.Conn, id int, pid int32) error
+
+// spStartCrowd connects n clients and starts their transactions. tolerate, if
+// not nil, says which errors of a transaction are expected (they are counted,
+// not reported).
+func spStartCrowd(t *testing.T, tp *testProxy, n int, check spCheck, tolerate func(error) bool) *spCrowd {
+	t.Helper()
+	cr := &spCrowd{stopc: make(chan struct{}), tolerate: tolerate}
+	conns := make([]*pgx.Conn, n)
+	for i := range conns {
+		conns[i] = tp.connect(t, spSimple)
+	}
+	t.Cleanup(cr.halt) // before the connections close (cleanups run last first)
+	for i, c := range conns {
+		cr.wg.Add(1)
+		go func() {
+			defer cr.wg.Done()
+			cr.loop(i, c, check)
+		}()
+	}
+	return cr
+}
+
+func (cr *spCrowd) loop(id int, c *pgx.Conn, check spCheck) {
+	for {
+		select {
+		case <-cr.stopc:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err := spCrowdTx(ctx, c, id, check)
+		cancel()
+		switch {
+		case err == nil:
+			cr.txs.Add(1)
+		case cr.tolerate != nil && cr.tolerate(err):
+			cr.waits.Add(1)
+		default:
+			cr.mu.Lock()
+			if len(cr.errs) < 20 {
+				cr.errs = append(cr.errs, fmt.Sprintf("crowd client %d: %v", id, err))
+			}
+			cr.mu.Unlock()
+			if c.IsClosed() {
+				return
+			}
+		}
+	}
+}
+
+func spCrowdTx(ctx context.Context, c *pgx.Conn, id int, check spCheck) error {
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		return fmt.Errorf("BEGIN: %w", err)
+	}
+	fail := func(err error) error {
+		_, _ = c.Exec(ctx, "ROLLBACK")
+		return err
+	}
+	var pid int32
+	if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return fail(fmt.Errorf("pg_backend_pid: %w", err))
+	}
+	if check != nil {
+		if err := check(ctx, c, id, pid); err != nil {
+			return fail(fmt.Errorf("backend %d: %w", pid, err))
+		}
+	}
+	if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("COMMIT: %w", err)
+	}
+	if n := spPending(c); n != nil {
+		return fmt.Errorf("received a notification it never listened for: channel %q payload %q from pid %d", n.Channel, n.Payload, n.PID)
+	}
+	return nil
+}
+
+// progress waits until the crowd has completed n more transactions.
+func (cr *spCrowd) progress(t *testing.T, n int64) {
+	t.Helper()
+	from := cr.txs.Load()
+	eventually(t, 10*time.Second, "crowd progress", func() error {
+		if got := cr.txs.Load() - from; got < n {
+			return fmt.Errorf("%d of %d transactions", got, n)
+		}
+		return nil
+	})
+}
+
+func (cr *spCrowd) halt() {
+	cr.once.Do(func() { close(cr.stopc) })
+	cr.wg.Wait()
+}
+
+// finish stops the crowd and reports what went wrong in it.
+func (cr *spCrowd) finish(t *testing.T) {
+	t.Helper()
+	cr.halt()
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	for _, e := range cr.errs {
+		t.Error(e)
+	}
+	if cr.txs.Load() == 0 {
+		t.Error("the crowd completed no transaction")
+	}
+	t.Logf("crowd: %d transactions, %d tolerated waits", cr.txs.Load(), cr.waits.Load())
+}
+
+// spNotOn is a crowd check: the transaction is not on the pinned backend.
+func spNotOn(pinned *atomic.Int32) spCheck {
+	return func(_ context.Context, _ *pgx.Conn, _ int, pid int32) error {
+		if p := pinned.Load(); p != 0 && pid == p {
+			return fmt.Errorf("crowd transaction on backend %d, which a pinned client holds", pid)
+		}
+		return nil
+	}
+}
+
+func spAll(checks ...spCheck) spCheck {
+	return func(ctx context.Context, c *pgx.Conn, id int, pid int32) error {
+		for _, ch := range checks {
+			if err := ch(ctx, c, id, pid); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// spMonitor samples pg_stat_activity until the test ends and reports the most
+// proxy backends seen at once for the test's database.
+type spMonitor struct {
+	max     atomic.Int64
+	samples atomic.Int64
+	stopc   chan struct{}
+	done    chan struct{}
+	err     atomic.Value
+}
+
+func spStartMonitor(t *testing.T, tp *testProxy) *spMonitor {
+	t.Helper()
+	d := direct(t, tp.db)
+	m := &spMonitor{stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		for {
+			select {
+			case <-m.stopc:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			var n int64
+			err := d.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1
+				AND backend_type = 'client backend' AND application_name <> $2 AND pid <> pg_backend_pid()`,
+				tp.db, directAppName).Scan(&n)
+			cancel()
+			if err != nil {
+				m.err.Store(err.Error())
+				return
+			}
+			m.samples.Add(1)
+			for {
+				old := m.max.Load()
+				if n <= old || m.max.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			select {
+			case <-m.stopc:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(m.stopc) }); <-m.done })
+	return m
+}
+
+func (m *spMonitor) check(t *testing.T, limit int64) {
+	t.Helper()
+	if e, ok := m.err.Load().(string); ok {
+		t.Errorf("pg_stat_activity monitor: %s", e)
+	}
+	if got := m.max.Load(); got > limit {
+		t.Errorf("pg_stat_activity showed %d proxy backends at once for the test database, pool size %d", got, limit)
+	}
+	t.Logf("pg_stat_activity: at most %d proxy backends in %d samples", m.max.Load(), m.samples.Load())
+}
+
+// spBothBackends shows that no client holds a backend between transactions:
+// two fresh clients open a transaction each and hold them at once (pool size 2).
+func spBothBackends(t *testing.T, tp *testProxy) {
+	t.Helper()
+	x := tp.connect(t, spSimple)
+	y := tp.connect(t, spSimple)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	if _, err := x.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatalf("client X BEGIN: %v", err)
+	}
+	px := spPid(t, ctx, x)
+	if _, err := y.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatalf("client Y BEGIN: %v", err)
+	}
+	var py int32
+	if err := y.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&py); err != nil {
+		t.Fatalf("a second client could not get a backend while another holds one (is a backend still pinned?): %v", err)
+	}
+	if px == py {
+		t.Fatalf("clients X and Y share backend %d inside their transactions", px)
+	}
+	spExec(t, ctx, x, "COMMIT")
+	spExec(t, ctx, y, "COMMIT")
+}
+
+// spPidChanges runs transactions on c until one lands on a backend other than
+// pid (the client is not pinned to it).
+func spPidChanges(t *testing.T, c *pgx.Conn, pid int32) {
+	t.Helper()
+	ctx := spCtx(t, 15*time.Second)
+	eventually(t, 10*time.Second, "the client's backend changes across transactions", func() error {
+		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+			return err
+		}
+		var now int32
+		err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&now)
+		if _, err2 := c.Exec(ctx, "COMMIT"); err == nil {
+			err = err2
+		}
+		if err != nil {
+			t.Fatalf("transaction: %v", err)
+		}
+		if now == pid {
+			return fmt.Errorf("still on backend %d", pid)
+		}
+		return nil
+	})
+}
+
+// spWaitLog waits for n log lines containing every one of subs.
+func spWaitLog(t *testing.T, logs *spLog, n int, subs ...string) {
+	t.Helper()
+	eventually(t, 5*time.Second, fmt.Sprintf("%d log line(s) with %q", n, subs), func() error {
+		if got := logs.count(subs...); got != n {
+			return fmt.Errorf("%d lines:\n%s", got, logs.lines("pinned"))
+		}
+		return nil
+	})
+}
+
+// ---------------------------------------------------------------------------
+// 1. LISTEN / NOTIFY
+
+func TestStatePinListen(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	a := tp.connect(t, spSimple)
+	sender := tp.connect(t, spSimple)
+
+	var pinned atomic.Int32
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("backend listens on %d channel(s)", n)
+		}
+		return nil
+	}), nil)
+
+	spExec(t, ctx, a, "LISTEN c")
+	pid := spPid(t, ctx, a)
+	pinned.Store(pid)
+	aLog := spClient(a)
+
+	var worst time.Duration
+	for i := 0; i < 20; i++ {
+		payload := fmt.Sprintf("x%d", i)
+		notify := "NOTIFY c, '" + payload + "'"
+		via := sender
+		if i%2 == 1 {
+			via = d
+		}
+		inTx := i%5 == 3 // sent while A is inside a transaction of its own
+		if inTx {
+			spExec(t, ctx, a, "BEGIN")
+			if got := spPid(t, ctx, a); got != pid {
+				t.Fatalf("transaction %d: A on backend %d, want its pinned backend %d", i, got, pid)
+			}
+		}
+		spExec(t, ctx, via, notify)
+		sent := time.Now()
+		if inTx {
+			spExec(t, ctx, a, "COMMIT")
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		n, err := a.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("notification %d (%s, sent via %s, A in a transaction: %v): not received within 1s: %v",
+				i, notify, map[bool]string{true: "the proxy", false: "a direct connection"}[via == sender], inTx, err)
+		}
+		took := time.Since(sent)
+		worst = max(worst, took)
+		if n.Channel != "c" || n.Payload != payload {
+			t.Fatalf("notification %d: got channel %q payload %q, want c %q", i, n.Channel, n.Payload, payload)
+		}
+		if took > time.Second {
+			t.Errorf("notification %d took %s", i, took)
+		}
+		// A's own transaction between notifications, on its pinned backend.
+		spExec(t, ctx, a, "BEGIN")
+		if got := spPid(t, ctx, a); got != pid {
+			t.Fatalf("after notification %d: A on backend %d, want %d", i, got, pid)
+		}
+		if got := spInt(t, ctx, a, "SELECT count(*) FROM pg_listening_channels()"); got != 1 {
+			t.Fatalf("after notification %d: A's backend listens on %d channels, want 1", i, got)
+		}
+		spExec(t, ctx, a, "COMMIT")
+		// Spread over time: let the crowd run a few transactions, A idle meanwhile.
+		cr.progress(t, 3)
+	}
+	t.Logf("slowest notification: %s", worst)
+	if n := spPending(a); n != nil {
+		t.Errorf("A has an extra notification %q", n.Payload)
+	}
+	spWaitLog(t, logs, 1, spPinnedMsg, aLog, "reason=listen")
+
+	pinned.Store(0)
+	spExec(t, ctx, a, "UNLISTEN *")
+	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=listen")
+	spBothBackends(t, tp)
+	spPidChanges(t, a, pid)
+	// Not listening any more, wherever it is.
+	spExec(t, ctx, d, "NOTIFY c, 'after'")
+	spExec(t, ctx, a, "SELECT 1")
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if n, err := a.WaitForNotification(wctx); err == nil {
+		t.Errorf("A received %q after UNLISTEN *", n.Payload)
+	}
+	cancel()
+	if got := tp.srv.Pins()["listen"]; got < 1 {
+		t.Errorf(`Pins()["listen"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
+	}
+	cr.finish(t)
+	eventually(t, 5*time.Second, "every backend idle in the pool", func() error {
+		if st := spPool(t, tp).Stats(); st.InUse != 0 || st.Idle != st.Open {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	mon.check(t, 2)
+}
+
+// ---------------------------------------------------------------------------
+// 2. Session advisory lock
+
+func TestStatePinAdvisoryLock(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	a := tp.connect(t, spSimple)
+
+	const (
+		phaseHeld = iota + 1
+		phaseUnlocking
+		phaseReleased
+	)
+	var pinned atomic.Int32
+	var phase atomic.Int32
+	var gotAfter atomic.Int64
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, id int, _ int32) error {
+		// While A unlocks, the crowd leaves lock 42 alone, so that the direct
+		// check sees A's lock gone rather than a crowd transaction's.
+		ph := phase.Load()
+		q := "SELECT pg_try_advisory_xact_lock($1::int), pg_try_advisory_xact_lock(42)"
+		if ph == phaseUnlocking {
+			q = "SELECT pg_try_advisory_xact_lock($1::int), false"
+		}
+		var mine, k42 bool
+		if err := c.QueryRow(ctx, q, 1000+id).Scan(&mine, &k42); err != nil {
+			return err
+		}
+		if !mine {
+			return fmt.Errorf("could not take the advisory lock %d nobody else uses", 1000+id)
+		}
+		// The phase read after the answer: had A's unlock come first, the phase
+		// would no longer be phaseHeld.
+		if k42 && phase.Load() == phaseHeld {
+			return errors.New("took advisory lock 42 while the pinned client holds it")
+		}
+		if k42 && ph == phaseReleased {
+			gotAfter.Add(1)
+		}
+		return nil
+	}), nil)
+
+	spExec(t, ctx, a, "BEGIN")
+	if !spBool(t, ctx, a, "SELECT pg_advisory_lock(42) IS NOT NULL") {
+		t.Fatal("pg_advisory_lock(42)")
+	}
+	pid := spPid(t, ctx, a)
+	spExec(t, ctx, a, "COMMIT")
+	pinned.Store(pid)
+	phase.Store(phaseHeld)
+	aLog := spClient(a)
+
+	// A failing pg_try_advisory_lock of another client, through the proxy.
+	b := tp.connect(t, spSimple)
+	if spBool(t, ctx, b, "SELECT pg_try_advisory_lock(42)") {
+		t.Fatal("pg_try_advisory_lock(42) of another client returned true while A holds the lock")
+	}
+	// That false try pins B (TestStatePinNoStateLeft): B's unlock_all makes the
+	// proxy ask the backend and unpin it, so that the crowd keeps a backend here.
+	spExec(t, ctx, b, "SELECT pg_advisory_unlock_all()")
+
+	for i := 0; i < 20; i++ {
+		spExec(t, ctx, a, "BEGIN")
+		if got := spPid(t, ctx, a); got != pid {
+			t.Fatalf("transaction %d: A on backend %d, want its pinned backend %d", i, got, pid)
+		}
+		spExec(t, ctx, a, "SELECT 1")
+		spExec(t, ctx, a, "COMMIT")
+		holders, err := spAdvisoryHolders(ctx, d, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(holders, []int32{pid}) {
+			t.Fatalf("transaction %d: advisory lock 42 held by %v, want [%d]", i, holders, pid)
+		}
+		cr.progress(t, 2)
+	}
+	spWaitLog(t, logs, 1, spPinnedMsg, aLog, "reason=advisory_lock")
+
+	phase.Store(phaseUnlocking)
+	pinned.Store(0)
+	if !spBool(t, ctx, a, "SELECT pg_advisory_unlock(42)") {
+		t.Fatal("pg_advisory_unlock(42) returned false")
+	}
+	// A crowd transaction that began before phaseUnlocking may still hold it for
+	// a moment (a transaction-level lock); A's session lock would stay.
+	eventually(t, 5*time.Second, "advisory lock 42 free after pg_advisory_unlock", func() error {
+		holders, err := spAdvisoryHolders(ctx, d, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(holders) != 0 {
+			return fmt.Errorf("held by %v (A's backend was %d)", holders, pid)
+		}
+		return nil
+	})
+	phase.Store(phaseReleased)
+	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=advisory_lock")
+	eventually(t, 10*time.Second, "a crowd client takes advisory lock 42", func() error {
+		if gotAfter.Load() == 0 {
+			return errors.New("none yet")
+		}
+		return nil
+	})
+	spBothBackends(t, tp)
+	spPidChanges(t, a, pid)
+
+	// pg_advisory_xact_lock ends with its transaction and does not pin.
+	x := tp.connect(t, spSimple)
+	spExec(t, ctx, x, "BEGIN")
+	spExec(t, ctx, x, "SELECT pg_advisory_xact_lock(7)")
+	xpid := spPid(t, ctx, x)
+	spExec(t, ctx, x, "COMMIT")
+	if holders, err := spAdvisoryHolders(ctx, d, 7); err != nil || len(holders) != 0 {
+		t.Fatalf("advisory lock 7 after its transaction: held by %v (%v)", holders, err)
+	}
+	spBothBackends(t, tp) // X does not keep its backend
+	spPidChanges(t, x, xpid)
+	if n := logs.count(spPinnedMsg, spClient(x)); n != 0 {
+		t.Errorf("pg_advisory_xact_lock pinned its client:\n%s", logs.lines(spClient(x)))
+	}
+	cr.finish(t)
+	if got := tp.srv.Pins()["advisory_lock"]; got < 1 {
+		t.Errorf(`Pins()["advisory_lock"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
+	}
+	mon.check(t, 2)
+}
+
+// A statement that would pin but leaves nothing behind (a pg_try_advisory_lock
+// that returns false, a lock call that fails, LISTEN / temp table / WITH HOLD
+// cursor in a transaction that is rolled back) must not keep the client on its
+// backend: a job queue polling with pg_try_advisory_lock would otherwise hold
+// one backend per polling client until it disconnects. Each case ends with the
+// client idle and expects its backend back in the pool. A session advisory lock
+// taken in a transaction that is rolled back stays held (PostgreSQL does not
+// release it): that client must stay pinned.
+//
+// Found failing (see the report): the proxy pins when it forwards the
+// statement and only asks the backend again after UNLISTEN / unlock / DISCARD /
+// CLOSE / DEALLOCATE, so every "unpinned" case here stays pinned until
+// disconnect.
+func TestStatePinNoStateLeft(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	spExec(t, ctx, d, "SELECT pg_advisory_lock(42)") // held outside the proxy
+	for _, tc := range []struct {
+		name   string
+		stmts  []string
+		pinned bool
+	}{
+		{"failed_try_lock", []string{"SELECT pg_try_advisory_lock(42)"}, false},
+		{"failed_try_lock_in_tx", []string{"BEGIN", "SELECT pg_try_advisory_lock(42)", "COMMIT"}, false},
+		{"lock_call_error", []string{"SELECT pg_advisory_lock('not a number')"}, false},
+		{"rolled_back_listen", []string{"BEGIN", "LISTEN c", "ROLLBACK"}, false},
+		{"rolled_back_temp_table", []string{"BEGIN", "CREATE TEMP TABLE x(a int)", "ROLLBACK"}, false},
+		{"rolled_back_hold_cursor", []string{"BEGIN", "DECLARE k CURSOR WITH HOLD FOR SELECT 1", "ROLLBACK"}, false},
+		{"rolled_back_lock_still_held", []string{"BEGIN", "SELECT pg_advisory_lock(43)", "ROLLBACK"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tp.connect(t, spSimple)
+			for _, q := range tc.stmts {
+				_, _ = c.Exec(ctx, q) // errors are part of some cases
+			}
+			if st := c.PgConn().TxStatus(); st != 'I' {
+				t.Fatalf("client not idle: %q", st)
+			}
+			if tc.pinned {
+				pid := spPid(t, ctx, c) // after any probe of the backend
+				if h, err := spAdvisoryHolders(ctx, d, 43); err != nil || !slices.Equal(h, []int32{pid}) {
+					t.Fatalf("lock 43 held by %v (%v), want the client's backend %d", h, err, pid)
+				}
+				if st := spPool(t, tp).Stats(); st.InUse != 1 {
+					t.Fatalf("client holding a session lock is not pinned: pool %+v", st)
+				}
+				return
+			}
+			eventually(t, 2*time.Second, "the client's backend back in the pool", func() error {
+				if st := spPool(t, tp).Stats(); st.InUse != 0 {
+					return fmt.Errorf("%d backend(s) in use by an idle client; proxy log:\n%s", st.InUse, logs.lines(spClient(c)))
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// 3. Temporary table
+
+func TestStatePinTempTable(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	a := tp.connect(t, spSimple)
+	aLog := spClient(a)
+
+	var pinned atomic.Int32
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()").Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("backend has %d temporary relation(s)", n)
+		}
+		for _, tbl := range []string{"t", "t2"} {
+			if _, err := c.Exec(ctx, "SAVEPOINT s"); err != nil {
+				return err
+			}
+			_, err := c.Exec(ctx, "SELECT * FROM "+tbl)
+			if pgCode(err) != "42P01" {
+				return fmt.Errorf("SELECT * FROM %s: got %v, want relation does not exist (42P01)", tbl, err)
+			}
+			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT s"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}), nil)
+
+	tempTables := func() int64 {
+		return spInt(t, ctx, d, "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relkind = 'r'")
+	}
+	use := func(tbl string) int32 {
+		t.Helper()
+		spExec(t, ctx, a, "CREATE TEMP TABLE "+tbl+"(x int)")
+		pid := spPid(t, ctx, a)
+		pinned.Store(pid)
+		cr.progress(t, 3)
+		spExec(t, ctx, a, "BEGIN")
+		spExec(t, ctx, a, "INSERT INTO "+tbl+" VALUES (1), (2)")
+		if got := spPid(t, ctx, a); got != pid {
+			t.Fatalf("INSERT transaction on backend %d, want the pinned %d", got, pid)
+		}
+		spExec(t, ctx, a, "COMMIT")
+		cr.progress(t, 3)
+		spExec(t, ctx, a, "BEGIN")
+		if got := spInt(t, ctx, a, "SELECT sum(x) FROM "+tbl); got != 3 {
+			t.Fatalf("SELECT sum(x) FROM %s = %d, want 3", tbl, got)
+		}
+		spExec(t, ctx, a, "COMMIT")
+		if n := tempTables(); n != 1 {
+			t.Fatalf("%d temporary tables in the database, want 1", n)
+		}
+		cr.progress(t, 3)
+		return pid
+	}
+
+	pid := use("t")
+	spWaitLog(t, logs, 1, spPinnedMsg, aLog, "reason=temp_table")
+	pinned.Store(0)
+	spExec(t, ctx, a, "DISCARD TEMP")
+	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=temp_table")
+	if n := tempTables(); n != 0 {
+		t.Fatalf("%d temporary tables after DISCARD TEMP", n)
+	}
+	spBothBackends(t, tp)
+	spPidChanges(t, a, pid)
+
+	// Again, with DROP TABLE then DISCARD TEMP.
+	pid = use("t2")
+	spWaitLog(t, logs, 2, spPinnedMsg, aLog, "reason=temp_table")
+	pinned.Store(0)
+	spExec(t, ctx, a, "DROP TABLE t2")
+	spExec(t, ctx, a, "DISCARD TEMP")
+	spWaitLog(t, logs, 2, spUnpinnedMsg, aLog, "reason=temp_table")
+	if n := tempTables(); n != 0 {
+		t.Fatalf("%d temporary tables after DROP + DISCARD TEMP", n)
+	}
+	spBothBackends(t, tp)
+	spPidChanges(t, a, pid)
+
+	cr.finish(t)
+	if got := tp.srv.Pins()["temp_table"]; got < 2 {
+		t.Errorf(`Pins()["temp_table"] = %d, want >= 2 (%v)`, got, tp.srv.Pins())
+	}
+	mon.check(t, 2)
+}
+
+// ---------------------------------------------------------------------------
+// 4. WITH HOLD cursor
+
+func TestStatePinHoldCursor(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	a := tp.connect(t, spSimple)
+	aLog := spClient(a)
+
+	var pinned atomic.Int32
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_cursors").Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("backend has %d cursor(s)", n)
+		}
+		if _, err := c.Exec(ctx, "SAVEPOINT s"); err != nil {
+			return err
+		}
+		_, err := c.Exec(ctx, "FETCH 1 FROM c")
+		if pgCode(err) != "34000" {
+			return fmt.Errorf("FETCH 1 FROM c: got %v, want invalid cursor name (34000)", err)
+		}
+		_, err = c.Exec(ctx, "ROLLBACK TO SAVEPOINT s")
+		return err
+	}), nil)
+
+	spExec(t, ctx, a, "BEGIN")
+	spExec(t, ctx, a, "DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1,100)")
+	pid := spPid(t, ctx, a)
+	spExec(t, ctx, a, "COMMIT")
+	pinned.Store(pid)
+	next := 1
+	for i := 0; i < 5; i++ {
+		cr.progress(t, 3)
+		spExec(t, ctx, a, "BEGIN")
+		if got := spPid(t, ctx, a); got != pid {
+			t.Fatalf("transaction %d on backend %d, want the pinned %d", i, got, pid)
+		}
+		rows, err := a.Query(ctx, "FETCH 10 FROM c")
+		if err != nil {
+			t.Fatalf("transaction %d: FETCH: %v", i, err)
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			t.Fatalf("transaction %d: FETCH: %v", i, err)
+		}
+		spExec(t, ctx, a, "COMMIT")
+		if len(vals) != 10 {
+			t.Fatalf("transaction %d: FETCH returned %v", i, vals)
+		}
+		for j, v := range vals {
+			if int(v) != next {
+				t.Fatalf("transaction %d: FETCH returned %v, row %d = %d, want %d", i, vals, j, v, next)
+			}
+			next++
+		}
+	}
+	spWaitLog(t, logs, 1, spPinnedMsg, aLog, "reason=hold_cursor")
+	pinned.Store(0)
+	spExec(t, ctx, a, "CLOSE c")
+	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=hold_cursor")
+	spBothBackends(t, tp)
+	spPidChanges(t, a, pid)
+	cr.finish(t)
+	if got := tp.srv.Pins()["hold_cursor"]; got < 1 {
+		t.Errorf(`Pins()["hold_cursor"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
+	}
+	mon.check(t, 2)
+}
+
+// ---------------------------------------------------------------------------
+// 5. Pinned clients never exceed the pool
+
+func TestStatePinPoolBound(t *testing.T) {
+	db := newDatabase(t)
+	tp, _ := spStart(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{QueryWaitTimeout: time.Second}})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	p1 := tp.connect(t, spSimple)
+	p2 := tp.connect(t, spSimple)
+	third := tp.connect(t, spSimple)
+
+	var pin1, pin2 atomic.Int32
+	waitTimeout := func(err error) bool { return pgCode(err) == "57014" }
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pin1), spNotOn(&pin2)), waitTimeout)
+
+	// Pin both backends. The crowd competes for them: a pinning statement may
+	// wait its turn (or time out after 1s and be retried).
+	pinWith := func(c *pgx.Conn, key int, into *atomic.Int32) {
+		t.Helper()
+		eventually(t, 10*time.Second, fmt.Sprintf("pg_advisory_lock(%d)", key), func() error {
+			_, err := c.Exec(ctx, fmt.Sprintf("SELECT pg_advisory_lock(%d)", key))
+			if err != nil && !waitTimeout(err) {
+				t.Fatalf("pg_advisory_lock(%d): %v", key, err)
+			}
+			return err
+		})
+		into.Store(spPid(t, ctx, c))
+	}
+	pinWith(p1, 1, &pin1)
+	pinWith(p2, 2, &pin2)
+	if pin1.Load() == pin2.Load() {
+		t.Fatalf("both pinned clients on backend %d", pin1.Load())
+	}
+	// The crowd is now starved: it only sees query_wait_timeout.
+	w0 := cr.waits.Load()
+	eventually(t, 5*time.Second, "the crowd waits out query_wait_timeout", func() error {
+		if cr.waits.Load()-w0 < 2 {
+			return errors.New("no timeouts yet")
+		}
+		return nil
+	})
+
+	start := time.Now()
+	_, err := third.Exec(ctx, "SELECT 1")
+	took := time.Since(start)
+	if pgCode(err) != "57014" || !strings.Contains(err.Error(), "query_wait_timeout") {
+		t.Fatalf("third client while both backends are pinned: got %v, want query_wait_timeout (57014)", err)
+	}
+	if took < 900*time.Millisecond || took > 5*time.Second {
+		t.Errorf("third client failed after %s, want about the 1s query_wait_timeout", took)
+	}
+	for key, holder := range map[int]int32{1: pin1.Load(), 2: pin2.Load()} {
+		if h, err := spAdvisoryHolders(ctx, d, key); err != nil || len(h) != 1 || h[0] != holder {
+			t.Fatalf("lock %d held by %v (%v), want [%d]", key, h, err, holder)
+		}
+	}
+
+	// The first pinned client leaves: the proxy cleans its backend up (the lock
+	// goes) and gives it back, to the crowd too.
+	freed := pin1.Load()
+	pin1.Store(0)
+	if err := p1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "advisory lock 1 released after its client left", func() error {
+		h, err := spAdvisoryHolders(ctx, d, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h) != 0 {
+			return fmt.Errorf("held by %v", h)
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "the third client gets a backend", func() error {
+		var pid int32
+		err := third.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+		if err != nil {
+			if !waitTimeout(err) {
+				t.Fatalf("third client: %v", err)
+			}
+			return err
+		}
+		if pid == pin2.Load() {
+			t.Fatalf("third client ran on backend %d, pinned by another client", pid)
+		}
+		if pid != freed {
+			t.Logf("third client on a new backend %d (the freed one was %d)", pid, freed)
+		}
+		return nil
+	})
+	if h, err := spAdvisoryHolders(ctx, d, 2); err != nil || len(h) != 1 || h[0] != pin2.Load() {
+		t.Fatalf("lock 2 held by %v (%v), want [%d]", h, err, pin2.Load())
+	}
+	cr.progress(t, 5)
+	cr.finish(t)
+	if got := tp.srv.Pins()["advisory_lock"]; got < 2 {
+		t.Errorf(`Pins()["advisory_lock"] = %d, want >= 2`, got)
+	}
+	if n := tp.serverBackends(t, d); n["active"]+n["idle"]+n["idle in transaction"] > 2 {
+		t.Errorf("proxy backends now: %v", n)
+	}
+	mon.check(t, 2)
+}
+
+// ---------------------------------------------------------------------------
+// 6. --pin-policy refuse
+
+func TestStatePinRefuse(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{PinPolicy: proxy.PinPolicyRefuse}})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+	a := tp.connect(t, spSimple)
+
+	cr := spStartCrowd(t, tp, 4, func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+		var chans, temps, curs int
+		if err := c.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_listening_channels()),
+			(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),
+			(SELECT count(*) FROM pg_cursors)`).Scan(&chans, &temps, &curs); err != nil {
+			return err
+		}
+		if chans+temps+curs != 0 {
+			return fmt.Errorf("backend has state left: %d channels, %d temp relations, %d cursors", chans, temps, curs)
+		}
+		return nil
+	}, nil)
+
+	nothingExecuted := func(what string) {
+		t.Helper()
+		if n := spInt(t, ctx, d, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); n != 0 {
+			t.Errorf("%s: %d advisory locks held", what, n)
+		}
+		if n := spInt(t, ctx, d, "SELECT count(*) FROM pg_class WHERE relpersistence = 't'"); n != 0 {
+			t.Errorf("%s: %d temporary relations exist", what, n)
+		}
+		if n := spInt(t, ctx, d, "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() AND (query ILIKE '%WITH HOLD%' OR query ILIKE 'LISTEN%' OR query ILIKE '%pg_advisory_lock%' OR query ILIKE '%CREATE TEMP%')"); n != 0 {
+			t.Errorf("%s: a backend ran the refused statement (pg_stat_activity.query)", what)
+		}
+		spExec(t, ctx, d, "NOTIFY c, 'refused'")
+		if got := spInt(t, ctx, a, "SELECT 1"); got != 1 {
+			t.Errorf("%s: client not usable", what)
+		}
+		if n := spPending(a); n != nil {
+			t.Errorf("%s: the client received a notification on %q: its LISTEN ran", what, n.Channel)
+		}
+	}
+
+	cases := []struct{ sql, kind string }{
+		{"LISTEN c", "LISTEN"},
+		{"SELECT pg_advisory_lock(1)", "advisory lock"},
+		{"CREATE TEMP TABLE t(x int)", "temporary table"},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1,100)", "WITH HOLD cursor"},
+	}
+	checkRefusal := func(where, sql, kind string, err error) {
+		t.Helper()
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "0A000" {
+			t.Fatalf("%s %q: got %v, want SQLSTATE 0A000", where, sql, err)
+		}
+		if !strings.Contains(pe.Message, kind) {
+			t.Errorf("%s %q: message %q does not name %q", where, sql, pe.Message, kind)
+		}
+	}
+	for _, tc := range cases {
+		// Outside a transaction.
+		_, err := a.Exec(ctx, tc.sql)
+		checkRefusal("outside a transaction:", tc.sql, tc.kind, err)
+		nothingExecuted("outside a transaction: " + tc.sql)
+
+		// Inside one: the transaction fails as with any error.
+		spExec(t, ctx, a, "BEGIN")
+		spExec(t, ctx, a, "SELECT 1")
+		_, err = a.Exec(ctx, tc.sql)
+		checkRefusal("inside a transaction:", tc.sql, tc.kind, err)
+		for i := 0; i < 2; i++ {
+			if _, err := a.Exec(ctx, "SELECT 1"); pgCode(err) != "25P02" {
+				t.Fatalf("inside a transaction, after the refused %q: SELECT 1 got %v, want 25P02", tc.sql, err)
+			}
+		}
+		if err := a.PgConn().Exec(ctx, "ROLLBACK").Close(); err != nil {
+			t.Fatalf("ROLLBACK: %v", err)
+		}
+		if st := a.PgConn().TxStatus(); st != 'I' {
+			t.Fatalf("after ROLLBACK the transaction status is %q", st)
+		}
+		nothingExecuted("inside a transaction: " + tc.sql)
+		cr.progress(t, 2)
+	}
+
+	// Several statements in one Query, the pinning one not first.
+	_, err := a.Exec(ctx, "SELECT 1; SELECT pg_advisory_lock(3); SELECT 2")
+	checkRefusal("in a multi-statement query:", "SELECT pg_advisory_lock(3)", "advisory lock", err)
+	nothingExecuted("multi-statement query")
+
+	// Transaction-level advisory locks are fine.
+	if !spBool(t, ctx, a, "SELECT pg_advisory_xact_lock(5) IS NOT NULL") {
+		t.Fatal("pg_advisory_xact_lock(5) outside a transaction")
+	}
+	spExec(t, ctx, a, "BEGIN")
+	spExec(t, ctx, a, "SELECT pg_advisory_xact_lock(5)")
+	if got := spInt(t, ctx, a, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 5 AND pid = pg_backend_pid()"); got != 1 {
+		t.Errorf("pg_advisory_xact_lock(5) inside a transaction: %d locks held", got)
+	}
+	if b, err := spAdvisoryHolders(ctx, d, 5); err != nil || len(b) != 1 {
+		t.Errorf("lock 5 inside the transaction: %v %v", b, err)
+	}
+	spExec(t, ctx, a, "COMMIT")
+	if b, err := spAdvisoryHolders(ctx, d, 5); err != nil || len(b) != 0 {
+		t.Errorf("lock 5 after the transaction: %v %v", b, err)
+	}
+	spBothBackends(t, tp)
+
+	cr.finish(t)
+	if pins := tp.srv.Pins(); len(pins) != 0 {
+		t.Errorf("Pins() = %v under --pin-policy refuse, want none", pins)
+	}
+	if n := logs.count(spPinnedMsg); n != 0 {
+		t.Errorf("clients pinned under --pin-policy refuse:\n%s", logs.lines("pinned"))
+	}
+	mon.check(t, 2)
+}
+
+// ---------------------------------------------------------------------------
+// 7. A listening client leaves: its backend goes back clean
+
+func TestStatePinListenDisconnect(t *testing.T) {
+	db := newDatabase(t)
+	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
+	mon := spStartMonitor(t, tp)
+	ctx := spCtx(t, 60*time.Second)
+	d := direct(t, db)
+
+	var pinned atomic.Int32
+	var onOld atomic.Int64 // crowd transactions on the listener's old backend
+	var oldPid atomic.Int32
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, pid int32) error {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("backend listens on %d channel(s)", n)
+		}
+		if pid == oldPid.Load() {
+			onOld.Add(1)
+		}
+		return nil
+	}), nil)
+
+	l := tp.connect(t, spSimple)
+	spExec(t, ctx, l, "LISTEN c")
+	pid := spPid(t, ctx, l)
+	pinned.Store(pid)
+	spExec(t, ctx, d, "NOTIFY c, 'hello'")
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	n, err := l.WaitForNotification(wctx)
+	cancel()
+	if err != nil || n.Payload != "hello" {
+		t.Fatalf("the listener did not get its notification: %v %v", n, err)
+	}
+	spWaitLog(t, logs, 1, spPinnedMsg, spClient(l), "reason=listen")
+	cr.progress(t, 5)
+
+	oldPid.Store(pid)
+	pinned.Store(0) // the crowd may land on it as soon as the listener is gone
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Its backend is reused, not closed: the crowd lands on it.
+	eventually(t, 10*time.Second, "a crowd transaction on the old listener's backend", func() error {
+		if onOld.Load() == 0 {
+			return fmt.Errorf("none yet on backend %d", pid)
+		}
+		return nil
+	})
+	// Notifications for c now reach nobody through the proxy: neither the crowd
+	// (it checks after every transaction) nor a new client that lands on it.
+	nc := tp.connect(t, spSimple)
+	landed := false
+	for i := 0; i < 200 && !landed; i++ {
+		spExec(t, ctx, d, fmt.Sprintf("NOTIFY c, 'stale%d'", i))
+		spExec(t, ctx, nc, "BEGIN")
+		if spPid(t, ctx, nc) == pid {
+			landed = true
+			if got := spInt(t, ctx, nc, "SELECT count(*) FROM pg_listening_channels()"); got != 0 {
+				t.Errorf("the old listener's backend still listens on %d channel(s)", got)
+			}
+			spExec(t, ctx, d, "NOTIFY c, 'during'")
+		}
+		spExec(t, ctx, nc, "COMMIT")
+		spExec(t, ctx, nc, "SELECT 1")
+		if n := spPending(nc); n != nil {
+			t.Fatalf("a new client received notification %q for the disconnected listener's channel", n.Payload)
+		}
+	}
+	if !landed {
+		t.Errorf("the new client never landed on the old listener's backend %d", pid)
+	}
+	cr.progress(t, 5)
+	cr.finish(t)
+	eventually(t, 5*time.Second, "the backend idle in the pool", func() error {
+		st := spPool(t, tp).Stats()
+		if st.InUse != 0 || st.Idle != st.Open {
+			return fmt.Errorf("%+v", st)
+		}
+		var state string
+		if err := d.QueryRow(ctx, "SELECT coalesce(state, '') FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state); err != nil {
+			return fmt.Errorf("backend %d: %v", pid, err)
+		}
+		if state != "idle" {
+			return fmt.Errorf("backend %d is %q", pid, state)
+		}
+		return nil
+	})
+	mon.check(t, 2)
+}
