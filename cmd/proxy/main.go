@@ -163,6 +163,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
 		PinPolicy:              pinPolicy(cfg.PinPolicy),
+		LeakThreshold:          cfg.LeakThreshold,
 		Logger:                 log,
 	}, pools)
 

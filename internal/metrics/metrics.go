@@ -22,6 +22,8 @@ type Collector struct {
 	clients, clientsTotal, refused, protoErr, it *prometheus.Desc
 	clientParses, serverParses, stmtHits         *prometheus.Desc
 	stmtEvictions, statements, pins, replays     *prometheus.Desc
+	leakSuspects, leaksDetected, oldestIdleTx    *prometheus.Desc
+	forcedRollbacks                              *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -32,31 +34,35 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		return prometheus.NewDesc("pgsidecar_"+name, help, labels, nil)
 	}
 	return &Collector{
-		pools:         pools,
-		server:        server,
-		poolSize:      d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
-		serverConns:   d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
-		waiting:       d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
-		maxWait:       d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
-		acquires:      d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
-		waits:         d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
-		waitSeconds:   d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
-		waitTimeouts:  d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
-		dials:         d("server_connects_total", "Server connections opened.", poolLabels...),
-		dialFailures:  d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
-		closed:        d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
-		clients:       d("clients", "Connected clients."),
-		clientsTotal:  d("client_connections_total", "Client connections accepted."),
-		refused:       d("clients_refused_total", "Clients refused because max-client-conn was reached."),
-		protoErr:      d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
-		it:            d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
-		clientParses:  d("prepared_client_parses_total", "Named prepared statements parsed by clients (transaction mode)."),
-		serverParses:  d("prepared_server_parses_total", "Parse messages the proxy sent to server connections for clients' named statements."),
-		stmtHits:      d("prepared_cache_hits_total", "Named statements a server connection already had when a client used them."),
-		stmtEvictions: d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
-		statements:    d("prepared_statements", "Distinct named statements of the connected clients."),
-		pins:          d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
-		replays:       d("state_replays_total", "Times a client's settings had to be applied to a server connection that differed."),
+		pools:           pools,
+		server:          server,
+		poolSize:        d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
+		serverConns:     d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
+		waiting:         d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
+		maxWait:         d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
+		acquires:        d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
+		waits:           d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
+		waitSeconds:     d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
+		waitTimeouts:    d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
+		dials:           d("server_connects_total", "Server connections opened.", poolLabels...),
+		dialFailures:    d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
+		closed:          d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
+		clients:         d("clients", "Connected clients."),
+		clientsTotal:    d("client_connections_total", "Client connections accepted."),
+		refused:         d("clients_refused_total", "Clients refused because max-client-conn was reached."),
+		protoErr:        d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
+		it:              d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
+		clientParses:    d("prepared_client_parses_total", "Named prepared statements parsed by clients (transaction mode)."),
+		serverParses:    d("prepared_server_parses_total", "Parse messages the proxy sent to server connections for clients' named statements."),
+		stmtHits:        d("prepared_cache_hits_total", "Named statements a server connection already had when a client used them."),
+		stmtEvictions:   d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
+		statements:      d("prepared_statements", "Distinct named statements of the connected clients."),
+		pins:            d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
+		replays:         d("state_replays_total", "Times a client's settings had to be applied to a server connection that differed."),
+		leakSuspects:    d("leak_suspects", "Clients idle inside a transaction for longer than --leak-threshold now."),
+		leaksDetected:   d("leak_suspects_detected_total", "Leak suspects logged (one per idle-in-transaction episode longer than --leak-threshold)."),
+		oldestIdleTx:    d("oldest_idle_transaction_seconds", "How long the longest idle-in-transaction client has been idle (0: none)."),
+		forcedRollbacks: d("forced_rollbacks_total", "Transactions the proxy rolled back because the client did not end them, by reason.", "reason"),
 	}
 }
 
@@ -64,7 +70,8 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
-		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays} {
+		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays,
+		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks} {
 		ch <- d
 	}
 }
@@ -102,6 +109,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.stmtEvictions, counter, float64(ps.Evictions))
 	ch <- prometheus.MustNewConstMetric(c.statements, gauge, float64(ps.Statements))
 	ch <- prometheus.MustNewConstMetric(c.replays, counter, float64(c.server.Replays()))
+	ls := c.server.LeakStats()
+	ch <- prometheus.MustNewConstMetric(c.leakSuspects, gauge, float64(ls.Suspects))
+	ch <- prometheus.MustNewConstMetric(c.leaksDetected, counter, float64(ls.Detected))
+	ch <- prometheus.MustNewConstMetric(c.oldestIdleTx, gauge, ls.OldestIdleTx.Seconds())
+	for reason, n := range ls.ForcedRollbacks {
+		ch <- prometheus.MustNewConstMetric(c.forcedRollbacks, counter, float64(n), reason)
+	}
 	for reason, n := range c.server.Pins() {
 		ch <- prometheus.MustNewConstMetric(c.pins, counter, float64(n), reason)
 	}

@@ -50,6 +50,10 @@ type Options struct {
 	// 0 means DefaultMaxPreparedStatements; a negative value turns the rewriting of
 	// statement names off (named statements then fail in transaction mode).
 	MaxPreparedStatements int
+	// LeakThreshold makes a client idle inside a transaction for longer a leak
+	// suspect: logged once per episode with its last statement, and counted
+	// (0 = off).
+	LeakThreshold time.Duration
 	// PinPolicy says whether a statement that would pin a client to its backend
 	// (LISTEN, session advisory locks, temp tables, ...) pins it or is refused with
 	// SQLSTATE 0A000, in transaction mode.
@@ -96,6 +100,9 @@ type Server struct {
 	prep    preparedCounters
 	replays atomic.Uint64 // settings given to a backend for a client
 
+	leaksDetected atomic.Uint64
+	rollbacks     [numRollbackReasons]atomic.Uint64
+
 	pinMu sync.Mutex
 	pins  map[string]uint64 // clients pinned, by reason
 }
@@ -141,7 +148,7 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		opt.MaxPreparedStatements = DefaultMaxPreparedStatements
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		opt:         opt,
 		pools:       pools,
 		log:         opt.Logger,
@@ -150,6 +157,10 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		listeners:   make(map[net.Listener]struct{}),
 		sessions:    make(map[uint32]*session),
 	}
+	if opt.LeakThreshold > 0 {
+		go s.watchLeaks()
+	}
+	return s
 }
 
 // Stats returns a snapshot of client-side figures.

@@ -155,6 +155,9 @@ type session struct {
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
+	leakReported   bool      // this idle-in-transaction episode was logged as a leak suspect
+	lastStmt       [200]byte // the start of the client's last statement (leak reports)
+	lastStmtLen    int
 	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
 	readerWG       sync.WaitGroup
 }
@@ -1040,11 +1043,12 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 }
 
 func (ss *session) armIdleLocked() {
+	ss.idleSince = time.Now()
+	ss.leakReported = false
 	d := ss.srv.opt.IdleTransactionTimeout
 	if d <= 0 {
 		return
 	}
-	ss.idleSince = time.Now()
 	if ss.idleTimer == nil {
 		ss.idleTimer = time.AfterFunc(d, ss.idleTimeout)
 	} else {
@@ -1152,6 +1156,18 @@ func (ss *session) leave() {
 	}
 	var q []byte
 	clean := ss.outstanding <= 0 && !ss.partial
+	if !clean || ss.tx != wire.TxIdle {
+		// A transaction the client did not end: count why it is rolled back.
+		switch ss.kill {
+		case killIdleTx:
+			ss.srv.rollbacks[rbIdleTimeout].Add(1)
+		case killShutdown:
+			ss.srv.rollbacks[rbShutdown].Add(1)
+		case killServerLost:
+		default:
+			ss.srv.rollbacks[rbDisconnect].Add(1)
+		}
+	}
 	if !clean {
 		ss.doomed = true
 	} else {

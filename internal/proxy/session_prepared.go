@@ -225,6 +225,9 @@ func (ss *session) sendParse(h wire.Header) error {
 		} else if ss.track {
 			ss.applyLocked(&e)
 		}
+		if msg != nil {
+			ss.noteStmtLocked(parseQuery(msg))
+		}
 		ss.q.push(pending{kind: rkParse})
 		ss.mu.Unlock()
 		if msg == nil {
@@ -445,6 +448,13 @@ func (ss *session) sendUse(h wire.Header) error {
 	}
 	inj := ss.prepareLocked(rg, false)
 	ss.q.push(pending{kind: kind, st: st})
+	if kind == rkBind {
+		q := st.key
+		if i := strings.IndexByte(q, 0); i >= 0 {
+			q = q[:i]
+		}
+		ss.lastStmtLen = copy(ss.lastStmt[:], q)
+	}
 	ss.mu.Unlock()
 	if _, err := ss.bw.Write(inj); err != nil {
 		return err
@@ -831,6 +841,11 @@ func (ss *session) dropLocked(e *sqlEffect) {
 func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 	ss.unnamedValid = false // a simple query drops the unnamed statement
 	ss.mu.Lock()
+	if ss.held != nil {
+		ss.noteStmtLocked(ss.held[wire.HeaderLen:])
+	} else if p, err := ss.r.Peek(min(1+h.Len, wire.HeaderLen+len(ss.lastStmt))); err == nil {
+		ss.noteStmtLocked(p[wire.HeaderLen:])
+	}
 	if e.localTag != nil {
 		ss.dropLocked(&e)
 		if b := ss.q.back(); b != nil && b.kind == rkQuery {
@@ -990,4 +1005,13 @@ func appendExecute(dst []byte, portal string) []byte {
 	dst = append(dst, 0, 0, 0, 0, 0)
 	putLen(dst[start:])
 	return dst
+}
+
+// noteStmtLocked remembers the start of the client's latest statement for leak
+// reports. ss.mu is held.
+func (ss *session) noteStmtLocked(q []byte) {
+	if i := bytes.IndexByte(q, 0); i >= 0 {
+		q = q[:i]
+	}
+	ss.lastStmtLen = copy(ss.lastStmt[:], q)
 }

@@ -1,0 +1,163 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+)
+
+// recordHandler keeps the log records of a proxy under test.
+type recordHandler struct {
+	mu   *sync.Mutex
+	recs *[]slog.Record
+}
+
+func newRecordHandler() recordHandler {
+	return recordHandler{mu: &sync.Mutex{}, recs: &[]slog.Record{}}
+}
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	*h.recs = append(*h.recs, r.Clone())
+	h.mu.Unlock()
+	return nil
+}
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordHandler) WithGroup(string) slog.Handler      { return h }
+
+// find returns the attributes of the records whose message starts with msg.
+func (h recordHandler) find(msg string) []map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []map[string]string
+	for _, r := range *h.recs {
+		if !strings.HasPrefix(r.Message, msg) {
+			continue
+		}
+		m := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool {
+			m[a.Key] = a.Value.String()
+			return true
+		})
+		out = append(out, m)
+	}
+	return out
+}
+
+// A client idle in a transaction longer than the leak threshold is logged once
+// per episode with what identifies it (application_name, its last statement,
+// age) and counted; it stops being a suspect when it ends the transaction. A
+// client that leaves mid-transaction counts as a forced rollback.
+func TestLeakSuspect(t *testing.T) {
+	db := newDatabase(t)
+	logs := newRecordHandler()
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{
+		LeakThreshold: 200 * time.Millisecond,
+		Logger:        slog.New(logs),
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(tp.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "orders-worker"
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	leaky, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leaky.Close(context.Background())
+	busy := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+
+	tx, err := leaky.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 'leaky statement marker' /* consume_message */"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Another client keeps working meanwhile and is never a suspect.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := busy.Exec(ctx, "SELECT 1"); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	eventually(t, 10*time.Second, "leak suspect reported", func() error {
+		st := tp.srv.LeakStats()
+		if st.Suspects != 1 || st.Detected != 1 {
+			return fmt.Errorf("LeakStats = %+v", st)
+		}
+		if len(logs.find("leak suspect")) != 1 {
+			return errors.New("no log line yet")
+		}
+		return nil
+	})
+	if age := time.Since(start); age < 200*time.Millisecond {
+		t.Errorf("reported after %v, before the 200ms threshold", age)
+	}
+	rec := logs.find("leak suspect")[0]
+	if rec["application_name"] != "orders-worker" || !strings.Contains(rec["last_statement"], "leaky statement marker") ||
+		rec["user"] != "postgres" || rec["database"] != db || rec["client"] == "" || rec["state"] != "idle in transaction" {
+		t.Errorf("leak suspect log line %v", rec)
+	}
+	if st := tp.srv.LeakStats(); st.OldestIdleTx < 200*time.Millisecond {
+		t.Errorf("OldestIdleTx = %v, want >= 200ms", st.OldestIdleTx)
+	}
+	// Still idle a while later: reported once per episode.
+	time.Sleep(500 * time.Millisecond) // lets several watcher ticks pass; the assertion is on their count
+	if n := len(logs.find("leak suspect")); n != 1 {
+		t.Errorf("%d leak suspect log lines for one idle episode, want 1", n)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "suspect gone after commit", func() error {
+		if st := tp.srv.LeakStats(); st.Suspects != 0 || st.OldestIdleTx != 0 {
+			return fmt.Errorf("LeakStats = %+v", st)
+		}
+		return nil
+	})
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("busy client: %v", err)
+	}
+
+	// Leaving mid-transaction: a forced rollback with its own reason.
+	gone := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := gone.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	gone.PgConn().Conn().Close()
+	eventually(t, 5*time.Second, "forced rollback counted", func() error {
+		if n := tp.srv.LeakStats().ForcedRollbacks["client_disconnect"]; n != 1 {
+			return fmt.Errorf("client_disconnect rollbacks = %d", n)
+		}
+		return nil
+	})
+	if st := tp.srv.LeakStats(); st.Detected != 1 {
+		t.Errorf("Detected = %d after the episode ended, want 1", st.Detected)
+	}
+}

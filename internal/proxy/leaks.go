@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// Leaks: a client idle inside a transaction holds a backend that no other client
+// can use. One idle for longer than Options.LeakThreshold is a leak suspect: it
+// is logged once per idle episode, with what identifies the code that leaked it
+// (address, application_name, user, database, age, its last statement), and
+// counted.
+
+// rollbackReason says why the proxy rolled back a transaction the client did
+// not end.
+type rollbackReason int
+
+const (
+	rbIdleTimeout rollbackReason = iota // --idle-transaction-timeout
+	rbDisconnect                        // the client went away mid-transaction
+	rbShutdown                          // the proxy shut down
+	numRollbackReasons
+)
+
+// rollbackReasonNames are the metric label values of the reasons.
+var rollbackReasonNames = [numRollbackReasons]string{"idle_transaction_timeout", "client_disconnect", "shutdown"}
+
+// LeakStats is a snapshot of leak figures.
+type LeakStats struct {
+	Suspects     int           // clients idle in a transaction longer than the leak threshold now
+	Detected     uint64        // leak suspects logged since start (one per idle episode)
+	OldestIdleTx time.Duration // how long the longest idle-in-transaction client has been idle
+	// ForcedRollbacks counts transactions the proxy rolled back, by reason
+	// (idle_transaction_timeout, client_disconnect, shutdown).
+	ForcedRollbacks map[string]uint64
+}
+
+// LeakStats returns the leak figures, computed now.
+func (s *Server) LeakStats() LeakStats {
+	now := time.Now()
+	st := LeakStats{Detected: s.leaksDetected.Load(), ForcedRollbacks: map[string]uint64{}}
+	for i, n := range rollbackReasonNames {
+		st.ForcedRollbacks[n] = s.rollbacks[i].Load()
+	}
+	for _, ss := range s.snapshot() {
+		ss.mu.Lock()
+		idle, since := ss.idleInTxLocked()
+		ss.mu.Unlock()
+		if !idle {
+			continue
+		}
+		age := now.Sub(since)
+		if age > st.OldestIdleTx {
+			st.OldestIdleTx = age
+		}
+		if s.opt.LeakThreshold > 0 && age >= s.opt.LeakThreshold {
+			st.Suspects++
+		}
+	}
+	return st
+}
+
+// idleInTxLocked reports whether the client is idle inside a transaction, and
+// since when. ss.mu is held.
+func (ss *session) idleInTxLocked() (bool, time.Time) {
+	if ss.be == nil || ss.outstanding > 0 || ss.partial || ss.tx == wire.TxIdle || ss.gone || ss.idleSince.IsZero() {
+		return false, time.Time{}
+	}
+	return true, ss.idleSince
+}
+
+// watchLeaks logs each leak suspect once per idle episode until shutdown starts.
+func (s *Server) watchLeaks() {
+	period := min(s.opt.LeakThreshold/2, time.Second)
+	t := time.NewTicker(max(period, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.drainCtx.Done():
+			return
+		case now := <-t.C:
+			for _, ss := range s.snapshot() {
+				ss.reportLeak(now)
+			}
+		}
+	}
+}
+
+// reportLeak logs the client as a leak suspect if it has been idle in a
+// transaction longer than the threshold and was not reported in this episode.
+func (ss *session) reportLeak(now time.Time) {
+	ss.mu.Lock()
+	idle, since := ss.idleInTxLocked()
+	age := now.Sub(since)
+	if !idle || ss.leakReported || age < ss.srv.opt.LeakThreshold {
+		ss.mu.Unlock()
+		return
+	}
+	ss.leakReported = true
+	stmt := string(ss.lastStmt[:ss.lastStmtLen])
+	state := "idle in transaction"
+	if ss.tx == wire.TxFailed {
+		state = "idle in transaction (aborted)"
+	}
+	var pid uint32
+	if ss.be != nil {
+		pid = ss.be.PID
+	}
+	ss.mu.Unlock()
+	ss.srv.leaksDetected.Add(1)
+	ss.srv.log.Warn("leak suspect: client idle in transaction",
+		"client", ss.addr, "application_name", ss.app, "user", ss.user, "database", ss.db,
+		"age", age.Round(time.Millisecond), "state", state, "server_pid", pid, "last_statement", stmt)
+}
