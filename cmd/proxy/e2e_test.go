@@ -53,7 +53,9 @@ func TestBinarySIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := make(chan string, 1000)
+	logsDone := make(chan struct{})
 	go func() {
+		defer close(logsDone)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			logs <- sc.Text()
@@ -117,6 +119,12 @@ func TestBinarySIGTERM(t *testing.T) {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatalf("commit during drain: %v", err)
+	}
+	// All of stderr first: Wait closes the pipe, losing what was not read yet.
+	select {
+	case <-logsDone:
+	case <-ctx.Done():
+		t.Fatal("proxy did not exit")
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("proxy exit: %v", err)

@@ -155,6 +155,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	if cfg.PoolMode == config.PoolModeSession {
 		mode = proxy.ModeSession
 	}
+	obs := metrics.NewObserver(cfg.MaxApplicationLabels)
 	srv := proxy.NewServer(proxy.Options{
 		Mode:                   mode,
 		MaxClientConn:          cfg.MaxClientConn,
@@ -164,6 +165,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
 		PinPolicy:              pinPolicy(cfg.PinPolicy),
 		LeakThreshold:          cfg.LeakThreshold,
+		Observer:               obs,
 		Logger:                 log,
 	}, pools)
 
@@ -173,7 +175,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	var started atomic.Bool
 	var httpSrv *admin.Server
-	metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv))
+	metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv), obs)
 	if cfg.HTTPListen != "" {
 		h := admin.NewHandler(admin.Probes{
 			Started: started.Load,

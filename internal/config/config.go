@@ -41,6 +41,10 @@ type Config struct {
 	// server connection in transaction mode; 0 turns statement-name rewriting off
 	// (--max-prepared-statements).
 	MaxPreparedStatements int
+	// MaxApplicationLabels caps the distinct application_name values used as the
+	// application label of metrics; later ones are "other"
+	// (--max-application-labels).
+	MaxApplicationLabels int
 	// PinPolicy is what a statement that would pin a client to its server
 	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
 	PinPolicy string
@@ -101,6 +105,7 @@ func Default() Config {
 		IdleTransactionTimeout: 0,
 		MaxPreparedStatements:  256,
 		PinPolicy:              PinPolicyPin,
+		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
 		ServerIdleTimeout:      10 * time.Minute,

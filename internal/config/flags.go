@@ -140,6 +140,18 @@ var specs = []spec{
 		},
 	},
 	{
+		name:  "max-application-labels",
+		arg:   "n",
+		usage: "Distinct application_name values used as the application label of metrics; later ones are reported as \"other\".",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.MaxApplicationLabels) },
+		check: func(c Config) string {
+			if c.MaxApplicationLabels < 0 || c.MaxApplicationLabels > 10000 {
+				return fmt.Sprintf("must be between 0 and 10000, got %d", c.MaxApplicationLabels)
+			}
+			return ""
+		},
+	},
+	{
 		name: "pin-policy",
 		arg:  "pin|refuse",
 		usage: "Transaction mode: a statement whose state cannot move between server connections (LISTEN, " +

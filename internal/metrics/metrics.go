@@ -23,7 +23,7 @@ type Collector struct {
 	clientParses, serverParses, stmtHits         *prometheus.Desc
 	stmtEvictions, statements, pins, replays     *prometheus.Desc
 	leakSuspects, leaksDetected, oldestIdleTx    *prometheus.Desc
-	forcedRollbacks                              *prometheus.Desc
+	forcedRollbacks, clientStates, exhausted     *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -37,7 +37,7 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		pools:           pools,
 		server:          server,
 		poolSize:        d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
-		serverConns:     d("server_connections", "Server connections of the pool by state (active: held by a client, idle, login: being opened).", "database", "user", "state"),
+		serverConns:     d("server_connections", "Server connections of the pool by state (active: held by a client, pinned: held by a pinned client, idle, login: being opened).", "database", "user", "state"),
 		waiting:         d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
 		maxWait:         d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
 		acquires:        d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
@@ -47,7 +47,9 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		dials:           d("server_connects_total", "Server connections opened.", poolLabels...),
 		dialFailures:    d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
 		closed:          d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
-		clients:         d("clients", "Connected clients."),
+		clients:         d("client_connections_open", "Connected clients (logged in or logging in)."),
+		clientStates:    d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
+		exhausted:       d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
 		clientsTotal:    d("client_connections_total", "Client connections accepted."),
 		refused:         d("clients_refused_total", "Clients refused because max-client-conn was reached."),
 		protoErr:        d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
@@ -71,7 +73,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
 		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays,
-		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks} {
+		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks, c.clientStates, c.exhausted} {
 		ch <- d
 	}
 }
@@ -79,11 +81,15 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
+	pinned := c.server.PinnedServers()
 	for _, r := range c.pools.Pools() {
 		s := r.Pool.Stats()
 		l := []string{r.Key.Database, r.Key.User}
+		pin := pinned[[2]string{r.Key.Database, r.Key.User}]
 		ch <- prometheus.MustNewConstMetric(c.poolSize, gauge, float64(s.Size), l...)
-		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.InUse), l[0], l[1], "active")
+		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.InUse-pin), l[0], l[1], "active")
+		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(pin), l[0], l[1], "pinned")
+		ch <- prometheus.MustNewConstMetric(c.exhausted, counter, s.Exhausted.Seconds(), l...)
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Idle), l[0], l[1], "idle")
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Dialing), l[0], l[1], "login")
 		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.Waiting), l...)
@@ -98,6 +104,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	st := c.server.Stats()
 	ch <- prometheus.MustNewConstMetric(c.clients, gauge, float64(st.Clients))
+	for _, cc := range c.server.Clients() {
+		ch <- prometheus.MustNewConstMetric(c.clientStates, gauge, float64(cc.N), cc.Database, cc.User, cc.State)
+	}
 	ch <- prometheus.MustNewConstMetric(c.clientsTotal, counter, float64(st.ClientsTotal))
 	ch <- prometheus.MustNewConstMetric(c.refused, counter, float64(st.Refused))
 	ch <- prometheus.MustNewConstMetric(c.protoErr, counter, float64(st.ProtocolError))
@@ -123,8 +132,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // Handler returns the /metrics handler for a registry of our own holding c plus the
 // Go runtime and process collectors.
-func Handler(c *Collector) (http.Handler, *prometheus.Registry) {
+func Handler(c *Collector, more ...prometheus.Collector) (http.Handler, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(more...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), reg
 }

@@ -37,12 +37,12 @@ pgsidecar_pool_size{database="app",user="worker"} 7
 # HELP pgsidecar_server_connect_failures_total Failed attempts to open a server connection.
 # TYPE pgsidecar_server_connect_failures_total counter
 pgsidecar_server_connect_failures_total{database="app",user="worker"} 1
-# HELP pgsidecar_clients Connected clients.
-# TYPE pgsidecar_clients gauge
-pgsidecar_clients 0
+# HELP pgsidecar_client_connections_open Connected clients (logged in or logging in).
+# TYPE pgsidecar_client_connections_open gauge
+pgsidecar_client_connections_open 0
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
-		"pgsidecar_pool_size", "pgsidecar_server_connect_failures_total", "pgsidecar_clients"); err != nil {
+		"pgsidecar_pool_size", "pgsidecar_server_connect_failures_total", "pgsidecar_client_connections_open"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -58,6 +58,9 @@ type Stats struct {
 	Dials        uint64 // backends opened
 	DialFailures uint64
 	Closed       uint64 // backends closed (expired, idle, dead, destroyed)
+	// Exhausted is the total time clients were waiting for a backend (every
+	// backend busy or being opened).
+	Exhausted time.Duration
 }
 
 type result struct {
@@ -89,9 +92,11 @@ type Pool struct {
 	head    *waiter // FIFO queue of waiters
 	tail    *waiter
 	nwait   int
-	closed  bool
-	params  map[string]string // ParameterStatus of the newest backend
-	stats   Stats
+	// exhaustedSince is when the current stretch with waiters began.
+	exhaustedSince time.Time
+	closed         bool
+	params         map[string]string // ParameterStatus of the newest backend
+	stats          Stats
 	// acquires is atomic so that the uncontended Acquire path takes the lock once.
 	acquires atomic.Uint64
 
@@ -261,6 +266,9 @@ func (p *Pool) noteWaitLocked(w *waiter, ok bool) {
 }
 
 func (p *Pool) enqueueLocked(w *waiter) {
+	if p.nwait == 0 {
+		p.exhaustedSince = time.Now()
+	}
 	w.prev, w.next = p.tail, nil
 	if p.tail != nil {
 		p.tail.next = w
@@ -284,6 +292,9 @@ func (p *Pool) removeLocked(w *waiter) {
 	}
 	w.prev, w.next, w.gone = nil, nil, true
 	p.nwait--
+	if p.nwait == 0 {
+		p.stats.Exhausted += time.Since(p.exhaustedSince)
+	}
 }
 
 // handLocked gives r to the oldest waiter, if any.
@@ -436,6 +447,9 @@ func (p *Pool) Stats() Stats {
 	s.Waiting = p.nwait
 	if p.head != nil {
 		s.MaxWait = time.Since(p.head.since)
+	}
+	if p.nwait > 0 {
+		s.Exhausted += time.Since(p.exhaustedSince)
 	}
 	return s
 }

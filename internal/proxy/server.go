@@ -50,6 +50,8 @@ type Options struct {
 	// 0 means DefaultMaxPreparedStatements; a negative value turns the rewriting of
 	// statement names off (named statements then fail in transaction mode).
 	MaxPreparedStatements int
+	// Observer receives hot-path events for metrics (nil: none).
+	Observer Observer
 	// LeakThreshold makes a client idle inside a transaction for longer a leak
 	// suspect: logged once per episode with its last statement, and counted
 	// (0 = off).
@@ -143,6 +145,9 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 	}
 	if opt.MaxClientConn <= 0 {
 		opt.MaxClientConn = 1000
+	}
+	if opt.Observer == nil {
+		opt.Observer = nopObserver{}
 	}
 	if opt.MaxPreparedStatements == 0 {
 		opt.MaxPreparedStatements = DefaultMaxPreparedStatements

@@ -155,8 +155,11 @@ type session struct {
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
-	leakReported   bool      // this idle-in-transaction episode was logged as a leak suspect
-	lastStmt       [200]byte // the start of the client's last statement (leak reports)
+	leakReported   bool           // this idle-in-transaction episode was logged as a leak suspect
+	obs            ClientObserver // metrics events
+	waiting        bool           // in the pool's queue for a backend
+	attachedAt     time.Time      // when be was attached
+	lastStmt       [200]byte      // the start of the client's last statement (leak reports)
 	lastStmtLen    int
 	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
 	readerWG       sync.WaitGroup
@@ -294,6 +297,7 @@ func (ss *session) login(st *wire.Startup) bool {
 	if ss.db == "" {
 		ss.db = ss.user
 	}
+	ss.obs = ss.srv.opt.Observer.Client(ss.db, ss.user, ss.app)
 	switch st.Param("replication") {
 	case "", "false", "off", "no", "0":
 	default:
@@ -748,6 +752,11 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
+	if be != nil && !ss.idleSince.IsZero() && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle {
+		// An idle-in-transaction episode ends.
+		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
+		ss.idleSince = time.Time{}
+	}
 	if be == nil {
 		switch t {
 		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
@@ -771,6 +780,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			return nil, errKilled
 		}
 		ss.be = be
+		ss.attachedAt = time.Now()
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
 		ss.resetQueueLocked()
 		ss.bstmts = stmtsOf(be)
@@ -809,6 +819,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.partial = false
 		ss.syncsAfterExec = 0
 		ss.q.push(pending{kind: rkQuery})
+		ss.obs.Query()
 	case wire.MsgSync:
 		ss.outstanding++
 		ss.partial = false
@@ -818,6 +829,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.partial = true
 		ss.syncsAfterExec = 0
 		ss.q.push(pending{kind: rkExecute})
+		ss.obs.Query()
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
 		ss.outstanding -= ss.syncsAfterExec
@@ -837,8 +849,15 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	be, err := ss.pool.TryAcquirePrefer(key)
 	if be != nil || err != nil {
+		if be != nil {
+			ss.obs.Waited(0)
+		}
 		return be, err
 	}
+	start := time.Now()
+	ss.mu.Lock()
+	ss.waiting = true
+	ss.mu.Unlock()
 	// A timer of the session's own: a wait allocates nothing.
 	if ss.waitTimer == nil {
 		ss.waitTimer = time.NewTimer(ss.srv.opt.QueryWaitTimeout)
@@ -847,6 +866,12 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	}
 	be, err = ss.pool.AcquirePrefer(key, ss.waitTimer.C, ss.srv.drainCtx.Done())
 	ss.waitTimer.Stop()
+	ss.mu.Lock()
+	ss.waiting = false
+	ss.mu.Unlock()
+	if be != nil {
+		ss.obs.Waited(time.Since(start))
+	}
 	if err != nil && ss.srv.drainCtx.Err() != nil {
 		err = errDraining
 	}
@@ -998,6 +1023,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 	if async {
 		ss.reader = false
 	}
+	ss.obs.TransactionDone(time.Since(ss.attachedAt))
 	draining, gone := ss.draining, ss.gone
 	ss.mu.Unlock()
 	be.Pool().Release(be)

@@ -1,0 +1,118 @@
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+)
+
+// OtherApplication is the application label of clients beyond the cap on
+// distinct application_name values.
+const OtherApplication = "other"
+
+// Observer turns the proxy's hot-path events into Prometheus histograms and
+// counters labelled by database, user and application. It implements
+// proxy.Observer (so the proxy never imports Prometheus) and
+// prometheus.Collector. Label values are resolved once per client, so an event
+// costs one histogram observation or counter increment.
+type Observer struct {
+	maxApps int
+
+	mu   sync.Mutex
+	apps map[string]struct{}
+
+	wait, hold, idle *prometheus.HistogramVec
+	tx, queries      *prometheus.CounterVec
+}
+
+var clientLabels = []string{"database", "user", "application"}
+
+func histogram(name, help string, buckets []float64) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:                            "pgsidecar_" + name,
+		Help:                            help,
+		Buckets:                         buckets,
+		NativeHistogramBucketFactor:     1.1,
+		NativeHistogramMaxBucketNumber:  160,
+		NativeHistogramMinResetDuration: time.Hour,
+	}, clientLabels)
+}
+
+// NewObserver returns an Observer that keeps at most maxApps distinct
+// application_name values as labels; later ones are reported as "other".
+func NewObserver(maxApps int) *Observer {
+	return &Observer{
+		maxApps: maxApps,
+		apps:    map[string]struct{}{},
+		wait: histogram("wait_seconds", "Time clients waited for a server connection (0 when one was free).",
+			prometheus.ExponentialBuckets(0.0001, 4, 10)),
+		hold: histogram("transaction_hold_seconds", "Time a client held a server connection per transaction.",
+			prometheus.ExponentialBuckets(0.0001, 4, 11)),
+		idle: histogram("idle_transaction_seconds", "Length of idle-in-transaction episodes (a client holding a server connection between statements of its transaction).",
+			prometheus.ExponentialBuckets(0.001, 4, 10)),
+		tx: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgsidecar_transactions_total",
+			Help: "Transactions (server connection holds) served."}, clientLabels),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgsidecar_queries_total",
+			Help: "Simple queries and Execute messages sent by clients."}, clientLabels),
+	}
+}
+
+// Client implements proxy.Observer.
+func (o *Observer) Client(database, user, application string) proxy.ClientObserver {
+	app := o.appLabel(application)
+	return &clientObserver{
+		wait:    o.wait.WithLabelValues(database, user, app),
+		hold:    o.hold.WithLabelValues(database, user, app),
+		idle:    o.idle.WithLabelValues(database, user, app),
+		tx:      o.tx.WithLabelValues(database, user, app),
+		queries: o.queries.WithLabelValues(database, user, app),
+	}
+}
+
+// appLabel caps the distinct application labels.
+func (o *Observer) appLabel(app string) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.apps[app]; ok {
+		return app
+	}
+	if len(o.apps) >= o.maxApps {
+		return OtherApplication
+	}
+	o.apps[app] = struct{}{}
+	return app
+}
+
+// Describe implements prometheus.Collector.
+func (o *Observer) Describe(ch chan<- *prometheus.Desc) {
+	o.wait.Describe(ch)
+	o.hold.Describe(ch)
+	o.idle.Describe(ch)
+	o.tx.Describe(ch)
+	o.queries.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (o *Observer) Collect(ch chan<- prometheus.Metric) {
+	o.wait.Collect(ch)
+	o.hold.Collect(ch)
+	o.idle.Collect(ch)
+	o.tx.Collect(ch)
+	o.queries.Collect(ch)
+}
+
+type clientObserver struct {
+	wait, hold, idle prometheus.Observer
+	tx, queries      prometheus.Counter
+}
+
+func (c *clientObserver) Waited(d time.Duration) { c.wait.Observe(d.Seconds()) }
+func (c *clientObserver) TransactionDone(d time.Duration) {
+	c.hold.Observe(d.Seconds())
+	c.tx.Inc()
+}
+func (c *clientObserver) IdleTransactionDone(d time.Duration) { c.idle.Observe(d.Seconds()) }
+func (c *clientObserver) Query()                              { c.queries.Inc() }
