@@ -448,6 +448,10 @@ func protocolScenarios() []pscenario {
 			msgs: fm(describeS("T6"), syncM, describeS("T6"), bind("K6"), execute(), syncM),
 			want: w(pdesc(), perr("42P01", `relation "t6" does not exist`), rfqI,
 				pdesc(), perr("42P01", `relation "t6" does not exist`), rfqI),
+			// Which backend the step lands on decides: one that still has T6
+			// answers like PostgreSQL, one that must prepare it first can only
+			// report the Parse's error (documented in the README).
+			loose: "a backend that lacks T6 reports the failing Parse without the ParameterDescription",
 		}, {
 			name: "recreate table",
 			msgs: fm(query("create table t6 (a int4, b text); insert into t6 values (3, 'z')")),
