@@ -165,6 +165,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
 		PinPolicy:              pinPolicy(cfg.PinPolicy),
 		LeakThreshold:          cfg.LeakThreshold,
+		TransactionTimeout:     cfg.TransactionTimeout,
 		Observer:               obs,
 		Logger:                 log,
 	}, pools)

@@ -37,6 +37,9 @@ type Config struct {
 	// IdleTransactionTimeout disconnects a client idle inside a transaction for
 	// longer than this; 0 disables it (--idle-transaction-timeout).
 	IdleTransactionTimeout time.Duration
+	// TransactionTimeout closes a client whose transaction is older than this
+	// and rolls it back; 0 disables it (--transaction-timeout).
+	TransactionTimeout time.Duration
 	// MaxPreparedStatements bounds the named prepared statements kept on each
 	// server connection in transaction mode; 0 turns statement-name rewriting off
 	// (--max-prepared-statements).
@@ -104,6 +107,7 @@ func Default() Config {
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
 		MaxPreparedStatements:  256,
+		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,

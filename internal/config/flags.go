@@ -140,6 +140,13 @@ var specs = []spec{
 		},
 	},
 	{
+		name:  "transaction-timeout",
+		arg:   "duration",
+		usage: "Transaction mode: close a client whose transaction (or statement outside one) is older than this (SQLSTATE 25P04) and roll it back; 0 disables.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.TransactionTimeout) },
+		check: func(c Config) string { return nonNegative(c.TransactionTimeout) },
+	},
+	{
 		name:  "max-application-labels",
 		arg:   "n",
 		usage: "Distinct application_name values used as the application label of metrics; later ones are reported as \"other\".",

@@ -161,3 +161,79 @@ func TestLeakSuspect(t *testing.T) {
 		t.Errorf("Detected = %d after the episode ended, want 1", st.Detected)
 	}
 }
+
+// A transaction older than the transaction timeout ends its client with
+// SQLSTATE 25P04 and is rolled back, whether it is idle or running a statement;
+// other clients go on.
+func TestTransactionTimeout(t *testing.T) {
+	db := newDatabase(t)
+	chk := direct(t, db)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := chk.Exec(ctx, "CREATE TABLE tt (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{TransactionTimeout: 300 * time.Millisecond}})
+	for _, tc := range []struct {
+		name, then string
+	}{
+		{"idle", ""},
+		{"running", "SELECT pg_sleep(5)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+			other := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO tt VALUES (1)"); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if tc.then != "" {
+				_, err = tx.Exec(ctx, tc.then)
+			} else {
+				// Idle until the proxy ends it: the next statement fails.
+				eventually(t, 15*time.Second, "client ended", func() error {
+					if c.PgConn().IsClosed() {
+						return nil
+					}
+					if _, err := c.PgConn().Exec(ctx, "").ReadAll(); err != nil {
+						return nil
+					}
+					return errors.New("still open")
+				})
+				_, err = tx.Exec(ctx, "SELECT 1")
+			}
+			if err == nil {
+				t.Fatalf("statement after the transaction timeout succeeded (forced rollbacks %v)", tp.srv.LeakStats().ForcedRollbacks)
+			}
+			if el := time.Since(start); el > 10*time.Second {
+				t.Errorf("ended after %v, want about 300ms (a generous bound: loaded CI machines)", el)
+			}
+			if tc.then != "" && pgCode(err) != "25P04" {
+				t.Errorf("running statement ended with %v, want SQLSTATE 25P04", err)
+			}
+			if _, err := other.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatalf("other client: %v", err)
+			}
+			eventually(t, 10*time.Second, "rolled back", func() error {
+				var n int
+				if err := chk.QueryRow(ctx, "SELECT count(*) FROM tt").Scan(&n); err != nil {
+					return err
+				}
+				if n != 0 {
+					return fmt.Errorf("%d rows committed", n)
+				}
+				if st := tp.srv.LeakStats(); st.ForcedRollbacks["transaction_timeout"] == 0 {
+					return fmt.Errorf("forced rollbacks %v", st.ForcedRollbacks)
+				}
+				return nil
+			})
+		})
+	}
+	if n := tp.srv.LeakStats().ForcedRollbacks["transaction_timeout"]; n != 2 {
+		t.Errorf("transaction_timeout rollbacks = %d, want 2", n)
+	}
+}

@@ -20,11 +20,12 @@ const (
 	rbIdleTimeout rollbackReason = iota // --idle-transaction-timeout
 	rbDisconnect                        // the client went away mid-transaction
 	rbShutdown                          // the proxy shut down
+	rbTxTimeout                         // --transaction-timeout
 	numRollbackReasons
 )
 
 // rollbackReasonNames are the metric label values of the reasons.
-var rollbackReasonNames = [numRollbackReasons]string{"idle_transaction_timeout", "client_disconnect", "shutdown"}
+var rollbackReasonNames = [numRollbackReasons]string{"idle_transaction_timeout", "client_disconnect", "shutdown", "transaction_timeout"}
 
 // LeakStats is a snapshot of leak figures.
 type LeakStats struct {
@@ -70,9 +71,16 @@ func (ss *session) idleInTxLocked() (bool, time.Time) {
 	return true, ss.idleSince
 }
 
-// watchLeaks logs each leak suspect once per idle episode until shutdown starts.
+// watchLeaks logs each leak suspect once per idle episode and ends transactions
+// older than the transaction timeout, until shutdown starts.
 func (s *Server) watchLeaks() {
-	period := min(s.opt.LeakThreshold/2, time.Second)
+	period := time.Second
+	if d := s.opt.LeakThreshold; d > 0 {
+		period = min(period, d/2)
+	}
+	if d := s.opt.TransactionTimeout; d > 0 {
+		period = min(period, d/4)
+	}
 	t := time.NewTicker(max(period, 10*time.Millisecond))
 	defer t.Stop()
 	for {
@@ -81,7 +89,12 @@ func (s *Server) watchLeaks() {
 			return
 		case now := <-t.C:
 			for _, ss := range s.snapshot() {
-				ss.reportLeak(now)
+				if s.opt.LeakThreshold > 0 {
+					ss.reportLeak(now)
+				}
+				if s.opt.TransactionTimeout > 0 {
+					ss.checkTxTimeout(now)
+				}
 			}
 		}
 	}
@@ -112,4 +125,32 @@ func (ss *session) reportLeak(now time.Time) {
 	ss.srv.log.Warn("leak suspect: client idle in transaction",
 		"client", ss.addr, "application_name", ss.app, "user", ss.user, "database", ss.db,
 		"age", age.Round(time.Millisecond), "state", state, "server_pid", pid, "last_statement", stmt)
+}
+
+// checkTxTimeout ends the client if its transaction is older than the
+// transaction timeout: it is closed with SQLSTATE 25P04 and its backend rolled
+// back (closed, when a statement is still running).
+func (ss *session) checkTxTimeout(now time.Time) {
+	d := ss.srv.opt.TransactionTimeout
+	ss.mu.Lock()
+	inTx := ss.be != nil && (ss.tx != wire.TxIdle || ss.outstanding > 0 || ss.partial)
+	expired := inTx && !ss.gone && ss.kill == killNone && now.Sub(ss.txStart) >= d && ss.srv.opt.Mode == ModeTransaction
+	if expired {
+		ss.kill = killTxTimeout // under attach's lock: no message of the client goes out any more
+	}
+	age := now.Sub(ss.txStart)
+	ss.mu.Unlock()
+	if expired {
+		ss.srv.log.Warn("transaction too long, closing the client and rolling back",
+			"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
+			"age", age.Round(time.Millisecond), "timeout", d, "last_statement", ss.lastStatement())
+		ss.terminate(killTxTimeout)
+	}
+}
+
+// lastStatement is the start of the client's last statement.
+func (ss *session) lastStatement() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return string(ss.lastStmt[:ss.lastStmtLen])
 }

@@ -56,6 +56,10 @@ type Options struct {
 	// suspect: logged once per episode with its last statement, and counted
 	// (0 = off).
 	LeakThreshold time.Duration
+	// TransactionTimeout ends a client whose transaction (or statement outside
+	// one) is older than this with SQLSTATE 25P04 and rolls it back (0 = off;
+	// transaction mode).
+	TransactionTimeout time.Duration
 	// PinPolicy says whether a statement that would pin a client to its backend
 	// (LISTEN, session advisory locks, temp tables, ...) pins it or is refused with
 	// SQLSTATE 0A000, in transaction mode.
@@ -162,7 +166,7 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		listeners:   make(map[net.Listener]struct{}),
 		sessions:    make(map[uint32]*session),
 	}
-	if opt.LeakThreshold > 0 {
+	if opt.LeakThreshold > 0 || opt.TransactionTimeout > 0 {
 		go s.watchLeaks()
 	}
 	return s

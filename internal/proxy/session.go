@@ -45,6 +45,7 @@ const (
 	killShutdown
 	killIdleTx
 	killServerLost
+	killTxTimeout
 )
 
 var (
@@ -159,6 +160,7 @@ type session struct {
 	obs            ClientObserver // metrics events
 	waiting        bool           // in the pool's queue for a backend
 	attachedAt     time.Time      // when be was attached
+	txStart        time.Time      // when the client's current transaction began
 	lastStmt       [200]byte      // the start of the client's last statement (leak reports)
 	lastStmtLen    int
 	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
@@ -752,6 +754,9 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
+	if be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial) {
+		ss.txStart = time.Now() // a transaction (or a statement) begins
+	}
 	if be != nil && !ss.idleSince.IsZero() && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle {
 		// An idle-in-transaction episode ends.
 		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
@@ -1141,6 +1146,8 @@ func (ss *session) end(cause error) {
 		code, msg = wire.CodeAdminShutdown, "terminating connection: pgsidecar is shutting down"
 	case reason == killIdleTx:
 		code, msg = wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"
+	case reason == killTxTimeout:
+		code, msg = wire.CodeTransactionTimeout, "terminating connection due to transaction timeout"
 	case reason == killServerLost:
 		if !ss.fatalForwarded.Load() {
 			code, msg = wire.CodeConnectionFailure, "pgsidecar: server connection lost"
@@ -1189,6 +1196,8 @@ func (ss *session) leave() {
 			ss.srv.rollbacks[rbIdleTimeout].Add(1)
 		case killShutdown:
 			ss.srv.rollbacks[rbShutdown].Add(1)
+		case killTxTimeout:
+			ss.srv.rollbacks[rbTxTimeout].Add(1)
 		case killServerLost:
 		default:
 			ss.srv.rollbacks[rbDisconnect].Add(1)

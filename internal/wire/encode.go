@@ -20,6 +20,7 @@ const (
 	CodeAdminShutdown           = "57P01"
 	CodeCannotConnectNow        = "57P03"
 	CodeIdleInTransactionTimout = "25P03"
+	CodeTransactionTimeout      = "25P04"
 	CodeFeatureNotSupported     = "0A000"
 	CodeInvalidAuthorization    = "28000"
 )
