@@ -1454,3 +1454,61 @@ func TestAcquireWait(t *testing.T) {
 		t.Errorf("AcquireWait + Release allocated %v times per run, want 0", allocs)
 	}
 }
+
+// A client gets an idle backend whose state matches its own when one is among
+// the most recently released; a released backend goes to a waiter that prefers
+// its state, but a waiter is passed over at most twice.
+func TestAcquirePrefer(t *testing.T) {
+	f := newFakeDB(t)
+	p := newPool(t, f, pool.Config{Size: 2})
+	a, b := mustAcquire(t, p), mustAcquire(t, p)
+	a.StateKey, b.StateKey = 1, 2
+	p.Release(a)
+	p.Release(b) // most recently released: b
+	got, err := p.TryAcquirePrefer(1)
+	if err != nil || got != a {
+		t.Fatalf("TryAcquirePrefer(1) = %v, %v; want the backend with state 1", got, err)
+	}
+	got2, _ := p.TryAcquirePrefer(7)
+	if got2 != b {
+		t.Fatalf("TryAcquirePrefer(7) = %v; want the only idle backend", got2)
+	}
+
+	// Waiters: w0 prefers 0, then four that prefer 1. Backend a (state 1) is
+	// released again and again: w0 may be passed over twice, then it is served.
+	p.Release(got2) // leaves one backend (a) in use, one idle: take the idle one away
+	hold := mustAcquire(t, p)
+	order := make(chan int, 5)
+	tm := time.NewTimer(10 * time.Second)
+	defer tm.Stop()
+	start := func(who int, key uint64) {
+		go func() {
+			be, err := p.AcquirePrefer(key, tm.C, nil)
+			if err != nil {
+				t.Errorf("waiter %d: %v", who, err)
+				order <- -1
+				return
+			}
+			order <- who
+			be.StateKey = 1
+			p.Release(be)
+		}()
+	}
+	start(0, 0)
+	waitFor(t, 5*time.Second, "waiter 0 queued", func() bool { return p.Stats().Waiting == 1 })
+	for i := 1; i <= 4; i++ {
+		start(i, 1)
+		waitFor(t, 5*time.Second, "waiter queued", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	got.StateKey = 1
+	p.Release(got)
+	var seq []int
+	for range 5 {
+		seq = append(seq, <-order)
+	}
+	// 1 and 2 jump ahead of 0 (twice), then 0 must be next.
+	if seq[0] != 1 || seq[1] != 2 || seq[2] != 0 {
+		t.Fatalf("service order %v, want 1, 2, then 0 (passed over at most twice)", seq)
+	}
+	p.Release(hold)
+}
