@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -166,6 +167,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		PinPolicy:              pinPolicy(cfg.PinPolicy),
 		LeakThreshold:          cfg.LeakThreshold,
 		TransactionTimeout:     cfg.TransactionTimeout,
+		AdminUsers:             splitList(cfg.AdminUsers),
 		Observer:               obs,
 		Logger:                 log,
 	}, pools)
@@ -257,4 +259,15 @@ func pinPolicy(p string) proxy.PinPolicy {
 		return proxy.PinPolicyRefuse
 	}
 	return proxy.PinPolicyPin
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

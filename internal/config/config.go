@@ -48,6 +48,9 @@ type Config struct {
 	// application label of metrics; later ones are "other"
 	// (--max-application-labels).
 	MaxApplicationLabels int
+	// AdminUsers are the user names allowed to connect to the admin console
+	// (database "pgsidecar"), comma-separated (--admin-users).
+	AdminUsers string
 	// PinPolicy is what a statement that would pin a client to its server
 	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
 	PinPolicy string

@@ -159,6 +159,13 @@ var specs = []spec{
 		},
 	},
 	{
+		name:  "admin-users",
+		arg:   "user,user",
+		usage: "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
+		check: func(c Config) string { return "" },
+	},
+	{
 		name: "pin-policy",
 		arg:  "pin|refuse",
 		usage: "Transaction mode: a statement whose state cannot move between server connections (LISTEN, " +

@@ -50,6 +50,9 @@ type Options struct {
 	// 0 means DefaultMaxPreparedStatements; a negative value turns the rewriting of
 	// statement names off (named statements then fail in transaction mode).
 	MaxPreparedStatements int
+	// AdminUsers may connect to the admin console (database ConsoleDatabase);
+	// nobody when empty.
+	AdminUsers []string
 	// Observer receives hot-path events for metrics (nil: none).
 	Observer Observer
 	// LeakThreshold makes a client idle inside a transaction for longer a leak

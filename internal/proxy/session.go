@@ -312,6 +312,11 @@ func (ss *session) login(st *wire.Startup) bool {
 			unsupported = append(unsupported, p.Name)
 		}
 	}
+	if ss.db == ConsoleDatabase {
+		// The admin console (console.go): served here, never from a pool.
+		ss.serveConsole(st, unsupported)
+		return false
+	}
 	ss.pool = ss.srv.pools.Get(pool.Key{Database: ss.db, User: ss.user})
 	if ss.pool == nil {
 		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
