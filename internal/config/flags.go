@@ -39,6 +39,8 @@ type spec struct {
 	check func(Config) string      // "" if valid, else the problem (without the flag name)
 	// secret values are never echoed in errors or usage.
 	secret bool
+	// emptyDefault is shown in usage as the default when it is empty.
+	emptyDefault string
 }
 
 var specs = []spec{
@@ -159,11 +161,12 @@ var specs = []spec{
 		},
 	},
 	{
-		name:  "admin-users",
-		arg:   "user,user",
-		usage: "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",
-		value: func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
-		check: func(c Config) string { return "" },
+		name:         "admin-users",
+		arg:          "user,user",
+		usage:        "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
 	},
 	{
 		name: "pin-policy",
@@ -340,6 +343,9 @@ func FlagUsage(w io.Writer, fs *flag.FlagSet) {
 		}
 		if s.name == flagUpstream && defValue == "" {
 			defValue = "$" + DatabaseURLEnv
+		}
+		if defValue == "" && s.emptyDefault != "" {
+			defValue = s.emptyDefault
 		}
 		writeFlag(&b, s.name, s.arg, s.usage, EnvName(s.name), defValue)
 	}
