@@ -123,6 +123,10 @@ func TestLeakSuspect(t *testing.T) {
 		rec["user"] != "postgres" || rec["database"] != db || rec["client"] == "" || rec["state"] != "idle in transaction" {
 		t.Errorf("leak suspect log line %v", rec)
 	}
+	if ls := tp.srv.Leaks(); len(ls) != 1 || !ls[0].Suspect || ls[0].Application != "orders-worker" ||
+		!strings.Contains(ls[0].LastStatement, "leaky statement marker") || ls[0].ServerPID == 0 || ls[0].ClientID == 0 {
+		t.Errorf("Leaks() = %+v", ls)
+	}
 	if st := tp.srv.LeakStats(); st.OldestIdleTx < 200*time.Millisecond {
 		t.Errorf("OldestIdleTx = %v, want >= 200ms", st.OldestIdleTx)
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -153,4 +155,45 @@ func (ss *session) lastStatement() string {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return string(ss.lastStmt[:ss.lastStmtLen])
+}
+
+// Leak is one client idle inside a transaction.
+type Leak struct {
+	ClientID      uint32 // the BackendKeyData pid the client was given (KILL_CLIENT id)
+	Client        string // address
+	Application   string
+	User          string
+	Database      string
+	State         string // idle_in_transaction or idle_in_transaction_aborted
+	Age           time.Duration
+	ServerPID     uint32
+	LastStatement string
+	Suspect       bool // idle longer than the leak threshold
+}
+
+// Leaks lists the clients idle inside a transaction now, oldest first.
+func (s *Server) Leaks() []Leak {
+	now := time.Now()
+	var out []Leak
+	for _, ss := range s.snapshot() {
+		ss.mu.Lock()
+		idle, since := ss.idleInTxLocked()
+		if !idle {
+			ss.mu.Unlock()
+			continue
+		}
+		l := Leak{ClientID: ss.pid, Client: ss.addr, Application: ss.app, User: ss.user, Database: ss.db,
+			State: StateIdleInTransaction, Age: now.Sub(since), LastStatement: string(ss.lastStmt[:ss.lastStmtLen])}
+		if ss.tx == wire.TxFailed {
+			l.State = StateIdleInTransactionAborted
+		}
+		if ss.be != nil {
+			l.ServerPID = ss.be.PID
+		}
+		ss.mu.Unlock()
+		l.Suspect = s.opt.LeakThreshold > 0 && l.Age >= s.opt.LeakThreshold
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b Leak) int { return cmp.Compare(b.Age, a.Age) })
+	return out
 }
