@@ -103,6 +103,15 @@ func TestBinarySIGTERM(t *testing.T) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `pgsidecar_server_connections{database="postgres",state="active",user="postgres"} 1`) {
 		t.Fatalf("/metrics = %d, want one active server connection:\n%s", code, body)
 	}
+	// The status page and its data: one active server connection, the open
+	// transaction listed as idle in transaction with its last statement.
+	if code, body := get("/"); code != 200 || !strings.Contains(body, "pgsidecar status") {
+		t.Fatalf("GET / = %d:\n%s", code, body)
+	}
+	if code, body := get("/status.json"); code != 200 || !strings.Contains(body, `"active":1`) ||
+		!strings.Contains(body, `"state":"idle_in_transaction"`) || !strings.Contains(body, "INSERT INTO e2e VALUES (1)") {
+		t.Fatalf("/status.json = %d, want the pool and the open transaction:\n%s", code, body)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -191,6 +191,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 				}
 				return nil
 			},
+			Status: statusFunc(pools, srv, cfg.LeakThreshold),
 		}, metricsHandler)
 		if httpSrv, err = admin.Listen(cfg.HTTPListen, h, log); err != nil {
 			ln.Close()
@@ -243,6 +244,35 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	log.Info("pgsidecar stopped")
 	return nil
+}
+
+// statusFunc builds the status page's snapshot (admin.Status) from the pools and
+// the server; admin itself depends on neither.
+func statusFunc(pools *pool.Registry, srv *proxy.Server, leakThreshold time.Duration) func() admin.Status {
+	return func() admin.Status {
+		st := admin.Status{Time: time.Now(), Clients: map[string]int{}, LeakThresholdSeconds: leakThreshold.Seconds()}
+		pinned := srv.PinnedServers()
+		for _, r := range pools.Pools() {
+			ps := r.Pool.Stats()
+			st.Pools = append(st.Pools, admin.PoolStatus{
+				Database: r.Key.Database, User: r.Key.User,
+				Size: ps.Size, Active: ps.InUse, Idle: ps.Idle, Login: ps.Dialing,
+				Pinned:  pinned[[2]string{r.Key.Database, r.Key.User}],
+				Waiting: ps.Waiting, MaxWaitSeconds: ps.MaxWait.Seconds(),
+			})
+		}
+		for _, c := range srv.Clients() {
+			st.Clients[c.State] += c.N
+		}
+		for _, l := range srv.Leaks() {
+			st.Leaks = append(st.Leaks, admin.LeakStatus{
+				ID: l.ClientID, Application: l.Application, User: l.User, Database: l.Database,
+				Client: l.Client, State: l.State, LastStatement: l.LastStatement,
+				AgeSeconds: l.Age.Seconds(), Suspect: l.Suspect, ServerPID: l.ServerPID,
+			})
+		}
+		return st
+	}
 }
 
 // maxPrepared maps --max-prepared-statements (0 = off) to proxy.Options.

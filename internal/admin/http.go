@@ -16,10 +16,14 @@ type Probes struct {
 	Started func() bool
 	// Ready returns nil when the proxy should receive traffic, else the reason.
 	Ready func() error
+	// Status, when set, serves the live status page at "/" and its data at
+	// "/status.json".
+	Status func() Status
 }
 
 // NewHandler returns the HTTP handler: /livez (the process serves HTTP),
-// /startupz, /readyz, and /metrics when metrics is not nil.
+// /startupz, /readyz, /metrics when metrics is not nil, and the status page ("/",
+// "/status.json") when p.Status is set.
 func NewHandler(p Probes, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
@@ -44,6 +48,7 @@ func NewHandler(p Probes, metrics http.Handler) http.Handler {
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
+	registerStatus(mux, p.Status)
 	return mux
 }
 
