@@ -114,6 +114,57 @@ type Server struct {
 
 	pinMu sync.Mutex
 	pins  map[string]uint64 // clients pinned, by reason
+
+	// PAUSE / RESUME of the admin console (console.go): while paused, resumed is
+	// open and clients that need a backend wait on it (session.acquire).
+	pauseMu    sync.Mutex
+	pausedFast atomic.Bool // paused, read without pauseMu
+	paused     bool
+	resumed    chan struct{}
+}
+
+// Pause makes clients that need a backend wait, as if every pool were full, until
+// Resume (or their query-wait-timeout); transactions already running go on.
+func (s *Server) Pause() {
+	s.pauseMu.Lock()
+	if !s.paused {
+		s.paused = true
+		s.pausedFast.Store(true)
+		s.resumed = make(chan struct{})
+	}
+	s.pauseMu.Unlock()
+}
+
+// Resume ends a Pause: the clients waiting for it go on.
+func (s *Server) Resume() {
+	s.pauseMu.Lock()
+	if s.paused {
+		s.paused = false
+		s.pausedFast.Store(false)
+		close(s.resumed)
+	}
+	s.pauseMu.Unlock()
+}
+
+// Paused reports whether the server is paused.
+func (s *Server) Paused() bool {
+	s.pauseMu.Lock()
+	defer s.pauseMu.Unlock()
+	return s.paused
+}
+
+// pauseGate returns the channel closed by Resume while the server is paused, nil
+// otherwise.
+func (s *Server) pauseGate() <-chan struct{} {
+	if !s.pausedFast.Load() { // every transaction asks: no lock unless paused
+		return nil
+	}
+	s.pauseMu.Lock()
+	defer s.pauseMu.Unlock()
+	if !s.paused {
+		return nil
+	}
+	return s.resumed
 }
 
 func (s *Server) countPin(reason string) {
@@ -291,7 +342,23 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	ss.forwardCancel()
 }
 
+// snapshot lists the pooled clients (admin console clients left out: they are
+// not clients of any pool, see console.go).
 func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		if !ss.console {
+			out = append(out, ss)
+		}
+	}
+	return out
+}
+
+// snapshotAll lists every logged-in client, admin console clients included
+// (Shutdown ends them too).
+func (s *Server) snapshotAll() []*session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]*session, 0, len(s.sessions))
@@ -299,6 +366,13 @@ func (s *Server) snapshot() []*session {
 		out = append(out, ss)
 	}
 	return out
+}
+
+// session returns the logged-in client given BackendKeyData pid id, or nil.
+func (s *Server) session(id uint32) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
 }
 
 func (s *Server) closeListeners() {
@@ -317,7 +391,7 @@ func (s *Server) closeListeners() {
 // closed: that is the caller's job, after Shutdown.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
-	for _, ss := range s.snapshot() {
+	for _, ss := range s.snapshotAll() {
 		ss.drain()
 	}
 	done := make(chan struct{})
@@ -327,7 +401,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	for _, ss := range s.snapshot() {
+	for _, ss := range s.snapshotAll() {
 		ss.terminate(killShutdown)
 	}
 	<-done

@@ -46,6 +46,7 @@ const (
 	killIdleTx
 	killServerLost
 	killTxTimeout
+	killAdmin // KILL_CLIENT of the admin console
 )
 
 var (
@@ -165,13 +166,18 @@ type session struct {
 	lastStmtLen    int
 	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
 	readerWG       sync.WaitGroup
+
+	// Admin console (console.go).
+	console     bool      // an admin console client: served by serveConsole, no pool
+	connectedAt time.Time // when the client connected (SHOW CLIENTS)
+	waitSince   time.Time // when the current wait for a backend began (SHOW POOLS maxwait)
 }
 
 func (s *Server) serveClient(c net.Conn) {
 	defer s.sessWG.Done()
 	n := s.clients.Add(1)
 	defer s.clients.Add(-1)
-	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle}
+	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now()}
 	ss.cond.L = &ss.mu
 	ss.cout.c = c
 	ss.r = readerPool.Get().(*bufio.Reader)
@@ -857,16 +863,21 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 }
 
 func (ss *session) acquire(key uint64) (*pool.Backend, error) {
-	be, err := ss.pool.TryAcquirePrefer(key)
-	if be != nil || err != nil {
-		if be != nil {
-			ss.obs.Waited(0)
+	// PAUSE of the admin console: wait for RESUME as for a full pool.
+	paused := ss.srv.pauseGate()
+	if paused == nil {
+		be, err := ss.pool.TryAcquirePrefer(key)
+		if be != nil || err != nil {
+			if be != nil {
+				ss.obs.Waited(0)
+			}
+			return be, err
 		}
-		return be, err
 	}
 	start := time.Now()
 	ss.mu.Lock()
 	ss.waiting = true
+	ss.waitSince = start
 	ss.mu.Unlock()
 	// A timer of the session's own: a wait allocates nothing.
 	if ss.waitTimer == nil {
@@ -874,7 +885,22 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	} else {
 		ss.waitTimer.Reset(ss.srv.opt.QueryWaitTimeout)
 	}
-	be, err = ss.pool.AcquirePrefer(key, ss.waitTimer.C, ss.srv.drainCtx.Done())
+	var be *pool.Backend
+	var err error
+	if paused != nil {
+		// Paused (console.go): the same query-wait-timeout covers this wait and
+		// the pool's.
+		select {
+		case <-paused:
+		case <-ss.waitTimer.C:
+			err = context.DeadlineExceeded
+		case <-ss.srv.drainCtx.Done():
+			err = errDraining
+		}
+	}
+	if err == nil {
+		be, err = ss.pool.AcquirePrefer(key, ss.waitTimer.C, ss.srv.drainCtx.Done())
+	}
 	ss.waitTimer.Stop()
 	ss.mu.Lock()
 	ss.waiting = false
@@ -1153,6 +1179,8 @@ func (ss *session) end(cause error) {
 		code, msg = wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"
 	case reason == killTxTimeout:
 		code, msg = wire.CodeTransactionTimeout, "terminating connection due to transaction timeout"
+	case reason == killAdmin:
+		code, msg = wire.CodeAdminShutdown, "terminated by the admin console"
 	case reason == killServerLost:
 		if !ss.fatalForwarded.Load() {
 			code, msg = wire.CodeConnectionFailure, "pgsidecar: server connection lost"
