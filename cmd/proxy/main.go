@@ -156,7 +156,13 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	if cfg.PoolMode == config.PoolModeSession {
 		mode = proxy.ModeSession
 	}
-	obs := metrics.NewObserver(cfg.MaxApplicationLabels)
+	// Without an HTTP server nobody reads metrics: the hot path reports nothing.
+	var obs *metrics.Observer
+	var observer proxy.Observer
+	if cfg.HTTPListen != "" {
+		obs = metrics.NewObserver(cfg.MaxApplicationLabels)
+		observer = obs
+	}
 	srv := proxy.NewServer(proxy.Options{
 		Mode:                   mode,
 		MaxClientConn:          cfg.MaxClientConn,
@@ -168,7 +174,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		LeakThreshold:          cfg.LeakThreshold,
 		TransactionTimeout:     cfg.TransactionTimeout,
 		AdminUsers:             splitList(cfg.AdminUsers),
-		Observer:               obs,
+		Observer:               observer,
 		Logger:                 log,
 	}, pools)
 
@@ -178,8 +184,8 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	var started atomic.Bool
 	var httpSrv *admin.Server
-	metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv), obs)
 	if cfg.HTTPListen != "" {
+		metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv), obs)
 		h := admin.NewHandler(admin.Probes{
 			Started: started.Load,
 			Ready: func() error {
