@@ -765,7 +765,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
-	if be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial) {
+	if ss.srv.opt.TransactionTimeout > 0 && (be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial)) {
 		ss.txStart = time.Now() // a transaction (or a statement) begins
 	}
 	if be != nil && !ss.idleSince.IsZero() && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle {
@@ -786,7 +786,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		key := ss.wantKey
 		ss.mu.Unlock()
 		var err error
-		if be, err = ss.acquire(key); err != nil {
+		var at time.Time
+		if be, at, err = ss.acquire(key); err != nil {
 			return nil, err
 		}
 		ss.mu.Lock()
@@ -796,7 +797,10 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			return nil, errKilled
 		}
 		ss.be = be
-		ss.attachedAt = time.Now()
+		if at.IsZero() {
+			at = time.Now()
+		}
+		ss.attachedAt = at
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
 		ss.resetQueueLocked()
 		ss.bstmts = stmtsOf(be)
@@ -862,7 +866,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 	return be, nil
 }
 
-func (ss *session) acquire(key uint64) (*pool.Backend, error) {
+// acquire gets a backend for the client; at is when it got it, when known.
+func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err error) {
 	// PAUSE of the admin console: wait for RESUME as for a full pool.
 	paused := ss.srv.pauseGate()
 	if paused == nil {
@@ -871,7 +876,7 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 			if be != nil {
 				ss.obs.Waited(0)
 			}
-			return be, err
+			return be, time.Time{}, err
 		}
 	}
 	start := time.Now()
@@ -885,8 +890,6 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	} else {
 		ss.waitTimer.Reset(ss.srv.opt.QueryWaitTimeout)
 	}
-	var be *pool.Backend
-	var err error
 	if paused != nil {
 		// Paused (console.go): the same query-wait-timeout covers this wait and
 		// the pool's.
@@ -906,12 +909,13 @@ func (ss *session) acquire(key uint64) (*pool.Backend, error) {
 	ss.waiting = false
 	ss.mu.Unlock()
 	if be != nil {
-		ss.obs.Waited(time.Since(start))
+		at = time.Now()
+		ss.obs.Waited(at.Sub(start))
 	}
 	if err != nil && ss.srv.drainCtx.Err() != nil {
 		err = errDraining
 	}
-	return be, err
+	return be, at, err
 }
 
 // serverLoop is the server goroutine: it forwards the attached backend's messages to
