@@ -23,6 +23,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pgsidecar/pgsidecar/internal/admin"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/internal/localpg"
@@ -160,7 +162,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	var obs *metrics.Observer
 	var observer proxy.Observer
 	if cfg.HTTPListen != "" {
-		obs = metrics.NewObserver(cfg.MaxApplicationLabels)
+		obs = metrics.NewObserver(cfg.MaxApplicationLabels, cfg.MetricsCompat == config.MetricsCompatPgBouncer)
 		observer = obs
 	}
 	srv := proxy.NewServer(proxy.Options{
@@ -185,7 +187,11 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	var started atomic.Bool
 	var httpSrv *admin.Server
 	if cfg.HTTPListen != "" {
-		metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv), obs)
+		extra := []prometheus.Collector{obs}
+		if cfg.MetricsCompat == config.MetricsCompatPgBouncer {
+			extra = append(extra, metrics.NewPgBouncerCompat(pools, srv, obs))
+		}
+		metricsHandler, _ := metrics.Handler(metrics.NewCollector(pools, srv), extra...)
 		h := admin.NewHandler(admin.Probes{
 			Started: started.Load,
 			Ready: func() error {

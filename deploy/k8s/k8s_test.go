@@ -339,7 +339,7 @@ func exportedMetricNames(t *testing.T) map[string]bool {
 	t.Cleanup(func() { server.Close() })
 	pools.Get(pool.Key{Database: "d", User: "u"}) // per-pool families appear once a pool exists
 	c := metrics.NewCollector(pools, server)
-	obs := metrics.NewObserver(20)
+	obs := metrics.NewObserver(20, false)
 	obs.Client("d", "u", "a") // the per-client families appear once a client exists
 	_, reg := metrics.Handler(c, obs)
 

@@ -48,6 +48,9 @@ type Config struct {
 	// application label of metrics; later ones are "other"
 	// (--max-application-labels).
 	MaxApplicationLabels int
+	// MetricsCompat is "" or "pgbouncer": also export pgbouncer_exporter's metric
+	// names (--metrics-compat).
+	MetricsCompat string
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
@@ -77,6 +80,9 @@ type Config struct {
 	// LogLevel is the minimum level logged: debug, info, warn or error (--log-level).
 	LogLevel slog.Level
 }
+
+// MetricsCompatPgBouncer is the --metrics-compat value for pgbouncer_exporter's names.
+const MetricsCompatPgBouncer = "pgbouncer"
 
 // Pin policies accepted for [Config.PinPolicy].
 const (

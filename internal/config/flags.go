@@ -161,6 +161,19 @@ var specs = []spec{
 		},
 	},
 	{
+		name:  "metrics-compat",
+		arg:   "pgbouncer",
+		usage: "Also export the metric names of prometheus-community's pgbouncer_exporter (pools and stats), so that PgBouncer dashboards and alerts work unchanged.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.MetricsCompat) },
+		check: func(c Config) string {
+			if c.MetricsCompat != "" && c.MetricsCompat != MetricsCompatPgBouncer {
+				return fmt.Sprintf("must be %s or empty, got %q", MetricsCompatPgBouncer, c.MetricsCompat)
+			}
+			return ""
+		},
+		emptyDefault: "none",
+	},
+	{
 		name:         "admin-users",
 		arg:          "user,user",
 		usage:        "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",

@@ -26,6 +26,10 @@ type Observer struct {
 
 	wait, hold, idle *prometheus.HistogramVec
 	tx, queries      *prometheus.CounterVec
+
+	// PgBouncer-compatible stats by database (nil unless asked for); collected
+	// by PgBouncerCompat.
+	pgbXacts, pgbQueries, pgbWait, pgbXactTime *prometheus.CounterVec
 }
 
 var clientLabels = []string{"database", "user", "application"}
@@ -42,9 +46,11 @@ func histogram(name, help string, buckets []float64) *prometheus.HistogramVec {
 }
 
 // NewObserver returns an Observer that keeps at most maxApps distinct
-// application_name values as labels; later ones are reported as "other".
-func NewObserver(maxApps int) *Observer {
-	return &Observer{
+// application_name values as labels; later ones are reported as "other". With
+// pgbouncerCompat it also counts the per-database figures PgBouncerCompat
+// exports.
+func NewObserver(maxApps int, pgbouncerCompat bool) *Observer {
+	o := &Observer{
 		maxApps: maxApps,
 		apps:    map[string]struct{}{},
 		wait: histogram("wait_seconds", "Time clients waited for a server connection (0 when one was free).",
@@ -58,18 +64,37 @@ func NewObserver(maxApps int) *Observer {
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgsidecar_queries_total",
 			Help: "Simple queries and Execute messages sent by clients."}, clientLabels),
 	}
+	if pgbouncerCompat {
+		c := func(name, help string) *prometheus.CounterVec {
+			return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgbouncer_stats_" + name, Help: help}, []string{"database"})
+		}
+		o.pgbXacts = c("sql_transactions_pooled_total", "Total number of SQL transactions pooled (pgsidecar: server connection holds).")
+		o.pgbQueries = c("queries_pooled_total", "Total number of SQL queries pooled.")
+		o.pgbWait = c("client_wait_seconds_total", "Time spent by clients waiting for a server in seconds.")
+		o.pgbXactTime = c("server_in_transaction_seconds_total", "Seconds server connections spent linked to a client in a transaction.")
+	}
+	return o
 }
 
 // Client implements proxy.Observer.
 func (o *Observer) Client(database, user, application string) proxy.ClientObserver {
 	app := o.appLabel(application)
-	return &clientObserver{
+	c := &clientObserver{
 		wait:    o.wait.WithLabelValues(database, user, app),
 		hold:    o.hold.WithLabelValues(database, user, app),
 		idle:    o.idle.WithLabelValues(database, user, app),
 		tx:      o.tx.WithLabelValues(database, user, app),
 		queries: o.queries.WithLabelValues(database, user, app),
 	}
+	if o.pgbXacts != nil {
+		c.pgb = &pgbCounters{
+			xacts:    o.pgbXacts.WithLabelValues(database),
+			queries:  o.pgbQueries.WithLabelValues(database),
+			wait:     o.pgbWait.WithLabelValues(database),
+			xactTime: o.pgbXactTime.WithLabelValues(database),
+		}
+	}
+	return c
 }
 
 // appLabel caps the distinct application labels.
@@ -107,12 +132,32 @@ func (o *Observer) Collect(ch chan<- prometheus.Metric) {
 type clientObserver struct {
 	wait, hold, idle prometheus.Observer
 	tx, queries      prometheus.Counter
+	pgb              *pgbCounters // nil unless PgBouncer compatibility is on
 }
 
-func (c *clientObserver) Waited(d time.Duration) { c.wait.Observe(d.Seconds()) }
+type pgbCounters struct{ xacts, queries, wait, xactTime prometheus.Counter }
+
+func (c *clientObserver) Waited(d time.Duration) {
+	c.wait.Observe(d.Seconds())
+	if c.pgb != nil {
+		c.pgb.wait.Add(d.Seconds())
+	}
+}
+
 func (c *clientObserver) TransactionDone(d time.Duration) {
 	c.hold.Observe(d.Seconds())
 	c.tx.Inc()
+	if c.pgb != nil {
+		c.pgb.xacts.Inc()
+		c.pgb.xactTime.Add(d.Seconds())
+	}
 }
+
 func (c *clientObserver) IdleTransactionDone(d time.Duration) { c.idle.Observe(d.Seconds()) }
-func (c *clientObserver) Query()                              { c.queries.Inc() }
+
+func (c *clientObserver) Query() {
+	c.queries.Inc()
+	if c.pgb != nil {
+		c.pgb.queries.Inc()
+	}
+}

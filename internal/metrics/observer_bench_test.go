@@ -10,7 +10,7 @@ import (
 // BenchmarkObserverTransaction is what one transaction costs the hot path in
 // metrics: a wait, a hold and a query.
 func BenchmarkObserverTransaction(b *testing.B) {
-	c := metrics.NewObserver(10).Client("app", "worker", "orders")
+	c := metrics.NewObserver(10, false).Client("app", "worker", "orders")
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		c.Waited(time.Duration(i%1000) * time.Microsecond)

@@ -13,7 +13,7 @@ import (
 // Events land in the histograms and counters of their client's labels, and
 // application labels beyond the cap become "other".
 func TestObserver(t *testing.T) {
-	o := metrics.NewObserver(2)
+	o := metrics.NewObserver(2, false)
 	a := o.Client("app", "worker", "orders")
 	b := o.Client("app", "worker", "billing")
 	c := o.Client("app", "worker", "reports") // third distinct name: "other"

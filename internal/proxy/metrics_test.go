@@ -18,7 +18,7 @@ import (
 // histograms, pool exhaustion time and a pinned backend.
 func TestMetricsThroughProxy(t *testing.T) {
 	db := newDatabase(t)
-	obs := metrics.NewObserver(10)
+	obs := metrics.NewObserver(10, false)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{Observer: obs}})
 	_, reg := metrics.Handler(metrics.NewCollector(tp.pools, tp.srv), obs)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -239,7 +239,7 @@ func TestObservabilityPythonLeak(t *testing.T) {
 
 	t.Run("suspect", func(t *testing.T) {
 		logs := newRecordHandler()
-		obs := metrics.NewObserver(10)
+		obs := metrics.NewObserver(10, false)
 		tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{
 			LeakThreshold: threshold,
 			Logger:        slog.New(logs),
@@ -346,7 +346,7 @@ func TestObservabilityPythonLeak(t *testing.T) {
 
 	t.Run("idle_transaction_timeout", func(t *testing.T) {
 		const marker = "obs_leak_marker_timeout"
-		obs := metrics.NewObserver(10)
+		obs := metrics.NewObserver(10, false)
 		tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{
 			IdleTransactionTimeout: time.Second,
 			Observer:               obs,
@@ -427,7 +427,7 @@ func TestObservabilitySaturation(t *testing.T) {
 	defer cancel()
 
 	t.Run("saturated", func(t *testing.T) {
-		obs := metrics.NewObserver(10)
+		obs := metrics.NewObserver(10, false)
 		tp := startProxy(t, db, proxyOpts{PoolSize: poolSize, Opt: proxy.Options{Observer: obs}})
 		reg, _ := newObsRegistry(t, tp, obs)
 		conns := make([]*pgx.Conn, clients)
@@ -596,7 +596,7 @@ func TestObservabilityLint(t *testing.T) {
 	db := newDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	obs := metrics.NewObserver(10)
+	obs := metrics.NewObserver(10, false)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{Observer: obs}})
 	reg, col := newObsRegistry(t, tp, obs)
 
