@@ -24,6 +24,7 @@ type Collector struct {
 	stmtEvictions, statements, pins, replays     *prometheus.Desc
 	leakSuspects, leaksDetected, oldestIdleTx    *prometheus.Desc
 	forcedRollbacks, clientStates, exhausted     *prometheus.Desc
+	dialSeconds, clientErrors                    *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -50,6 +51,8 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		clients:         d("client_connections_open", "Connected clients (logged in or logging in)."),
 		clientStates:    d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
 		exhausted:       d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
+		dialSeconds:     d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
+		clientErrors:    d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, query_wait_timeout, idle_transaction_timeout, transaction_timeout.", "reason"),
 		clientsTotal:    d("client_connections_total", "Client connections accepted."),
 		refused:         d("clients_refused_total", "Clients refused because max-client-conn was reached."),
 		protoErr:        d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
@@ -73,7 +76,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolSize, c.serverConns, c.waiting, c.maxWait, c.acquires, c.waits,
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
 		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays,
-		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks, c.clientStates, c.exhausted} {
+		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks, c.clientStates, c.exhausted,
+		c.dialSeconds, c.clientErrors} {
 		ch <- d
 	}
 }
@@ -82,6 +86,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
 	pinned := c.server.PinnedServers()
+	var waitTimeouts uint64
 	for _, r := range c.pools.Pools() {
 		s := r.Pool.Stats()
 		l := []string{r.Key.Database, r.Key.User}
@@ -90,6 +95,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.InUse-pin), l[0], l[1], "active")
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(pin), l[0], l[1], "pinned")
 		ch <- prometheus.MustNewConstMetric(c.exhausted, counter, s.Exhausted.Seconds(), l...)
+		ch <- prometheus.MustNewConstMetric(c.dialSeconds, counter, s.DialTime.Seconds(), l...)
+		waitTimeouts += s.WaitTimeouts
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Idle), l[0], l[1], "idle")
 		ch <- prometheus.MustNewConstMetric(c.serverConns, gauge, float64(s.Dialing), l[0], l[1], "login")
 		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.Waiting), l...)
@@ -119,6 +126,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.statements, gauge, float64(ps.Statements))
 	ch <- prometheus.MustNewConstMetric(c.replays, counter, float64(c.server.Replays()))
 	ls := c.server.LeakStats()
+	for reason, n := range map[string]uint64{
+		"max_client_conn":          st.Refused,
+		"protocol":                 st.ProtocolError,
+		"query_wait_timeout":       waitTimeouts,
+		"idle_transaction_timeout": st.IdleTxKilled,
+		"transaction_timeout":      ls.ForcedRollbacks["transaction_timeout"],
+	} {
+		ch <- prometheus.MustNewConstMetric(c.clientErrors, counter, float64(n), reason)
+	}
 	ch <- prometheus.MustNewConstMetric(c.leakSuspects, gauge, float64(ls.Suspects))
 	ch <- prometheus.MustNewConstMetric(c.leaksDetected, counter, float64(ls.Detected))
 	ch <- prometheus.MustNewConstMetric(c.oldestIdleTx, gauge, ls.OldestIdleTx.Seconds())

@@ -57,7 +57,9 @@ type Stats struct {
 	WaitTimeouts uint64 // Acquire calls that gave up (context done)
 	Dials        uint64 // backends opened
 	DialFailures uint64
-	Closed       uint64 // backends closed (expired, idle, dead, destroyed)
+	// DialTime is the total time spent opening backends, failed attempts included.
+	DialTime time.Duration
+	Closed   uint64 // backends closed (expired, idle, dead, destroyed)
 	// Exhausted is the total time clients were waiting for a backend (every
 	// backend busy or being opened).
 	Exhausted time.Duration
@@ -347,8 +349,10 @@ func (p *Pool) dial() {
 	start := time.Now()
 	b, err := p.cfg.Dial(ctx)
 	cancel()
+	took := time.Since(start)
 	p.mu.Lock()
 	p.dialing--
+	p.stats.DialTime += took
 	if err != nil {
 		p.open--
 		p.stats.DialFailures++
