@@ -437,6 +437,9 @@ func TestConsoleKillClient(t *testing.T) {
 		if b := tp.serverBackends(t, chk); b["idle in transaction"] != 0 {
 			return fmt.Errorf("backends %v", b)
 		}
+		if r := tp.srv.LeakStats().ForcedRollbacks; r["admin_kill"] != 1 || r["client_disconnect"] != 0 {
+			return fmt.Errorf("forced rollbacks %v, want one admin_kill", r)
+		}
 		return nil
 	})
 	if _, err := other.Exec(ctx, "SELECT 1"); err != nil {

@@ -23,11 +23,12 @@ const (
 	rbDisconnect                        // the client went away mid-transaction
 	rbShutdown                          // the proxy shut down
 	rbTxTimeout                         // --transaction-timeout
+	rbAdmin                             // KILL_CLIENT of the admin console
 	numRollbackReasons
 )
 
 // rollbackReasonNames are the metric label values of the reasons.
-var rollbackReasonNames = [numRollbackReasons]string{"idle_transaction_timeout", "client_disconnect", "shutdown", "transaction_timeout"}
+var rollbackReasonNames = [numRollbackReasons]string{"idle_transaction_timeout", "client_disconnect", "shutdown", "transaction_timeout", "admin_kill"}
 
 // LeakStats is a snapshot of leak figures.
 type LeakStats struct {

@@ -1235,6 +1235,8 @@ func (ss *session) leave() {
 			ss.srv.rollbacks[rbShutdown].Add(1)
 		case killTxTimeout:
 			ss.srv.rollbacks[rbTxTimeout].Add(1)
+		case killAdmin:
+			ss.srv.rollbacks[rbAdmin].Add(1)
 		case killServerLost:
 		default:
 			ss.srv.rollbacks[rbDisconnect].Add(1)
