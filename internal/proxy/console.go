@@ -245,7 +245,7 @@ func (ss *session) consoleQuery(sql string) {
 		}
 	}
 	if !ran {
-		ss.w.Write([]byte{'I', 0, 0, 0, 4}) // EmptyQueryResponse
+		ss.w.Write([]byte{wire.MsgEmptyQuery, 0, 0, 0, 4})
 	}
 }
 
@@ -277,7 +277,7 @@ func (ss *session) consoleCommand(cmd string) bool {
 			return fail(codeSyntaxError, "unknown SHOW command: "+strings.ToLower(f[1])+"; "+consoleHelp)
 		}
 		ss.writeRows(cols, rows)
-		ss.w.Write(commandComplete("SHOW"))
+		ss.w.Write(wire.AppendCommandComplete(nil, "SHOW"))
 		return true
 	case len(f) == 1 && f[0] == "PAUSE":
 		s.Pause()
@@ -302,7 +302,7 @@ func (ss *session) consoleCommand(cmd string) bool {
 	default:
 		return fail(codeSyntaxError, "unknown command: "+cmd+"; "+consoleHelp)
 	}
-	ss.w.Write(commandComplete(f[0]))
+	ss.w.Write(wire.AppendCommandComplete(nil, f[0]))
 	return true
 }
 
@@ -464,7 +464,7 @@ func splitAddr(addr string) (string, any) {
 
 // writeRows writes a RowDescription and a DataRow per row, in text format.
 func (ss *session) writeRows(cols []consoleCol, rows [][]any) {
-	b := append([]byte(nil), 'T', 0, 0, 0, 0)
+	b := append([]byte(nil), wire.MsgRowDescription, 0, 0, 0, 0)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(cols)))
 	for _, c := range cols {
 		b = append(b, c.name...)
@@ -486,7 +486,7 @@ func (ss *session) writeRows(cols []consoleCol, rows [][]any) {
 	binary.BigEndian.PutUint32(b[1:], uint32(len(b)-1))
 	ss.w.Write(b)
 	for _, row := range rows {
-		b = append(b[:0], 'D', 0, 0, 0, 0)
+		b = append(b[:0], wire.MsgDataRow, 0, 0, 0, 0)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(row)))
 		for _, v := range row {
 			var s string
@@ -518,13 +518,4 @@ func (ss *session) writeRows(cols []consoleCol, rows [][]any) {
 		binary.BigEndian.PutUint32(b[1:], uint32(len(b)-1))
 		ss.w.Write(b)
 	}
-}
-
-// commandComplete is a CommandComplete message with tag.
-func commandComplete(tag string) []byte {
-	b := append([]byte(nil), 'C', 0, 0, 0, 0)
-	b = append(b, tag...)
-	b = append(b, 0)
-	binary.BigEndian.PutUint32(b[1:], uint32(len(b)-1))
-	return b
 }

@@ -16,36 +16,16 @@ import (
 var (
 	// noopClose closes a statement that never exists: its CloseComplete marks a
 	// place in the answer stream where the proxy puts an answer of its own.
-	noopClose = appendClose(nil, 'S', stmtPrefix+"noop")
+	noopClose = wire.AppendClose(nil, 'S', stmtPrefix+"noop")
 	// failParse fails (a syntax error), so that the backend skips the rest of the
 	// batch as it would after the error the proxy reports in its place.
-	failParse = appendParse(nil, stmtPrefix+"fail", "pgsidecar statement name already in use")
+	failParse = wire.AppendParse(nil, stmtPrefix+"fail", "pgsidecar statement name already in use")
 	// parseComplete is a ParseComplete message.
-	parseComplete = []byte{'1', 0, 0, 0, 4}
+	parseComplete = []byte{wire.MsgParseComplete, 0, 0, 0, 4}
 	// errCachedPlan is PostgreSQL's error for a statement whose result type changed.
 	errCachedPlan = wire.AppendError(nil, wire.SeverityError, wire.CodeFeatureNotSupported,
 		"cached plan must not change result type", "")
 )
-
-func appendClose(dst []byte, kind byte, name string) []byte {
-	start := len(dst)
-	dst = append(dst, 'C', 0, 0, 0, 0, kind)
-	dst = append(dst, name...)
-	dst = append(dst, 0)
-	putLen(dst[start:])
-	return dst
-}
-
-func appendParse(dst []byte, name, query string) []byte {
-	start := len(dst)
-	dst = append(dst, 'P', 0, 0, 0, 0)
-	dst = append(dst, name...)
-	dst = append(dst, 0)
-	dst = append(dst, query...)
-	dst = append(dst, 0, 0, 0)
-	putLen(dst[start:])
-	return dst
-}
 
 // owedParse replaces a no-op Close's answer with a ParseComplete owed to the client.
 var owedParse = &pendingUndo{replace: parseComplete}
@@ -219,7 +199,7 @@ func (ss *session) sendParse(h wire.Header) error {
 			// DEALLOCATE through the extended protocol (psycopg): an empty statement
 			// stands in for it and its Execute gets the answer.
 			ss.dropLocked(&e)
-			ss.unnamed = appendParse(ss.unnamed[:0], "", "")
+			ss.unnamed = wire.AppendParse(ss.unnamed[:0], "", "")
 			msg = ss.unnamed
 			ss.unnamedTag = e.localTag
 		} else if ss.track {
@@ -285,7 +265,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 	inj := ss.inj[:0]
 	if bs.dirty {
 		for s := range bs.m {
-			inj = appendClose(inj, 'S', s.name)
+			inj = wire.AppendClose(inj, 'S', s.name)
 			ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
 		}
 		clear(bs.m)
@@ -309,7 +289,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 	}
 	if ok {
 		// An older generation whose plans went stale: prepare it anew.
-		inj = appendClose(inj, 'S', st.name)
+		inj = wire.AppendClose(inj, 'S', st.name)
 		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: st}}}})
 		delete(bs.m, st)
 	}
@@ -321,7 +301,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 				victim, oldest = s, sl.used
 			}
 		}
-		inj = appendClose(inj, 'S', victim.name)
+		inj = wire.AppendClose(inj, 'S', victim.name)
 		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: victim}}}})
 		delete(bs.m, victim)
 		ss.srv.prep.evictions.Add(1)
@@ -539,38 +519,26 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 	if ss.routeSwallowed(r, h) {
 		return actSwallow, nil
 	}
-	var match func(respKind) bool
 	switch h.Type {
 	case wire.MsgErrorResponse:
 		return ss.routeError(r, h)
-	case '1': // ParseComplete
-		match = func(k respKind) bool { return k == rkParse }
-	case '2': // BindComplete
-		match = func(k respKind) bool { return k == rkBind }
-	case '3': // CloseComplete
-		match = func(k respKind) bool { return k == rkClose }
-	case 'T', 'n': // RowDescription, NoData
-		match = func(k respKind) bool { return k == rkDescribeStmt || k == rkDescribePortal }
-	case 'I': // EmptyQueryResponse
-		ss.mu.Lock()
-		if p := ss.q.front(); p != nil && p.kind == rkQuery && p.action == actReplace {
-			// The empty query that stands in for a statement the proxy answered.
-			repl := p.x.replace
-			ss.mu.Unlock()
-			return actReplace, repl
-		}
-		ss.mu.Unlock()
-		match = func(k respKind) bool { return k == rkExecute }
-	case 'C', 's': // CommandComplete, PortalSuspended
-		match = func(k respKind) bool { return k == rkExecute }
+	case wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
+		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
 	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
 		return actForward, nil
 	}
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	p := ss.q.front()
-	if p == nil || !match(p.kind) {
+	if p == nil {
+		return actForward, nil
+	}
+	if h.Type == wire.MsgEmptyQuery && p.kind == rkQuery && p.action == actReplace {
+		// The empty query that stands in for a statement the proxy answered.
+		return actReplace, p.x.replace
+	}
+	if !answers(h.Type, p.kind) {
 		// Part of a simple query's answer (or an answer nothing waits for).
-		ss.mu.Unlock()
 		return actForward, nil
 	}
 	act := p.action
@@ -582,8 +550,25 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 		p.x.check.unconfirmed = false // its statement is valid after all
 	}
 	ss.q.pop()
-	ss.mu.Unlock()
 	return act, repl
+}
+
+// answers reports whether a backend message of type t completes the answer to a
+// message of kind k.
+func answers(t byte, k respKind) bool {
+	switch t {
+	case wire.MsgParseComplete:
+		return k == rkParse
+	case wire.MsgBindComplete:
+		return k == rkBind
+	case wire.MsgCloseComplete:
+		return k == rkClose
+	case wire.MsgRowDescription, wire.MsgNoData:
+		return k == rkDescribeStmt || k == rkDescribePortal
+	case wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
+		return k == rkExecute
+	}
+	return false
 }
 
 // routeError handles an ErrorResponse: in the extended protocol the backend skips
@@ -804,9 +789,9 @@ func (ss *session) localTagLocked(e *sqlEffect) bool {
 	}
 	switch {
 	case e.first == wire.KindDeallocate && ss.stmts[e.name] != nil && len(ss.sqlNames) == 0:
-		e.localTag = appendCommandComplete(nil, "DEALLOCATE")
+		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
 	case e.first == wire.KindDeallocateAll && len(ss.sqlNames) == 0:
-		e.localTag = appendCommandComplete(nil, "DEALLOCATE ALL")
+		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
 	default:
 		return false
 	}
@@ -934,15 +919,6 @@ func (ss *session) pinLocked(reason string) {
 		"database", ss.db, "application_name", ss.app, "reason", reason)
 }
 
-func appendCommandComplete(dst []byte, tag string) []byte {
-	start := len(dst)
-	dst = append(dst, 'C', 0, 0, 0, 0)
-	dst = append(dst, tag...)
-	dst = append(dst, 0)
-	putLen(dst[start:])
-	return dst
-}
-
 // bindEffect applies what executing a bound statement does to session state, or
 // refuses it (--pin-policy refuse): then the Bind is replaced by a failing Parse
 // whose error the client sees, and the backend skips the rest of the batch.
@@ -973,11 +949,11 @@ func (ss *session) sendExecFixup() error {
 	sql := ss.fixupSQL(names)
 	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
 	const name = stmtPrefix + "fixup"
-	b := appendParse(nil, name, do)
-	b = appendBind(b, name, name)
-	b = appendExecute(b, name)
-	b = appendClose(b, 'P', name)
-	b = appendClose(b, 'S', name)
+	b := wire.AppendParse(nil, name, do)
+	b = wire.AppendBind(b, name, name)
+	b = wire.AppendExecute(b, name)
+	b = wire.AppendClose(b, 'P', name)
+	b = wire.AppendClose(b, 'S', name)
 	ss.mu.Lock()
 	for _, k := range []respKind{rkParse, rkBind, rkExecute, rkClose, rkClose} {
 		ss.q.push(pending{kind: k, action: actSwallow})
@@ -985,26 +961,6 @@ func (ss *session) sendExecFixup() error {
 	ss.mu.Unlock()
 	_, err := ss.bw.Write(b)
 	return err
-}
-
-func appendBind(dst []byte, portal, stmt string) []byte {
-	start := len(dst)
-	dst = append(dst, 'B', 0, 0, 0, 0)
-	dst = append(dst, portal...)
-	dst = append(dst, 0)
-	dst = append(dst, stmt...)
-	dst = append(dst, 0, 0, 0, 0, 0, 0, 0) // no parameter formats, no parameters, no result formats
-	putLen(dst[start:])
-	return dst
-}
-
-func appendExecute(dst []byte, portal string) []byte {
-	start := len(dst)
-	dst = append(dst, 'E', 0, 0, 0, 0)
-	dst = append(dst, portal...)
-	dst = append(dst, 0, 0, 0, 0, 0)
-	putLen(dst[start:])
-	return dst
 }
 
 // noteStmtLocked remembers the start of the client's latest statement for leak

@@ -489,9 +489,9 @@ func (ss *session) probe(be *pool.Backend) error {
 			return err
 		}
 		switch h.Type {
-		case 'T': // RowDescription: the last statement's row counts
+		case wire.MsgRowDescription: // the last statement's row counts
 			row = nil
-		case 'D': // DataRow
+		case wire.MsgDataRow:
 			row = parseDataRow(msg[wire.HeaderLen:])
 		case wire.MsgErrorResponse:
 			f := wire.ParseError(msg[wire.HeaderLen:])

@@ -106,6 +106,53 @@ func AppendQuery(dst []byte, sql string) []byte {
 	return finishMsg(dst, s)
 }
 
+// AppendParse appends a Parse of query as the statement name, with no declared
+// parameter types.
+func AppendParse(dst []byte, name, query string) []byte {
+	dst, s := beginMsg(dst, MsgParse)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, query...)
+	dst = append(dst, 0, 0, 0)
+	return finishMsg(dst, s)
+}
+
+// AppendBind appends a Bind of statement stmt to portal, without parameters and
+// with text results.
+func AppendBind(dst []byte, portal, stmt string) []byte {
+	dst, s := beginMsg(dst, MsgBind)
+	dst = append(dst, portal...)
+	dst = append(dst, 0)
+	dst = append(dst, stmt...)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0) // no parameter formats, no parameters, no result formats
+	return finishMsg(dst, s)
+}
+
+// AppendExecute appends an Execute of portal with no row limit.
+func AppendExecute(dst []byte, portal string) []byte {
+	dst, s := beginMsg(dst, MsgExecute)
+	dst = append(dst, portal...)
+	dst = append(dst, 0, 0, 0, 0, 0)
+	return finishMsg(dst, s)
+}
+
+// AppendClose appends a Close of a statement (kind 'S') or portal ('P').
+func AppendClose(dst []byte, kind byte, name string) []byte {
+	dst, s := beginMsg(dst, MsgClose)
+	dst = append(dst, kind)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	return finishMsg(dst, s)
+}
+
+// AppendCommandComplete appends a CommandComplete with the given tag.
+func AppendCommandComplete(dst []byte, tag string) []byte {
+	dst, s := beginMsg(dst, MsgCommandComplete)
+	dst = append(dst, tag...)
+	dst = append(dst, 0)
+	return finishMsg(dst, s)
+}
+
 // AppendSync appends Sync.
 func AppendSync(dst []byte) []byte { return append(dst, MsgSync, 0, 0, 0, 4) }
 

@@ -374,3 +374,28 @@ func TestEncodersAppendToDst(t *testing.T) {
 		}
 	}
 }
+
+// The extended-protocol messages the proxy sends on its own encode exactly as
+// pgproto3 does.
+func TestAppendExtendedMessages(t *testing.T) {
+	for _, tc := range []struct {
+		got  []byte
+		want interface{ Encode([]byte) ([]byte, error) }
+	}{
+		{AppendParse(nil, "s1", "select 1"), &pgproto3.Parse{Name: "s1", Query: "select 1"}},
+		{AppendParse(nil, "", ""), &pgproto3.Parse{}},
+		{AppendBind(nil, "p", "s1"), &pgproto3.Bind{DestinationPortal: "p", PreparedStatement: "s1"}},
+		{AppendExecute(nil, "p"), &pgproto3.Execute{Portal: "p"}},
+		{AppendClose(nil, 'S', "s1"), &pgproto3.Close{ObjectType: 'S', Name: "s1"}},
+		{AppendClose(nil, 'P', ""), &pgproto3.Close{ObjectType: 'P'}},
+		{AppendCommandComplete(nil, "DEALLOCATE ALL"), &pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE ALL")}},
+	} {
+		want, err := tc.want.Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(tc.got, want) {
+			t.Errorf("%T: got %x, want %x", tc.want, tc.got, want)
+		}
+	}
+}

@@ -61,6 +61,15 @@ const (
 	MsgAuthentication   byte = 'R'
 	MsgNotification     byte = 'A'
 	MsgNegotiateVersion byte = 'v'
+	MsgParseComplete    byte = '1'
+	MsgBindComplete     byte = '2'
+	MsgCloseComplete    byte = '3'
+	MsgRowDescription   byte = 'T'
+	MsgNoData           byte = 'n'
+	MsgDataRow          byte = 'D'
+	MsgCommandComplete  byte = 'C'
+	MsgEmptyQuery       byte = 'I'
+	MsgPortalSuspended  byte = 's'
 )
 
 // Transaction status bytes carried by ReadyForQuery.
