@@ -496,10 +496,10 @@ func (ss *session) run() {
 				ss.end(err)
 				return
 			}
-			if ss.track && ss.answerLocally(&eff) {
+			if ss.track && ss.answerLocally(&eff, h) {
 				continue
 			}
-			if eff.state.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff) {
+			if eff.state.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
 				continue
 			}
 		}

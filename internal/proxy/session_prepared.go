@@ -49,19 +49,10 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	if !free {
 		return false, nil
 	}
-	msg, err := ss.readInto(&ss.scratch, h)
+	name, body, err := ss.readNamedParse(h)
 	if err != nil {
 		return false, err
 	}
-	if cap(ss.scratch) > 64*1024 {
-		ss.scratch = nil
-	}
-	i := bytes.IndexByte(msg[wire.HeaderLen:], 0)
-	if i < 0 {
-		return false, fmt.Errorf("%w: Parse message without a statement name", errProtocol)
-	}
-	name, body := msg[wire.HeaderLen:wire.HeaderLen+i], msg[wire.HeaderLen+i+1:]
-	ss.srv.prep.clientParses.Add(1)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if _, dup := ss.stmts[string(name)]; dup {
@@ -75,6 +66,34 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	ss.registerLocked(string(name), ss.srv.stmts.intern(body)).unconfirmed = true
 	ss.owed++
 	return true, nil
+}
+
+// midMessage turns io.EOF into io.ErrUnexpectedEOF: the connection ended inside a
+// message whose header was already read.
+func midMessage(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// readNamedParse reads a client's Parse of a named statement whole and returns the
+// name and the rest of its body (query and parameter types), counted as a client
+// parse. Both stay valid until the next read into ss.scratch.
+func (ss *session) readNamedParse(h wire.Header) (name, body []byte, err error) {
+	msg, err := ss.readInto(&ss.scratch, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cap(ss.scratch) > 64*1024 {
+		ss.scratch = nil // msg stays valid; a huge buffer is not kept
+	}
+	i := bytes.IndexByte(msg[wire.HeaderLen:], 0)
+	if i < 0 {
+		return nil, nil, fmt.Errorf("%w: Parse message without a statement name", errProtocol)
+	}
+	ss.srv.prep.clientParses.Add(1)
+	return msg[wire.HeaderLen : wire.HeaderLen+i], msg[wire.HeaderLen+i+1:], nil
 }
 
 // payOwed writes the ParseCompletes owed to the client. Client goroutine, no
@@ -149,10 +168,7 @@ func (ss *session) readInto(buf *[]byte, h wire.Header) ([]byte, error) {
 	}
 	b := (*buf)[:n]
 	if _, err := io.ReadFull(ss.r, b); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, err
+		return nil, midMessage(err)
 	}
 	*buf = b
 	return b, nil
@@ -162,19 +178,13 @@ func (ss *session) readInto(buf *[]byte, h wire.Header) ([]byte, error) {
 // holds it (enough for the names at its start).
 func (ss *session) peekNames(h wire.Header) ([]byte, error) {
 	p, err := ss.r.Peek(min(1+h.Len, ss.r.Size()))
-	if err != nil && errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
-	return p, err
+	return p, midMessage(err)
 }
 
 func (ss *session) sendParse(h wire.Header) error {
 	head, err := ss.r.Peek(wire.HeaderLen + 1)
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return err
+		return midMessage(err)
 	}
 	if head[wire.HeaderLen] == 0 || !ss.track {
 		var msg []byte
@@ -216,19 +226,10 @@ func (ss *session) sendParse(h wire.Header) error {
 		_, err = ss.bw.Write(msg)
 		return err
 	}
-	msg, err := ss.readInto(&ss.scratch, h)
+	name, body, err := ss.readNamedParse(h)
 	if err != nil {
 		return err
 	}
-	if cap(ss.scratch) > 64*1024 {
-		ss.scratch = nil // msg stays valid; a huge buffer is not kept
-	}
-	i := bytes.IndexByte(msg[wire.HeaderLen:], 0)
-	if i < 0 {
-		return fmt.Errorf("%w: Parse message without a statement name", errProtocol)
-	}
-	name, body := msg[wire.HeaderLen:wire.HeaderLen+i], msg[wire.HeaderLen+i+1:]
-	ss.srv.prep.clientParses.Add(1)
 	ss.mu.Lock()
 	if _, dup := ss.stmts[string(name)]; dup {
 		x := &pendingUndo{replace: wire.AppendError(nil, wire.SeverityError, "42P05",
@@ -508,10 +509,7 @@ func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, e
 		ss.w.Write(repl)
 	}
 	d, err := r.Discard(n)
-	if err != nil && errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
-	return n - d, true, err
+	return n - d, true, midMessage(err)
 }
 
 // route matches a backend message with the pending answers.
@@ -710,10 +708,7 @@ func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
 	if n := 1 + h.Len; n <= ss.r.Size() {
 		p, err := ss.r.Peek(n)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return sqlEffect{}, err
+			return sqlEffect{}, midMessage(err)
 		}
 		msg = p
 	} else {
@@ -762,7 +757,7 @@ func classifyText(q []byte) sqlEffect {
 // (psycopg deallocates with SQL): they exist only in the proxy's registry. It
 // reports whether the query was answered and consumed; with a backend attached
 // it leaves e.localTag for sendQuery instead.
-func (ss *session) answerLocally(e *sqlEffect) bool {
+func (ss *session) answerLocally(e *sqlEffect, h wire.Header) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if !ss.localTagLocked(e) || ss.be != nil {
@@ -771,7 +766,7 @@ func (ss *session) answerLocally(e *sqlEffect) bool {
 	ss.dropLocked(e)
 	if ss.held != nil {
 		ss.held = nil
-	} else if _, err := ss.r.Discard(1 + int(msgLen(ss.r))); err != nil {
+	} else if _, err := ss.r.Discard(1 + h.Len); err != nil {
 		return false
 	}
 	ss.payOwed()
@@ -796,12 +791,6 @@ func (ss *session) localTagLocked(e *sqlEffect) bool {
 		return false
 	}
 	return true
-}
-
-// msgLen is the length field of the message at the head of r (peeked before).
-func msgLen(r *bufio.Reader) uint32 {
-	p, _ := r.Peek(wire.HeaderLen)
-	return uint32(p[1])<<24 | uint32(p[2])<<16 | uint32(p[3])<<8 | uint32(p[4])
 }
 
 // dropLocked forgets the statements a DEALLOCATE names (all of them for

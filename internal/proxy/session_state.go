@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -62,16 +62,8 @@ func (ss *session) initSettings(st *wire.Startup) {
 	for _, kv := range parseOptions(st.Param("options")) {
 		ss.startupSet[strings.ToLower(kv[0])] = kv[1]
 	}
-	ss.want = maps2(ss.startupSet)
+	ss.want = maps.Clone(ss.startupSet)
 	ss.wantKey = settingsKey(ss.want)
-}
-
-func maps2(m settings) settings {
-	out := make(settings, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // parseOptions reads the "-c name=value" and "--name=value" items of the options
@@ -483,10 +475,7 @@ func (ss *session) probe(be *pool.Backend) error {
 		}
 		msg, err := r.Peek(1 + h.Len)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
+			return midMessage(err)
 		}
 		switch h.Type {
 		case wire.MsgRowDescription: // the last statement's row counts
@@ -654,7 +643,7 @@ func (ss *session) settle(be *pool.Backend, act readyAction, async bool) readyAc
 
 // refuseLocally answers a statement --pin-policy refuse turns away while no
 // backend is attached. With one attached, it leaves e.refuse for sendQuery.
-func (ss *session) refuseLocally(e *sqlEffect) bool {
+func (ss *session) refuseLocally(e *sqlEffect, h wire.Header) bool {
 	e.refuse = refusal(e.state.pinKind)
 	ss.mu.Lock()
 	attached := ss.be != nil
@@ -664,7 +653,7 @@ func (ss *session) refuseLocally(e *sqlEffect) bool {
 	}
 	if ss.held != nil {
 		ss.held = nil
-	} else if _, err := ss.r.Discard(1 + int(msgLen(ss.r))); err != nil {
+	} else if _, err := ss.r.Discard(1 + h.Len); err != nil {
 		return false
 	}
 	ss.payOwed()
