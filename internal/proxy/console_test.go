@@ -341,11 +341,10 @@ func TestConsolePauseResume(t *testing.T) {
 		t.Fatalf("COMMIT while paused: %v", err)
 	}
 	// A backend is free (idle in the pool) and still the client waits.
-	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-done:
 		t.Fatalf("query finished while paused: %v", err)
-	default:
+	case <-time.After(300 * time.Millisecond):
 	}
 	if p := consoleRows(t, con, "SHOW POOLS"); len(p) != 1 || p[0]["cl_waiting"] != "1" {
 		t.Errorf("SHOW POOLS while paused: %v", p)
