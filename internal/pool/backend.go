@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 	"time"
@@ -26,6 +27,9 @@ type Backend struct {
 	// R buffers reads from Conn. Writers bring their own buffer: a session writes
 	// through its own bufio.Writer so that nothing of it outlives its hold.
 	R *bufio.Reader
+	// RW reads and writes Conn: through wire.RawIO where Conn has a descriptor,
+	// else Conn itself. The hot path uses it rather than Conn.
+	RW io.ReadWriter
 	// PID and Key identify the backend for CancelRequest.
 	PID uint32
 	Key []byte
@@ -107,11 +111,11 @@ func (b *Backend) initPeek() {
 	}
 	b.raw = raw
 	b.peekFn = func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, err := wire.PeekFD(fd, b.peekBuf[:])
 		switch {
-		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
+		case err == syscall.EAGAIN:
 			b.peekState = peekAlive
-		case err != nil || n == 0:
+		case err != 0 || n == 0:
 			b.peekState = peekClosed
 		default:
 			b.peekState = peekData
@@ -124,12 +128,16 @@ func (b *Backend) initPeek() {
 func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string) *Backend {
 	b := &Backend{
 		Conn:      conn,
-		R:         bufio.NewReaderSize(conn, BufferSize),
 		PID:       pid,
 		Key:       key,
 		Params:    params,
 		CreatedAt: time.Now(),
 	}
+	b.RW = conn
+	if rio := wire.NewRawIO(conn); rio != nil {
+		b.RW = rio
+	}
+	b.R = bufio.NewReaderSize(b.RW, BufferSize)
 	b.initPeek()
 	return b
 }

@@ -58,7 +58,7 @@ var (
 // sink is an io.Writer over a net.Conn that remembers the first write error and then
 // swallows further output, so that the side copying into it keeps draining its source.
 type sink struct {
-	c   net.Conn
+	c   io.Writer
 	err error
 }
 
@@ -87,6 +87,7 @@ func (w *sink) Write(p []byte) (int, error) {
 type session struct {
 	srv  *Server
 	conn net.Conn
+	cio  io.ReadWriter // reads and writes conn
 	raw  syscall.RawConn
 	addr string
 
@@ -131,6 +132,7 @@ type session struct {
 	cond           sync.Cond
 	be             *pool.Backend
 	reader         bool            // a server goroutine reads be
+	writing        bool            // the client goroutine is sending be a message that does not hold it (see attach)
 	pendingBody    int             // bytes of a backend message a timed-out syncRead left for the server goroutine
 	pendingSkip    bool            // ... which are dropped rather than forwarded
 	outstanding    int             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
@@ -179,9 +181,13 @@ func (s *Server) serveClient(c net.Conn) {
 	defer s.clients.Add(-1)
 	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now()}
 	ss.cond.L = &ss.mu
-	ss.cout.c = c
+	ss.cio = io.ReadWriter(c)
+	if rio := wire.NewRawIO(c); rio != nil {
+		ss.cio = rio
+	}
+	ss.cout.c = ss.cio
 	ss.r = readerPool.Get().(*bufio.Reader)
-	ss.r.Reset(c)
+	ss.r.Reset(ss.cio)
 	ss.w = writerPool.Get().(*bufio.Writer)
 	ss.w.Reset(&ss.cout)
 	defer ss.release()
@@ -399,8 +405,8 @@ func (ss *session) readable(fd uintptr) bool {
 	if ss.waitArm {
 		return true
 	}
-	_, _, err := syscall.Recvfrom(int(fd), ss.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	if err == syscall.EAGAIN || err == syscall.EWOULDBLOCK {
+	_, err := wire.PeekFD(fd, ss.peekBuf[:])
+	if err == syscall.EAGAIN {
 		ss.waitArm = true
 		return false
 	}
@@ -422,7 +428,7 @@ func (ss *session) fill() error {
 		ss.waitArm = false
 		err := ss.raw.Read(ss.waitFn)
 		ss.r = readerPool.Get().(*bufio.Reader)
-		ss.r.Reset(ss.conn)
+		ss.r.Reset(ss.cio)
 		if err != nil {
 			return err
 		}
@@ -530,6 +536,7 @@ func (ss *session) flushed(be *pool.Backend) {
 	ss.mu.Lock()
 	if ss.be == be && !ss.reader && !ss.partial && ss.outstanding > 0 {
 		// The common case: a complete batch whose answer the client goroutine reads.
+		ss.doneWritingLocked()
 		ss.mu.Unlock()
 		ss.syncRead(be, true)
 		return
@@ -540,6 +547,7 @@ func (ss *session) flushed(be *pool.Backend) {
 		err = ss.bout.err
 	}
 	ss.mu.Lock()
+	ss.doneWritingLocked()
 	if ss.be != be || ss.reader {
 		// The server goroutine reads the answer (or sees the broken backend and
 		// ends this client).
@@ -809,7 +817,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
 		ss.streamBroken.Store(false)
-		ss.bout = sink{c: be.Conn}
+		ss.bout = sink{c: be.RW}
 		if ss.bw == nil {
 			ss.bw = writerPool.Get().(*bufio.Writer)
 		}
@@ -862,8 +870,27 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 	default: // Parse, Bind, Describe, Close: send queues their answers
 		ss.partial = true
 	}
+	switch t {
+	case wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
+		// Nothing of these holds be: a server goroutine may see its last answer
+		// while they are being written. writing keeps it from releasing be to
+		// another client until they are (flushed clears it).
+		ss.writing = true
+	default:
+		// be is held until this message is answered.
+		ss.doneWritingLocked()
+	}
 	ss.mu.Unlock()
 	return be, nil
+}
+
+// doneWritingLocked says the client goroutine writes nothing more to be that does
+// not hold it, and wakes a server goroutine waiting to release be. ss.mu is held.
+func (ss *session) doneWritingLocked() {
+	if ss.writing {
+		ss.writing = false
+		ss.cond.Broadcast()
+	}
 }
 
 // acquire gets a backend for the client; at is when it got it, when known.
@@ -1054,6 +1081,13 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 			ss.mu.Lock()
 			continue
 		}
+		if ss.writing {
+			// The client goroutine is still writing a Flush or COPY message (one the
+			// backend ignores after an error ended its COPY): it must not land on
+			// another client's session.
+			ss.cond.Wait()
+			continue
+		}
 		break
 	}
 	ss.be = nil
@@ -1216,6 +1250,7 @@ func (ss *session) end(cause error) {
 func (ss *session) leave() {
 	ss.mu.Lock()
 	ss.gone = true
+	ss.doneWritingLocked()
 	be := ss.be
 	if be == nil {
 		ss.mu.Unlock()
