@@ -71,13 +71,14 @@ type result struct {
 }
 
 type waiter struct {
-	ch      chan result
-	key     uint64 // the StateKey it prefers
-	skipped int    // times a backend went to a waiter behind it
-	since   time.Time
-	next    *waiter
-	prev    *waiter
-	gone    bool // removed from the queue
+	ch       chan result
+	key      uint64 // the StateKey it prefers
+	skipped  int    // times a backend went to a waiter behind it
+	since    time.Time
+	deadline time.Time // when it gives up (zero: never; see expire)
+	next     *waiter
+	prev     *waiter
+	gone     bool // removed from the queue
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
@@ -96,9 +97,13 @@ type Pool struct {
 	nwait   int
 	// exhaustedSince is when the current stretch with waiters began.
 	exhaustedSince time.Time
-	closed         bool
-	params         map[string]string // ParameterStatus of the newest backend
-	stats          Stats
+	// expiry fires at expiryAt (zero: not armed), the earliest deadline of a
+	// waiter when it was armed; see expire.
+	expiry   *time.Timer
+	expiryAt time.Time
+	closed   bool
+	params   map[string]string // ParameterStatus of the newest backend
+	stats    Stats
 	// acquires is atomic so that the uncontended Acquire path takes the lock once.
 	acquires atomic.Uint64
 
@@ -126,23 +131,23 @@ func New(cfg Config) *Pool {
 // and no other backend can serve the caller, ErrClosed when the pool is closed, or
 // ctx.Err() when the wait ran out.
 func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
-	return p.acquire(ctx, ctx.Done(), nil, 0)
+	return p.acquire(ctx, ctx.Done(), 0, 0)
 }
 
-// AcquireWait is Acquire for a caller that brings its own timer, so that a wait
-// allocates nothing: it gives up with context.DeadlineExceeded when expire
-// delivers and with context.Canceled when done is closed.
-func (p *Pool) AcquireWait(expire <-chan time.Time, done <-chan struct{}) (*Backend, error) {
-	return p.acquire(nil, done, expire, 0)
+// AcquireWait is Acquire for the hot path: a wait allocates nothing and arms no
+// timer of its own. It gives up with context.DeadlineExceeded after timeout (0:
+// never) and with context.Canceled when done is closed.
+func (p *Pool) AcquireWait(timeout time.Duration, done <-chan struct{}) (*Backend, error) {
+	return p.acquire(nil, done, timeout, 0)
 }
 
 // AcquirePrefer is AcquireWait that prefers a backend whose StateKey is key, idle
 // or being released (see TryAcquirePrefer).
-func (p *Pool) AcquirePrefer(key uint64, expire <-chan time.Time, done <-chan struct{}) (*Backend, error) {
-	return p.acquire(nil, done, expire, key)
+func (p *Pool) AcquirePrefer(key uint64, timeout time.Duration, done <-chan struct{}) (*Backend, error) {
+	return p.acquire(nil, done, timeout, key)
 }
 
-func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan time.Time, key uint64) (*Backend, error) {
+func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, timeout time.Duration, key uint64) (*Backend, error) {
 	if b, err := p.TryAcquirePrefer(key); b != nil || err != nil {
 		return b, err
 	}
@@ -153,17 +158,72 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, expire <-chan 
 	}
 	if len(p.idle) > 0 { // released meanwhile
 		p.mu.Unlock()
-		return p.acquire(ctx, done, expire, key)
+		return p.acquire(ctx, done, timeout, key)
 	}
 	w := waiterPool.Get().(*waiter)
 	w.since = time.Now()
 	w.gone = false
 	w.key = key
 	w.skipped = 0
+	w.deadline = time.Time{}
+	if timeout > 0 {
+		w.deadline = w.since.Add(timeout)
+		p.armLocked(w.deadline)
+	}
 	p.enqueueLocked(w)
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
-	return p.wait(ctx, w, done, expire)
+	return p.wait(ctx, w, done)
+}
+
+// errExpired is what expire hands a waiter whose deadline passed.
+var errExpired = errors.New("pool wait expired")
+
+// armLocked makes sure the expiry timer fires by t. Waiters queue in about the
+// order of their deadlines, so a wait rarely touches the timer: one timer serves
+// the whole queue instead of one per wait.
+func (p *Pool) armLocked(t time.Time) {
+	if !p.expiryAt.IsZero() && !t.Before(p.expiryAt) {
+		return
+	}
+	p.expiryAt = t
+	d := time.Until(t)
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expire)
+	} else {
+		p.expiry.Reset(d)
+	}
+}
+
+// expire ends the waits whose deadline passed and arms the timer for the
+// earliest deadline left.
+func (p *Pool) expire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.expiryAt = time.Time{}
+	if p.closed {
+		return
+	}
+	now := time.Now()
+	var next time.Time
+	for w := p.head; w != nil; {
+		nx := w.next
+		switch {
+		case w.deadline.IsZero():
+		case !w.deadline.After(now):
+			p.removeLocked(w)
+			p.stats.WaitTimeouts++
+			p.stats.Waited++
+			p.stats.WaitTime += now.Sub(w.since)
+			w.ch <- result{err: errExpired} // buffered, never blocks
+		case next.IsZero() || w.deadline.Before(next):
+			next = w.deadline
+		}
+		w = nx
+	}
+	if !next.IsZero() {
+		p.armLocked(next)
+	}
 }
 
 // TryAcquire returns an idle backend, or nil when none is idle; it never waits and
@@ -219,10 +279,14 @@ func (p *Pool) TryAcquirePrefer(key uint64) (*Backend, error) {
 	}
 }
 
-func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}, expire <-chan time.Time) (*Backend, error) {
+func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}) (*Backend, error) {
 	var giveUp error
 	select {
 	case r := <-w.ch:
+		if r.err == errExpired { // counted by expire
+			waiterPool.Put(w)
+			return nil, context.DeadlineExceeded
+		}
 		p.mu.Lock()
 		p.noteWaitLocked(w, r.err == nil)
 		p.mu.Unlock()
@@ -233,8 +297,6 @@ func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}, expire
 		if ctx != nil {
 			giveUp = ctx.Err()
 		}
-	case <-expire:
-		giveUp = context.DeadlineExceeded
 	}
 	p.mu.Lock()
 	if !w.gone {
@@ -252,6 +314,9 @@ func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}, expire
 	waiterPool.Put(w)
 	if r.b != nil {
 		p.Release(r.b)
+	}
+	if r.err == errExpired {
+		return nil, context.DeadlineExceeded
 	}
 	if r.err != nil {
 		return nil, r.err
@@ -468,6 +533,9 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)

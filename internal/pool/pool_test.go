@@ -1400,33 +1400,73 @@ func TestServerError(t *testing.T) {
 	}
 }
 
-// AcquireWait gives up on the caller's timer (DeadlineExceeded) or done channel
-// (Canceled), hands over a released backend, and allocates nothing on the way.
+// AcquireWait gives up after its timeout (DeadlineExceeded) or when done is
+// closed (Canceled), hands over a released backend, and allocates nothing on the
+// way. Waits with different timeouts each end on time, whatever their order.
 func TestAcquireWait(t *testing.T) {
 	f := newFakeDB(t)
 	p := newPool(t, f, pool.Config{Size: 1})
 	a := mustAcquire(t, p)
 
-	timer := time.NewTimer(50 * time.Millisecond)
-	if b, err := p.AcquireWait(timer.C, nil); !errors.Is(err, context.DeadlineExceeded) || b != nil {
-		t.Fatalf("AcquireWait on a full pool with an expiring timer = %v, %v; want DeadlineExceeded", b, err)
+	start := time.Now()
+	if b, err := p.AcquireWait(50*time.Millisecond, nil); !errors.Is(err, context.DeadlineExceeded) || b != nil {
+		t.Fatalf("AcquireWait on a full pool with a timeout = %v, %v; want DeadlineExceeded", b, err)
+	}
+	if took := time.Since(start); took < 50*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("AcquireWait(50ms) gave up after %v", took)
 	}
 	done := make(chan struct{})
 	close(done)
-	timer.Reset(time.Hour)
-	if b, err := p.AcquireWait(timer.C, done); !errors.Is(err, context.Canceled) || b != nil {
+	if b, err := p.AcquireWait(time.Hour, done); !errors.Is(err, context.Canceled) || b != nil {
 		t.Fatalf("AcquireWait with done closed = %v, %v; want Canceled", b, err)
 	}
-	timer.Stop()
 	if s := p.Stats(); s.WaitTimeouts != 2 || s.Waiting != 0 {
 		t.Fatalf("stats after two give-ups: %+v", s)
 	}
 
+	// A long wait queued first does not hold up the expiry of shorter ones behind
+	// it, and outlives them.
+	long, cancelLong := make(chan error, 1), make(chan struct{})
+	go func() {
+		_, err := p.AcquireWait(time.Hour, cancelLong)
+		long <- err
+	}()
+	waitFor(t, 5*time.Second, "the long waiter", func() bool { return p.Stats().Waiting == 1 })
+	type res struct {
+		d    time.Duration
+		took time.Duration
+		err  error
+	}
+	short := make(chan res, 3)
+	for _, d := range []time.Duration{300 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond} {
+		go func() {
+			s := time.Now()
+			_, err := p.AcquireWait(d, nil)
+			short <- res{d, time.Since(s), err}
+		}()
+	}
+	for range 3 {
+		r := <-short
+		if !errors.Is(r.err, context.DeadlineExceeded) || r.took < r.d || r.took > r.d+3*time.Second {
+			t.Fatalf("AcquireWait(%v) = %v after %v", r.d, r.err, r.took)
+		}
+	}
+	if s := p.Stats(); s.Waiting != 1 || s.WaitTimeouts != 5 {
+		t.Fatalf("after the short waits expired: %d waiting, %d timeouts; want 1 and 5", s.Waiting, s.WaitTimeouts)
+	}
+	select {
+	case err := <-long:
+		t.Fatalf("the long wait ended early: %v", err)
+	default:
+	}
+	close(cancelLong)
+	if err := <-long; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the long wait = %v, want Canceled", err)
+	}
+
 	got := make(chan *pool.Backend, 1)
 	go func() {
-		tm := time.NewTimer(10 * time.Second)
-		defer tm.Stop()
-		b, err := p.AcquireWait(tm.C, nil)
+		b, err := p.AcquireWait(10*time.Second, nil)
 		if err != nil {
 			t.Errorf("AcquireWait: %v", err)
 		}
@@ -1441,15 +1481,13 @@ func TestAcquireWait(t *testing.T) {
 
 	// A wait that gets a backend at once allocates nothing (the proxy's hot path).
 	p.Release(b)
-	tm := time.NewTimer(time.Hour)
 	allocs := testing.AllocsPerRun(100, func() {
-		b, err := p.AcquireWait(tm.C, nil)
+		b, err := p.AcquireWait(time.Hour, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.Release(b)
 	})
-	tm.Stop()
 	if allocs != 0 {
 		t.Errorf("AcquireWait + Release allocated %v times per run, want 0", allocs)
 	}
@@ -1479,11 +1517,9 @@ func TestAcquirePrefer(t *testing.T) {
 	p.Release(got2) // leaves one backend (a) in use, one idle: take the idle one away
 	hold := mustAcquire(t, p)
 	order := make(chan int, 5)
-	tm := time.NewTimer(10 * time.Second)
-	defer tm.Stop()
 	start := func(who int, key uint64) {
 		go func() {
-			be, err := p.AcquirePrefer(key, tm.C, nil)
+			be, err := p.AcquirePrefer(key, 10*time.Second, nil)
 			if err != nil {
 				t.Errorf("waiter %d: %v", who, err)
 				order <- -1

@@ -166,7 +166,6 @@ type session struct {
 	txStart        time.Time      // when the client's current transaction began
 	lastStmt       [200]byte      // the start of the client's last statement (leak reports)
 	lastStmtLen    int
-	waitTimer      *time.Timer // query-wait-timeout of the client goroutine's waits
 	readerWG       sync.WaitGroup
 
 	// Admin console (console.go).
@@ -911,27 +910,27 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 	ss.waiting = true
 	ss.waitSince = start
 	ss.mu.Unlock()
-	// A timer of the session's own: a wait allocates nothing.
-	if ss.waitTimer == nil {
-		ss.waitTimer = time.NewTimer(ss.srv.opt.QueryWaitTimeout)
-	} else {
-		ss.waitTimer.Reset(ss.srv.opt.QueryWaitTimeout)
-	}
+	timeout := ss.srv.opt.QueryWaitTimeout
 	if paused != nil {
 		// Paused (console.go): the same query-wait-timeout covers this wait and
 		// the pool's.
+		t := time.NewTimer(timeout)
 		select {
 		case <-paused:
-		case <-ss.waitTimer.C:
+		case <-t.C:
 			err = context.DeadlineExceeded
 		case <-ss.srv.drainCtx.Done():
 			err = errDraining
 		}
+		t.Stop()
+		if timeout -= time.Since(start); timeout <= 0 {
+			err = context.DeadlineExceeded
+		}
 	}
 	if err == nil {
-		be, err = ss.pool.AcquirePrefer(key, ss.waitTimer.C, ss.srv.drainCtx.Done())
+		// The pool's own timer ends the wait: a wait allocates nothing.
+		be, err = ss.pool.AcquirePrefer(key, timeout, ss.srv.drainCtx.Done())
 	}
-	ss.waitTimer.Stop()
 	ss.mu.Lock()
 	ss.waiting = false
 	ss.mu.Unlock()
