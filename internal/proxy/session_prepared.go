@@ -199,8 +199,9 @@ func (ss *session) sendParse(h wire.Header) error {
 			ss.unnamedEffect = nil
 			if ss.pooled {
 				e = classifyText(parseQuery(msg))
-				if st := e.state; st.pin != "" || len(st.dirty) > 0 || st.resetAll || st.unpinCheck {
-					ss.unnamedEffect = &st // applies when the statement is bound
+				if st := &e.state; st.pin != "" || len(st.dirty) > 0 || st.resetAll || st.unpinCheck {
+					eff := *st              // allocated only here: most statements change nothing
+					ss.unnamedEffect = &eff // applies when the statement is bound
 				}
 			}
 		}
