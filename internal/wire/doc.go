@@ -4,6 +4,9 @@
 // ErrorResponse, startup, SSL, GSSENC and cancel packets) and encoding the handful
 // of messages the proxy writes itself (ErrorResponse, AuthenticationOk,
 // ParameterStatus, BackendKeyData, ReadyForQuery, NegotiateProtocolVersion).
+// It also owns the socket I/O under that framing: RawIO reads and writes a
+// connection with raw system calls (see its comment for why), PeekFD looks at a
+// socket without consuming.
 //
 // Nothing here allocates per forwarded message. The package must not import the
 // pool, proxy, metrics or admin packages, nor Prometheus; it depends only on the
