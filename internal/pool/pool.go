@@ -148,17 +148,18 @@ func (p *Pool) AcquirePrefer(key uint64, timeout time.Duration, done <-chan stru
 }
 
 func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, timeout time.Duration, key uint64) (*Backend, error) {
-	if b, err := p.TryAcquirePrefer(key); b != nil || err != nil {
-		return b, err
-	}
 	p.mu.Lock()
+	for len(p.idle) > 0 && !p.closed {
+		b := p.popIdleLocked(key)
+		p.mu.Unlock()
+		if p.usable(b) {
+			return b, nil
+		}
+		p.mu.Lock()
+	}
 	if p.closed {
 		p.mu.Unlock()
 		return nil, ErrClosed
-	}
-	if len(p.idle) > 0 { // released meanwhile
-		p.mu.Unlock()
-		return p.acquire(ctx, done, timeout, key)
 	}
 	w := waiterPool.Get().(*waiter)
 	w.since = time.Now()
@@ -249,34 +250,49 @@ func (p *Pool) TryAcquirePrefer(key uint64) (*Backend, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		n := len(p.idle)
-		if n == 0 {
+		if len(p.idle) == 0 {
 			p.mu.Unlock()
 			return nil, nil
 		}
-		i := n - 1
-		if p.idle[i].StateKey != key {
-			for j := n - 2; j >= 0 && j >= n-preferScan; j-- {
-				if p.idle[j].StateKey == key {
-					i = j
-					break
-				}
+		b := p.popIdleLocked(key)
+		p.mu.Unlock()
+		if p.usable(b) {
+			return b, nil
+		}
+	}
+}
+
+// popIdleLocked takes the most recently released idle backend, or among the
+// preferScan most recent one whose StateKey is key. p.idle is not empty.
+func (p *Pool) popIdleLocked(key uint64) *Backend {
+	n := len(p.idle)
+	i := n - 1
+	if p.idle[i].StateKey != key {
+		for j := n - 2; j >= 0 && j >= n-preferScan; j-- {
+			if p.idle[j].StateKey == key {
+				i = j
+				break
 			}
 		}
-		b := p.idle[i]
-		copy(p.idle[i:], p.idle[i+1:])
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		now := time.Now()
-		if b.expired(now) || (now.Sub(b.idleSince) >= idleCheckAfter && !b.alive()) {
-			p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
-			p.Destroy(b)
-			continue
-		}
-		p.acquires.Add(1)
-		return b, nil
 	}
+	b := p.idle[i]
+	copy(p.idle[i:], p.idle[i+1:])
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return b
+}
+
+// usable checks a backend just taken off the idle stack and counts the acquire;
+// a dead or expired one is closed instead.
+func (p *Pool) usable(b *Backend) bool {
+	now := time.Now()
+	if b.expired(now) || (now.Sub(b.idleSince) >= idleCheckAfter && !b.alive()) {
+		p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
+		p.Destroy(b)
+		return false
+	}
+	p.acquires.Add(1)
+	return true
 }
 
 func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}) (*Backend, error) {
