@@ -278,68 +278,27 @@ func prepSchedule(driver string, c, txns int, direct bool) (prepClientSummary, [
 	return s, items, batch
 }
 
-// prepMonitor samples, every 20ms from its own direct connection, how many
-// connections to the test's database PostgreSQL has besides the test's own. It does
-// not count by the proxy's application_name alone: pgjdbc sends SET application_name
-// after login, which renames the backend it runs on (today) or is applied to backends
-// as tracked session state (DESIGN.md section 6); every connection to the database is
-// a proxy backend (or, direct, a workload connection) either way.
-type prepMonitor struct {
-	stop, done chan struct{}
-	// max is the most connections seen, maxApp the most with the proxy's
-	// application_name; busy counts the samples that saw at least one.
-	max, maxApp, samples, busy int
-	err                        error
-}
-
-func prepMonitorBackends(t *testing.T, tg *prepTarget) *prepMonitor {
+// prepMonitorBackends monitors how many connections to the test's database
+// PostgreSQL has besides the test's own (n), and how many of them have the proxy's
+// application_name (nApp). It does not count by the proxy's application_name alone:
+// pgjdbc sends SET application_name after login, which renames the backend it runs on
+// (today) or is applied to backends as tracked session state (DESIGN.md section 6);
+// every connection to the database is a proxy backend (or, direct, a workload
+// connection) either way.
+func prepMonitorBackends(t *testing.T, tg *prepTarget) *backendMonitor {
 	t.Helper()
-	c := direct(t, tg.db)
-	own := []int32{int32(tg.chk.PgConn().PID()), int32(c.PgConn().PID())}
 	app := ""
 	if tg.tp != nil {
 		app = tg.tp.appName
 	}
-	m := &prepMonitor{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			var n, nApp int
-			err := c.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE application_name = $2)
-				FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> ALL($3)`,
-				tg.db, app, own).Scan(&n, &nApp)
-			cancel()
-			if err != nil {
-				m.err = err
-				return
-			}
-			m.samples++
-			if n > 0 {
-				m.busy++
-			}
-			m.max, m.maxApp = max(m.max, n), max(m.maxApp, nApp)
-			select {
-			case <-m.stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	t.Cleanup(m.finish)
-	return m
-}
-
-// finish stops the monitor and waits for it; it may be called more than once.
-func (m *prepMonitor) finish() {
-	select {
-	case <-m.stop:
-	default:
-		close(m.stop)
-	}
-	<-m.done
+	chkPID := int32(tg.chk.PgConn().PID())
+	return monitorBackends(t, tg.db, func(ctx context.Context, c *pgx.Conn) (n, nApp int, err error) {
+		own := []int32{chkPID, int32(c.PgConn().PID())}
+		err = c.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE application_name = $2)
+			FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> ALL($3)`,
+			tg.db, app, own).Scan(&n, &nApp)
+		return n, nApp, err
+	})
 }
 
 var prepSummaryLine = regexp.MustCompile(`(?m)^SUMMARY (\{.*\})$`)

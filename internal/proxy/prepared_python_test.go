@@ -78,7 +78,7 @@ type preparedTarget struct {
 	url string
 	chk *pgx.Conn // direct connection for setup and checks
 	tp  *testProxy
-	mon *pyBackendMonitor
+	mon *backendMonitor
 }
 
 // preparedStart creates a database, runs setup in it directly and starts the proxy

@@ -121,53 +121,13 @@ func pyOnlyIdle(t *testing.T, tp *testProxy, chk *pgx.Conn, within time.Duration
 	return idle
 }
 
-// pyBackendMonitor samples the number of proxy backends in pg_stat_activity every
-// 20ms from its own goroutine and connection.
-type pyBackendMonitor struct {
-	stop    chan struct{}
-	done    chan struct{}
-	max     int
-	samples int
-	err     error
-}
-
-func pyMonitorBackends(t *testing.T, tp *testProxy) *pyBackendMonitor {
+// pyMonitorBackends monitors the proxy backends of tp, as pyBackendCount counts them.
+func pyMonitorBackends(t *testing.T, tp *testProxy) *backendMonitor {
 	t.Helper()
-	c := direct(t, tp.db)
-	m := &pyBackendMonitor{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			n, err := pyBackendCount(ctx, tp, c)
-			cancel()
-			if err != nil {
-				m.err = err
-				return
-			}
-			m.samples++
-			m.max = max(m.max, n)
-			select {
-			case <-m.stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	t.Cleanup(m.finish)
-	return m
-}
-
-// finish stops the monitor and waits for it; it may be called more than once.
-func (m *pyBackendMonitor) finish() {
-	select {
-	case <-m.stop:
-	default:
-		close(m.stop)
-	}
-	<-m.done
+	return monitorBackends(t, tp.db, func(ctx context.Context, c *pgx.Conn) (int, int, error) {
+		n, err := pyBackendCount(ctx, tp, c)
+		return n, 0, err
+	})
 }
 
 // TestPythonWorker runs 4 worker processes of 10 threads each (SQLAlchemy pools of
