@@ -36,17 +36,17 @@ RESULT {"clients": ..., "transactions": ..., "rolled_back": ..., "checks": ...,
 
 import argparse
 import asyncio
-import datetime
-import decimal
 import json
+import os
 import sys
 import traceback
-import uuid
 
 import asyncpg
 
-MAX_SAMPLES = 10
-BATCH_EVERY = 50
+# prepared_common.py lives next to this script (also when python runs with -P or
+# PYTHONSAFEPATH set, which leave the script's directory out of sys.path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prepared_common import BATCH_EVERY, MAX_SAMPLES, Mismatch, expect, types_args  # noqa: E402
 
 STMT_ECHO = "SELECT $1::int4 AS i, $2::text AS t, $3::int8 * 2 AS d"
 STMT_INSERT = "INSERT INTO items(client, seq, note) VALUES ($1, $2, $3) RETURNING client, seq, note"
@@ -57,37 +57,10 @@ STMT_TYPES = (
     "$9::jsonb AS j, $10::mood AS m, $11::date AS k"
 )
 STMT_MANY = "INSERT INTO items(client, seq, note) VALUES ($1, $2, 'many')"
-MOODS = ["sad", "ok", "happy"]
-
-
-class Mismatch(Exception):
-    pass
 
 
 class Rollback(Exception):
     pass
-
-
-def expect(what, got, want):
-    if got != want:
-        raise Mismatch("%s: got %r, want %r" % (what, got, want))
-
-
-def types_args(c, i):
-    base = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    return (
-        c * 10_000_000_000 + i,
-        c + i / 8.0,
-        (c + i) % 2 == 0,
-        decimal.Decimal("%d.%03d" % (c * 1000 + i, i % 1000)),
-        base + datetime.timedelta(days=c, seconds=i),
-        uuid.UUID(int=(c << 64) | i),
-        bytes([c % 256, i % 256, 0, 255]),
-        ["c%d" % c, "i%d" % i, "x,y"],
-        {"client": c, "seq": i, "tags": ["a", c]},
-        MOODS[(c + i) % 3],
-        datetime.date(2020, 1, 1) + datetime.timedelta(days=c * 100 + i),
-    )
 
 
 class Client:
