@@ -1500,3 +1500,62 @@ func TestFaultShutdown(t *testing.T) {
 		}
 	})
 }
+
+// A COPY that fails while the client is in the middle of a large CopyData: the
+// backend answers (ErrorResponse, ReadyForQuery) while the proxy is still
+// forwarding that message. The client's SET makes the proxy read the session
+// state back after the statement; that Query must wait until the CopyData is
+// written, not land inside it (which cost the client its connection).
+func TestCopyFailsMidMessage(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
+	rc := faultDial(t, tp.addr)
+	rc.login(db)
+	rc.mustQuery("CREATE TABLE copy_mid(a int)", wire.TxIdle)
+	rc.send(wire.AppendQuery(nil, "SET search_path TO public; COPY copy_mid FROM STDIN"))
+	for {
+		typ, _, err := rc.next(10 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for CopyInResponse: %v", err)
+		}
+		if typ == wire.MsgCopyInResponse {
+			break
+		}
+	}
+	// A bad row, then the first 200 KiB of a 1 MiB CopyData.
+	const body = 1 << 20
+	first := make([]byte, 5, 5+200<<10)
+	first[0] = wire.MsgCopyData
+	binary.BigEndian.PutUint32(first[1:], 4+body)
+	first = append(first, bytes.Repeat([]byte{'y'}, 200<<10)...)
+	rc.send(append([]byte{wire.MsgCopyData, 0, 0, 0, 6, 'x', '\n'}, first...))
+	var copyErr *wire.ErrorFields
+	for {
+		typ, b, err := rc.next(10 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the COPY's error: %v", err)
+		}
+		if typ == wire.MsgErrorResponse {
+			f := wire.ParseError(b)
+			copyErr = &f
+		}
+		if typ == wire.MsgReadyForQuery {
+			break
+		}
+	}
+	if copyErr == nil || copyErr.Code != "22P02" {
+		t.Fatalf("COPY of a bad row: error %+v, want 22P02", copyErr)
+	}
+	// The client pauses mid-message, as a slow client does: this is the fault
+	// injected, not a wait for a condition. Meanwhile the proxy, which forwarded
+	// part of the message, decides what to do after the ReadyForQuery. Then the
+	// client sends the rest and CopyDone.
+	time.Sleep(200 * time.Millisecond)
+	rc.send(bytes.Repeat([]byte{'y'}, body-(len(first)-5)))
+	rc.send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
+	rc.mustQuery("SELECT 1", wire.TxIdle)
+	if f, _ := rc.query("SHOW search_path"); f != nil {
+		t.Fatalf("SHOW search_path: %+v", f)
+	}
+	rc.mustQuery("SELECT count(*) FROM copy_mid", wire.TxIdle)
+}

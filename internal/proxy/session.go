@@ -1043,6 +1043,12 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 				ss.mu.Lock()
 				continue
 			}
+			if ss.writing {
+				// The probe's Query must not land inside a COPY message the client
+				// goroutine is still writing (see attach).
+				ss.cond.Wait()
+				continue
+			}
 			ss.probing = true // the client goroutine waits in attach until probe is done
 			ss.mu.Unlock()
 			return probeNow
