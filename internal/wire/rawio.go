@@ -28,6 +28,8 @@ import (
 // *os.SyscallError, and a read of 0 bytes is io.EOF.
 //
 // Like net.Conn, it is safe for concurrent use: each Read and each Write is whole.
+// Under the race detector the calls go through syscall.Read and syscall.Write,
+// which tell the detector what the kernel read and wrote.
 type RawIO struct {
 	raw syscall.RawConn
 	rd  rawOp
@@ -63,10 +65,10 @@ func NewRawIO(c net.Conn) *RawIO {
 func (r *RawIO) read(fd uintptr) bool {
 	o := &r.rd
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&o.p[0])), uintptr(len(o.p)))
+		n, e := sysRead(fd, o.p)
 		switch e {
 		case 0:
-			o.n = int(n)
+			o.n = n
 			if n == 0 {
 				o.err = io.EOF
 			}
@@ -84,10 +86,14 @@ func (r *RawIO) read(fd uintptr) bool {
 func (r *RawIO) write(fd uintptr) bool {
 	o := &r.wr
 	for o.n < len(o.p) {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&o.p[o.n])), uintptr(len(o.p)-o.n))
+		n, e := sysWrite(fd, o.p[o.n:])
 		switch e {
 		case 0:
-			o.n += int(n)
+			if n == 0 {
+				o.err = io.ErrShortWrite // never on a socket; do not spin
+				return true
+			}
+			o.n += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false
