@@ -151,3 +151,40 @@ func TestSteadyStateAllocs(t *testing.T) {
 		})
 	}
 }
+
+// An idle client holds no read or write buffer (DESIGN.md section 3: idle clients
+// cost a goroutine and little else): after a query, its 16 KiB writers for the
+// client and the backend go back to their pools while it waits.
+func TestIdleClientMemory(t *testing.T) {
+	if raceEnabled {
+		t.Skip("heap sizes are meaningless under the race detector")
+	}
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	heap := func() uint64 {
+		// Two collections: sync.Pool keeps what it holds for one more cycle.
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	const n = 200
+	for range n {
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		rc.mustQuery("SELECT 1", wire.TxIdle) // attaches a backend, then idles
+	}
+	// Per client this counts the test's own side too (a 4 KiB bufio.Reader and
+	// the connection, about 6 KiB); holding the two writers would add 32 KiB.
+	var per float64
+	eventually(t, 10*time.Second, "idle clients to shed their buffers", func() error {
+		per = (float64(heap()) - float64(before)) / n
+		if per > 16<<10 {
+			return fmt.Errorf("heap grew %.1f KiB per idle client, want under 16", per/1024)
+		}
+		return nil
+	})
+	t.Logf("heap per idle client (proxy and test side): %.1f KiB", per/1024)
+}

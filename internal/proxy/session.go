@@ -94,6 +94,7 @@ type session struct {
 	r          *bufio.Reader // client reader; nil while waiting for input with nothing buffered
 	cout       sink          // client connection, error-swallowing
 	w          *bufio.Writer // buffered writes to the client
+	wIdle      *bufio.Writer // a tiny writer that stands in for w while the client is idle (see fill)
 	bout       sink          // attached backend connection
 	bw         *bufio.Writer // buffered writes to the attached backend
 	waitFn     func(fd uintptr) bool
@@ -226,11 +227,11 @@ func (ss *session) release() {
 		readerPool.Put(ss.r)
 		ss.r = nil
 	}
-	if ss.w != nil {
+	if ss.w != nil && ss.w != ss.wIdle {
 		ss.w.Reset(nil)
 		writerPool.Put(ss.w)
-		ss.w = nil
 	}
+	ss.w = nil
 }
 
 // startup reads packets until a StartupMessage; it answers SSL and GSSENC requests
@@ -424,15 +425,46 @@ func (ss *session) fill() error {
 			readerPool.Put(ss.r)
 			ss.r = nil
 		}
+		ss.shedWriters()
 		ss.waitArm = false
 		err := ss.raw.Read(ss.waitFn)
 		ss.r = readerPool.Get().(*bufio.Reader)
 		ss.r.Reset(ss.cio)
+		if ss.w == ss.wIdle {
+			ss.w = writerPool.Get().(*bufio.Writer)
+			ss.w.Reset(&ss.cout)
+		}
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// shedWriters returns the client's and the backend's write buffers to their pools
+// while the client waits for input with no backend and no server goroutine: an
+// idle client then holds no buffer. w becomes wIdle, a 16-byte writer that is
+// correct (if slow) should anything write to the client meanwhile; bw is taken
+// again by attach.
+func (ss *session) shedWriters() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.be != nil || ss.reader {
+		return
+	}
+	if ss.bw != nil {
+		ss.bw.Reset(nil)
+		writerPool.Put(ss.bw)
+		ss.bw = nil
+	}
+	if ss.w != ss.wIdle && ss.w.Buffered() == 0 {
+		if ss.wIdle == nil {
+			ss.wIdle = bufio.NewWriterSize(&ss.cout, 16)
+		}
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+		ss.w = ss.wIdle
+	}
 }
 
 // complete reports whether r holds one whole message, so that the writer on the other
