@@ -1461,6 +1461,48 @@ func TestFaultShutdown(t *testing.T) {
 		faultNoIdleInTx(t, tp, chk)
 	})
 
+	t.Run("Queued", func(t *testing.T) {
+		// A client queued for the only backend hears of the shutdown at once, with
+		// a FATAL 57P01 (not a bare close), not when its query-wait-timeout or the
+		// shutdown deadline runs out.
+		tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{QueryWaitTimeout: time.Minute}})
+		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		faultExec(t, a, "BEGIN")
+		faultExec(t, a, "INSERT INTO fault_rows VALUES (30)")
+		w := faultDial(t, tp.addr)
+		w.login(db)
+		w.send(wire.AppendQuery(nil, "SELECT 1"))
+		p := tp.pools.Get(pool.Key{Database: db, User: "postgres"})
+		eventually(t, 5*time.Second, "the client queued", func() error {
+			if n := p.Stats().Waiting; n != 1 {
+				return fmt.Errorf("%d waiting", n)
+			}
+			return nil
+		})
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			done <- tp.srv.Shutdown(ctx)
+		}()
+		w.expectFatal(wire.CodeAdminShutdown, 3*time.Second)
+		if n := p.Stats().Waiting; n != 0 {
+			t.Fatalf("%d still waiting after the shutdown began", n)
+		}
+		faultExec(t, a, "COMMIT")
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Shutdown did not return after the last transaction ended")
+		}
+		if n := faultRows(t, chk, 30); n != 1 {
+			t.Fatalf("the open transaction's row: %d, want 1", n)
+		}
+	})
+
 	t.Run("Deadline", func(t *testing.T) {
 		tp := startProxy(t, db, proxyOpts{PoolSize: 2})
 		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)

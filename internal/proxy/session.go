@@ -1248,7 +1248,7 @@ func (ss *session) end(cause error) {
 	}
 	var code, msg string
 	switch {
-	case reason == killShutdown:
+	case reason == killShutdown, errors.Is(cause, errDraining):
 		code, msg = wire.CodeAdminShutdown, "terminating connection: pgsidecar is shutting down"
 	case reason == killIdleTx:
 		code, msg = wire.CodeIdleInTransactionTimout, "terminating connection due to idle-in-transaction timeout"
