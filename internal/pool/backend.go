@@ -133,10 +133,7 @@ func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string)
 		Params:    params,
 		CreatedAt: time.Now(),
 	}
-	b.RW = conn
-	if rio := wire.NewRawIO(conn); rio != nil {
-		b.RW = rio
-	}
+	b.RW = wire.ConnIO(conn)
 	b.R = bufio.NewReaderSize(b.RW, BufferSize)
 	b.initPeek()
 	return b

@@ -55,8 +55,9 @@ var (
 	errDraining = errors.New("proxy is shutting down")
 )
 
-// sink is an io.Writer over a net.Conn that remembers the first write error and then
-// swallows further output, so that the side copying into it keeps draining its source.
+// sink is an io.Writer over a connection (its wire.ConnIO) that remembers the first
+// write error and then swallows further output, so that the side copying into it
+// keeps draining its source.
 type sink struct {
 	c   io.Writer
 	err error
@@ -181,10 +182,7 @@ func (s *Server) serveClient(c net.Conn) {
 	defer s.clients.Add(-1)
 	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now()}
 	ss.cond.L = &ss.mu
-	ss.cio = io.ReadWriter(c)
-	if rio := wire.NewRawIO(c); rio != nil {
-		ss.cio = rio
-	}
+	ss.cio = wire.ConnIO(c)
 	ss.cout.c = ss.cio
 	ss.r = readerPool.Get().(*bufio.Reader)
 	ss.r.Reset(ss.cio)

@@ -47,7 +47,7 @@ type rawOp struct {
 }
 
 // NewRawIO returns a RawIO over c, or nil when c has no file descriptor (a TLS
-// connection, a net.Pipe): the caller then uses c itself.
+// connection, a net.Pipe): the caller then uses c itself (see ConnIO).
 func NewRawIO(c net.Conn) *RawIO {
 	sc, ok := c.(syscall.Conn)
 	if !ok {

@@ -204,3 +204,18 @@ func BenchmarkRawIO(b *testing.B) {
 		})
 	}
 }
+
+// ConnIO gives a TCP connection a RawIO and hands back a connection without a
+// descriptor (net.Pipe, like TLS) as it is.
+func TestConnIO(t *testing.T) {
+	a, _ := tcpPair(t)
+	if _, ok := ConnIO(a).(*RawIO); !ok {
+		t.Fatalf("ConnIO(TCP) = %T, want *RawIO", ConnIO(a))
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if got := ConnIO(p1); got != io.ReadWriter(p1) {
+		t.Fatalf("ConnIO(net.Pipe) = %T, want the conn itself", got)
+	}
+}
