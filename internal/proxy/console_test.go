@@ -125,34 +125,16 @@ func TestConsoleShow(t *testing.T) {
 	con := mustConsole(t, tp)
 
 	idle := connectApp(t, tp, "c_idle")
-	if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
+	consoleMustExec(t, idle, "SELECT 1")
 	inTx := connectApp(t, tp, "c_intx")
-	if _, err := inTx.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := inTx.Exec(ctx, "SELECT 42 AS leaked"); err != nil {
-		t.Fatal(err)
-	}
+	consoleMustExec(t, inTx, "BEGIN", "SELECT 42 AS leaked")
 	pinned := connectApp(t, tp, "c_pinned")
-	if _, err := pinned.Exec(ctx, "SELECT pg_advisory_lock(7)"); err != nil {
-		t.Fatal(err)
-	}
+	consoleMustExec(t, pinned, "SELECT pg_advisory_lock(7)")
 	// The pool (2) is now full: this one waits.
 	waiter := connectApp(t, tp, "c_wait")
-	waitDone := make(chan error, 1)
-	go func() {
-		_, err := waiter.Exec(ctx, "SELECT 1")
-		waitDone <- err
-	}()
+	waitDone := consoleExecAsync(ctx, waiter, "SELECT 1")
 
-	eventually(t, 10*time.Second, "waiter waiting", func() error {
-		if r := clientByApp(consoleRows(t, con, "SHOW CLIENTS"), "c_wait"); r == nil || r["state"] != "waiting" {
-			return fmt.Errorf("c_wait: %v", r)
-		}
-		return nil
-	})
+	consoleWaitWaiting(t, con, "c_wait", "waiter waiting")
 	clients := consoleRows(t, con, "show clients;")
 	want := map[string]string{"c_idle": "idle", "c_intx": "idle_in_transaction", "c_pinned": "idle", "c_wait": "waiting"}
 	ids := map[string]string{}
@@ -228,17 +210,8 @@ func TestConsoleShow(t *testing.T) {
 	}
 
 	// The transaction ends: the waiter gets its backend.
-	if _, err := inTx.Exec(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-waitDone:
-		if err != nil {
-			t.Fatalf("waiter: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("waiter did not get a backend")
-	}
+	consoleMustExec(t, inTx, "COMMIT")
+	consoleAwait(t, waitDone, "waiter", "waiter did not get a backend")
 	stats := consoleRows(t, con, "SHOW STATS")
 	if len(stats) != 1 {
 		t.Fatalf("SHOW STATS: %v", stats)
@@ -312,27 +285,13 @@ func TestConsolePauseResume(t *testing.T) {
 	ctx := context.Background()
 	con := mustConsole(t, tp)
 	inTx := connectApp(t, tp, "p_intx")
-	if _, err := inTx.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := inTx.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
+	consoleMustExec(t, inTx, "BEGIN", "SELECT 1")
 	c := connectApp(t, tp, "p_new")
 	if tag, err := consoleExec(t, con, "pause"); err != nil || tag != "PAUSE" {
 		t.Fatalf("PAUSE: %q %v", tag, err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Exec(ctx, "SELECT 1")
-		done <- err
-	}()
-	eventually(t, 10*time.Second, "paused client waiting", func() error {
-		if r := clientByApp(consoleRows(t, con, "SHOW CLIENTS"), "p_new"); r == nil || r["state"] != "waiting" {
-			return fmt.Errorf("p_new: %v", r)
-		}
-		return nil
-	})
+	done := consoleExecAsync(ctx, c, "SELECT 1")
+	consoleWaitWaiting(t, con, "p_new", "paused client waiting")
 	// The open transaction goes on.
 	if _, err := inTx.Exec(ctx, "SELECT 2"); err != nil {
 		t.Fatalf("open transaction while paused: %v", err)
@@ -352,14 +311,7 @@ func TestConsolePauseResume(t *testing.T) {
 	if tag, err := consoleExec(t, con, "RESUME;"); err != nil || tag != "RESUME" {
 		t.Fatalf("RESUME: %q %v", tag, err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("query after RESUME: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("query did not finish after RESUME")
-	}
+	consoleAwait(t, done, "query after RESUME", "query did not finish after RESUME")
 }
 
 func TestConsolePauseTimeout(t *testing.T) {
@@ -399,12 +351,7 @@ func TestConsoleKillClient(t *testing.T) {
 	con := mustConsole(t, tp)
 	victim := connectApp(t, tp, "victim")
 	other := connectApp(t, tp, "other")
-	if _, err := victim.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := victim.Exec(ctx, "INSERT INTO k VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	consoleMustExec(t, victim, "BEGIN", "INSERT INTO k VALUES (1)")
 	r := clientByApp(consoleRows(t, con, "SHOW CLIENTS"), "victim")
 	if r == nil || r["state"] != "idle_in_transaction" {
 		t.Fatalf("victim: %v", r)
@@ -466,14 +413,7 @@ func TestConsoleShutdown(t *testing.T) {
 		defer cancel()
 		done <- tp.srv.Shutdown(ctx)
 	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Shutdown: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown waits for the console client")
-	}
+	consoleAwait(t, done, "Shutdown", "Shutdown waits for the console client")
 	_, err := consoleRowsErr(con, "SHOW POOLS")
 	if pgCode(err) != "57P01" {
 		t.Fatalf("console after shutdown: %v, want 57P01", err)
@@ -484,4 +424,50 @@ func consoleRowsErr(c *pgx.Conn, cmd string) ([]*pgconn.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return c.PgConn().Exec(ctx, cmd).ReadAll()
+}
+
+// consoleMustExec runs each statement on c in turn, failing the test on an error.
+func consoleMustExec(t *testing.T, c *pgx.Conn, stmts ...string) {
+	t.Helper()
+	for _, sql := range stmts {
+		if _, err := c.Exec(context.Background(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// consoleExecAsync runs sql on c in a goroutine; its error arrives on the channel.
+func consoleExecAsync(ctx context.Context, c *pgx.Conn, sql string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, sql)
+		done <- err
+	}()
+	return done
+}
+
+// consoleWaitWaiting waits until SHOW CLIENTS lists the client with
+// application_name app as waiting.
+func consoleWaitWaiting(t *testing.T, con *pgx.Conn, app, what string) {
+	t.Helper()
+	eventually(t, 10*time.Second, what, func() error {
+		if r := clientByApp(consoleRows(t, con, "SHOW CLIENTS"), app); r == nil || r["state"] != "waiting" {
+			return fmt.Errorf("%s: %v", app, r)
+		}
+		return nil
+	})
+}
+
+// consoleAwait waits up to 10s for done: what names the operation in the
+// failure on its error, late is the failure when it does not finish.
+func consoleAwait(t *testing.T, done <-chan error, what, late string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal(late)
+	}
 }
