@@ -484,24 +484,7 @@ func TestPreparedPgxDefaultMode(t *testing.T) {
 		ws[w] = &ppxWorker{w: w, c: ppxConnect(t, tp, wire), model: ppxModel{cached: map[string]bool{}}, committed: map[int]int{}}
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make([]error, workers)
-	for w := range ws {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[w] = ws[w].run(ctx, txns)
-		}()
-	}
-	wg.Wait()
-	for w, err := range errs {
-		if err != nil {
-			t.Errorf("worker %d: %v", w, err)
-		}
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+	ppxParallel(t, workers, "worker", func(w int) error { return ws[w].run(ctx, txns) })
 	t.Logf("%d workers x %d transactions in %v", workers, txns, time.Since(start).Round(time.Millisecond))
 
 	// Consecutive transactions of a client ran on different backends.
@@ -615,12 +598,7 @@ func TestPreparedPgxDefaultMode(t *testing.T) {
 		k.c.Close(ctx)
 	}
 	holder.Close(ctx)
-	eventually(t, 10*time.Second, "statements released", func() error {
-		if n := tp.srv.PreparedStats().Statements; n != 0 {
-			return fmt.Errorf("Statements = %d", n)
-		}
-		return nil
-	})
+	ppxWaitReleased(t, tp, "statements released")
 }
 
 func ppxFirstDiff[T comparable](a, b []T) int {
@@ -655,50 +633,34 @@ func TestPreparedEviction(t *testing.T) {
 		maxSeen map[int]int // pid -> most proxy statements seen
 	}
 	samples := make([]sampled, conns)
-	errs := make([]error, conns)
-	var wg sync.WaitGroup
-	for ci, c := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			samples[ci].maxSeen = map[int]int{}
-			n := 0
-			for r := 0; r < rounds; r++ {
-				for s := 0; s < stmts; s++ {
-					q := fmt.Sprintf("SELECT $1::int + %d", s*1000)
-					arg := ci*100000 + r*100 + s
-					var v int
-					if err := c.QueryRow(ctx, q, arg).Scan(&v); err != nil || v != arg+s*1000 {
-						errs[ci] = fmt.Errorf("round %d statement %d: got %d, want %d (%v)", r, s, v, arg+s*1000, err)
-						return
+	ppxParallel(t, conns, "conn", func(ci int) error {
+		c := cs[ci]
+		samples[ci].maxSeen = map[int]int{}
+		n := 0
+		for r := 0; r < rounds; r++ {
+			for s := 0; s < stmts; s++ {
+				q := fmt.Sprintf("SELECT $1::int + %d", s*1000)
+				arg := ci*100000 + r*100 + s
+				var v int
+				if err := c.QueryRow(ctx, q, arg).Scan(&v); err != nil || v != arg+s*1000 {
+					return fmt.Errorf("round %d statement %d: got %d, want %d (%v)", r, s, v, arg+s*1000, err)
+				}
+				n++
+				if n%(7+ci) == 0 {
+					pid, held, err := ppxProxyStmts(ctx, c)
+					if err != nil {
+						return fmt.Errorf("round %d sample: %w", r, err)
 					}
-					n++
-					if n%(7+ci) == 0 {
-						pid, held, err := ppxProxyStmts(ctx, c)
-						if err != nil {
-							errs[ci] = fmt.Errorf("round %d sample: %w", r, err)
-							return
-						}
-						if held > maxStmts {
-							errs[ci] = fmt.Errorf("round %d: backend %d holds %d proxy statements, bound %d", r, pid, held, maxStmts)
-							return
-						}
-						samples[ci].n++
-						samples[ci].maxSeen[pid] = max(samples[ci].maxSeen[pid], held)
+					if held > maxStmts {
+						return fmt.Errorf("round %d: backend %d holds %d proxy statements, bound %d", r, pid, held, maxStmts)
 					}
+					samples[ci].n++
+					samples[ci].maxSeen[pid] = max(samples[ci].maxSeen[pid], held)
 				}
 			}
-		}()
-	}
-	wg.Wait()
-	for ci, err := range errs {
-		if err != nil {
-			t.Errorf("conn %d: %v", ci, err)
 		}
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+		return nil
+	})
 	pids := map[int]int{}
 	total := 0
 	for _, s := range samples {
@@ -726,16 +688,7 @@ func TestPreparedEviction(t *testing.T) {
 	// What the backends hold now is what was prepared minus what was evicted.
 	hold := ppxBothBackends(ctx, t, cs[0], cs[1])
 	t.Logf("proxy statements per backend at the end: %v", hold)
-	sum := 0
-	for pid, n := range hold {
-		sum += n
-		if n > maxStmts {
-			t.Errorf("backend %d holds %d proxy statements, bound %d", pid, n, maxStmts)
-		}
-	}
-	if st.ServerParses-st.Evictions != uint64(sum) {
-		t.Errorf("ServerParses - Evictions = %d, but the backends hold %d", st.ServerParses-st.Evictions, sum)
-	}
+	ppxCheckHeld(t, st, hold, maxStmts)
 	if st.ServerParses+st.CacheHits < uint64(conns*stmts*rounds) {
 		t.Errorf("ServerParses + CacheHits = %d, want >= %d executions", st.ServerParses+st.CacheHits, conns*stmts*rounds)
 	}
@@ -828,26 +781,12 @@ func TestPreparedManyStatements(t *testing.T) {
 	}
 	hold := ppxBothBackends(ctx, t, chkA, chkB)
 	t.Logf("proxy statements per backend: %v", hold)
-	sum := 0
-	for pid, h := range hold {
-		sum += h
-		if h > maxStmts {
-			t.Errorf("backend %d holds %d proxy statements, bound %d", pid, h, maxStmts)
-		}
-	}
-	if st.ServerParses-st.Evictions != uint64(sum) {
-		t.Errorf("ServerParses - Evictions = %d, but the backends hold %d", st.ServerParses-st.Evictions, sum)
-	}
+	ppxCheckHeld(t, st, hold, maxStmts)
 
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "statements released after the client left", func() error {
-		if s := tp.srv.PreparedStats().Statements; s != 0 {
-			return fmt.Errorf("Statements = %d", s)
-		}
-		return nil
-	})
+	ppxWaitReleased(t, tp, "statements released after the client left")
 	runtime.GC()
 	runtime.ReadMemStats(&m2)
 	t.Logf("heap after the client left: %d bytes (%+d from before the statements)", m2.HeapAlloc, int64(m2.HeapAlloc)-int64(m0.HeapAlloc))
@@ -1067,4 +1006,56 @@ func TestPreparedCloseAndReuse(t *testing.T) {
 	if st.Statements != 1 {
 		t.Errorf("Statements = %d, want 1", st.Statements)
 	}
+}
+
+// ppxParallel runs fn(0) .. fn(n-1) concurrently and stops the test if any of
+// them failed, reporting each error as "<what> <i>: <error>".
+func ppxParallel(t *testing.T, n int, what string, fn func(i int) error) {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s %d: %v", what, i, err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// ppxCheckHeld checks the proxy statements each backend holds (hold, from
+// ppxBothBackends) against the bound maxStmts, and that they add up to the
+// server-side Parses minus the evictions.
+func ppxCheckHeld(t *testing.T, st proxy.PreparedStats, hold map[int]int, maxStmts int) {
+	t.Helper()
+	sum := 0
+	for pid, n := range hold {
+		sum += n
+		if n > maxStmts {
+			t.Errorf("backend %d holds %d proxy statements, bound %d", pid, n, maxStmts)
+		}
+	}
+	if st.ServerParses-st.Evictions != uint64(sum) {
+		t.Errorf("ServerParses - Evictions = %d, but the backends hold %d", st.ServerParses-st.Evictions, sum)
+	}
+}
+
+// ppxWaitReleased waits until the proxy holds no prepared statements.
+func ppxWaitReleased(t *testing.T, tp *testProxy, what string) {
+	t.Helper()
+	eventually(t, 10*time.Second, what, func() error {
+		if n := tp.srv.PreparedStats().Statements; n != 0 {
+			return fmt.Errorf("Statements = %d", n)
+		}
+		return nil
+	})
 }
