@@ -350,9 +350,7 @@ func setupSchemaAndRole(t *testing.T, db string) {
 func TestStateSettingsSetSession(t *testing.T) {
 	db := newDatabase(t)
 	setupSchemaAndRole(t, db)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, nil, 30)
+	tp, cr, _ := startSettingsProxy(t, db, nil, 30)
 
 	sets := []string{
 		"SET statement_timeout = '50ms'",
@@ -444,9 +442,7 @@ func startupParams() map[string]string {
 func TestStateSettingsStartup(t *testing.T) {
 	db := newDatabase(t)
 	setupSchemaAndRole(t, db)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, []string{"myapp"}, 0)
+	tp, cr, _ := startSettingsProxy(t, db, []string{"myapp"}, 0)
 
 	ctx := ctxT(t)
 	want, err := readView(ctx, directWith(t, db, startupParams()), 0)
@@ -587,15 +583,11 @@ func compareNext(t *testing.T, label string, c, ref *pgx.Conn) gucView {
 func TestStateSettingsReset(t *testing.T) {
 	db := newDatabase(t)
 	setupSchemaAndRole(t, db)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, []string{"myapp", "otherapp"}, 0)
+	tp, cr, _ := startSettingsProxy(t, db, []string{"myapp", "otherapp"}, 0)
 
 	for _, p := range []proto{simpleProto, extendedProto} {
 		t.Run(p.String(), func(t *testing.T) {
-			opts := map[string]string{"options": "-c statement_timeout=1234"}
-			c := connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts)
-			ref := directWith(t, db, opts)
+			c, ref := startupTimeoutPair(t, tp, db)
 			for round := range 3 {
 				l := fmt.Sprintf("round %d", round)
 				v := runBoth(t, l+" SET 99", p, c, ref, []step{{sql: "SET statement_timeout = 99"}})
@@ -645,56 +637,50 @@ func TestStateSettingsReset(t *testing.T) {
 // transaction; the session value comes back.
 func TestStateSettingsSetLocal(t *testing.T) {
 	db := newDatabase(t)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, nil, 0)
+	tp, cr, _ := startSettingsProxy(t, db, nil, 0)
 
-	for _, p := range []proto{simpleProto, extendedProto} {
-		t.Run(p.String(), func(t *testing.T) {
-			c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-			ref := direct(t, db)
-			for round := range 3 {
-				l := fmt.Sprintf("round %d", round)
-				v := runBoth(t, l+" session SET", p, c, ref, []step{{sql: "SET statement_timeout = 4321"}})
-				if v.StatementTimeout != "4321ms" {
-					t.Fatalf("direct: %v", v)
-				}
-				ctx := ctxT(t)
-				for _, q := range []string{"BEGIN", "SET LOCAL statement_timeout = 77"} {
-					if _, err := run(ctx, c.PgConn(), p, q); err != nil {
-						t.Fatalf("%s: %v", q, err)
-					}
-				}
-				if got, err := run(ctx, c.PgConn(), p, "SHOW statement_timeout"); err != nil || got != "77ms" {
-					t.Errorf("%s: SHOW after SET LOCAL in the transaction: %q, %v; want 77ms", l, got, err)
-				}
-				if _, err := run(ctx, c.PgConn(), p, "COMMIT"); err != nil {
-					t.Fatal(err)
-				}
-				v = compareNext(t, l+" after SET LOCAL", c, ref)
-				if v.StatementTimeout != "4321ms" {
-					t.Fatalf("direct: %v", v)
-				}
-				runBoth(t, l+" SET LOCAL then SET", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SET LOCAL statement_timeout = 78"}, {sql: "SET statement_timeout = 5555"},
-					{sql: "SET LOCAL statement_timeout = 79"}, {sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
-				})
-				runBoth(t, l+" SET then SET LOCAL", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SET statement_timeout = 6666"}, {sql: "SET LOCAL statement_timeout = 80"},
-					{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
-				})
-				runBoth(t, l+" SET LOCAL outside a transaction", p, c, ref, []step{{sql: "SET LOCAL statement_timeout = 55"}})
-				runBoth(t, l+" set_config local in a transaction", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SELECT set_config('statement_timeout', '88', true)"},
-					{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
-				})
-				runBoth(t, l+" SET LOCAL TIME ZONE", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SET LOCAL TIME ZONE 'Asia/Tokyo'"}, {sql: "SET LOCAL search_path = x_schema"},
-					{sql: "SHOW TimeZone"}, {sql: "COMMIT"},
-				})
+	eachProto(t, tp, db, func(t *testing.T, p proto, c, ref *pgx.Conn) {
+		for round := range 3 {
+			l := fmt.Sprintf("round %d", round)
+			v := runBoth(t, l+" session SET", p, c, ref, []step{{sql: "SET statement_timeout = 4321"}})
+			if v.StatementTimeout != "4321ms" {
+				t.Fatalf("direct: %v", v)
 			}
-		})
-	}
+			ctx := ctxT(t)
+			for _, q := range []string{"BEGIN", "SET LOCAL statement_timeout = 77"} {
+				if _, err := run(ctx, c.PgConn(), p, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			if got, err := run(ctx, c.PgConn(), p, "SHOW statement_timeout"); err != nil || got != "77ms" {
+				t.Errorf("%s: SHOW after SET LOCAL in the transaction: %q, %v; want 77ms", l, got, err)
+			}
+			if _, err := run(ctx, c.PgConn(), p, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			v = compareNext(t, l+" after SET LOCAL", c, ref)
+			if v.StatementTimeout != "4321ms" {
+				t.Fatalf("direct: %v", v)
+			}
+			runBoth(t, l+" SET LOCAL then SET", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SET LOCAL statement_timeout = 78"}, {sql: "SET statement_timeout = 5555"},
+				{sql: "SET LOCAL statement_timeout = 79"}, {sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
+			})
+			runBoth(t, l+" SET then SET LOCAL", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SET statement_timeout = 6666"}, {sql: "SET LOCAL statement_timeout = 80"},
+				{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
+			})
+			runBoth(t, l+" SET LOCAL outside a transaction", p, c, ref, []step{{sql: "SET LOCAL statement_timeout = 55"}})
+			runBoth(t, l+" set_config local in a transaction", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SELECT set_config('statement_timeout', '88', true)"},
+				{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
+			})
+			runBoth(t, l+" SET LOCAL TIME ZONE", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SET LOCAL TIME ZONE 'Asia/Tokyo'"}, {sql: "SET LOCAL search_path = x_schema"},
+				{sql: "SHOW TimeZone"}, {sql: "COMMIT"},
+			})
+		}
+	})
 	cr.finish(t, 100, 0)
 	t.Logf("replays: %d", tp.srv.Replays())
 }
@@ -713,61 +699,55 @@ type scenario struct {
 func TestStateSettingsRollback(t *testing.T) {
 	db := newDatabase(t)
 	setupSchemaAndRole(t, db)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, nil, 0)
+	tp, cr, defaults := startSettingsProxy(t, db, nil, 0)
 
-	for _, p := range []proto{simpleProto, extendedProto} {
-		t.Run(p.String(), func(t *testing.T) {
-			c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-			ref := direct(t, db)
-			base := runBoth(t, "baseline", p, c, ref, []step{{sql: "SET search_path = a_schema, public"}})
-			if base.SearchPath != "a_schema, public" {
-				t.Fatalf("direct: %v", base)
-			}
-			scenarios := []scenario{
-				{"BEGIN; SET; ROLLBACK", []step{{sql: "BEGIN"}, {sql: "SET search_path = x_schema"}, {sql: "ROLLBACK"}},
-					func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
-				{"BEGIN; SET; error; ROLLBACK", []step{{sql: "BEGIN"}, {sql: "SET search_path = x_schema"},
-					{sql: "SELECT 1/0", wantErr: true}, {sql: "ROLLBACK"}},
-					func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
-				{"BEGIN; SET; error; COMMIT", []step{{sql: "BEGIN"}, {sql: "SET TIME ZONE 'Asia/Tokyo'"},
-					{sql: "SELECT 1/0", wantErr: true}, {sql: "COMMIT"}},
-					func(v gucView) bool { return v.TimeZone == defaults.TimeZone }},
-				{"SAVEPOINT; SET; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
-					{sql: "SET search_path = x_schema"}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
-					func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
-				{"SET; SAVEPOINT; SET; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SET search_path = y_schema"},
-					{sql: "SAVEPOINT s"}, {sql: "SET search_path = x_schema"}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
-					func(v gucView) bool { return v.SearchPath == "y_schema" }},
-				{"SAVEPOINT; SET; RELEASE; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
-					{sql: "SET statement_timeout = 3333"}, {sql: "RELEASE s"}, {sql: "COMMIT"}},
-					func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
-				{"SAVEPOINT; SET; error; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
-					{sql: "SET statement_timeout = 2222"}, {sql: "SELECT 1/0", wantErr: true}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
-					func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
-				{"failing SET outside a transaction", []step{{sql: "SET statement_timeout = 'bogus'", wantErr: true}},
-					func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
-				{"back to the baseline", []step{{sql: "SET search_path = a_schema, public"}, {sql: "RESET statement_timeout"}},
-					func(v gucView) bool {
-						return v.sameSettings(gucView{"0", "a_schema, public", defaults.TimeZone, "postgres", ""})
-					}},
-			}
-			if p == simpleProto {
-				scenarios = append(scenarios, scenario{"implicit transaction: SET; error", []step{{sql: "SET search_path = x_schema; SET statement_timeout = 1111; SELECT 1/0", wantErr: true}},
-					func(v gucView) bool { return v.SearchPath == "a_schema, public" && v.StatementTimeout == "0" }},
-				)
-			}
-			for round := range 2 {
-				for _, sc := range scenarios {
-					l := fmt.Sprintf("round %d: %s", round, sc.name)
-					if v := runBoth(t, l, p, c, ref, sc.steps); !sc.want(v) {
-						t.Fatalf("%s: PostgreSQL shows %v, not what the test expects", l, v)
-					}
+	eachProto(t, tp, db, func(t *testing.T, p proto, c, ref *pgx.Conn) {
+		base := runBoth(t, "baseline", p, c, ref, []step{{sql: "SET search_path = a_schema, public"}})
+		if base.SearchPath != "a_schema, public" {
+			t.Fatalf("direct: %v", base)
+		}
+		scenarios := []scenario{
+			{"BEGIN; SET; ROLLBACK", []step{{sql: "BEGIN"}, {sql: "SET search_path = x_schema"}, {sql: "ROLLBACK"}},
+				func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
+			{"BEGIN; SET; error; ROLLBACK", []step{{sql: "BEGIN"}, {sql: "SET search_path = x_schema"},
+				{sql: "SELECT 1/0", wantErr: true}, {sql: "ROLLBACK"}},
+				func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
+			{"BEGIN; SET; error; COMMIT", []step{{sql: "BEGIN"}, {sql: "SET TIME ZONE 'Asia/Tokyo'"},
+				{sql: "SELECT 1/0", wantErr: true}, {sql: "COMMIT"}},
+				func(v gucView) bool { return v.TimeZone == defaults.TimeZone }},
+			{"SAVEPOINT; SET; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
+				{sql: "SET search_path = x_schema"}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
+				func(v gucView) bool { return v.SearchPath == "a_schema, public" }},
+			{"SET; SAVEPOINT; SET; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SET search_path = y_schema"},
+				{sql: "SAVEPOINT s"}, {sql: "SET search_path = x_schema"}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
+				func(v gucView) bool { return v.SearchPath == "y_schema" }},
+			{"SAVEPOINT; SET; RELEASE; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
+				{sql: "SET statement_timeout = 3333"}, {sql: "RELEASE s"}, {sql: "COMMIT"}},
+				func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
+			{"SAVEPOINT; SET; error; ROLLBACK TO; COMMIT", []step{{sql: "BEGIN"}, {sql: "SAVEPOINT s"},
+				{sql: "SET statement_timeout = 2222"}, {sql: "SELECT 1/0", wantErr: true}, {sql: "ROLLBACK TO s"}, {sql: "COMMIT"}},
+				func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
+			{"failing SET outside a transaction", []step{{sql: "SET statement_timeout = 'bogus'", wantErr: true}},
+				func(v gucView) bool { return v.StatementTimeout == "3333ms" }},
+			{"back to the baseline", []step{{sql: "SET search_path = a_schema, public"}, {sql: "RESET statement_timeout"}},
+				func(v gucView) bool {
+					return v.sameSettings(gucView{"0", "a_schema, public", defaults.TimeZone, "postgres", ""})
+				}},
+		}
+		if p == simpleProto {
+			scenarios = append(scenarios, scenario{"implicit transaction: SET; error", []step{{sql: "SET search_path = x_schema; SET statement_timeout = 1111; SELECT 1/0", wantErr: true}},
+				func(v gucView) bool { return v.SearchPath == "a_schema, public" && v.StatementTimeout == "0" }},
+			)
+		}
+		for round := range 2 {
+			for _, sc := range scenarios {
+				l := fmt.Sprintf("round %d: %s", round, sc.name)
+				if v := runBoth(t, l, p, c, ref, sc.steps); !sc.want(v) {
+					t.Fatalf("%s: PostgreSQL shows %v, not what the test expects", l, v)
 				}
 			}
-		})
-	}
+		}
+	})
 	cr.finish(t, 100, 0)
 	t.Logf("replays: %d", tp.srv.Replays())
 }
@@ -776,53 +756,47 @@ func TestStateSettingsRollback(t *testing.T) {
 // like SET; set_config(..., true) does not.
 func TestStateSettingsSetConfig(t *testing.T) {
 	db := newDatabase(t)
-	defaults := clusterDefaults(t, db)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
-	cr := startCrowd(t, tp, 6, defaults, nil, 0)
+	tp, cr, defaults := startSettingsProxy(t, db, nil, 0)
 
-	for _, p := range []proto{simpleProto, extendedProto} {
-		t.Run(p.String(), func(t *testing.T) {
-			c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-			ref := direct(t, db)
-			for round := range 3 {
-				l := fmt.Sprintf("round %d", round)
-				v := runBoth(t, l+" set_config false", p, c, ref, []step{{sql: "SELECT set_config('statement_timeout', '321', false)"}})
-				if v.StatementTimeout != "321ms" {
-					t.Fatalf("direct: %v", v)
-				}
-				v = runBoth(t, l+" set_config true", p, c, ref, []step{{sql: "SELECT set_config('statement_timeout', '654', true)"}})
-				if v.StatementTimeout != "321ms" {
-					t.Fatalf("direct: %v", v)
-				}
-				v = runBoth(t, l+" set_config true in a transaction", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SELECT set_config('statement_timeout', '655', true)"},
-					{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
-				})
-				if v.StatementTimeout != "321ms" {
-					t.Fatalf("direct: %v", v)
-				}
-				v = runBoth(t, l+" set_config false rolled back", p, c, ref, []step{
-					{sql: "BEGIN"}, {sql: "SELECT set_config('search_path', 'z_schema', false)"}, {sql: "ROLLBACK"},
-				})
-				if v.SearchPath != defaults.SearchPath {
-					t.Fatalf("direct: %v", v)
-				}
-				v = runBoth(t, l+" set_config false among other columns", p, c, ref, []step{
-					{sql: "SELECT 1, pg_catalog.set_config('search_path', 'z_schema, public', false), 2"},
-				})
-				if v.SearchPath != "z_schema, public" {
-					t.Fatalf("direct: %v", v)
-				}
-				v = runBoth(t, l+" back", p, c, ref, []step{
-					{sql: "SELECT set_config('search_path', '\"$user\", public', false)"},
-					{sql: "SELECT set_config('statement_timeout', '0', false)"},
-				})
-				if !v.sameSettings(defaults) {
-					t.Fatalf("direct: %v", v)
-				}
+	eachProto(t, tp, db, func(t *testing.T, p proto, c, ref *pgx.Conn) {
+		for round := range 3 {
+			l := fmt.Sprintf("round %d", round)
+			v := runBoth(t, l+" set_config false", p, c, ref, []step{{sql: "SELECT set_config('statement_timeout', '321', false)"}})
+			if v.StatementTimeout != "321ms" {
+				t.Fatalf("direct: %v", v)
 			}
-		})
-	}
+			v = runBoth(t, l+" set_config true", p, c, ref, []step{{sql: "SELECT set_config('statement_timeout', '654', true)"}})
+			if v.StatementTimeout != "321ms" {
+				t.Fatalf("direct: %v", v)
+			}
+			v = runBoth(t, l+" set_config true in a transaction", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SELECT set_config('statement_timeout', '655', true)"},
+				{sql: "SHOW statement_timeout"}, {sql: "COMMIT"},
+			})
+			if v.StatementTimeout != "321ms" {
+				t.Fatalf("direct: %v", v)
+			}
+			v = runBoth(t, l+" set_config false rolled back", p, c, ref, []step{
+				{sql: "BEGIN"}, {sql: "SELECT set_config('search_path', 'z_schema', false)"}, {sql: "ROLLBACK"},
+			})
+			if v.SearchPath != defaults.SearchPath {
+				t.Fatalf("direct: %v", v)
+			}
+			v = runBoth(t, l+" set_config false among other columns", p, c, ref, []step{
+				{sql: "SELECT 1, pg_catalog.set_config('search_path', 'z_schema, public', false), 2"},
+			})
+			if v.SearchPath != "z_schema, public" {
+				t.Fatalf("direct: %v", v)
+			}
+			v = runBoth(t, l+" back", p, c, ref, []step{
+				{sql: "SELECT set_config('search_path', '\"$user\", public', false)"},
+				{sql: "SELECT set_config('statement_timeout', '0', false)"},
+			})
+			if !v.sameSettings(defaults) {
+				t.Fatalf("direct: %v", v)
+			}
+		}
+	})
 	cr.finish(t, 100, 0)
 	t.Logf("replays: %d", tp.srv.Replays())
 }
@@ -1015,9 +989,7 @@ func TestStateSettingsRoleReplay(t *testing.T) {
 func TestStateSettingsResetExtended(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
-	opts := map[string]string{"options": "-c statement_timeout=1234"}
-	c := connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts)
-	ref := directWith(t, db, opts)
+	c, ref := startupTimeoutPair(t, tp, db)
 	ctx := ctxT(t)
 	for _, q := range []string{"SET statement_timeout = 99", "RESET statement_timeout"} {
 		for _, x := range []*pgx.Conn{c, ref} {
@@ -1049,10 +1021,37 @@ func TestStateSettingsResetExtended(t *testing.T) {
 func TestStateSettingsResetRolledBack(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
-	opts := map[string]string{"options": "-c statement_timeout=1234"}
-	c := connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts)
-	ref := directWith(t, db, opts)
+	c, ref := startupTimeoutPair(t, tp, db)
 	runBoth(t, "SET 99", simpleProto, c, ref, []step{{sql: "SET statement_timeout = 99"}})
 	runBoth(t, "RESET; error (implicit transaction)", simpleProto, c, ref, []step{{sql: "RESET statement_timeout; SELECT 1/0", wantErr: true}})
 	runBoth(t, "SHOW after the rolled-back RESET", simpleProto, c, ref, []step{{sql: "SHOW statement_timeout"}})
+}
+
+// startSettingsProxy starts a proxy (pool size 2) for db and a crowd of 6
+// clients without settings that check they see the cluster's defaults (see
+// startCrowd for forbidApps and sleepEvery); it returns the defaults too.
+func startSettingsProxy(t *testing.T, db string, forbidApps []string, sleepEvery int) (*testProxy, *crowd, gucView) {
+	t.Helper()
+	defaults := clusterDefaults(t, db)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
+	return tp, startCrowd(t, tp, 6, defaults, forbidApps, sleepEvery), defaults
+}
+
+// eachProto runs f in a subtest per protocol, with a new proxied client (simple
+// protocol in pgx; f sends in p) and a new direct reference connection.
+func eachProto(t *testing.T, tp *testProxy, db string, f func(t *testing.T, p proto, c, ref *pgx.Conn)) {
+	t.Helper()
+	for _, p := range []proto{simpleProto, extendedProto} {
+		t.Run(p.String(), func(t *testing.T) {
+			f(t, p, tp.connect(t, pgx.QueryExecModeSimpleProtocol), direct(t, db))
+		})
+	}
+}
+
+// startupTimeoutPair connects a client through tp and a direct reference, both
+// with the startup parameter options=-c statement_timeout=1234.
+func startupTimeoutPair(t *testing.T, tp *testProxy, db string) (c, ref *pgx.Conn) {
+	t.Helper()
+	opts := map[string]string{"options": "-c statement_timeout=1234"}
+	return connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts), directWith(t, db, opts)
 }
