@@ -448,16 +448,7 @@ func TestStatePinListen(t *testing.T) {
 	sender := tp.connect(t, spSimple)
 
 	var pinned atomic.Int32
-	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
-		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
-			return err
-		}
-		if n != 0 {
-			return fmt.Errorf("backend listens on %d channel(s)", n)
-		}
-		return nil
-	}), nil)
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), spNoListen), nil)
 
 	spExec(t, ctx, a, "LISTEN c")
 	pid := spPid(t, ctx, a)
@@ -474,10 +465,7 @@ func TestStatePinListen(t *testing.T) {
 		}
 		inTx := i%5 == 3 // sent while A is inside a transaction of its own
 		if inTx {
-			spExec(t, ctx, a, "BEGIN")
-			if got := spPid(t, ctx, a); got != pid {
-				t.Fatalf("transaction %d: A on backend %d, want its pinned backend %d", i, got, pid)
-			}
+			spBeginOn(t, ctx, a, pid, fmt.Sprintf("transaction %d: A", i))
 		}
 		spExec(t, ctx, via, notify)
 		sent := time.Now()
@@ -500,10 +488,7 @@ func TestStatePinListen(t *testing.T) {
 			t.Errorf("notification %d took %s", i, took)
 		}
 		// A's own transaction between notifications, on its pinned backend.
-		spExec(t, ctx, a, "BEGIN")
-		if got := spPid(t, ctx, a); got != pid {
-			t.Fatalf("after notification %d: A on backend %d, want %d", i, got, pid)
-		}
+		spBeginOn(t, ctx, a, pid, fmt.Sprintf("after notification %d: A", i))
 		if got := spInt(t, ctx, a, "SELECT count(*) FROM pg_listening_channels()"); got != 1 {
 			t.Fatalf("after notification %d: A's backend listens on %d channels, want 1", i, got)
 		}
@@ -530,9 +515,7 @@ func TestStatePinListen(t *testing.T) {
 		t.Errorf("A received %q after UNLISTEN *", n.Payload)
 	}
 	cancel()
-	if got := tp.srv.Pins()["listen"]; got < 1 {
-		t.Errorf(`Pins()["listen"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
-	}
+	spPinsAtLeast(t, tp, "listen", 1)
 	cr.finish(t)
 	eventually(t, 5*time.Second, "every backend idle in the pool", func() error {
 		if st := spPool(t, tp).Stats(); st.InUse != 0 || st.Idle != st.Open {
@@ -608,10 +591,7 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 	spExec(t, ctx, b, "SELECT pg_advisory_unlock_all()")
 
 	for i := 0; i < 20; i++ {
-		spExec(t, ctx, a, "BEGIN")
-		if got := spPid(t, ctx, a); got != pid {
-			t.Fatalf("transaction %d: A on backend %d, want its pinned backend %d", i, got, pid)
-		}
+		spBeginOn(t, ctx, a, pid, fmt.Sprintf("transaction %d: A", i))
 		spExec(t, ctx, a, "SELECT 1")
 		spExec(t, ctx, a, "COMMIT")
 		holders, err := spAdvisoryHolders(ctx, d, 42)
@@ -668,9 +648,7 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 		t.Errorf("pg_advisory_xact_lock pinned its client:\n%s", logs.lines(spClient(x)))
 	}
 	cr.finish(t)
-	if got := tp.srv.Pins()["advisory_lock"]; got < 1 {
-		t.Errorf(`Pins()["advisory_lock"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
-	}
+	spPinsAtLeast(t, tp, "advisory_lock", 1)
 	mon.check(t, 2)
 }
 
@@ -747,28 +725,16 @@ func TestStatePinTempTable(t *testing.T) {
 	aLog := spClient(a)
 
 	var pinned atomic.Int32
-	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
-		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()").Scan(&n); err != nil {
-			return err
-		}
-		if n != 0 {
-			return fmt.Errorf("backend has %d temporary relation(s)", n)
-		}
-		for _, tbl := range []string{"t", "t2"} {
-			if _, err := c.Exec(ctx, "SAVEPOINT s"); err != nil {
-				return err
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned),
+		spNone("SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()", "backend has %d temporary relation(s)"),
+		func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+			for _, tbl := range []string{"t", "t2"} {
+				if err := spFailsWith(ctx, c, "SELECT * FROM "+tbl, "42P01", "relation does not exist"); err != nil {
+					return err
+				}
 			}
-			_, err := c.Exec(ctx, "SELECT * FROM "+tbl)
-			if pgCode(err) != "42P01" {
-				return fmt.Errorf("SELECT * FROM %s: got %v, want relation does not exist (42P01)", tbl, err)
-			}
-			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT s"); err != nil {
-				return err
-			}
-		}
-		return nil
-	}), nil)
+			return nil
+		}), nil)
 
 	tempTables := func() int64 {
 		return spInt(t, ctx, d, "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relkind = 'r'")
@@ -823,9 +789,7 @@ func TestStatePinTempTable(t *testing.T) {
 	spPidChanges(t, a, pid)
 
 	cr.finish(t)
-	if got := tp.srv.Pins()["temp_table"]; got < 2 {
-		t.Errorf(`Pins()["temp_table"] = %d, want >= 2 (%v)`, got, tp.srv.Pins())
-	}
+	spPinsAtLeast(t, tp, "temp_table", 2)
 	mon.check(t, 2)
 }
 
@@ -841,24 +805,11 @@ func TestStatePinHoldCursor(t *testing.T) {
 	aLog := spClient(a)
 
 	var pinned atomic.Int32
-	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
-		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_cursors").Scan(&n); err != nil {
-			return err
-		}
-		if n != 0 {
-			return fmt.Errorf("backend has %d cursor(s)", n)
-		}
-		if _, err := c.Exec(ctx, "SAVEPOINT s"); err != nil {
-			return err
-		}
-		_, err := c.Exec(ctx, "FETCH 1 FROM c")
-		if pgCode(err) != "34000" {
-			return fmt.Errorf("FETCH 1 FROM c: got %v, want invalid cursor name (34000)", err)
-		}
-		_, err = c.Exec(ctx, "ROLLBACK TO SAVEPOINT s")
-		return err
-	}), nil)
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned),
+		spNone("SELECT count(*) FROM pg_cursors", "backend has %d cursor(s)"),
+		func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+			return spFailsWith(ctx, c, "FETCH 1 FROM c", "34000", "invalid cursor name")
+		}), nil)
 
 	spExec(t, ctx, a, "BEGIN")
 	spExec(t, ctx, a, "DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1,100)")
@@ -868,10 +819,7 @@ func TestStatePinHoldCursor(t *testing.T) {
 	next := 1
 	for i := 0; i < 5; i++ {
 		cr.progress(t, 3)
-		spExec(t, ctx, a, "BEGIN")
-		if got := spPid(t, ctx, a); got != pid {
-			t.Fatalf("transaction %d on backend %d, want the pinned %d", i, got, pid)
-		}
+		spBeginOn(t, ctx, a, pid, fmt.Sprintf("transaction %d: A", i))
 		rows, err := a.Query(ctx, "FETCH 10 FROM c")
 		if err != nil {
 			t.Fatalf("transaction %d: FETCH: %v", i, err)
@@ -898,9 +846,7 @@ func TestStatePinHoldCursor(t *testing.T) {
 	spBothBackends(t, tp)
 	spPidChanges(t, a, pid)
 	cr.finish(t)
-	if got := tp.srv.Pins()["hold_cursor"]; got < 1 {
-		t.Errorf(`Pins()["hold_cursor"] = %d, want >= 1 (%v)`, got, tp.srv.Pins())
-	}
+	spPinsAtLeast(t, tp, "hold_cursor", 1)
 	mon.check(t, 2)
 }
 
@@ -1002,9 +948,7 @@ func TestStatePinPoolBound(t *testing.T) {
 	}
 	cr.progress(t, 5)
 	cr.finish(t)
-	if got := tp.srv.Pins()["advisory_lock"]; got < 2 {
-		t.Errorf(`Pins()["advisory_lock"] = %d, want >= 2`, got)
-	}
+	spPinsAtLeast(t, tp, "advisory_lock", 2)
 	if n := tp.serverBackends(t, d); n["active"]+n["idle"]+n["idle in transaction"] > 2 {
 		t.Errorf("proxy backends now: %v", n)
 	}
@@ -1144,14 +1088,7 @@ func TestStatePinListenDisconnect(t *testing.T) {
 	var pinned atomic.Int32
 	var onOld atomic.Int64 // crowd transactions on the listener's old backend
 	var oldPid atomic.Int32
-	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), func(ctx context.Context, c *pgx.Conn, _ int, pid int32) error {
-		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
-			return err
-		}
-		if n != 0 {
-			return fmt.Errorf("backend listens on %d channel(s)", n)
-		}
+	cr := spStartCrowd(t, tp, 4, spAll(spNotOn(&pinned), spNoListen, func(_ context.Context, _ *pgx.Conn, _ int, pid int32) error {
 		if pid == oldPid.Load() {
 			onOld.Add(1)
 		}
@@ -1224,4 +1161,53 @@ func TestStatePinListenDisconnect(t *testing.T) {
 		return nil
 	})
 	mon.check(t, 2)
+}
+
+// spNoListen is a crowd check: the backend listens on no channel.
+var spNoListen = spNone("SELECT count(*) FROM pg_listening_channels()", "backend listens on %d channel(s)")
+
+// spNone is a crowd check: the count query sql answers 0; format reports the
+// count otherwise.
+func spNone(sql, format string) spCheck {
+	return func(ctx context.Context, c *pgx.Conn, _ int, _ int32) error {
+		var n int
+		if err := c.QueryRow(ctx, sql).Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf(format, n)
+		}
+		return nil
+	}
+}
+
+// spFailsWith runs sql in a savepoint of c's transaction, wants it to fail with
+// SQLSTATE code (what names it) and rolls back to the savepoint.
+func spFailsWith(ctx context.Context, c *pgx.Conn, sql, code, what string) error {
+	if _, err := c.Exec(ctx, "SAVEPOINT s"); err != nil {
+		return err
+	}
+	if _, err := c.Exec(ctx, sql); pgCode(err) != code {
+		return fmt.Errorf("%s: got %v, want %s (%s)", sql, err, what, code)
+	}
+	_, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT s")
+	return err
+}
+
+// spBeginOn begins a transaction on c and checks that it runs on the pinned
+// backend pid; who names the transaction in the failure.
+func spBeginOn(t *testing.T, ctx context.Context, c *pgx.Conn, pid int32, who string) {
+	t.Helper()
+	spExec(t, ctx, c, "BEGIN")
+	if got := spPid(t, ctx, c); got != pid {
+		t.Fatalf("%s on backend %d, want its pinned backend %d", who, got, pid)
+	}
+}
+
+// spPinsAtLeast checks the proxy's count of pins for reason.
+func spPinsAtLeast(t *testing.T, tp *testProxy, reason string, n uint64) {
+	t.Helper()
+	if got := tp.srv.Pins()[reason]; got < n {
+		t.Errorf("Pins()[%q] = %d, want >= %d (%v)", reason, got, n, tp.srv.Pins())
+	}
 }
