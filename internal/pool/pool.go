@@ -566,6 +566,13 @@ func (p *Pool) Close() {
 	p.wg.Wait()
 }
 
+// unproven reports whether p never logged into the server and holds nothing.
+func (p *Pool) unproven() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params == nil && p.open == 0 && p.nwait == 0
+}
+
 func (p *Pool) maintain() {
 	defer p.wg.Done()
 	interval := time.Second

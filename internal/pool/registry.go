@@ -41,6 +41,23 @@ func (r *Registry) Get(k Key) *Pool {
 	return p
 }
 
+// DropUnproven removes the pool of k if it is still p and has never logged in
+// and holds nothing (no backend, no dial, no waiter): a route whose first login
+// failed (a mistyped database or user) leaves no pool, maintenance goroutine,
+// SHOW POOLS row or metric series behind. It reports whether p was removed; a
+// caller still holding p then gets ErrClosed from it and may Get again.
+func (r *Registry) DropUnproven(k Key, p *Pool) bool {
+	r.mu.Lock()
+	if r.pools[k] != p || !p.unproven() {
+		r.mu.Unlock()
+		return false
+	}
+	delete(r.pools, k)
+	r.mu.Unlock()
+	p.Close()
+	return true
+}
+
 // Route is one pool with its key, as listed by Pools.
 type Route struct {
 	Key  Key

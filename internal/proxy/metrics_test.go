@@ -2,7 +2,9 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -127,4 +129,75 @@ func TestMetricsThroughProxy(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A route PostgreSQL refuses (a mistyped database or user) gets PostgreSQL's
+// error and leaves nothing behind: no pool, no SHOW POOLS row, no metric series.
+// Labels stay bounded by what the server accepts, whatever clients send. Clients
+// refused at the same time all get PostgreSQL's error, not a shutdown error from a
+// pool another one's failure dropped.
+func TestUnknownRouteLeavesNothing(t *testing.T) {
+	db := newDatabase(t)
+	obs := metrics.NewObserver(10, false)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{Observer: obs}})
+	reg, _ := newObsRegistry(t, tp, obs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	good := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := good.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	login := func(database, user string) error {
+		c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable&connect_timeout=10", user, tp.addr, database))
+		if err == nil {
+			c.Close(ctx)
+			return errors.New("login succeeded")
+		}
+		return err
+	}
+	const badDB, badUser = "pgsidecar_no_such_db", "pgsidecar_no_such_user"
+	for round := 0; round < 2; round++ {
+		var wg sync.WaitGroup
+		errs := make(chan error, 12)
+		for i := 0; i < 6; i++ {
+			wg.Add(2)
+			go func() { defer wg.Done(); errs <- login(badDB, "postgres") }()
+			go func() { defer wg.Done(); errs <- login(db, badUser) }()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if c := pgCode(err); c != "3D000" && c != "28000" {
+				t.Fatalf("round %d: refused login: %v (SQLSTATE %q), want 3D000 or 28000", round, err, c)
+			}
+		}
+	}
+	for _, r := range tp.pools.Pools() {
+		if r.Key.Database != db || r.Key.User != "postgres" {
+			t.Errorf("pool left for refused route %s/%s", r.Key.Database, r.Key.User)
+		}
+	}
+	if n := len(tp.pools.Pools()); n != 1 {
+		t.Errorf("%d pools, want 1 (the good route)", n)
+	}
+	ms := reg.gather()
+	found := 0
+	for name, series := range ms {
+		for _, m := range series {
+			if obsMatch(m, map[string]string{"database": db}) {
+				found++
+			}
+			if obsMatch(m, map[string]string{"database": badDB}) || obsMatch(m, map[string]string{"user": badUser}) {
+				t.Errorf("metric %s has a series for a refused route: %v", name, m.GetLabel())
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no series for the good route: the check above would prove nothing")
+	}
+	// The good client is untouched.
+	if _, err := good.Exec(ctx, "SELECT 2"); err != nil {
+		t.Fatal(err)
+	}
 }

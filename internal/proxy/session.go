@@ -309,7 +309,6 @@ func (ss *session) login(st *wire.Startup) bool {
 	if ss.db == "" {
 		ss.db = ss.user
 	}
-	ss.obs = ss.srv.opt.Observer.Client(ss.db, ss.user, ss.app)
 	switch st.Param("replication") {
 	case "", "false", "off", "no", "0":
 	default:
@@ -327,26 +326,13 @@ func (ss *session) login(st *wire.Startup) bool {
 		ss.serveConsole(st, unsupported)
 		return false
 	}
-	ss.pool = ss.srv.pools.Get(pool.Key{Database: ss.db, User: ss.user})
-	if ss.pool == nil {
-		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
+	params, ok := ss.findRoute()
+	if !ok {
 		return false
 	}
-	params := ss.pool.ServerParams()
-	if params == nil {
-		// First client of this route: log in once to learn what the server reports.
-		ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.ClientLoginTimeout)
-		be, err := ss.pool.Acquire(ctx)
-		cancel()
-		if err != nil {
-			code, msg := ss.acquireError(err)
-			ss.srv.log.Warn("client login failed", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
-			refuse(ss.conn, code, msg)
-			return false
-		}
-		params = be.Params
-		ss.pool.Release(be)
-	}
+	// Metric series only for routes PostgreSQL accepted: their labels stay bounded
+	// by what the server knows, whatever clients send.
+	ss.obs = ss.srv.opt.Observer.Client(ss.db, ss.user, ss.app)
 	if !ss.srv.register(ss) {
 		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
 		return false
@@ -377,6 +363,40 @@ func (ss *session) login(st *wire.Startup) bool {
 	}
 	ss.srv.log.Debug("client logged in", "client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app)
 	return true
+}
+
+// findRoute finds the client's pool and the server parameters it reports. The first
+// client of a route logs in once to learn them; if that fails, the route's pool is
+// dropped again (a mistyped database or user leaves nothing behind) and the
+// client is refused with PostgreSQL's error.
+func (ss *session) findRoute() (map[string]string, bool) {
+	key := pool.Key{Database: ss.db, User: ss.user}
+	for try := 0; ; try++ {
+		ss.pool = ss.srv.pools.Get(key)
+		if ss.pool == nil {
+			refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
+			return nil, false
+		}
+		if params := ss.pool.ServerParams(); params != nil {
+			return params, true
+		}
+		ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.ClientLoginTimeout)
+		be, err := ss.pool.Acquire(ctx)
+		cancel()
+		if err == nil {
+			params := be.Params
+			ss.pool.Release(be)
+			return params, true
+		}
+		if errors.Is(err, pool.ErrClosed) && ss.srv.drainCtx.Err() == nil && try < 3 {
+			continue // another client's failed login dropped this pool: take the new one
+		}
+		ss.srv.pools.DropUnproven(key, ss.pool)
+		code, msg := ss.acquireError(err)
+		ss.srv.log.Warn("client login failed", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+		refuse(ss.conn, code, msg)
+		return nil, false
+	}
 }
 
 // acquireError maps a failure to get a backend to what the client is told.
