@@ -31,14 +31,15 @@ type Config struct {
 	// HTTPListen is the host:port of the HTTP (metrics/health) server; ""
 	// disables it (--http-listen).
 	HTTPListen string
-	// LeakThreshold reports a server connection held by one client longer than
-	// this as a possible leak; 0 disables the check (--leak-threshold).
+	// LeakThreshold reports a client idle inside a transaction for longer than
+	// this as a leak suspect; 0 disables the check (--leak-threshold).
 	LeakThreshold time.Duration
 	// IdleTransactionTimeout disconnects a client idle inside a transaction for
 	// longer than this; 0 disables it (--idle-transaction-timeout).
 	IdleTransactionTimeout time.Duration
 	// TransactionTimeout closes a client whose transaction is older than this
-	// and rolls it back; 0 disables it (--transaction-timeout).
+	// and rolls it back, in transaction mode; 0 disables it
+	// (--transaction-timeout).
 	TransactionTimeout time.Duration
 	// MaxPreparedStatements bounds the named prepared statements kept on each
 	// server connection in transaction mode; 0 turns statement-name rewriting off

@@ -117,7 +117,7 @@ var specs = []spec{
 	{
 		name:  "leak-threshold",
 		arg:   "duration",
-		usage: "Report a server connection held by one client for longer than this as a possible leak; 0 disables.",
+		usage: "Report a client idle inside a transaction for longer than this as a leak suspect (logged once per episode, counted); 0 disables.",
 		value: func(c *Config) flag.Value { return (*durationValue)(&c.LeakThreshold) },
 		check: func(c Config) string { return nonNegative(c.LeakThreshold) },
 	},

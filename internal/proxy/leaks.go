@@ -36,7 +36,8 @@ type LeakStats struct {
 	Detected     uint64        // leak suspects logged since start (one per idle episode)
 	OldestIdleTx time.Duration // how long the longest idle-in-transaction client has been idle
 	// ForcedRollbacks counts transactions the proxy rolled back, by reason
-	// (idle_transaction_timeout, client_disconnect, shutdown).
+	// (idle_transaction_timeout, transaction_timeout, client_disconnect,
+	// shutdown, admin_kill).
 	ForcedRollbacks map[string]uint64
 }
 
