@@ -99,6 +99,7 @@ const directAppName = "pgsidecar_test_direct"
 func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 	t.Helper()
 	needCluster(t)
+	checkNoProxyGoroutines(t)
 	if o.PoolSize == 0 {
 		o.PoolSize = 2
 	}
