@@ -542,11 +542,15 @@ func (p *Pool) Stats() Stats {
 // Close closes idle backends, fails waiters with ErrClosed and makes later Acquire
 // calls fail; backends still held are closed when released. It waits for the
 // maintenance loop and dials in flight to end.
-func (p *Pool) Close() {
+func (p *Pool) Close() { p.close(false) }
+
+// close is Close; with unproven it closes p only if p never logged in and holds
+// nothing, checked under the same lock that marks p closed.
+func (p *Pool) close(unproven bool) bool {
 	p.mu.Lock()
-	if p.closed {
+	if p.closed || unproven && (p.params != nil || p.open != 0 || p.nwait != 0) {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	p.closed = true
 	if p.expiry != nil {
@@ -564,13 +568,7 @@ func (p *Pool) Close() {
 		_ = b.Close()
 	}
 	p.wg.Wait()
-}
-
-// unproven reports whether p never logged into the server and holds nothing.
-func (p *Pool) unproven() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.params == nil && p.open == 0 && p.nwait == 0
+	return true
 }
 
 func (p *Pool) maintain() {

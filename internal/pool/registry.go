@@ -48,13 +48,11 @@ func (r *Registry) Get(k Key) *Pool {
 // caller still holding p then gets ErrClosed from it and may Get again.
 func (r *Registry) DropUnproven(k Key, p *Pool) bool {
 	r.mu.Lock()
-	if r.pools[k] != p || !p.unproven() {
-		r.mu.Unlock()
+	defer r.mu.Unlock()
+	if r.pools[k] != p || !p.close(true) { // open == 0: nothing to wait for but maintain
 		return false
 	}
 	delete(r.pools, k)
-	r.mu.Unlock()
-	p.Close()
 	return true
 }
 
