@@ -201,3 +201,40 @@ func ParseError(body []byte) ErrorFields {
 	}
 	return f
 }
+
+// RewriteErrorText returns a copy of the whole ErrorResponse or NoticeResponse
+// msg (header included) in which every occurrence of old in its message, detail
+// and hint fields is replaced by repl, every other field kept as it is; nil when
+// nothing was replaced or msg is malformed. The proxy uses it to put back the
+// client's name of a prepared statement it renamed on the server.
+func RewriteErrorText(msg []byte, old, repl string) []byte {
+	if len(msg) < HeaderLen || old == "" {
+		return nil
+	}
+	body := msg[HeaderLen:]
+	out := make([]byte, HeaderLen, len(msg)+64)
+	out[0] = msg[0]
+	changed := false
+	for len(body) > 0 && body[0] != 0 {
+		t := body[0]
+		i := bytes.IndexByte(body[1:], 0)
+		if i < 0 {
+			return nil
+		}
+		v := body[1 : 1+i]
+		body = body[2+i:]
+		out = append(out, t)
+		if (t == 'M' || t == 'D' || t == 'H') && bytes.Contains(v, []byte(old)) {
+			v = bytes.ReplaceAll(v, []byte(old), []byte(repl))
+			changed = true
+		}
+		out = append(out, v...)
+		out = append(out, 0)
+	}
+	if !changed || len(body) == 0 {
+		return nil
+	}
+	out = append(out, 0)
+	binary.BigEndian.PutUint32(out[1:HeaderLen], uint32(len(out)-1))
+	return out
+}

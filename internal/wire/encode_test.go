@@ -399,3 +399,28 @@ func TestAppendExtendedMessages(t *testing.T) {
 		}
 	}
 }
+
+func TestRewriteErrorText(t *testing.T) {
+	msg := AppendError(nil, SeverityError, "08P01",
+		`bind message supplies 2 parameters, but prepared statement "pgsidecar_2v" requires 1`, `see "pgsidecar_2v"`)
+	got := RewriteErrorText(msg, `"pgsidecar_2v"`, `"r2"`)
+	if got == nil {
+		t.Fatal("nothing rewritten")
+	}
+	f := ParseError(got[HeaderLen:])
+	if f.Message != `bind message supplies 2 parameters, but prepared statement "r2" requires 1` || f.Code != "08P01" || f.Severity != SeverityError {
+		t.Fatalf("rewritten = %+v", f)
+	}
+	if f.Detail != `see "r2"` {
+		t.Fatalf("detail = %q", f.Detail)
+	}
+	if n := int(binary.BigEndian.Uint32(got[1:5])); n != len(got)-1 {
+		t.Fatalf("length field %d, message is %d bytes after the type", n, len(got)-1)
+	}
+	if RewriteErrorText(msg, `"other"`, `"x"`) != nil {
+		t.Fatal("rewrote without a match")
+	}
+	if RewriteErrorText(msg[:len(msg)-3], `"pgsidecar_2v"`, `"r2"`) != nil {
+		t.Fatal("rewrote a truncated message")
+	}
+}
