@@ -139,6 +139,10 @@ type backendStmts struct {
 type stmtSlot struct {
 	used uint64
 	gen  uint32
+	// seg is 1 + the number of Syncs the client had sent when the proxy sent the
+	// statement's Parse, until the backend answers it (then 0). A later batch
+	// (after a Sync) cannot count on it: an error before it skips it.
+	seg uint32
 }
 
 // respKind is a message sent to a backend that gets an answer.
@@ -164,12 +168,25 @@ const (
 	actReplace            // the client gets pending.x.replace instead
 )
 
+const (
+	unnamedOwn    = 1 + iota // the client's Parse or Close of the unnamed statement
+	unnamedReplay            // the proxy's replay of the client's last one
+)
+
 // pending is a message sent to the backend whose answer is due.
 type pending struct {
 	kind   respKind
 	action respAction
-	st     *stmt        // the statement a Bind or Describe used (cached-plan errors)
-	x      *pendingUndo // rarely set
+	// unnamed marks a Parse or Close of the unnamed statement: the client's own
+	// (unnamedOwn) or the proxy's replay of its last one (unnamedReplay). ubuf is
+	// the client's Parse (nil: a Close), which becomes its unnamed statement when
+	// answered unless a simple query (epoch) dropped it since.
+	unnamed uint8
+	epoch   uint32
+	ubuf    []byte
+	st      *stmt        // the statement a Bind or Describe used (cached-plan errors)
+	rg      *reg         // the client's name for st: errors that name st get it back
+	x       *pendingUndo // rarely set
 }
 
 // pendingUndo holds what a pending message changed in the registries, taken back
@@ -183,6 +200,9 @@ type pendingUndo struct {
 	// fatal: an error answering this (swallowed) Query means the client cannot
 	// have its session state on this backend.
 	fatal bool
+	// beforeAbort: PostgreSQL reports the replacement error even in a failed
+	// transaction (a missing statement), instead of 25P02.
+	beforeAbort bool
 }
 
 type undoKind uint8
@@ -198,6 +218,9 @@ type undoOp struct {
 	kind undoKind
 	rg   *reg
 	st   *stmt
+	// seg is the stmtSlot.seg an undoCached op set: a later Parse of the same
+	// statement owns the slot, and it is not dropped.
+	seg uint32
 }
 
 // respQueue is a FIFO of pending answers (a ring buffer that grows).

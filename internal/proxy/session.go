@@ -113,9 +113,14 @@ type session struct {
 	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
-	unnamed        []byte              // the client's last Parse of the unnamed statement
-	unnamedValid   bool                // ... which PostgreSQL would still hold
+	unnamed        []byte              // the client's last answered Parse of the unnamed statement
+	unnamedValid   bool                // ... which PostgreSQL holds for it
 	unnamedHere    bool                // ... and which the attached backend has
+	unnamedNext    []byte              // the client goroutine reads the next one here
+	unnamedSpare   []byte              // a buffer for the one after
+	unnamedFlight  int                 // the client's Parses and Closes of it not yet answered
+	unnamedEpoch   uint32              // grows when a simple query drops it
+	syncs          uint32              // Syncs sent (under mu): see stmtSlot.seg
 	owed           int                 // ParseCompletes due for Parses taken without a backend
 	held           []byte              // a client message too big for r, read whole and not yet sent
 	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
@@ -862,6 +867,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.resetQueueLocked()
 		ss.bstmts = stmtsOf(be)
 		ss.unnamedHere = false
+		ss.unnamedFlight = 0
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
@@ -901,6 +907,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec++
+		ss.syncs++
 		ss.q.push(pending{kind: rkSync})
 	case wire.MsgExecute:
 		ss.partial = true

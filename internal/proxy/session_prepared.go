@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,14 +13,22 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
+// throwawayName names a statement the proxy prepares and closes at once.
+const throwawayName = stmtPrefix + "throwaway"
+
 // Messages the proxy sends on its own.
 var (
 	// noopClose closes a statement that never exists: its CloseComplete marks a
 	// place in the answer stream where the proxy puts an answer of its own.
 	noopClose = wire.AppendClose(nil, 'S', stmtPrefix+"noop")
-	// failParse fails (a syntax error), so that the backend skips the rest of the
-	// batch as it would after the error the proxy reports in its place.
-	failParse = wire.AppendParse(nil, stmtPrefix+"fail", "pgsidecar statement name already in use")
+	// failParse fails, so that the backend skips the rest of the batch as it
+	// would after the error the proxy reports in its place. Its text parses and
+	// fails only at analysis (an unknown column), which PostgreSQL does after it
+	// refuses anything in a failed transaction: there the client gets
+	// PostgreSQL's 25P02, as it would for its own message.
+	failParse = wire.AppendParse(nil, stmtPrefix+"fail", "select pgsidecar_failed_on_purpose")
+	// noopParseClose closes the statement the proxy parses under throwawayName.
+	noopParseClose = wire.AppendClose(nil, 'S', throwawayName)
 	// parseComplete is a ParseComplete message.
 	parseComplete = []byte{wire.MsgParseComplete, 0, 0, 0, 4}
 	// errCachedPlan is PostgreSQL's error for a statement whose result type changed.
@@ -139,7 +148,9 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 	case wire.MsgClose:
 		return ss.sendClose(h)
 	case wire.MsgQuery:
-		ss.unnamedValid = false // a simple query drops the unnamed statement
+		ss.mu.Lock()
+		ss.droppedUnnamedLocked()
+		ss.mu.Unlock()
 	case wire.MsgExecute:
 		if ss.execFixup != nil {
 			if err := wire.Forward(ss.bw, ss.r, 1+h.Len); err != nil {
@@ -186,15 +197,14 @@ func (ss *session) sendParse(h wire.Header) error {
 	if err != nil {
 		return midMessage(err)
 	}
-	if head[wire.HeaderLen] == 0 || !ss.track {
+	if unnamed := head[wire.HeaderLen] == 0; unnamed || !ss.track {
 		var msg []byte
 		var e sqlEffect
-		if head[wire.HeaderLen] == 0 {
+		if unnamed {
 			// Kept, so that a Bind in a later batch can find it on any backend.
-			if msg, err = ss.readInto(&ss.unnamed, h); err != nil {
+			if msg, err = ss.readInto(&ss.unnamedNext, h); err != nil {
 				return err
 			}
-			ss.unnamedValid, ss.unnamedHere = true, true
 			ss.unnamedTag = nil
 			ss.unnamedEffect = nil
 			if ss.pooled {
@@ -210,8 +220,7 @@ func (ss *session) sendParse(h wire.Header) error {
 			// DEALLOCATE through the extended protocol (psycopg): an empty statement
 			// stands in for it and its Execute gets the answer.
 			ss.dropLocked(&e)
-			ss.unnamed = wire.AppendParse(ss.unnamed[:0], "", "")
-			msg = ss.unnamed
+			msg = wire.AppendParse(msg[:0], "", "")
 			ss.unnamedTag = e.localTag
 		} else if ss.track {
 			ss.applyLocked(&e)
@@ -219,7 +228,13 @@ func (ss *session) sendParse(h wire.Header) error {
 		if msg != nil {
 			ss.noteStmtLocked(parseQuery(msg))
 		}
-		ss.q.push(pending{kind: rkParse})
+		if unnamed {
+			ss.unnamedFlight++
+			ss.q.push(pending{kind: rkParse, unnamed: unnamedOwn, epoch: ss.unnamedEpoch, ubuf: msg})
+			ss.unnamedNext, ss.unnamedSpare = ss.unnamedSpare, nil // msg is the entry's now
+		} else {
+			ss.q.push(pending{kind: rkParse})
+		}
 		ss.mu.Unlock()
 		if msg == nil {
 			return wire.Forward(ss.bw, ss.r, 1+h.Len)
@@ -276,15 +291,33 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 	bs.tick++
 	gen := st.gen.Load()
 	slot, ok := bs.m[st]
+	if ok && slot.gen == gen && slot.seg != 0 && slot.seg != ss.syncs+1 {
+		// Its Parse went out before a Sync and is not answered yet: an error before
+		// it would skip it. Prepare it again, closed first in case it was not.
+		ok = false
+		inj = wire.AppendClose(inj, 'S', st.name)
+		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: st}}}})
+		delete(bs.m, st)
+	}
 	if ok && slot.gen == gen {
-		bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
+		bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: slot.seg}
 		ss.srv.prep.hits.Add(1)
 		if parse {
-			// The backend has it: the client's ParseComplete takes the place of a no-op
-			// Close's answer.
-			inj = append(inj, noopClose...)
-			ss.q.push(pending{kind: rkClose, action: actReplace, x: &pendingUndo{
-				replace: parseComplete, ops: []undoOp{{kind: undoRegister, rg: rg}}}})
+			// The backend has it: the client's ParseComplete is that of the same
+			// text under a throwaway name, closed again at once. A failed
+			// transaction refuses that Parse exactly when it would refuse the
+			// client's own (25P02 unless it is COMMIT or ROLLBACK, and then the
+			// rest of the batch is skipped).
+			inj = append(inj, wire.MsgParse, 0, 0, 0, 0)
+			start := len(inj) - 5
+			inj = append(inj, throwawayName...)
+			inj = append(inj, 0)
+			inj = append(inj, st.key...)
+			binary.BigEndian.PutUint32(inj[start+1:], uint32(len(inj)-start-1))
+			ss.q.push(pending{kind: rkParse, action: actForward, x: &pendingUndo{
+				ops: []undoOp{{kind: undoRegister, rg: rg}}}})
+			inj = append(inj, noopParseClose...)
+			ss.q.push(pending{kind: rkClose, action: actSwallow})
 		}
 		ss.inj = inj
 		return inj
@@ -309,7 +342,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 		ss.srv.prep.evictions.Add(1)
 	}
 	inj = append(inj, st.parse...)
-	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st}}}
+	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st, seg: ss.syncs + 1}}}
 	act := actSwallow
 	if parse {
 		act = actForward
@@ -320,7 +353,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 		x.check = rg
 	}
 	ss.q.push(pending{kind: rkParse, action: act, x: x})
-	bs.m[st] = stmtSlot{used: bs.tick, gen: gen}
+	bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: ss.syncs + 1}
 	ss.srv.prep.serverParses.Add(1)
 	ss.inj = inj
 	return inj
@@ -375,21 +408,32 @@ func (ss *session) sendUse(h wire.Header) error {
 	if ns == ne {
 		// The unnamed statement: a backend other than the one the client parsed it
 		// on gets the client's last Parse of it first.
-		replay := ss.unnamedValid && !ss.unnamedHere
 		if kind == rkBind && ss.unnamedEffect != nil {
 			if refused, err := ss.bindEffect(ss.unnamedEffect, h); refused || err != nil {
 				return err
 			}
 		}
 		ss.mu.Lock()
+		replay := ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0
+		u := ss.unnamed
 		if replay {
-			ss.q.push(pending{kind: rkParse, action: actSwallow})
+			ss.q.push(pending{kind: rkParse, action: actSwallow, unnamed: unnamedReplay})
+			ss.unnamedHere = true
+		} else if !ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0 && ss.pooled {
+			// The client has no unnamed statement, but the backend may hold another
+			// client's: answer as PostgreSQL would for this client, and make the
+			// backend skip to the Sync.
+			ss.q.push(pending{kind: rkParse, action: actReplace, x: errNoUnnamed})
+			ss.mu.Unlock()
+			if _, err := ss.bw.Write(failParse); err != nil {
+				return err
+			}
+			return wire.Skip(ss.r, 1+h.Len)
 		}
 		ss.q.push(pending{kind: kind})
 		ss.mu.Unlock()
 		if replay {
-			ss.unnamedHere = true
-			if _, err := ss.bw.Write(ss.unnamed); err != nil {
+			if _, err := ss.bw.Write(u); err != nil {
 				return err
 			}
 		}
@@ -429,7 +473,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		return wire.Skip(ss.r, 1+h.Len)
 	}
 	inj := ss.prepareLocked(rg, false)
-	ss.q.push(pending{kind: kind, st: st})
+	ss.q.push(pending{kind: kind, st: st, rg: rg})
 	if kind == rkBind {
 		q := st.key
 		if i := strings.IndexByte(q, 0); i >= 0 {
@@ -462,9 +506,10 @@ func (ss *session) sendClose(h wire.Header) error {
 	}
 	body := p[wire.HeaderLen:]
 	var x *pendingUndo
+	var un uint8
 	if len(body) >= 2 && body[0] == 'S' {
 		if body[1] == 0 {
-			ss.unnamedValid = false
+			un = unnamedOwn
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
@@ -477,7 +522,10 @@ func (ss *session) sendClose(h wire.Header) error {
 		}
 	}
 	ss.mu.Lock()
-	ss.q.push(pending{kind: rkClose, x: x})
+	if un != 0 {
+		ss.unnamedFlight++
+	}
+	ss.q.push(pending{kind: rkClose, x: x, unnamed: un, epoch: ss.unnamedEpoch})
 	ss.mu.Unlock()
 	return wire.Forward(ss.bw, ss.r, 1+h.Len)
 }
@@ -548,6 +596,20 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 	if p.x != nil && p.x.check != nil {
 		p.x.check.unconfirmed = false // its statement is valid after all
 	}
+	if p.unnamed == unnamedOwn {
+		ss.unnamedAnsweredLocked(p)
+	}
+	if p.kind == rkParse && p.x != nil && ss.bstmts != nil {
+		// The backend has the statement now, whatever comes after.
+		for _, op := range p.x.ops {
+			if op.kind == undoCached {
+				if sl, ok := ss.bstmts.m[op.st]; ok && sl.seg == op.seg {
+					sl.seg = 0
+					ss.bstmts.m[op.st] = sl
+				}
+			}
+		}
+	}
 	ss.q.pop()
 	return act, repl
 }
@@ -575,13 +637,20 @@ func answers(t byte, k respKind) bool {
 // changed in the registries is taken back.
 func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 	var cachedPlan bool
+	// notStatements: the error says nothing about the failed message's statement.
+	notStatements := false
+	abortedTx := false // the backend refused the message: the transaction had failed
+	var msg []byte
 	if h.Len < 4096 { // errors the proxy looks at are short
-		if msg, err := wire.PeekMessage(r, h); err == nil {
+		var err error
+		if msg, err = wire.PeekMessage(r, h); err == nil {
 			f := wire.ParseError(msg[wire.HeaderLen:])
 			if f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
 				ss.fatalForwarded.Store(true)
 			}
 			cachedPlan = f.Code == wire.CodeFeatureNotSupported && f.Message == "cached plan must not change result type"
+			notStatements = notAboutStatement(f.Code)
+			abortedTx = f.Code == "25P02"
 		}
 	}
 	ss.mu.Lock()
@@ -594,8 +663,16 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 		return actForward, nil
 	}
 	act, repl := actForward, []byte(nil)
-	if p.action == actReplace {
+	if p.action == actReplace && (!abortedTx || p.x.beforeAbort) {
 		act, repl = actReplace, p.x.replace
+	} else if p.action == actReplace {
+		// failParse in a failed transaction: PostgreSQL's 25P02 stands.
+	} else if p.rg != nil && p.st != nil && msg != nil && p.rg.name != p.st.name {
+		// The backend knows the statement by the proxy's name: the client gets an
+		// error that names it by its own.
+		if m := wire.RewriteErrorText(msg, `"`+p.st.name+`"`, `"`+p.rg.name+`"`); m != nil {
+			act, repl = actReplace, m
+		}
 	}
 	if cachedPlan && p.st != nil {
 		// Its plans are stale on every backend: each prepares it anew on next use,
@@ -609,11 +686,14 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 			}
 		}
 	}
-	if p.x != nil && p.x.check != nil && p.x.check.unconfirmed {
+	if p.x != nil && p.x.check != nil && p.x.check.unconfirmed && !notStatements {
 		// The statement of a Parse answered without a backend does not parse: as
-		// with PostgreSQL, the name does not exist.
+		// with PostgreSQL, the name does not exist. (Refused because the
+		// transaction had failed, the statement is still the client's: PostgreSQL
+		// parsed it back when the client sent it.)
 		ss.unregisterLocked(p.x.check)
 	}
+	ss.unnamedFailedLocked(p, p.kind == rkClose) // a Close that failed closed nothing
 	end := 0
 	for end < ss.q.n && ss.q.at(end).kind != rkSync {
 		end++
@@ -623,6 +703,9 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 		if e.x != nil {
 			ss.undoLocked(e.x.ops)
 		}
+		if i > 0 {
+			ss.unnamedFailedLocked(e, true)
+		}
 		if i > 0 && e.kind == rkQuery {
 			ss.outstanding-- // skipped: no ReadyForQuery comes for it
 		}
@@ -631,6 +714,81 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 		ss.q.pop()
 	}
 	return act, repl
+}
+
+// errNoUnnamed is what a client gets for a Bind or Describe of the unnamed
+// statement it does not have.
+var errNoUnnamed = &pendingUndo{beforeAbort: true, replace: wire.AppendError(nil, wire.SeverityError, "26000",
+	"unnamed prepared statement does not exist", "")}
+
+// droppedUnnamedLocked accounts for a simple query, which drops the unnamed
+// statement: answers to earlier Parses of it no longer make it the client's.
+// ss.mu is held.
+func (ss *session) droppedUnnamedLocked() {
+	ss.unnamedEpoch++
+	ss.unnamedValid, ss.unnamedHere = false, false
+}
+
+// unnamedAnsweredLocked accounts for the answer to the client's Parse (p.ubuf)
+// or Close of the unnamed statement: the statement is now that one, or none.
+// ss.mu is held.
+func (ss *session) unnamedAnsweredLocked(p *pending) {
+	ss.unnamedFlight--
+	if p.epoch != ss.unnamedEpoch {
+		ss.spareUnnamedLocked(p.ubuf)
+		return
+	}
+	if p.ubuf == nil {
+		ss.unnamedValid, ss.unnamedHere = false, false
+		return
+	}
+	ss.spareUnnamedLocked(ss.unnamed)
+	ss.unnamed, p.ubuf = p.ubuf, nil
+	ss.unnamedValid, ss.unnamedHere = true, true
+}
+
+// unnamedFailedLocked accounts for a message of p's kind that failed or, with
+// skipped, was skipped after an earlier error (it may be no Parse or Close of the
+// unnamed statement: then nothing happens). PostgreSQL drops its unnamed
+// statement before it parses a new one, so a failed Parse leaves none; a skipped
+// one leaves it as it was. A replay that did not succeed leaves the backend's
+// unknown: it is replayed again. ss.mu is held.
+func (ss *session) unnamedFailedLocked(p *pending, skipped bool) {
+	switch p.unnamed {
+	case unnamedOwn:
+		ss.unnamedFlight--
+		if !skipped && p.ubuf != nil && p.epoch == ss.unnamedEpoch {
+			ss.unnamedValid, ss.unnamedHere = false, false
+		}
+		ss.spareUnnamedLocked(p.ubuf)
+		p.ubuf = nil
+	case unnamedReplay:
+		ss.unnamedHere = false
+	}
+}
+
+// spareUnnamedLocked keeps b for reading a later Parse of the unnamed statement.
+func (ss *session) spareUnnamedLocked(b []byte) {
+	if b != nil && ss.unnamedSpare == nil && cap(b) <= 64*1024 {
+		ss.unnamedSpare = b[:0]
+	}
+}
+
+// notAboutStatement reports whether an error with SQLSTATE code refused a message
+// for a reason other than its statement: a failed transaction (25P02) or a
+// condition of the server or the connection (classes 08, 53, 57, 58, XX).
+func notAboutStatement(code string) bool {
+	if code == "25P02" {
+		return true
+	}
+	if len(code) != 5 {
+		return false
+	}
+	switch code[:2] {
+	case "08", "53", "57", "58", "XX":
+		return true
+	}
+	return false
 }
 
 // popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
@@ -673,7 +831,9 @@ func (ss *session) undoLocked(ops []undoOp) {
 			}
 		case undoCached:
 			if ss.bstmts != nil {
-				delete(ss.bstmts.m, op.st)
+				if sl, ok := ss.bstmts.m[op.st]; ok && (op.seg == 0 || sl.seg == op.seg) {
+					delete(ss.bstmts.m, op.st)
+				}
 			}
 		case undoUncached:
 			if ss.bstmts != nil {
@@ -814,8 +974,8 @@ func (ss *session) dropLocked(e *sqlEffect) {
 // DEALLOCATE ALL and DISCARD ALL drop the client's statements and may drop the
 // proxy's on the backend.
 func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
-	ss.unnamedValid = false // a simple query drops the unnamed statement
 	ss.mu.Lock()
+	ss.droppedUnnamedLocked()
 	if ss.held != nil {
 		ss.noteStmtLocked(ss.held[wire.HeaderLen:])
 	} else if p, err := ss.r.Peek(min(1+h.Len, wire.HeaderLen+len(ss.lastStmt))); err == nil {
