@@ -895,13 +895,8 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	gate.release()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Close did not return")
+	if err := recvWithin(t, closed, 5*time.Second, "Close did not return"); err != nil {
+		t.Fatalf("Close: %v", err)
 	}
 	if n := faultRows(t, chk, 1); n != 0 {
 		t.Fatalf("row of the lost transaction committed")
@@ -1063,13 +1058,8 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 			return nil
 		})
 		a.PgConn().Conn().Close()
-		select {
-		case err := <-errc:
-			if err == nil {
-				t.Fatalf("query on a closed connection succeeded")
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("query did not return after its connection was closed")
+		if err := recvWithin(t, errc, 5*time.Second, "query did not return after its connection was closed"); err == nil {
+			t.Fatalf("query on a closed connection succeeded")
 		}
 		b := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		start := time.Now()
@@ -1149,15 +1139,11 @@ func TestFaultCancel(t *testing.T) {
 	if err := a.PgConn().CancelRequest(ctx); err != nil {
 		t.Fatalf("cancel request: %v", err)
 	}
-	select {
-	case err := <-errc:
-		if code := pgCode(err); code != "57014" {
-			t.Fatalf("canceled query: %v (SQLSTATE %q), want 57014", err, code)
-		}
-		t.Logf("query canceled after %s", time.Since(start))
-	case <-time.After(3 * time.Second):
-		t.Fatalf("query not canceled within 3s")
+	err := recvWithin(t, errc, 3*time.Second, "query not canceled within 3s")
+	if code := pgCode(err); code != "57014" {
+		t.Fatalf("canceled query: %v (SQLSTATE %q), want 57014", err, code)
 	}
+	t.Logf("query canceled after %s", time.Since(start))
 	if err := faultSelect(a, 1); err != nil {
 		t.Fatalf("A after the cancel: %v", err)
 	}
@@ -1441,13 +1427,8 @@ func TestFaultShutdown(t *testing.T) {
 		}
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (2)")
 		faultExec(t, a, "COMMIT")
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("Shutdown: %v", err)
-			}
-		case <-time.After(3 * time.Second):
-			t.Fatalf("Shutdown did not return after the last transaction ended")
+		if err := recvWithin(t, done, 3*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
+			t.Fatalf("Shutdown: %v", err)
 		}
 		if n := faultRows(t, chk, 1) + faultRows(t, chk, 2); n != 2 {
 			t.Fatalf("committed transaction has %d of 2 rows", n)
@@ -1490,13 +1471,8 @@ func TestFaultShutdown(t *testing.T) {
 			t.Fatalf("%d still waiting after the shutdown began", n)
 		}
 		faultExec(t, a, "COMMIT")
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("Shutdown: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("Shutdown did not return after the last transaction ended")
+		if err := recvWithin(t, done, 5*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
+			t.Fatalf("Shutdown: %v", err)
 		}
 		if n := faultRows(t, chk, 30); n != 1 {
 			t.Fatalf("the open transaction's row: %d, want 1", n)
@@ -1600,4 +1576,17 @@ func TestCopyFailsMidMessage(t *testing.T) {
 		t.Fatalf("SHOW search_path: %+v", f)
 	}
 	rc.mustQuery("SELECT count(*) FROM copy_mid", wire.TxIdle)
+}
+
+// recvWithin returns the error received from ch, failing the test with what if
+// none comes within d.
+func recvWithin(t *testing.T, ch <-chan error, d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s", what)
+		return nil
+	}
 }
