@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
 // Named prepared statements in transaction mode (DESIGN.md section 5).
@@ -79,13 +82,7 @@ func (r *stmtRegistry) intern(body []byte) *stmt {
 		}
 	}
 	st.gen.Store(1)
-	msg := make([]byte, 5, 5+len(st.name)+1+len(body))
-	msg[0] = 'P'
-	msg = append(msg, st.name...)
-	msg = append(msg, 0)
-	msg = append(msg, body...)
-	putLen(msg)
-	st.parse = msg
+	st.parse = appendParseBody(make([]byte, 0, 5+len(st.name)+1+len(body)), st.name, st.key)
 	r.byKey[st.key] = st
 	return st
 }
@@ -118,10 +115,16 @@ func (r *stmtRegistry) len() int {
 	return len(r.byKey)
 }
 
-// putLen fills in the length field of the message in msg.
-func putLen(msg []byte) {
-	n := uint32(len(msg) - 1)
-	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+// appendParseBody appends a Parse of statement name whose body (query and
+// parameter types, what follows the name in a client's Parse) is body.
+func appendParseBody(dst []byte, name, body string) []byte {
+	start := len(dst)
+	dst = append(dst, wire.MsgParse, 0, 0, 0, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, body...)
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
 }
 
 // backendStmts is what one backend has prepared. Only the session holding the

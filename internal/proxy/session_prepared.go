@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -250,10 +249,7 @@ func (ss *session) sendParse(h wire.Header) error {
 	if _, dup := ss.stmts[string(name)]; dup {
 		x := &pendingUndo{replace: wire.AppendError(nil, wire.SeverityError, "42P05",
 			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
-		ss.q.push(pending{kind: rkParse, action: actReplace, x: x})
-		ss.mu.Unlock()
-		_, err = ss.bw.Write(failParse)
-		return err
+		return ss.failInsteadLocked(x)
 	}
 	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
 	inj := ss.prepareLocked(rg, true)
@@ -282,24 +278,16 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 	inj := ss.inj[:0]
 	if bs.dirty {
 		for s := range bs.m {
-			inj = wire.AppendClose(inj, 'S', s.name)
-			ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
+			inj = ss.closeOnBackendLocked(inj, s)
 		}
-		clear(bs.m)
 		bs.dirty = false
 	}
 	bs.tick++
 	gen := st.gen.Load()
 	slot, ok := bs.m[st]
-	if ok && slot.gen == gen && slot.seg != 0 && slot.seg != ss.syncs+1 {
-		// Its Parse went out before a Sync and is not answered yet: an error before
-		// it would skip it. Prepare it again, closed first in case it was not.
-		ok = false
-		inj = wire.AppendClose(inj, 'S', st.name)
-		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: st}}}})
-		delete(bs.m, st)
-	}
-	if ok && slot.gen == gen {
+	// Usable: its plans are current, and its Parse was answered or went out after
+	// the client's last Sync (an error before that Sync would skip it).
+	if ok && slot.gen == gen && (slot.seg == 0 || slot.seg == ss.syncs+1) {
 		bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: slot.seg}
 		ss.srv.prep.hits.Add(1)
 		if parse {
@@ -308,12 +296,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 			// transaction refuses that Parse exactly when it would refuse the
 			// client's own (25P02 unless it is COMMIT or ROLLBACK, and then the
 			// rest of the batch is skipped).
-			inj = append(inj, wire.MsgParse, 0, 0, 0, 0)
-			start := len(inj) - 5
-			inj = append(inj, throwawayName...)
-			inj = append(inj, 0)
-			inj = append(inj, st.key...)
-			binary.BigEndian.PutUint32(inj[start+1:], uint32(len(inj)-start-1))
+			inj = appendParseBody(inj, throwawayName, st.key)
 			ss.q.push(pending{kind: rkParse, action: actForward, x: &pendingUndo{
 				ops: []undoOp{{kind: undoRegister, rg: rg}}}})
 			inj = append(inj, noopParseClose...)
@@ -323,10 +306,9 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 		return inj
 	}
 	if ok {
-		// An older generation whose plans went stale: prepare it anew.
-		inj = wire.AppendClose(inj, 'S', st.name)
-		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: st}}}})
-		delete(bs.m, st)
+		// An older generation whose plans went stale, or a Parse that an error
+		// may still skip: prepare it anew, closed first in case it is there.
+		inj = ss.closeOnBackendLocked(inj, st)
 	}
 	for len(bs.m) >= ss.srv.opt.MaxPreparedStatements {
 		var victim *stmt
@@ -336,9 +318,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 				victim, oldest = s, sl.used
 			}
 		}
-		inj = wire.AppendClose(inj, 'S', victim.name)
-		ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: victim}}}})
-		delete(bs.m, victim)
+		inj = ss.closeOnBackendLocked(inj, victim)
 		ss.srv.prep.evictions.Add(1)
 	}
 	inj = append(inj, st.parse...)
@@ -356,6 +336,27 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 	bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: ss.syncs + 1}
 	ss.srv.prep.serverParses.Add(1)
 	ss.inj = inj
+	return inj
+}
+
+// failInsteadLocked sends failParse in place of the client's message, whose
+// answer becomes x.replace (PostgreSQL's own 25P02 in a failed transaction, unless
+// x.beforeAbort): the backend then skips the rest of the batch as PostgreSQL would
+// after that error. ss.mu is held; it is released.
+func (ss *session) failInsteadLocked(x *pendingUndo) error {
+	ss.q.push(pending{kind: rkParse, action: actReplace, x: x})
+	ss.mu.Unlock()
+	_, err := ss.bw.Write(failParse)
+	return err
+}
+
+// closeOnBackendLocked appends a Close of s to inj, answered to nobody, and
+// forgets that the backend has s (should the Close be skipped, an undo remembers
+// that it may). ss.mu is held.
+func (ss *session) closeOnBackendLocked(inj []byte, s *stmt) []byte {
+	inj = wire.AppendClose(inj, 'S', s.name)
+	ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
+	delete(ss.bstmts.m, s)
 	return inj
 }
 
@@ -423,9 +424,7 @@ func (ss *session) sendUse(h wire.Header) error {
 			// The client has no unnamed statement, but the backend may hold another
 			// client's: answer as PostgreSQL would for this client, and make the
 			// backend skip to the Sync.
-			ss.q.push(pending{kind: rkParse, action: actReplace, x: errNoUnnamed})
-			ss.mu.Unlock()
-			if _, err := ss.bw.Write(failParse); err != nil {
+			if err := ss.failInsteadLocked(errNoUnnamed); err != nil {
 				return err
 			}
 			return wire.Skip(ss.r, 1+h.Len)
@@ -465,9 +464,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		// PostgreSQL, the client's next Bind fails (and the one after works). A
 		// failing Parse in the Bind's place makes the backend skip the batch.
 		rg.gen = st.gen.Load()
-		ss.q.push(pending{kind: rkParse, action: actReplace, x: &pendingUndo{replace: errCachedPlan}})
-		ss.mu.Unlock()
-		if _, err := ss.bw.Write(failParse); err != nil {
+		if err := ss.failInsteadLocked(&pendingUndo{replace: errCachedPlan}); err != nil {
 			return err
 		}
 		return wire.Skip(ss.r, 1+h.Len)
@@ -1075,9 +1072,7 @@ func (ss *session) pinLocked(reason string) {
 func (ss *session) bindEffect(e *stateEffect, h wire.Header) (refused bool, err error) {
 	ss.mu.Lock()
 	if e.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse {
-		ss.q.push(pending{kind: rkParse, action: actReplace, x: &pendingUndo{replace: refusal(e.pinKind)}})
-		ss.mu.Unlock()
-		if _, err := ss.bw.Write(failParse); err != nil {
+		if err := ss.failInsteadLocked(&pendingUndo{replace: refusal(e.pinKind)}); err != nil {
 			return true, err
 		}
 		return true, wire.Skip(ss.r, 1+h.Len)
