@@ -166,18 +166,22 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		observer = obs
 	}
 	srv := proxy.NewServer(proxy.Options{
-		Mode:                   mode,
-		MaxClientConn:          cfg.MaxClientConn,
-		ClientLoginTimeout:     cfg.ClientLoginTimeout,
-		QueryWaitTimeout:       cfg.QueryWaitTimeout,
-		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
-		MaxPreparedStatements:  maxPrepared(cfg.MaxPreparedStatements),
-		PinPolicy:              pinPolicy(cfg.PinPolicy),
-		LeakThreshold:          cfg.LeakThreshold,
-		TransactionTimeout:     cfg.TransactionTimeout,
-		AdminUsers:             splitList(cfg.AdminUsers),
-		Observer:               observer,
-		Logger:                 log,
+		Mode:                    mode,
+		MaxClientConn:           cfg.MaxClientConn,
+		ClientLoginTimeout:      cfg.ClientLoginTimeout,
+		QueryWaitTimeout:        cfg.QueryWaitTimeout,
+		IdleTransactionTimeout:  cfg.IdleTransactionTimeout,
+		MaxPreparedStatements:   maxPrepared(cfg.MaxPreparedStatements),
+		PinPolicy:               pinPolicy(cfg.PinPolicy),
+		LeakThreshold:           cfg.LeakThreshold,
+		TransactionTimeout:      cfg.TransactionTimeout,
+		AdminUsers:              splitList(cfg.AdminUsers),
+		MaxMessageSize:          int(cfg.MaxMessageSize),
+		MaxMessageMemory:        cfg.MaxMessageMemory,
+		MaxClientStatements:     cfg.MaxClientPreparedStatements,
+		MaxClientStatementBytes: cfg.MaxClientPreparedBytes,
+		Observer:                observer,
+		Logger:                  log,
 	}, pools)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

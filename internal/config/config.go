@@ -80,6 +80,24 @@ type Config struct {
 	LogFormat string
 	// LogLevel is the minimum level logged: debug, info, warn or error (--log-level).
 	LogLevel slog.Level
+	// MaxMessageSize is the largest message a client may send, in bytes; a
+	// larger one is refused with SQLSTATE 54000 and the client closed. COPY data
+	// is streamed and never counted against it (--max-message-size).
+	MaxMessageSize int64
+	// MaxMessageMemory is the memory, in bytes, shared by every client for the
+	// Query and Parse messages the proxy reads whole because they do not fit its
+	// read buffer (--max-message-memory).
+	MaxMessageMemory int64
+	// MaxClientPreparedStatements bounds the named prepared statements one client
+	// may hold in transaction mode (--max-client-prepared-statements).
+	MaxClientPreparedStatements int
+	// MaxClientPreparedBytes bounds the bytes of statement text (query and
+	// parameter types) one client's named prepared statements may hold in
+	// transaction mode (--max-client-prepared-bytes).
+	MaxClientPreparedBytes int64
+	// ReadinessChecksUpstream makes /readyz fail while no server connection to
+	// the upstream can be opened (--readiness-checks-upstream).
+	ReadinessChecksUpstream bool
 }
 
 // MetricsCompatPgBouncer is the --metrics-compat value for pgbouncer_exporter's names.
@@ -95,6 +113,22 @@ const (
 const (
 	LogFormatText = "text"
 	LogFormatJSON = "json"
+)
+
+// Defaults and limits of the message and statement bounds.
+const (
+	// DefaultMaxMessageSize is the default of [Config.MaxMessageSize]: 64 MiB.
+	DefaultMaxMessageSize = 64 << 20
+	// MaxMessageSizeLimit is PostgreSQL's own limit on a message: 1 GiB - 1.
+	MaxMessageSizeLimit = 1<<30 - 1
+	// DefaultMaxMessageMemory is the default of [Config.MaxMessageMemory]: 128 MiB.
+	DefaultMaxMessageMemory = 128 << 20
+	// DefaultMaxClientPreparedStatements is the default of
+	// [Config.MaxClientPreparedStatements].
+	DefaultMaxClientPreparedStatements = 10000
+	// DefaultMaxClientPreparedBytes is the default of
+	// [Config.MaxClientPreparedBytes]: 16 MiB.
+	DefaultMaxClientPreparedBytes = 16 << 20
 )
 
 // Limits on [Config.PoolSize].
@@ -128,6 +162,11 @@ func Default() Config {
 		ShutdownTimeout:        30 * time.Second,
 		LogFormat:              LogFormatText,
 		LogLevel:               slog.LevelInfo,
+
+		MaxMessageSize:              DefaultMaxMessageSize,
+		MaxMessageMemory:            DefaultMaxMessageMemory,
+		MaxClientPreparedStatements: DefaultMaxClientPreparedStatements,
+		MaxClientPreparedBytes:      DefaultMaxClientPreparedBytes,
 	}
 }
 

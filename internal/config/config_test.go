@@ -74,6 +74,11 @@ func TestDefault(t *testing.T) {
 		ShutdownTimeout:        30 * time.Second,
 		LogFormat:              "text",
 		LogLevel:               slog.LevelInfo,
+
+		MaxMessageSize:              64 << 20,
+		MaxMessageMemory:            128 << 20,
+		MaxClientPreparedStatements: 10000,
+		MaxClientPreparedBytes:      16 << 20,
 	}
 	if got := config.Default(); got != want {
 		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
@@ -234,6 +239,11 @@ func TestAllFlagsParse(t *testing.T) {
 		"--shutdown-timeout=4s",
 		"--log-format=JSON",
 		"--log-level=Warning",
+		"--max-message-size=1MB",
+		"--max-message-memory=2GiB",
+		"--max-client-prepared-statements=5",
+		"--max-client-prepared-bytes=65536",
+		"--readiness-checks-upstream=true",
 	}
 	want := config.Config{
 		Listen:                 ":5432",
@@ -255,6 +265,12 @@ func TestAllFlagsParse(t *testing.T) {
 		ShutdownTimeout:        4 * time.Second,
 		LogFormat:              "json",
 		LogLevel:               slog.LevelWarn,
+
+		MaxMessageSize:              1 << 20,
+		MaxMessageMemory:            2 << 30,
+		MaxClientPreparedStatements: 5,
+		MaxClientPreparedBytes:      64 << 10,
+		ReadinessChecksUpstream:     true,
 	}
 	got := mustLoad(t, args, nil)
 	if got != want {
@@ -575,7 +591,7 @@ func TestFlagUsage(t *testing.T) {
 	out := buf.String()
 
 	for _, name := range config.FlagNames() {
-		if !strings.Contains(out, "  --"+name+" ") {
+		if !strings.Contains(out, "  --"+name+" ") && !strings.Contains(out, "  --"+name+"\n") {
 			t.Errorf("usage does not list --%s", name)
 		}
 		if !strings.Contains(out, "env "+config.EnvName(name)+",") {

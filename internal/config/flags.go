@@ -238,6 +238,65 @@ var specs = []spec{
 		check: func(c Config) string { return nonNegative(c.ShutdownTimeout) },
 	},
 	{
+		name: "max-message-size",
+		arg:  "bytes",
+		usage: "Largest message a client may send (units B, kB, MB, GB; kB = 1024 bytes, as in PostgreSQL); a larger one " +
+			"is refused with SQLSTATE 54000 and the client closed. COPY data is streamed and never counted. At most 1GB.",
+		value: func(c *Config) flag.Value { return (*sizeValue)(&c.MaxMessageSize) },
+		check: func(c Config) string {
+			if c.MaxMessageSize < 1024 || c.MaxMessageSize > MaxMessageSizeLimit {
+				return fmt.Sprintf("must be between 1kB and 1GB - 1, got %s", formatSize(c.MaxMessageSize))
+			}
+			return ""
+		},
+	},
+	{
+		name: "max-message-memory",
+		arg:  "bytes",
+		usage: "Memory shared by all clients for Query and Parse messages larger than the 16kB read buffer, which the " +
+			"proxy reads whole to track session state; a client whose message does not fit waits for it " +
+			"(--query-wait-timeout, then SQLSTATE 53200). At least 1MB.",
+		value: func(c *Config) flag.Value { return (*sizeValue)(&c.MaxMessageMemory) },
+		check: func(c Config) string {
+			if c.MaxMessageMemory < 1<<20 {
+				return fmt.Sprintf("must be at least 1MB, got %s", formatSize(c.MaxMessageMemory))
+			}
+			return ""
+		},
+	},
+	{
+		name:  "max-client-prepared-statements",
+		arg:   "n",
+		usage: "Transaction mode: named prepared statements one client may hold; more get SQLSTATE 54000.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.MaxClientPreparedStatements) },
+		check: func(c Config) string {
+			if c.MaxClientPreparedStatements < 1 {
+				return fmt.Sprintf("must be at least 1, got %d", c.MaxClientPreparedStatements)
+			}
+			return ""
+		},
+	},
+	{
+		name:  "max-client-prepared-bytes",
+		arg:   "bytes",
+		usage: "Transaction mode: statement text (query and parameter types) one client's named prepared statements may hold; more get SQLSTATE 54000.",
+		value: func(c *Config) flag.Value { return (*sizeValue)(&c.MaxClientPreparedBytes) },
+		check: func(c Config) string {
+			if c.MaxClientPreparedBytes < 1024 {
+				return fmt.Sprintf("must be at least 1kB, got %s", formatSize(c.MaxClientPreparedBytes))
+			}
+			return ""
+		},
+	},
+	{
+		name: "readiness-checks-upstream",
+		arg:  "",
+		usage: "Make /readyz fail (503) while no server connection to the upstream can be opened. Off by default: " +
+			"a database outage would then take every pod out of its Service.",
+		value: func(c *Config) flag.Value { return (*boolValue)(&c.ReadinessChecksUpstream) },
+		check: func(c Config) string { return "" },
+	},
+	{
 		name:  "log-format",
 		arg:   "text|json",
 		usage: "Log output format.",
@@ -603,6 +662,87 @@ func (v *logLevelValue) Set(s string) error {
 func (v *logLevelValue) String() string {
 	name, _ := logLevelName(slog.Level(*v))
 	return name
+}
+
+// boolValue is a boolean flag: --name alone sets it; --name=false clears it.
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+
+func (v *boolValue) String() string { return strconv.FormatBool(bool(*v)) }
+
+// IsBoolFlag tells the flag package that --name needs no value.
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+// sizeValue is a number of bytes with an optional unit: B, kB, MB, GB (1024
+// multiples, as PostgreSQL's memory settings) or KiB, MiB, GiB.
+type sizeValue int64
+
+func (v *sizeValue) Set(s string) error {
+	n, err := ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*v = sizeValue(n)
+	return nil
+}
+
+func (v *sizeValue) String() string { return formatSize(int64(*v)) }
+
+// ParseSize parses a byte count with an optional unit: B, kB, MB, GB, TB
+// (multiples of 1024, as PostgreSQL's memory settings) or KiB, MiB, GiB, TiB.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, errors.New(`not a size: want a number of bytes with an optional unit (B, kB, MB, GB), e.g. "64MB"`)
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, errors.New("size out of range")
+	}
+	var mult int64
+	switch strings.TrimSpace(t[i:]) {
+	case "", "B":
+		mult = 1
+	case "kB", "KB", "KiB":
+		mult = 1 << 10
+	case "MB", "MiB":
+		mult = 1 << 20
+	case "GB", "GiB":
+		mult = 1 << 30
+	case "TB", "TiB":
+		mult = 1 << 40
+	default:
+		return 0, fmt.Errorf("unknown size unit %q: want B, kB, MB, GB or TB", strings.TrimSpace(t[i:]))
+	}
+	if n > (1<<62)/mult {
+		return 0, errors.New("size out of range")
+	}
+	return n * mult, nil
+}
+
+// formatSize prints n bytes with the largest unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		name string
+		m    int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}} {
+		if n != 0 && n%u.m == 0 {
+			return strconv.FormatInt(n/u.m, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
 }
 
 type pinPolicyValue string

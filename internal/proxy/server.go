@@ -67,9 +67,31 @@ type Options struct {
 	// (LISTEN, session advisory locks, temp tables, ...) pins it or is refused with
 	// SQLSTATE 0A000, in transaction mode.
 	PinPolicy PinPolicy
+	// MaxMessageSize is the largest message a client may send (0:
+	// DefaultMaxMessageSize); a larger one is refused with SQLSTATE 54000 and the
+	// client closed. COPY data is streamed and never counted against it.
+	MaxMessageSize int
+	// MaxMessageMemory bounds the memory of all clients' Query and Parse messages
+	// that the proxy reads whole because they do not fit a read buffer (0:
+	// DefaultMaxMessageMemory). A client whose message does not fit waits for
+	// room up to QueryWaitTimeout.
+	MaxMessageMemory int64
+	// MaxClientStatements and MaxClientStatementBytes bound one client's named
+	// prepared statements in transaction mode: their number and the bytes of
+	// their text (0: the defaults). Past them a Parse gets SQLSTATE 54000.
+	MaxClientStatements     int
+	MaxClientStatementBytes int64
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 }
+
+// Defaults of the message and statement bounds.
+const (
+	DefaultMaxMessageSize          = 64 << 20
+	DefaultMaxMessageMemory        = 128 << 20
+	DefaultMaxClientStatements     = 10000
+	DefaultMaxClientStatementBytes = 16 << 20
+)
 
 // DefaultMaxPreparedStatements is the default bound of prepared statements per
 // backend.
@@ -209,6 +231,19 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 	}
 	if opt.MaxPreparedStatements == 0 {
 		opt.MaxPreparedStatements = DefaultMaxPreparedStatements
+	}
+	if opt.MaxMessageSize <= 0 {
+		opt.MaxMessageSize = DefaultMaxMessageSize
+	}
+	opt.MaxMessageSize = min(opt.MaxMessageSize, wire.MaxMessageLength)
+	if opt.MaxMessageMemory <= 0 {
+		opt.MaxMessageMemory = DefaultMaxMessageMemory
+	}
+	if opt.MaxClientStatements <= 0 {
+		opt.MaxClientStatements = DefaultMaxClientStatements
+	}
+	if opt.MaxClientStatementBytes <= 0 {
+		opt.MaxClientStatementBytes = DefaultMaxClientStatementBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
