@@ -86,3 +86,6 @@ func (s *Server) Serve() error {
 
 // Shutdown stops the server gracefully.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// Close stops the server now, closing every connection.
+func (s *Server) Close() error { return s.srv.Close() }

@@ -46,12 +46,12 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		waitSeconds:     d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
 		waitTimeouts:    d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
 		dials:           d("server_connects_total", "Server connections opened.", poolLabels...),
-		dialFailures:    d("server_connect_failures_total", "Failed attempts to open a server connection.", poolLabels...),
+		dialFailures:    d("server_connect_failures_total", "Failed attempts to open a server connection, those of routes that never logged in included: under the upstream's own database and user for its route, else under database and user \"(unknown)\".", poolLabels...),
 		closed:          d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
 		clients:         d("client_connections_open", "Connected clients (logged in or logging in)."),
 		clientStates:    d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
 		exhausted:       d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
-		dialSeconds:     d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
+		dialSeconds:     d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included, with the same labels as server_connect_failures_total (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
 		clientErrors:    d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, query_wait_timeout, idle_transaction_timeout, transaction_timeout.", "reason"),
 		clientsTotal:    d("client_connections_total", "Client connections accepted."),
 		refused:         d("clients_refused_total", "Clients refused because max-client-conn was reached."),
@@ -87,8 +87,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
 	pinned := c.server.PinnedServers()
 	var waitTimeouts uint64
-	for _, r := range c.pools.Pools() {
-		s := r.Pool.Stats()
+	pools, dropped := c.pools.Snapshot()
+	// Dial figures of pools the registry dropped (routes that never logged in) go
+	// to the live pool of the same labels, or to a series of their own.
+	extra := make(map[pool.Key]pool.DialTotals, len(dropped))
+	for _, t := range dropped {
+		extra[t.Key] = t
+	}
+	for _, r := range pools {
+		s := r.Stats
+		if t, ok := extra[r.Key]; ok {
+			s.DialFailures += t.DialFailures
+			s.DialTime += t.DialTime
+			delete(extra, r.Key)
+		}
 		l := []string{r.Key.Database, r.Key.User}
 		pin := pinned[[2]string{r.Key.Database, r.Key.User}]
 		ch <- prometheus.MustNewConstMetric(c.poolSize, gauge, float64(s.Size), l...)
@@ -108,6 +120,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dials, counter, float64(s.Dials), l...)
 		ch <- prometheus.MustNewConstMetric(c.dialFailures, counter, float64(s.DialFailures), l...)
 		ch <- prometheus.MustNewConstMetric(c.closed, counter, float64(s.Closed), l...)
+	}
+	for _, t := range dropped {
+		if _, ok := extra[t.Key]; ok {
+			ch <- prometheus.MustNewConstMetric(c.dialFailures, counter, float64(t.DialFailures), t.Key.Database, t.Key.User)
+			ch <- prometheus.MustNewConstMetric(c.dialSeconds, counter, t.DialTime.Seconds(), t.Key.Database, t.Key.User)
+		}
 	}
 	st := c.server.Stats()
 	ch <- prometheus.MustNewConstMetric(c.clients, gauge, float64(st.Clients))

@@ -4,6 +4,13 @@
 // liveness checks of idle backends, and dialing through pgconn followed by Hijack so
 // that the proxy can speak the raw protocol on the connection afterwards.
 //
+// Failed dials make a route back off (50ms doubling to 5s, with jitter, one attempt
+// at a time, ended by a success): meanwhile acquisitions with nothing open to serve
+// them fail at once with ErrBackoff. The Registry keeps a route's back-off state
+// and dial failures when DropUnproven removes its pool (bounded: the default route
+// keeps its own labels, every other route counts under UnknownRoute), and answers
+// readiness probes for the upstream (UpstreamReady).
+//
 // The pool never holds its mutex across network I/O. It may import the wire package
 // and pgconn; it must not import the proxy, metrics or admin packages, nor
 // Prometheus (metrics read Stats at scrape time).

@@ -63,6 +63,30 @@ type Stats struct {
 	// Exhausted is the total time clients were waiting for a backend (every
 	// backend busy or being opened).
 	Exhausted time.Duration
+	// BackoffRefusals counts acquisitions refused at once (ErrBackoff) because the
+	// route was backing off after failed dials with nothing open to serve them.
+	BackoffRefusals uint64
+}
+
+// Health is a snapshot of a pool's ability to reach its server.
+type Health struct {
+	Open    int // backends open (logged in), idle or held; dialing ones excluded
+	Dialing int // backends being opened
+	// Failures is the number of consecutive failed dials of the route (0: the last
+	// one succeeded, or none ended yet).
+	Failures int
+	// LastError is the error of the route's last failed dial and LastErrorAt its
+	// time (nil, zero: none); they stay after a later success.
+	LastError     error
+	LastErrorAt   time.Time
+	LastSuccessAt time.Time // the route's last successful dial (zero: none)
+	// BackingOff is true while acquisitions that would need a dial are refused
+	// (ErrBackoff) or wait for the one attempt in flight; NextAttempt is when the
+	// delay after the last failure ends (zero: no back-off).
+	BackingOff  bool
+	NextAttempt time.Time
+	// Refused counts acquisitions this pool refused because of the back-off.
+	Refused uint64
 }
 
 type result struct {
@@ -106,6 +130,12 @@ type Pool struct {
 	stats    Stats
 	// acquires is atomic so that the uncontended Acquire path takes the lock once.
 	acquires atomic.Uint64
+	// bo is the route's dial back-off (shared with the Registry, which keeps it
+	// across the route's pools). retry fires at retryAt (zero: not armed) to dial
+	// for waiters a back-off kept waiting while backends were held.
+	bo      *backoff
+	retry   *time.Timer
+	retryAt time.Time
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -119,7 +149,7 @@ func New(cfg Config) *Pool {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	p := &Pool{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), bo: &backoff{}}
 	p.wg.Add(1)
 	go p.maintain()
 	return p
@@ -130,6 +160,12 @@ func New(cfg Config) *Pool {
 // caller seeing an error. The error wraps ErrDial when the server cannot be reached
 // and no other backend can serve the caller, ErrClosed when the pool is closed, or
 // ctx.Err() when the wait ran out.
+//
+// After a failed dial the route backs off (50ms doubling to 5s, with jitter; a
+// successful dial ends it): until the delay has passed no dial starts, and then
+// only one at a time. Meanwhile an Acquire that finds nothing open (no backend,
+// no dial) fails at once with a *BackoffError, which wraps ErrBackoff, ErrDial and
+// the last dial error; with backends open it waits for one as usual.
 func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
 	return p.acquire(ctx, ctx.Done(), 0, 0)
 }
@@ -160,6 +196,15 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, timeout time.D
 	if p.closed {
 		p.mu.Unlock()
 		return nil, ErrClosed
+	}
+	if p.open == 0 {
+		// Nothing open or being opened could serve a waiter: while the route
+		// backs off, say so now rather than queue.
+		if err := p.bo.refuse(time.Now(), 1); err != nil {
+			p.stats.BackoffRefusals++
+			p.mu.Unlock()
+			return nil, err
+		}
 	}
 	w := waiterPool.Get().(*waiter)
 	w.since = time.Now()
@@ -407,17 +452,62 @@ func (p *Pool) handLocked(r result) bool {
 }
 
 // dialIfNeededLocked starts dials while waiters outnumber dials in flight and the
-// pool has room.
+// pool has room, as far as the route's back-off allows.
 func (p *Pool) dialIfNeededLocked() {
 	for p.nwait > p.dialing && p.open < p.cfg.Size && !p.closed {
-		p.open++
-		p.dialing++
-		p.wg.Add(1)
-		go p.dial()
+		now := time.Now()
+		ok, probe, retryAt := p.bo.permit(now)
+		if !ok {
+			if p.open == 0 {
+				// Nothing open could ever serve the waiters: tell them now.
+				err := p.bo.refuse(now, p.nwait)
+				if err == nil {
+					continue // the back-off ended just now: ask again
+				}
+				p.stats.BackoffRefusals += uint64(p.nwait)
+				for p.handLocked(result{err: err}) {
+				}
+			} else if !retryAt.IsZero() {
+				p.armRetryLocked(retryAt)
+			}
+			return
+		}
+		p.startDialLocked(probe)
 	}
 }
 
-func (p *Pool) dial() {
+func (p *Pool) startDialLocked(probe bool) {
+	p.open++
+	p.dialing++
+	p.wg.Add(1)
+	go p.dial(probe)
+}
+
+// armRetryLocked makes sure dialIfNeededLocked runs again by t, when the back-off
+// ends: waiters kept waiting by it while backends are held get their dial then
+// rather than only when a held backend comes back. One timer per pool.
+func (p *Pool) armRetryLocked(t time.Time) {
+	if !p.retryAt.IsZero() && !t.Before(p.retryAt) {
+		return
+	}
+	p.retryAt = t
+	d := time.Until(t)
+	if p.retry == nil {
+		p.retry = time.AfterFunc(d, p.retryDial)
+	} else {
+		p.retry.Reset(d)
+	}
+}
+
+func (p *Pool) retryDial() {
+	p.mu.Lock()
+	p.retryAt = time.Time{}
+	p.dialIfNeededLocked()
+	p.mu.Unlock()
+}
+
+// dial opens one backend; probe says it is the one attempt the back-off allowed.
+func (p *Pool) dial(probe bool) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
 	go func() { // a closing pool abandons dials in flight
@@ -437,6 +527,7 @@ func (p *Pool) dial() {
 	if err != nil {
 		p.open--
 		p.stats.DialFailures++
+		st := p.bo.failed(start, start.Add(took), err, probe, p.closed)
 		err = fmt.Errorf("%w: %w", ErrDial, err)
 		if p.open == 0 {
 			// Nothing open could ever serve the waiters: tell them all now.
@@ -445,11 +536,18 @@ func (p *Pool) dial() {
 		} else {
 			p.handLocked(result{err: err})
 			// The failed dial freed a slot: waiters still queued get a dial of their own
-			// rather than waiting for a held backend to come back.
+			// rather than waiting for a held backend to come back (after the back-off).
 			p.dialIfNeededLocked()
 		}
 		p.mu.Unlock()
-		p.log.Warn("server connection failed", "error", err, "elapsed", time.Since(start))
+		// One line per back-off step: the failures of a burst of dials and of the
+		// acquisitions refused meanwhile are summed up in the next one.
+		if st.log {
+			p.log.Warn("server connection failed", "error", err, "attempt", st.attempts,
+				"retry_in", st.delay.Round(time.Millisecond), "clients_refused", st.refused, "elapsed", took)
+		} else {
+			p.log.Debug("server connection failed", "error", err, "elapsed", took)
+		}
 		return
 	}
 	b.pool = p
@@ -459,6 +557,7 @@ func (p *Pool) dial() {
 	}
 	p.stats.Dials++
 	p.params = b.Params
+	st := p.bo.succeeded(start.Add(took), probe)
 	if p.closed {
 		p.open--
 		p.stats.Closed++
@@ -470,8 +569,16 @@ func (p *Pool) dial() {
 		b.idleSince = time.Now()
 		p.idle = append(p.idle, b)
 	}
+	if st.log {
+		// The back-off held back dials for waiters that queued meanwhile.
+		p.dialIfNeededLocked()
+	}
 	p.mu.Unlock()
-	p.log.Debug("server connection opened", "pid", b.PID, "elapsed", time.Since(start))
+	if st.log {
+		p.log.Info("server connection restored", "pid", b.PID, "failed_attempts", st.attempts,
+			"down_for", st.downFor.Round(time.Millisecond), "clients_refused", st.refused)
+	}
+	p.log.Debug("server connection opened", "pid", b.PID, "elapsed", took)
 }
 
 func (b *Backend) expired(now time.Time) bool {
@@ -539,6 +646,80 @@ func (p *Pool) Stats() Stats {
 	return s
 }
 
+// Health returns a snapshot of the pool's backends and of its route's dial history
+// and back-off.
+func (p *Pool) Health() Health {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := Health{Open: p.open - p.dialing, Dialing: p.dialing, Refused: p.stats.BackoffRefusals}
+	p.bo.fill(&h, now)
+	return h
+}
+
+// ready is Registry.UpstreamReady for this pool: nil while a backend is open
+// (idle ones are checked for life first and closed when dead) or the last dial
+// succeeded. With nothing open it starts one dial unless one is in flight or the
+// back-off forbids it; the backend goes idle into the pool. It never waits for I/O.
+func (p *Pool) ready() error {
+	now := time.Now()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	var dead []*Backend
+	if p.open-p.dialing == len(p.idle) { // none held: is an idle one still alive?
+		kept := p.idle[:0]
+		for _, b := range p.idle {
+			if b.expired(now) || !b.alive() {
+				dead = append(dead, b)
+				continue
+			}
+			kept = append(kept, b)
+		}
+		for i := len(kept); i < len(p.idle); i++ {
+			p.idle[i] = nil
+		}
+		p.idle = kept
+		p.open -= len(dead)
+		p.stats.Closed += uint64(len(dead))
+	}
+	var err error
+	if p.open-p.dialing == 0 {
+		if p.dialing == 0 && p.open < p.cfg.Size {
+			if ok, probe, _ := p.bo.permit(now); ok {
+				p.startDialLocked(probe)
+			}
+		}
+		err = p.bo.readyErr()
+	}
+	p.mu.Unlock()
+	if len(dead) > 0 {
+		go func() { // Close writes: keep the caller (an HTTP probe) from waiting
+			for _, b := range dead {
+				p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
+				_ = b.Close()
+			}
+		}()
+	}
+	return err
+}
+
+// setBackoff makes p use the route's back-off state bo.
+func (p *Pool) setBackoff(bo *backoff) {
+	p.mu.Lock()
+	p.bo = bo
+	p.mu.Unlock()
+}
+
+// backoffState returns the back-off state p uses.
+func (p *Pool) backoffState() *backoff {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.bo
+}
+
 // Close closes idle backends, fails waiters with ErrClosed and makes later Acquire
 // calls fail; backends still held are closed when released. It waits for the
 // maintenance loop and dials in flight to end.
@@ -555,6 +736,9 @@ func (p *Pool) close(unproven bool) bool {
 	p.closed = true
 	if p.expiry != nil {
 		p.expiry.Stop()
+	}
+	if p.retry != nil {
+		p.retry.Stop()
 	}
 	idle := p.idle
 	p.idle = nil

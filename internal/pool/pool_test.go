@@ -547,9 +547,22 @@ func TestDialFailureReportedPromptly(t *testing.T) {
 		t.Fatalf("stats after failures: %+v", s)
 	}
 
-	// The database comes back.
+	// The database comes back: the route is backing off, so until the delay after
+	// the failure ends an Acquire is refused at once; then it dials and works.
 	down.Store(false)
-	b := mustAcquire(t, p)
+	var b *pool.Backend
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var err error
+		b, err = p.Acquire(ctxFor(t, 5*time.Second))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, pool.ErrBackoff) || !errors.Is(err, errDown) || time.Now().After(deadline) {
+			t.Fatalf("Acquire after the database came back: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	checkWorks(t, f, b)
 	s = p.Stats()
 	if s.Open != 1 || s.Dials != 1 || s.InUse != 1 {
