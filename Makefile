@@ -10,8 +10,15 @@ FUZZTIME ?= 200000x
 
 all: build
 
+# Stamped into the binary (proxy --version, the startup log). Outside a git
+# checkout both are empty and the binary falls back to Go's build information.
+# Recursive (=): evaluated only by the targets that use them.
+VERSION = $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT  = $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS = -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/proxy
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/proxy
 
 ## run: the proxy in front of a throwaway local PostgreSQL (prints the DATABASE_URL to use).
 run: build

@@ -20,10 +20,15 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 )
 
+// runMainEnv makes the test binary act as the proxy binary for end-to-end
+// tests. It has no PGSIDECAR_ prefix: the proxy rejects unknown PGSIDECAR_*
+// variables.
+const runMainEnv = "GO_TEST_PGSIDECAR_RUN_MAIN"
+
 // TestMain lets the test binary act as the proxy binary for end-to-end tests.
 func TestMain(m *testing.M) {
-	if os.Getenv("PGSIDECAR_TEST_RUN_MAIN") == "1" {
-		os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	if os.Getenv(runMainEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Getenv, os.Environ, os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -47,7 +52,7 @@ func TestBinarySIGTERM(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "--listen", listen, "--http-listen", httpAddr,
 		"--pool-size", "2", "--shutdown-timeout", "10s", "--log-format", "json")
-	cmd.Env = append(os.Environ(), "PGSIDECAR_TEST_RUN_MAIN=1", "DATABASE_URL="+cl.URL("postgres"))
+	cmd.Env = append(os.Environ(), runMainEnv+"=1", "DATABASE_URL="+cl.URL("postgres"))
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

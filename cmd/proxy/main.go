@@ -15,7 +15,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -40,11 +43,36 @@ const (
 	exitConfig  = 2
 )
 
+// version and commit are stamped by make build:
+//
+//	go build -ldflags "-X main.version=$(git describe --tags --always --dirty) -X main.commit=$(git rev-parse HEAD)"
+//
+// When empty, currentVersion falls back to the build information Go records
+// in the binary.
+var version, commit string
+
+// cpuProfileEnv names a file to write a CPU profile of the whole run to. It
+// is undocumented: it exists for profiling benchmarks.
+const cpuProfileEnv = config.EnvPrefix + "CPUPROFILE"
+
+// allowedEnv are the PGSIDECAR_* variables that are not flags and are still
+// accepted; any other unknown one is a configuration error.
+var allowedEnv = []string{cpuProfileEnv}
+
+// httpShutdownTimeout bounds the graceful stop of the HTTP server once the
+// proxy itself has shut down, so the process exits within --shutdown-timeout
+// plus about a second even while a scrape or a slow HTTP client is open.
+const httpShutdownTimeout = 250 * time.Millisecond
+
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Environ, os.Stdout, os.Stderr))
 }
 
-func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+// run is the whole program: args are the command-line arguments without the
+// program name, getenv and environ read the environment (os.Getenv and
+// os.Environ in main). It returns the exit status: exitConfig after printing
+// every configuration problem to stderr, exitRuntime when the proxy fails.
+func run(args []string, getenv func(string) string, environ func() []string, stdout, stderr io.Writer) int {
 	dev := len(args) > 0 && args[0] == "dev"
 	if dev {
 		args = args[1:]
@@ -53,24 +81,35 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	cfg := config.Default()
 	applyEnv := config.Bind(fs, &cfg)
-	for _, a := range args {
-		if a == "-h" || a == "-help" || a == "--help" || a == "help" {
-			fmt.Fprintf(stdout, "pgsidecar: PostgreSQL transaction-pooling sidecar\n\n"+
-				"Usage:\n  proxy [flags]       run the proxy in front of --upstream (or $DATABASE_URL)\n"+
-				"  proxy dev [flags]   start a throwaway local PostgreSQL and the proxy in front of it\n\n")
-			config.FlagUsage(stdout, fs)
-			return exitOK
+	showVersion := fs.Bool("version", false, "Print the version, the commit and the Go version, and exit.")
+	positional, help, parseErr := config.ParseArgs(fs, args)
+	if help || slices.Contains(positional, "help") {
+		fmt.Fprintf(stdout, "pgsidecar: PostgreSQL transaction-pooling sidecar\n\n"+
+			"Usage:\n  proxy [flags]       run the proxy in front of --upstream (or $DATABASE_URL)\n"+
+			"  proxy dev [flags]   start a throwaway local PostgreSQL and the proxy in front of it\n"+
+			"  proxy --version     print the version and exit\n\n")
+		config.FlagUsage(stdout, fs)
+		return exitOK
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, currentVersion())
+		return exitOK
+	}
+
+	var problems []error
+	if parseErr != nil {
+		problems = append(problems, parseErr)
+	}
+	for _, a := range positional {
+		if a == "dev" {
+			problems = append(problems, errors.New(`unexpected argument "dev": it must come first (proxy dev [flags])`))
+		} else {
+			problems = append(problems, fmt.Errorf("unexpected argument %q", a))
 		}
 	}
-	fs.Usage = func() { fmt.Fprintln(stderr, "proxy: invalid configuration (see proxy --help)") }
-	if err := fs.Parse(args); err != nil {
-		return exitConfig
+	if err := config.CheckEnviron(environ(), allowedEnv...); err != nil {
+		problems = append(problems, err)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "proxy: unexpected argument %q (see --help)\n", fs.Arg(0))
-		return exitConfig
-	}
-	var problems []error
 	if err := applyEnv(getenv); err != nil {
 		problems = append(problems, err)
 	}
@@ -88,11 +127,17 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 	}
 	if len(problems) > 0 {
-		fmt.Fprintf(stderr, "proxy: invalid configuration:\n%v\n", errors.Join(problems...))
+		fmt.Fprintln(stderr, "proxy: invalid configuration (see proxy --help):")
+		for _, line := range strings.Split(errors.Join(problems...).Error(), "\n") {
+			fmt.Fprintln(stderr, "  "+line)
+		}
 		return exitConfig
 	}
 	log := newLogger(cfg, stderr)
-	if path := getenv("PGSIDECAR_CPUPROFILE"); path != "" { // undocumented: for profiling benchmarks
+	v := currentVersion()
+	log.Info("pgsidecar starting", "version", v.Version, "commit", v.Commit, "go", runtime.Version())
+	logOpenFilesLimit(log)
+	if path := getenv(cpuProfileEnv); path != "" {
 		if f, err := os.Create(path); err == nil {
 			if err := pprof.StartCPUProfile(f); err == nil {
 				defer pprof.StopCPUProfile()
@@ -100,12 +145,27 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// SIGINT and SIGTERM shut down gracefully. In dev mode SIGHUP does too (the
+	// terminal went away): every way out runs the deferred cl.Close below, which
+	// removes the throwaway cluster's directory. Otherwise SIGHUP is only logged.
+	stopSignals := []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+	if dev {
+		stopSignals = append(stopSignals, syscall.SIGHUP)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
+	if !dev {
+		defer handleSIGHUP(log)()
+	}
 
 	if dev {
 		cl, err := localpg.Start(ctx, localpg.Options{Logger: log})
 		if err != nil {
+			if ctx.Err() != nil {
+				// localpg.Start removed what it had created.
+				log.Info("stopped while the throwaway PostgreSQL was starting", "error", err)
+				return exitOK
+			}
 			log.Error("could not start the throwaway PostgreSQL", "error", err)
 			return exitRuntime
 		}
@@ -126,12 +186,114 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
+// versionInfo is what --version prints and the startup log records.
+type versionInfo struct {
+	Version string // e.g. v0.3.0-12-gabcdef0, or "devel"
+	Commit  string // the full commit hash, "-dirty" if built from a modified tree; or "unknown"
+}
+
+// String is the --version line, e.g.
+// "pgsidecar v0.3.0-12-gabcdef0 (commit abcdef0..., go1.26.8 linux/amd64)".
+func (v versionInfo) String() string {
+	return fmt.Sprintf("pgsidecar %s (commit %s, %s %s/%s)", v.Version, v.Commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// currentVersion is the version of this binary: the stamped version and
+// commit, or else what Go recorded in the binary.
+func currentVersion() versionInfo {
+	bi, _ := debug.ReadBuildInfo() // nil when the binary has none
+	return resolveVersion(version, commit, bi)
+}
+
+// resolveVersion prefers the values stamped with -ldflags -X; an unstamped
+// version falls back to the main module's version in bi (set by go build from
+// a tagged commit or go install pkg@version) and then to "devel", an
+// unstamped commit to bi's vcs.revision (with "-dirty" when vcs.modified) and
+// then to "unknown". bi may be nil.
+func resolveVersion(stampedVersion, stampedCommit string, bi *debug.BuildInfo) versionInfo {
+	v := versionInfo{Version: stampedVersion, Commit: stampedCommit}
+	if bi != nil {
+		if v.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v.Version = bi.Main.Version
+		}
+		if v.Commit == "" {
+			var modified bool
+			for _, s := range bi.Settings {
+				switch s.Key {
+				case "vcs.revision":
+					v.Commit = s.Value
+				case "vcs.modified":
+					modified = s.Value == "true"
+				}
+			}
+			if v.Commit != "" && modified {
+				v.Commit += "-dirty"
+			}
+		}
+	}
+	if v.Version == "" {
+		v.Version = "devel"
+	}
+	if v.Commit == "" {
+		v.Commit = "unknown"
+	}
+	return v
+}
+
+// handleSIGHUP keeps SIGHUP from ending the process, its default action, and
+// logs every one received until the returned function is called.
+func handleSIGHUP(log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP received: configuration reload is not implemented yet")
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+	}
+}
+
+// logOpenFilesLimit raises the soft limit on open files to the hard limit
+// (every client and server connection is a descriptor) and logs both.
+func logOpenFilesLimit(log *slog.Logger) {
+	soft, hard, err := raiseOpenFilesLimit()
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+	case err != nil:
+		log.Warn("could not raise the open files limit", "soft", soft, "hard", hard, "error", err)
+	default:
+		log.Info("open files limit", "soft", soft, "hard", hard)
+	}
+}
+
+// newLogger returns the logger cfg asks for, writing to w. The JSON format
+// writes durations as strings ("30s"), not slog's integer nanoseconds.
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == config.LogFormatJSON {
+		opts.ReplaceAttr = durationAsString
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationAsString is a slog.HandlerOptions.ReplaceAttr function that turns a
+// time.Duration value into its String form ("1.5s"). The handler calls it for
+// attributes inside groups too, after resolving LogValuers.
+func durationAsString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // serve runs the proxy until ctx is done, then shuts down gracefully.
@@ -153,6 +315,13 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		})
 	})
 	defer pools.Close()
+	// The configured route: its connect failures are counted under its own labels
+	// even before it ever logged in, and --readiness-checks-upstream checks it.
+	def := pool.Key{Database: upstream.Database, User: upstream.User}
+	if def.Database == "" {
+		def.Database = def.User // PostgreSQL's default database
+	}
+	pools.SetDefaultRoute(def)
 
 	mode := proxy.ModeTransaction
 	if cfg.PoolMode == config.PoolModeSession {
@@ -205,6 +374,11 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 				if !started.Load() {
 					return errors.New("starting")
 				}
+				if cfg.ReadinessChecksUpstream {
+					if err := pools.UpstreamReady(); err != nil {
+						return fmt.Errorf("upstream: %w", err)
+					}
+				}
 				return nil
 			},
 			Status: statusFunc(pools, srv, cfg.LeakThreshold),
@@ -251,8 +425,12 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	}
 	cancel()
 	if httpSrv != nil {
-		hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = httpSrv.Shutdown(hctx)
+		// Bounded: an open scrape or a slow HTTP client must not delay the exit.
+		hctx, hcancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+		if err := httpSrv.Shutdown(hctx); err != nil {
+			log.Debug("http server: connections still open after shutdown bound, closing them", "timeout", httpShutdownTimeout, "error", err)
+			_ = httpSrv.Close()
+		}
 		hcancel()
 	}
 	if runErr != nil && !errors.Is(runErr, proxy.ErrServerClosed) {

@@ -16,7 +16,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/config"
 )
 
-// load runs the full Bind → Parse → applyEnv sequence on a fresh FlagSet
+// load runs the full Bind → ParseArgs → applyEnv sequence on a fresh FlagSet
 // starting from Default(), with env as the only environment.
 func load(t *testing.T, args []string, env map[string]string) (cfg config.Config, parseErr, envErr error) {
 	t.Helper()
@@ -24,7 +24,11 @@ func load(t *testing.T, args []string, env map[string]string) (cfg config.Config
 	fs.SetOutput(io.Discard)
 	cfg = config.Default()
 	applyEnv := config.Bind(fs, &cfg)
-	if parseErr = fs.Parse(args); parseErr != nil {
+	positional, help, parseErr := config.ParseArgs(fs, args)
+	if help || len(positional) > 0 {
+		t.Fatalf("ParseArgs(%q): help %v, positional %q", args, help, positional)
+	}
+	if parseErr != nil {
 		return cfg, parseErr, nil
 	}
 	envErr = applyEnv(func(k string) string { return env[k] })
@@ -369,19 +373,27 @@ func TestBadFlagValues(t *testing.T) {
 		arg  string
 		want string
 	}{
-		{"--pool-mode=statement", `invalid value "statement" for flag -pool-mode: statement pooling is not supported (want transaction or session)`},
-		{"--pool-mode=bogus", `invalid value "bogus" for flag -pool-mode: want transaction or session`},
-		{"--pool-size=1.5", `invalid value "1.5" for flag -pool-size: not an integer`},
-		{"--leak-threshold=10", `invalid value "10" for flag -leak-threshold: missing unit: bare numbers are not accepted, write e.g. "10s" or "10ms"`},
+		{"--pool-mode=statement", `--pool-mode: invalid value "statement": statement pooling is not supported (want transaction or session)`},
+		{"--pool-mode=bogus", `--pool-mode: invalid value "bogus": want transaction or session`},
+		{"--pool-size=1.5", `--pool-size: invalid value "1.5": not an integer`},
+		{"--leak-threshold=10", `--leak-threshold: invalid value "10": missing unit: bare numbers are not accepted, write e.g. "10s" or "10ms"`},
 		{"--leak-threshold=1.5", `missing unit`},
 		{"--leak-threshold=", `not a duration`},
-		{"--log-level=trace", `invalid value "trace" for flag -log-level: want debug, info, warn or error`},
-		{"--log-format=logfmt", `invalid value "logfmt" for flag -log-format: want text or json`},
+		{"--log-level=trace", `--log-level: invalid value "trace": want debug, info, warn or error`},
+		{"--log-format=logfmt", `--log-format: invalid value "logfmt": want text or json`},
+		{"-log-format=logfmt", `--log-format: invalid value "logfmt": want text or json`},
+		{"--max-message-size=64XB", `--max-message-size: invalid value "64XB": unknown size unit "XB": want B, kB, MB, GB or TB`},
+		{"--readiness-checks-upstream=maybe", `--readiness-checks-upstream: invalid value "maybe": want true or false`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.arg, func(t *testing.T) {
 			_, parseErr, _ := load(t, []string{tt.arg}, nil)
 			wantErrContains(t, parseErr, tt.want)
+			// The flag is named with two dashes, first, never as the flag
+			// package's "-name".
+			if parseErr != nil && !strings.HasPrefix(parseErr.Error(), "--") {
+				t.Errorf("error %q does not start with the flag", parseErr)
+			}
 		})
 	}
 }

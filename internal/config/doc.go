@@ -1,7 +1,11 @@
 // Package config owns the runtime configuration of pgsidecar: the [Config]
 // type and its defaults ([Default]), the binding of every setting to a
-// command-line flag and a PGSIDECAR_* environment variable ([Bind]), the help
-// text for those flags ([FlagUsage]) and validation ([Config.Validate]).
+// command-line flag and a PGSIDECAR_* environment variable ([Bind]), parsing
+// the command line ([ParseArgs]), rejecting PGSIDECAR_* variables that belong
+// to no flag ([CheckEnviron]), the help text for those flags ([FlagUsage]) and
+// validation ([Config.Validate]). Every problem is reported, not just the
+// first, each naming the flag or variable and suggesting the closest flag for
+// a misspelt name.
 //
 // All flag names live in a single table in this package; flag registration,
 // environment variable names, usage text and validation messages are derived

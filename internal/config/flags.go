@@ -343,8 +343,8 @@ func EnvName(flagName string) string {
 // with cfg's current values as the defaults (normally cfg holds [Default]()).
 // cfg must not be nil and fs must not already define any of the flags.
 //
-// The returned applyEnv must be called after fs.Parse. For every flag not set
-// on the command line it reads PGSIDECAR_<NAME> through getenv (os.Getenv if
+// The returned applyEnv must be called after [ParseArgs] (or fs.Parse). For
+// every flag not set on the command line it reads PGSIDECAR_<NAME> through getenv (os.Getenv if
 // getenv is nil) and, if the value is non-empty, parses it with the same
 // flag.Value as the command line would. For --upstream, DATABASE_URL is used
 // when PGSIDECAR_UPSTREAM is empty. Because an empty value counts as unset,
@@ -352,7 +352,8 @@ func EnvName(flagName string) string {
 //
 // applyEnv returns nil or an error joining one error per invalid variable,
 // each naming the variable and its flag. Valid variables are applied even
-// when others are invalid.
+// when others are invalid. Variables that belong to no flag are reported by
+// [CheckEnviron].
 func Bind(fs *flag.FlagSet, cfg *Config) (applyEnv func(getenv func(string) string) error) {
 	values := make([]flag.Value, len(specs))
 	for i, s := range specs {
