@@ -190,7 +190,7 @@ func TestBackoffBoundsDials(t *testing.T) {
 					b, err = p.AcquireWait(5*time.Second, nil)
 				default:
 					if b, err = p.TryAcquirePrefer(uint64(i)); b == nil && err == nil {
-						b, err = p.AcquirePrefer(uint64(i), 5*time.Second, nil)
+						b, err = p.AcquirePrefer(uint64(i), 5*time.Second, nil, nil)
 					}
 				}
 				took := time.Since(start)

@@ -167,23 +167,25 @@ func New(cfg Config) *Pool {
 // no dial) fails at once with a *BackoffError, which wraps ErrBackoff, ErrDial and
 // the last dial error; with backends open it waits for one as usual.
 func (p *Pool) Acquire(ctx context.Context) (*Backend, error) {
-	return p.acquire(ctx, ctx.Done(), 0, 0)
+	return p.acquire(ctx, ctx.Done(), nil, 0, 0)
 }
 
 // AcquireWait is Acquire for the hot path: a wait allocates nothing and arms no
 // timer of its own. It gives up with context.DeadlineExceeded after timeout (0:
 // never) and with context.Canceled when done is closed.
 func (p *Pool) AcquireWait(timeout time.Duration, done <-chan struct{}) (*Backend, error) {
-	return p.acquire(nil, done, timeout, 0)
+	return p.acquire(nil, done, nil, timeout, 0)
 }
 
 // AcquirePrefer is AcquireWait that prefers a backend whose StateKey is key, idle
-// or being released (see TryAcquirePrefer).
-func (p *Pool) AcquirePrefer(key uint64, timeout time.Duration, done <-chan struct{}) (*Backend, error) {
-	return p.acquire(nil, done, timeout, key)
+// or being released (see TryAcquirePrefer). A wait also ends, with
+// context.Canceled, when stop is closed (nil: never): a caller's own reason to
+// give up, besides done.
+func (p *Pool) AcquirePrefer(key uint64, timeout time.Duration, done, stop <-chan struct{}) (*Backend, error) {
+	return p.acquire(nil, done, stop, timeout, key)
 }
 
-func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, timeout time.Duration, key uint64) (*Backend, error) {
+func (p *Pool) acquire(ctx context.Context, done, stop <-chan struct{}, timeout time.Duration, key uint64) (*Backend, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 && !p.closed {
 		b := p.popIdleLocked(key)
@@ -219,7 +221,7 @@ func (p *Pool) acquire(ctx context.Context, done <-chan struct{}, timeout time.D
 	p.enqueueLocked(w)
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
-	return p.wait(ctx, w, done)
+	return p.wait(ctx, w, done, stop)
 }
 
 // errExpired is what expire hands a waiter whose deadline passed.
@@ -340,7 +342,7 @@ func (p *Pool) usable(b *Backend) bool {
 	return true
 }
 
-func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}) (*Backend, error) {
+func (p *Pool) wait(ctx context.Context, w *waiter, done, stop <-chan struct{}) (*Backend, error) {
 	var giveUp error
 	select {
 	case r := <-w.ch:
@@ -358,6 +360,8 @@ func (p *Pool) wait(ctx context.Context, w *waiter, done <-chan struct{}) (*Back
 		if ctx != nil {
 			giveUp = ctx.Err()
 		}
+	case <-stop:
+		giveUp = context.Canceled
 	}
 	p.mu.Lock()
 	if !w.gone {

@@ -1532,7 +1532,7 @@ func TestAcquirePrefer(t *testing.T) {
 	order := make(chan int, 5)
 	start := func(who int, key uint64) {
 		go func() {
-			be, err := p.AcquirePrefer(key, 10*time.Second, nil)
+			be, err := p.AcquirePrefer(key, 10*time.Second, nil, nil)
 			if err != nil {
 				t.Errorf("waiter %d: %v", who, err)
 				order <- -1

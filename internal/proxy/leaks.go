@@ -83,7 +83,9 @@ func (s *Server) watchLeaks() {
 		period = min(period, d/2)
 	}
 	if d := s.opt.TransactionTimeout; d > 0 {
-		period = min(period, d/4)
+		// A transaction is ended within a quarter second of its timeout (and the
+		// client, reading or not, within a second).
+		period = min(period, d/4, 250*time.Millisecond)
 	}
 	t := time.NewTicker(max(period, 10*time.Millisecond))
 	defer t.Stop()

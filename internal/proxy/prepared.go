@@ -187,9 +187,12 @@ type pending struct {
 	unnamed uint8
 	epoch   uint32
 	ubuf    []byte
-	st      *stmt        // the statement a Bind or Describe used (cached-plan errors)
-	rg      *reg         // the client's name for st: errors that name st get it back
-	x       *pendingUndo // rarely set
+	// ubig: a Parse of the unnamed statement too large for the client reader;
+	// without ubuf it has no replay copy (see sendParse).
+	ubig bool
+	st   *stmt        // the statement a Bind or Describe used (cached-plan errors)
+	rg   *reg         // the client's name for st: errors that name st get it back
+	x    *pendingUndo // rarely set
 }
 
 // pendingUndo holds what a pending message changed in the registries, taken back

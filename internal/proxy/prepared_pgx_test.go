@@ -705,7 +705,7 @@ func TestPreparedManyStatements(t *testing.T) {
 	db := newDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{MaxPreparedStatements: maxStmts}})
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{MaxPreparedStatements: maxStmts, MaxClientStatements: n}})
 	wire := &ppxWire{}
 	c := ppxConnect(t, tp, wire)
 	chkA := tp.connect(t, pgx.QueryExecModeSimpleProtocol)

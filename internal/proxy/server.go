@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	crand "crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -104,6 +109,15 @@ type Stats struct {
 	Refused       uint64 // clients refused by max-client-conn
 	ProtocolError uint64 // clients closed for a protocol violation
 	IdleTxKilled  uint64 // clients ended by the idle-transaction timeout
+	// TooLarge counts clients closed for a message over MaxMessageSize (or one
+	// needing more than the whole MaxMessageMemory), SQLSTATE 54000.
+	TooLarge uint64
+	// OutOfMemory counts clients closed because their message found no room in
+	// MaxMessageMemory within QueryWaitTimeout, SQLSTATE 53200.
+	OutOfMemory uint64
+	// StatementLimit counts Parses refused by MaxClientStatements or
+	// MaxClientStatementBytes, SQLSTATE 54000.
+	StatementLimit uint64
 }
 
 // Server accepts PostgreSQL clients and serves them from pooled backends.
@@ -117,9 +131,12 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	sessions  map[uint32]*session // by the BackendKeyData pid given to the client
+	logins    map[net.Conn]struct{} // clients not logged in yet (Shutdown ends them)
+	sessions  map[uint32]*session   // by the BackendKeyData pid given to the client
 	shutdown  bool
 	sessWG    sync.WaitGroup
+
+	refusedLog logLimiter // "client refused" lines: one a second at most
 
 	clients  atomic.Int64
 	accepted atomic.Uint64
@@ -127,9 +144,14 @@ type Server struct {
 	protoErr atomic.Uint64
 	idleKill atomic.Uint64
 
-	stmts   stmtRegistry
-	prep    preparedCounters
-	replays atomic.Uint64 // settings given to a backend for a client
+	stmts  stmtRegistry
+	prep   preparedCounters
+	msgMem msgMemory // buffers of client messages read whole (msgmem.go)
+
+	tooLarge   atomic.Uint64 // clients closed for a message over MaxMessageSize or the message memory
+	memTimeout atomic.Uint64 // clients closed for want of message memory
+	stmtLimit  atomic.Uint64 // Parses refused by the per-client statement bounds
+	replays    atomic.Uint64 // settings given to a backend for a client
 
 	leaksDetected atomic.Uint64
 	rollbacks     [numRollbackReasons]atomic.Uint64
@@ -253,7 +275,9 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		drainCtx:    ctx,
 		drainCancel: cancel,
 		listeners:   make(map[net.Listener]struct{}),
+		logins:      make(map[net.Conn]struct{}),
 		sessions:    make(map[uint32]*session),
+		msgMem:      msgMemory{limit: opt.MaxMessageMemory},
 	}
 	if opt.LeakThreshold > 0 || opt.TransactionTimeout > 0 {
 		go s.watchLeaks()
@@ -264,13 +288,20 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 // Stats returns a snapshot of client-side figures.
 func (s *Server) Stats() Stats {
 	return Stats{
-		Clients:       int(s.clients.Load()),
-		ClientsTotal:  s.accepted.Load(),
-		Refused:       s.refused.Load(),
-		ProtocolError: s.protoErr.Load(),
-		IdleTxKilled:  s.idleKill.Load(),
+		Clients:        int(s.clients.Load()),
+		ClientsTotal:   s.accepted.Load(),
+		Refused:        s.refused.Load(),
+		ProtocolError:  s.protoErr.Load(),
+		IdleTxKilled:   s.idleKill.Load(),
+		TooLarge:       s.tooLarge.Load(),
+		OutOfMemory:    s.memTimeout.Load(),
+		StatementLimit: s.stmtLimit.Load(),
 	}
 }
+
+// MessageMemory returns the state of the budget for client messages read
+// whole (Options.MaxMessageMemory).
+func (s *Server) MessageMemory() MessageMemory { return s.msgMem.stats() }
 
 // PreparedStats returns the prepared-statement layer's counts.
 func (s *Server) PreparedStats() PreparedStats {
@@ -307,29 +338,80 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 	}()
 	var backoff time.Duration
+	var failures int
+	var lastLog time.Time
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if s.Draining() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed, retrying", "error", err, "delay", backoff)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("proxy: accept: %w", err)
 			}
-			return fmt.Errorf("proxy: accept: %w", err)
+			// Anything else (out of file descriptors, a connection reset before it
+			// was accepted, ...) passes: retry with a growing delay, as net/http
+			// does. Clients already logged in are not affected; new ones wait in
+			// the listen backlog until descriptors are free again.
+			failures++
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if now := time.Now(); now.Sub(lastLog) >= time.Second {
+				s.log.Warn("accept failed, retrying", "error", err, "delay", backoff, "failures", failures)
+				lastLog, failures = now, 0
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.drainCtx.Done():
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
 		}
-		backoff = 0
+		if backoff > 0 {
+			s.log.Info("accepting clients again", "failures", failures)
+			backoff, failures = 0, 0
+		}
 		s.accepted.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
 		}
 		s.sessWG.Add(1)
+		if n := s.clients.Add(1); n > int64(s.opt.MaxClientConn) {
+			// Checked before anything is read: a client beyond the limit costs no
+			// login, no buffer and no login timeout.
+			s.clients.Add(-1)
+			go s.refuseTooMany(c)
+			continue
+		}
 		go s.serveClient(c)
 	}
+}
+
+// refuseLinger bounds how long a refused client's connection stays open so
+// that the startup packet it sent is read (see refuseTooMany).
+const refuseLinger = 500 * time.Millisecond
+
+// refuseTooMany refuses a client beyond --max-client-conn with FATAL 53300 at
+// once, as PostgreSQL's postmaster does when it cannot start a backend (libpq
+// reads the error even in answer to its SSLRequest). The connection then lingers
+// a little while the startup packet the client sent is read and dropped: closing
+// a socket with unread input resets the connection, which can destroy the error
+// before the client reads it. A CancelRequest is still served: it never counts as
+// a client.
+func (s *Server) refuseTooMany(c net.Conn) {
+	defer s.sessWG.Done()
+	s.refused.Add(1)
+	s.refusedLog.note(s.log, "client refused: max-client-conn reached", "client", c.RemoteAddr().String(),
+		"max_client_conn", s.opt.MaxClientConn)
+	_ = c.SetDeadline(time.Now().Add(refuseLinger))
+	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, wire.CodeTooManyConnections, "sorry, too many clients already", ""))
+	var buf [wire.MaxStartupPacketLength]byte
+	n, _ := io.ReadAtLeast(c, buf[:], 8)
+	if st, err := wire.ReadStartup(bufio.NewReader(bytes.NewReader(buf[:n]))); err == nil && st.Code == wire.CancelRequestCode {
+		s.cancel(st.CancelPID, st.CancelKey)
+	}
+	c.Close()
 }
 
 // register assigns the client a unique BackendKeyData pid and a random secret.
@@ -342,11 +424,39 @@ func (s *Server) register(ss *session) bool {
 	for {
 		pid := rand.Uint32()&0x7fffffff | 1
 		if _, taken := s.sessions[pid]; !taken {
-			ss.pid, ss.key = pid, rand.Uint32()
+			ss.pid, ss.key = pid, cancelKey()
 			s.sessions[pid] = ss
+			delete(s.logins, ss.conn) // Shutdown reaches it as a session now
 			return true
 		}
 	}
+}
+
+// trackLogin records a client that is logging in, so that Shutdown can end it;
+// false means the server is shutting down.
+func (s *Server) trackLogin(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.logins[c] = struct{}{}
+	return true
+}
+
+// untrackLogin forgets a client that logged in or left.
+func (s *Server) untrackLogin(c net.Conn) {
+	s.mu.Lock()
+	delete(s.logins, c)
+	s.mu.Unlock()
+}
+
+// cancelKey returns the secret of a client's BackendKeyData from crypto/rand: a
+// CancelRequest needs it, so it must not be guessable from other clients' keys.
+func cancelKey() uint32 {
+	var b [4]byte
+	_, _ = crand.Read(b[:]) // never fails on Linux (getrandom), panics if it could not
+	return binary.BigEndian.Uint32(b[:])
 }
 
 func (s *Server) unregister(ss *session) {
@@ -426,6 +536,12 @@ func (s *Server) closeListeners() {
 // closed: that is the caller's job, after Shutdown.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
+	s.mu.Lock()
+	for c := range s.logins {
+		// Wakes the startup read: the client is told the proxy shuts down.
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
 	for _, ss := range s.snapshotAll() {
 		ss.drain()
 	}
@@ -439,9 +555,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ss := range s.snapshotAll() {
 		ss.terminate(killShutdown)
 	}
-	<-done
-	return ctx.Err()
+	// Ended clients go within killWriteGrace, or as soon as their server
+	// connection has rolled back. Whatever is still there after shutdownGrace
+	// (a server connection that does not answer its ROLLBACK, a client still
+	// logging in) is closed under its goroutines.
+	t := time.NewTimer(shutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return ctx.Err()
+	case <-t.C:
+	}
+	s.mu.Lock()
+	for c := range s.logins {
+		c.Close()
+	}
+	s.mu.Unlock()
+	for _, ss := range s.snapshotAll() {
+		ss.forceClose()
+	}
+	t.Reset(shutdownGrace)
+	select {
+	case <-done:
+		return ctx.Err()
+	case <-t.C:
+	}
+	s.log.Error("clients still being served after shutdown; giving up on them", "clients", s.clients.Load())
+	return fmt.Errorf("%w: %d clients did not end", ctx.Err(), s.clients.Load())
 }
+
+// shutdownGrace is how long Shutdown waits for ended clients to go before it
+// closes their connections, and again after.
+const shutdownGrace = 400 * time.Millisecond
 
 // Close ends every client now, rolling back their backends, and returns when they
 // are gone.
@@ -460,4 +605,30 @@ func refuse(c net.Conn, code, msg string) {
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
 	c.Close()
+}
+
+// logLimiter writes a line at most once a second; the lines it drops are
+// counted in the next one (suppressed).
+type logLimiter struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// note logs msg at Warn unless a line went out less than a second ago.
+func (l *logLimiter) note(log *slog.Logger, msg string, args ...any) {
+	now := time.Now()
+	l.mu.Lock()
+	if now.Sub(l.last) < time.Second {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.last, l.suppressed = now, 0
+	l.mu.Unlock()
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	log.Warn(msg, args...)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sort"
@@ -26,6 +27,14 @@ const bufSize = 16 * 1024
 // cleanupTimeout bounds the ROLLBACK / DISCARD ALL that returns the backend of a
 // client that left.
 const cleanupTimeout = 5 * time.Second
+
+// killWriteGrace is how long a write to a client the proxy is ending may take:
+// a client that does not read is not waited for longer (see terminate).
+const killWriteGrace = 250 * time.Millisecond
+
+// fatalWriteTimeout bounds writing the FATAL error that tells a client why the
+// proxy ends it.
+const fatalWriteTimeout = 500 * time.Millisecond
 
 // syncReadLimit is how long the client goroutine waits for a backend's answer
 // itself before it hands the backend to a server goroutine and goes back to
@@ -134,6 +143,17 @@ type session struct {
 	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
 	fatalForwarded atomic.Bool
 	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
+	// dying: the proxy ends the client (terminate); answers stop being forwarded
+	// at the next message boundary. killCh is closed then, for waits.
+	dying  atomic.Bool
+	killCh chan struct{}
+	// unsettled: a server goroutine did not stop when the client left; the
+	// session's buffers are not reused (see leave).
+	unsettled bool
+	big       *bigMsg // the message read whole outside r (msgmem.go), until the next one
+	stmtBytes int64   // bytes of the statements in stmts (their keys)
+	// backpressured: the client goroutine waits for answers to drain (awaitAnswers).
+	backpressured bool
 
 	mu             sync.Mutex
 	cond           sync.Cond
@@ -183,9 +203,9 @@ type session struct {
 
 func (s *Server) serveClient(c net.Conn) {
 	defer s.sessWG.Done()
-	n := s.clients.Add(1)
-	defer s.clients.Add(-1)
-	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now()}
+	defer s.clients.Add(-1) // counted by Serve
+	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now(),
+		killCh: make(chan struct{})}
 	ss.cond.L = &ss.mu
 	ss.cio = wire.ConnIO(c)
 	ss.cout.c = ss.cio
@@ -202,16 +222,15 @@ func (s *Server) serveClient(c net.Conn) {
 	}
 	ss.flushFn = ss.flushAndWait
 
+	if !s.trackLogin(c) {
+		refuse(c, wire.CodeAdminShutdown, "pgsidecar is shutting down")
+		return
+	}
+	defer s.untrackLogin(c)
 	_ = c.SetDeadline(time.Now().Add(s.opt.ClientLoginTimeout))
 	st, ok := ss.startup()
 	if !ok {
 		c.Close()
-		return
-	}
-	if n > int64(s.opt.MaxClientConn) {
-		s.refused.Add(1)
-		s.log.Warn("client refused: max-client-conn reached", "client", ss.addr, "max_client_conn", s.opt.MaxClientConn)
-		refuse(c, wire.CodeTooManyConnections, "sorry, too many clients already")
 		return
 	}
 	if !ss.login(st) {
@@ -220,11 +239,17 @@ func (s *Server) serveClient(c net.Conn) {
 	}
 	defer s.unregister(ss)
 	_ = c.SetDeadline(time.Time{})
+	if ss.dying.Load() {
+		ss.killDeadlines() // ended while logging in: the deadlines just cleared were terminate's
+	}
 	ss.run()
 }
 
 // release returns the session's buffers to their pools.
 func (ss *session) release() {
+	if ss.unsettled {
+		return // a server goroutine may still use them: left to the garbage collector
+	}
 	if ss.r != nil {
 		ss.r.Reset(nil)
 		readerPool.Put(ss.r)
@@ -280,6 +305,8 @@ func (ss *session) startupError(err error) {
 	switch {
 	case errors.Is(err, io.EOF):
 		// Connection probe (a TCP health check): nothing to say.
+	case errors.As(err, &ne) && ne.Timeout() && ss.srv.Draining():
+		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
 	case errors.As(err, &ne) && ne.Timeout():
 		ss.srv.log.Info("client login timed out", "client", ss.addr, "timeout", ss.srv.opt.ClientLoginTimeout)
 		ss.srv.protoErr.Add(1)
@@ -398,10 +425,22 @@ func (ss *session) findRoute() (map[string]string, bool) {
 		}
 		ss.srv.pools.DropUnproven(key, ss.pool)
 		code, msg := ss.acquireError(err)
-		ss.srv.log.Warn("client login failed", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+		ss.logNoServer("client login failed", err)
 		refuse(ss.conn, code, msg)
 		return nil, false
 	}
+}
+
+// logNoServer logs a client that got no backend. A refusal by the back-off of
+// a failing route is logged by the pool, once per back-off step with the
+// refusals counted, so here only at Debug; so is a failed dial, which the pool
+// logs too.
+func (ss *session) logNoServer(msg string, err error) {
+	level := slog.LevelWarn
+	if errors.Is(err, pool.ErrBackoff) || errors.Is(err, pool.ErrDial) {
+		level = slog.LevelDebug
+	}
+	ss.srv.log.Log(context.Background(), level, msg, "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
 }
 
 // acquireError maps a failure to get a backend to what the client is told.
@@ -504,6 +543,7 @@ func complete(r *bufio.Reader) bool {
 // run is the client goroutine after login.
 func (ss *session) run() {
 	for {
+		ss.releaseBig() // the last message is done with
 		if err := ss.fill(); err != nil {
 			ss.end(err)
 			return
@@ -511,6 +551,12 @@ func (ss *session) run() {
 		h, err := wire.PeekHeader(ss.r, wire.MaxMessageLength)
 		if err != nil {
 			ss.end(err)
+			return
+		}
+		if h.Len > ss.srv.opt.MaxMessageSize && h.Type != wire.MsgCopyData {
+			// COPY data is streamed through: only its rate is bounded.
+			ss.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
+				errMsgTooBig, h.Type, 1+h.Len, ss.srv.opt.MaxMessageSize))
 			return
 		}
 		switch h.Type {
@@ -685,6 +731,11 @@ func (ss *session) syncRead(be *pool.Backend, flush bool) {
 		}
 	}
 	for {
+		if ss.dying.Load() {
+			// The proxy ends the client: the backend, in the middle of its
+			// answer, is closed when the client goroutine gets to end it.
+			return
+		}
 		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
 		if err != nil {
 			ss.syncReadFailed(be, err, 0, false)
@@ -761,7 +812,7 @@ func (ss *session) forwardReady(r *bufio.Reader, h wire.Header) (byte, error) {
 		return 0, fmt.Errorf("bad ReadyForQuery: %w", err)
 	}
 	status := msg[5]
-	if !ss.swallow.Load() && !ss.frontSwallowed() {
+	if !ss.swallow.Load() && !ss.dying.Load() && !ss.frontSwallowed() {
 		ss.w.Write(msg)
 	}
 	r.Discard(6)
@@ -801,7 +852,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 		return false
 	}
 	code, msg := ss.acquireError(err)
-	ss.srv.log.Warn("no server connection for client", "client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+	ss.logNoServer("no server connection for client", err)
 	ss.payOwed()
 	ss.w.Write(wire.AppendError(nil, wire.SeverityError, code, msg, ""))
 	switch h.Type {
@@ -827,6 +878,14 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
+	if be != nil && ss.q.n >= maxPending {
+		// Backpressure: the client sends faster than its answers are read.
+		if err := ss.awaitAnswersLocked(be); err != nil {
+			ss.mu.Unlock()
+			return nil, err
+		}
+		be = ss.be
+	}
 	if ss.srv.opt.TransactionTimeout > 0 && (be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial)) {
 		ss.txStart = time.Now() // a transaction (or a statement) begins
 	}
@@ -940,6 +999,54 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 	return be, nil
 }
 
+// Backpressure on a client that sends messages faster than their answers are
+// read (a pipeline without Sync, a client that does not read): at maxPending
+// answers due, the client goroutine stops reading the client until they are
+// down to resumePending. Each pending answer is a few dozen bytes.
+const (
+	maxPending    = 8192
+	resumePending = maxPending / 2
+)
+
+// awaitAnswersLocked sends what is buffered for be, makes sure a server
+// goroutine reads its answers and waits until few enough are due (or be is
+// gone, or the client is being ended: errKilled). ss.mu is held; it is released
+// while waiting.
+func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
+	ss.mu.Unlock()
+	err := ss.bw.Flush()
+	if err == nil {
+		err = ss.bout.err
+	}
+	ss.mu.Lock()
+	if err != nil {
+		ss.mu.Unlock()
+		ss.doom(be)
+		ss.mu.Lock()
+		return nil // the reader sees the broken backend
+	}
+	if ss.be == be && !ss.reader {
+		ss.startReaderLocked(be)
+	}
+	ss.backpressured = true
+	for ss.be == be && ss.q.n >= resumePending && ss.kill == killNone {
+		ss.cond.Wait()
+	}
+	ss.backpressured = false
+	if ss.kill != killNone {
+		return errKilled
+	}
+	return nil
+}
+
+// answersDrainedLocked wakes a client goroutine held back by
+// awaitAnswersLocked once few enough answers are due. ss.mu is held.
+func (ss *session) answersDrainedLocked() {
+	if ss.backpressured && ss.q.n < resumePending {
+		ss.cond.Broadcast()
+	}
+}
+
 // doneWritingLocked says the client goroutine writes nothing more to be that does
 // not hold it, and wakes a server goroutine waiting to release be. ss.mu is held.
 func (ss *session) doneWritingLocked() {
@@ -978,6 +1085,8 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 			err = context.DeadlineExceeded
 		case <-ss.srv.drainCtx.Done():
 			err = errDraining
+		case <-ss.killCh:
+			err = errKilled
 		}
 		t.Stop()
 		if timeout -= time.Since(start); timeout <= 0 {
@@ -986,7 +1095,7 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 	}
 	if err == nil {
 		// The pool's own timer ends the wait: a wait allocates nothing.
-		be, err = ss.pool.AcquirePrefer(key, timeout, ss.srv.drainCtx.Done())
+		be, err = ss.pool.AcquirePrefer(key, timeout, ss.srv.drainCtx.Done(), ss.killCh)
 	}
 	ss.mu.Lock()
 	ss.waiting = false
@@ -995,8 +1104,12 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 		at = time.Now()
 		ss.obs.Waited(at.Sub(start))
 	}
-	if err != nil && ss.srv.drainCtx.Err() != nil {
+	switch {
+	case err == nil:
+	case ss.srv.drainCtx.Err() != nil:
 		err = errDraining
+	case ss.dying.Load():
+		err = errKilled
 	}
 	return be, at, err
 }
@@ -1159,6 +1272,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 	if async {
 		ss.reader = false
 	}
+	ss.answersDrainedLocked()
 	ss.obs.TransactionDone(time.Since(ss.attachedAt))
 	draining, gone := ss.draining, ss.gone
 	ss.mu.Unlock()
@@ -1186,6 +1300,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 	}
 	ss.outstanding, ss.partial = 0, false
 	ss.resetQueueLocked()
+	ss.answersDrainedLocked()
 	if async {
 		ss.reader = false // the client writer is the client goroutine's again
 	}
@@ -1239,13 +1354,48 @@ func (ss *session) idleTimeout() {
 
 // terminate asks the client goroutine to end the client for reason: it wakes the
 // goroutine from its read.
+//
+// A client that does not read is ended too: writes to it get killWriteGrace to
+// finish, and from the next message boundary on no answer is forwarded to it
+// (the client goroutine stops reading the backend, a server goroutine drops
+// what it reads), so the client goroutine gets to end it: the attached backend,
+// in the middle of a response, is closed (PostgreSQL rolls back) and its pool
+// slot freed. Waits of the client (for a backend, for message memory, for its
+// answers to drain) end at once.
 func (ss *session) terminate(reason killReason) {
 	ss.mu.Lock()
 	if ss.kill == killNone {
 		ss.kill = reason
 	}
+	if !ss.dying.Load() {
+		ss.dying.Store(true)
+		close(ss.killCh)
+	}
+	ss.cond.Broadcast()
 	ss.mu.Unlock()
+	ss.killDeadlines()
+}
+
+// killDeadlines wakes the client goroutine from its read and bounds the writes
+// to a client being ended.
+func (ss *session) killDeadlines() {
 	_ = ss.conn.SetReadDeadline(time.Unix(1, 0))
+	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
+}
+
+// forceClose closes the client's connection and the backend it holds now,
+// whatever the goroutines serving it are doing: the last resort of Shutdown.
+func (ss *session) forceClose() {
+	ss.mu.Lock()
+	be := ss.be
+	if be != nil {
+		ss.doomed = true // never released to another client
+	}
+	ss.mu.Unlock()
+	ss.conn.Close()
+	if be != nil {
+		be.Conn.Close()
+	}
 }
 
 // drain is called at the start of Shutdown: a client between transactions is ended
@@ -1266,8 +1416,15 @@ func (ss *session) end(cause error) {
 	ss.mu.Lock()
 	reason := ss.kill
 	ss.mu.Unlock()
-	ss.leave()
+	if !ss.leave() {
+		ss.unsettled = true
+		ss.releaseStmts()
+		ss.conn.Close()
+		return
+	}
 	ss.releaseStmts()
+	ss.held = nil
+	ss.releaseBig()
 	if ss.idleTimer != nil {
 		ss.idleTimer.Stop()
 	}
@@ -1285,6 +1442,16 @@ func (ss *session) end(cause error) {
 		if !ss.fatalForwarded.Load() {
 			code, msg = wire.CodeConnectionFailure, "pgsidecar: server connection lost"
 		}
+	case errors.Is(cause, errMsgTooBig):
+		ss.srv.tooLarge.Add(1)
+		ss.srv.log.Warn("client message too large, closing the client", "client", ss.addr, "user", ss.user, "database", ss.db,
+			"application_name", ss.app, "error", cause)
+		code, msg = wire.CodeProgramLimitExceeded, "pgsidecar: "+cause.Error()
+	case errors.Is(cause, errMsgMemory):
+		ss.srv.memTimeout.Add(1)
+		ss.srv.log.Warn("no memory for a client message, closing the client", "client", ss.addr, "user", ss.user,
+			"database", ss.db, "application_name", ss.app, "error", cause)
+		code, msg = wire.CodeOutOfMemory, "pgsidecar: "+cause.Error()
 	case errors.Is(cause, errProtocol), errors.Is(cause, wire.ErrInvalidLength):
 		ss.srv.protoErr.Add(1)
 		ss.srv.log.Info("client protocol violation", "client", ss.addr, "user", ss.user, "database", ss.db, "error", cause)
@@ -1292,8 +1459,9 @@ func (ss *session) end(cause error) {
 	case errors.Is(cause, io.ErrUnexpectedEOF):
 		ss.srv.log.Debug("client disconnected mid-message", "client", ss.addr)
 	}
-	if code != "" && ss.w != nil && !ss.streamBroken.Load() {
-		_ = ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	if code != "" && ss.w != nil && !ss.streamBroken.Load() && ss.cout.err == nil {
+		// A client whose last write failed (it does not read) is not waited for again.
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(fatalWriteTimeout))
 		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
 		ss.w.Flush()
 	}
@@ -1309,7 +1477,15 @@ func (ss *session) end(cause error) {
 // transaction is rolled back (and in session mode reset with DISCARD ALL) and
 // released; one in the middle of a response or a message batch is closed, which
 // makes PostgreSQL roll back.
-func (ss *session) leave() {
+//
+// It reports whether every server goroutine of the session has stopped: false
+// only when one is stuck even after its backend and the client connection were
+// closed under it, so that shutdown cannot hang on it.
+func (ss *session) leave() (settled bool) {
+	// Whatever reaches the client from now on (the rest of an answer, a FATAL)
+	// is not worth waiting long for: a client that left or is being ended may
+	// not read.
+	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
 	ss.mu.Lock()
 	ss.gone = true
 	ss.doneWritingLocked()
@@ -1318,8 +1494,7 @@ func (ss *session) leave() {
 		ss.mu.Unlock()
 		// A server goroutine may still be finishing (serverFailed): it uses the
 		// client writer, so wait before the buffers go back to their pools.
-		ss.readerWG.Wait()
-		return
+		return ss.awaitReaders(nil)
 	}
 	var q []byte
 	clean := ss.outstanding <= 0 && !ss.partial
@@ -1392,15 +1567,36 @@ func (ss *session) leave() {
 		}
 		_ = be.Conn.SetWriteDeadline(time.Time{})
 	}
+	return ss.awaitReaders(be)
+}
+
+// awaitReaders waits for the session's server goroutine, if any, to stop. After
+// cleanupTimeout it closes be (the backend being cleaned up, if any), then the
+// client connection; it gives up a second later and reports false.
+func (ss *session) awaitReaders(be *pool.Backend) bool {
 	done := make(chan struct{})
 	go func() { ss.readerWG.Wait(); close(done) }()
+	t := time.NewTimer(cleanupTimeout)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(cleanupTimeout):
+		return true
+	case <-t.C:
+	}
+	if be != nil {
 		ss.srv.log.Warn("server connection did not finish cleanup in time, closing it", "client", ss.addr, "server_pid", be.PID)
 		ss.doom(be)
-		<-done
 	}
+	_ = ss.conn.SetWriteDeadline(time.Unix(1, 0))
+	t.Reset(time.Second)
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	}
+	ss.conn.Close()
+	ss.srv.log.Error("a server goroutine did not stop after its connections were closed; leaving it", "client", ss.addr)
+	return false
 }
 
 // doom closes be if it is still the attached backend, making sure the server

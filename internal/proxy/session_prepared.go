@@ -57,23 +57,47 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	if !free {
 		return false, nil
 	}
+	if lim := ss.srv.opt.MaxClientStatementBytes; int64(h.Len) > lim+4 {
+		// Its text alone is over the bound: refused before it is read.
+		if err := wire.Skip(ss.r, 1+h.Len); err != nil {
+			return false, err
+		}
+		ss.failDeferred(ss.stmtLimitError(int64(h.Len)))
+		return true, nil
+	}
 	name, body, err := ss.readNamedParse(h)
 	if err != nil {
 		return false, err
 	}
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if _, dup := ss.stmts[string(name)]; dup {
-		ss.payOwed()
-		ss.w.Write(wire.AppendError(nil, wire.SeverityError, "42P05",
+		ss.mu.Unlock()
+		// Written without the lock: a client that does not read must not hold up
+		// anyone who needs it (metrics, SHOW CLIENTS, the leak watcher).
+		ss.failDeferred(wire.AppendError(nil, wire.SeverityError, "42P05",
 			fmt.Sprintf("prepared statement \"%s\" already exists", name), ""))
-		ss.w.Flush()
-		ss.discardToSync = true
+		return true, nil
+	}
+	if refusal := ss.stmtRoomLocked(len(body)); refusal != nil {
+		ss.mu.Unlock()
+		ss.failDeferred(refusal)
 		return true, nil
 	}
 	ss.registerLocked(string(name), ss.srv.stmts.intern(body)).unconfirmed = true
 	ss.owed++
+	ss.mu.Unlock()
 	return true, nil
+}
+
+// failDeferred answers a Parse taken without a backend with the ErrorResponse
+// msg, after the ParseCompletes owed for earlier ones, and skips the rest of the
+// batch up to its Sync, as PostgreSQL does after an error. Client goroutine, no
+// lock held.
+func (ss *session) failDeferred(msg []byte) {
+	ss.payOwed()
+	ss.w.Write(msg)
+	ss.w.Flush()
+	ss.discardToSync = true
 }
 
 // midMessage turns io.EOF into io.ErrUnexpectedEOF: the connection ended inside a
@@ -171,8 +195,15 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 }
 
 // readInto reads the whole message with header h into *buf (reused) and returns it.
+//
+// A message larger than the client reader goes into a buffer of the message
+// budget instead (readBig), which the session keeps until the next message: the
+// caller copies what must outlive it.
 func (ss *session) readInto(buf *[]byte, h wire.Header) ([]byte, error) {
 	n := 1 + h.Len
+	if n > ss.r.Size() {
+		return ss.readBig(n)
+	}
 	if cap(*buf) < n {
 		*buf = make([]byte, n)
 	}
@@ -229,8 +260,21 @@ func (ss *session) sendParse(h wire.Header) error {
 		}
 		if unnamed {
 			ss.unnamedFlight++
-			ss.q.push(pending{kind: rkParse, unnamed: unnamedOwn, epoch: ss.unnamedEpoch, ubuf: msg})
-			ss.unnamedNext, ss.unnamedSpare = ss.unnamedSpare, nil // msg is the entry's now
+			p := pending{kind: rkParse, unnamed: unnamedOwn, epoch: ss.unnamedEpoch, ubuf: msg}
+			if ss.big != nil && 1+h.Len > ss.r.Size() {
+				// msg is in the message budget's buffer, released before the next
+				// message: the replay copy is the heap's, within the client's
+				// statement bytes and one in flight at a time, or there is none (a
+				// Bind in a later transaction on another backend then gets 26000).
+				p.ubuf, p.ubig = nil, true
+				if !ss.bigUnnamedInFlightLocked() &&
+					ss.stmtBytes+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.opt.MaxClientStatementBytes {
+					p.ubuf = append([]byte(nil), msg...)
+				}
+			} else {
+				ss.unnamedNext, ss.unnamedSpare = ss.unnamedSpare, nil // msg is the entry's now
+			}
+			ss.q.push(p)
 		} else {
 			ss.q.push(pending{kind: rkParse})
 		}
@@ -241,6 +285,14 @@ func (ss *session) sendParse(h wire.Header) error {
 		_, err = ss.bw.Write(msg)
 		return err
 	}
+	if lim := ss.srv.opt.MaxClientStatementBytes; int64(h.Len) > lim+4 {
+		// Its text alone is over the bound: refused before it is read.
+		ss.mu.Lock()
+		if err := ss.failInsteadLocked(&pendingUndo{replace: ss.stmtLimitError(int64(h.Len))}); err != nil {
+			return err
+		}
+		return wire.Skip(ss.r, 1+h.Len)
+	}
 	name, body, err := ss.readNamedParse(h)
 	if err != nil {
 		return err
@@ -250,6 +302,9 @@ func (ss *session) sendParse(h wire.Header) error {
 		x := &pendingUndo{replace: wire.AppendError(nil, wire.SeverityError, "42P05",
 			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
 		return ss.failInsteadLocked(x)
+	}
+	if refusal := ss.stmtRoomLocked(len(body)); refusal != nil {
+		return ss.failInsteadLocked(&pendingUndo{replace: refusal})
 	}
 	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
 	inj := ss.prepareLocked(rg, true)
@@ -264,8 +319,39 @@ func (ss *session) registerLocked(name string, st *stmt) *reg {
 		ss.stmts = make(map[string]*reg)
 	}
 	rg := &reg{name: name, st: st, gen: st.gen.Load()}
+	if old := ss.stmts[name]; old != nil {
+		ss.stmtBytes -= int64(len(old.st.key))
+	}
 	ss.stmts[name] = rg
+	ss.stmtBytes += int64(len(st.key))
 	return rg
+}
+
+// stmtRoomLocked returns nil when the client may register one more statement
+// whose Parse body (text and parameter types) has n bytes, else the
+// ErrorResponse (54000) it gets: its statements are bounded in number
+// (MaxClientStatements) and in bytes (MaxClientStatementBytes, the unnamed
+// statement's replay copy included). ss.mu is held.
+func (ss *session) stmtRoomLocked(n int) []byte {
+	if len(ss.stmts) >= ss.srv.opt.MaxClientStatements {
+		ss.srv.stmtLimit.Add(1)
+		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
+			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
+			len(ss.stmts)), "Close or DEALLOCATE statements that are no longer used.")
+	}
+	if ss.stmtBytes+int64(len(ss.unnamed))+int64(n) > ss.srv.opt.MaxClientStatementBytes {
+		return ss.stmtLimitError(int64(n))
+	}
+	return nil
+}
+
+// stmtLimitError is the ErrorResponse (54000) of a statement of n bytes over
+// MaxClientStatementBytes; it counts the refusal.
+func (ss *session) stmtLimitError(n int64) []byte {
+	ss.srv.stmtLimit.Add(1)
+	return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
+		"pgsidecar: prepared statements of this connection would take more than %d bytes with this one of %d bytes (--max-client-prepared-bytes)",
+		ss.srv.opt.MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
 }
 
 // prepareLocked makes sure the attached backend has the statement of rg,
@@ -512,6 +598,7 @@ func (ss *session) sendClose(h wire.Header) error {
 			ss.mu.Lock()
 			if rg := ss.stmts[string(name)]; rg != nil {
 				delete(ss.stmts, rg.name)
+				ss.stmtBytes -= int64(len(rg.st.key))
 				ss.srv.stmts.release(rg.st)
 				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, rg: rg}}}
 			}
@@ -534,6 +621,7 @@ func (ss *session) releaseStmts() {
 		ss.srv.stmts.release(rg.st)
 	}
 	ss.stmts = nil
+	ss.stmtBytes = 0
 	ss.mu.Unlock()
 }
 
@@ -543,7 +631,8 @@ func (ss *session) releaseStmts() {
 // forwarded.
 func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, err error) {
 	act, repl := ss.route(r, h)
-	if ss.swallow.Load() {
+	if ss.swallow.Load() || ss.dying.Load() {
+		// The client left, or the proxy ends it: nothing more but the FATAL.
 		act = actSwallow
 	}
 	n := 1 + h.Len
@@ -608,6 +697,7 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 		}
 	}
 	ss.q.pop()
+	ss.answersDrainedLocked()
 	return act, repl
 }
 
@@ -710,6 +800,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 	for ; end > 0; end-- {
 		ss.q.pop()
 	}
+	ss.answersDrainedLocked()
 	return act, repl
 }
 
@@ -735,6 +826,12 @@ func (ss *session) unnamedAnsweredLocked(p *pending) {
 		ss.spareUnnamedLocked(p.ubuf)
 		return
 	}
+	if p.ubuf == nil && p.ubig {
+		// A large statement kept without a replay copy: usable where it is.
+		ss.unnamed = nil
+		ss.unnamedValid, ss.unnamedHere = false, true
+		return
+	}
 	if p.ubuf == nil {
 		ss.unnamedValid, ss.unnamedHere = false, false
 		return
@@ -754,7 +851,7 @@ func (ss *session) unnamedFailedLocked(p *pending, skipped bool) {
 	switch p.unnamed {
 	case unnamedOwn:
 		ss.unnamedFlight--
-		if !skipped && p.ubuf != nil && p.epoch == ss.unnamedEpoch {
+		if !skipped && (p.ubuf != nil || p.ubig) && p.epoch == ss.unnamedEpoch {
 			ss.unnamedValid, ss.unnamedHere = false, false
 		}
 		ss.spareUnnamedLocked(p.ubuf)
@@ -762,6 +859,18 @@ func (ss *session) unnamedFailedLocked(p *pending, skipped bool) {
 	case unnamedReplay:
 		ss.unnamedHere = false
 	}
+}
+
+// bigUnnamedInFlightLocked reports whether a large Parse of the unnamed
+// statement (one read through the message budget) awaits its answer. ss.mu is
+// held.
+func (ss *session) bigUnnamedInFlightLocked() bool {
+	for i := 0; i < ss.q.n; i++ {
+		if p := ss.q.at(i); p.ubig && p.ubuf != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // spareUnnamedLocked keeps b for reading a later Parse of the unnamed statement.
@@ -801,15 +910,18 @@ func (ss *session) popReadyLocked() {
 		}
 		ss.q.pop()
 		if k == rkSync || k == rkQuery {
+			ss.answersDrainedLocked()
 			return
 		}
 	}
+	ss.answersDrainedLocked()
 }
 
 // unregisterLocked drops the client's registration rg if it is still current.
 func (ss *session) unregisterLocked(rg *reg) {
 	if ss.stmts[rg.name] == rg {
 		delete(ss.stmts, rg.name)
+		ss.stmtBytes -= int64(len(rg.st.key))
 		ss.srv.stmts.release(rg.st)
 	}
 }
@@ -824,6 +936,7 @@ func (ss *session) undoLocked(ops []undoOp) {
 		case undoUnregister:
 			if _, taken := ss.stmts[op.rg.name]; !taken && ss.stmts != nil {
 				ss.stmts[op.rg.name] = op.rg
+				ss.stmtBytes += int64(len(op.rg.st.key))
 				ss.srv.stmts.acquire(op.rg.st)
 			}
 		case undoCached:
@@ -863,19 +976,19 @@ var emptyQuery = wire.AppendQuery(nil, "")
 // whole into ss.held.
 func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
 	var msg []byte
-	if n := 1 + h.Len; n <= ss.r.Size() {
+	n := 1 + h.Len
+	if n <= ss.r.Size() {
 		p, err := ss.r.Peek(n)
 		if err != nil {
 			return sqlEffect{}, midMessage(err)
 		}
 		msg = p
 	} else {
-		m, err := ss.readInto(&ss.scratch, h)
+		m, err := ss.readBig(n)
 		if err != nil {
 			return sqlEffect{}, err
 		}
-		ss.held = m
-		ss.scratch = nil
+		ss.held = m // in ss.big: released before the next message
 		msg = m
 	}
 	q := msg[wire.HeaderLen:]
@@ -917,11 +1030,12 @@ func classifyText(q []byte) sqlEffect {
 // it leaves e.localTag for sendQuery instead.
 func (ss *session) answerLocally(e *sqlEffect, h wire.Header) bool {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if !ss.localTagLocked(e) || ss.be != nil {
+		ss.mu.Unlock()
 		return false
 	}
 	ss.dropLocked(e)
+	ss.mu.Unlock()
 	if ss.held != nil {
 		ss.held = nil
 	} else if _, err := ss.r.Discard(1 + h.Len); err != nil {

@@ -575,6 +575,9 @@ func (ss *session) pushSwallowedLocked(x *pendingUndo) {
 // resetQueueLocked empties the answer queue. ss.mu is held.
 func (ss *session) resetQueueLocked() {
 	ss.q.reset()
+	if len(ss.q.buf) > 256 {
+		ss.q.buf = nil // a burst's queue is not kept while the client is idle
+	}
 	ss.swallowing.Store(0)
 }
 

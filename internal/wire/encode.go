@@ -23,6 +23,8 @@ const (
 	CodeTransactionTimeout      = "25P04"
 	CodeFeatureNotSupported     = "0A000"
 	CodeInvalidAuthorization    = "28000"
+	CodeProgramLimitExceeded    = "54000"
+	CodeOutOfMemory             = "53200"
 )
 
 func beginMsg(dst []byte, t byte) ([]byte, int) {

@@ -1,0 +1,388 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/internal/proxy"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// What a client may make the proxy buffer (issue 11, points 2 and 3): memory
+// grows only with bytes that arrived, within bounds the proxy chooses.
+
+// limitsHeader is the header of a message of type t whose body has n bytes.
+func limitsHeader(t byte, n int) []byte {
+	b := []byte{t, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[1:], uint32(n+4))
+	return b
+}
+
+// limitsBystander checks that another client is answered within 100 ms.
+func limitsBystander(t *testing.T, c *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	var n int
+	if err := c.QueryRow(ctx, "SELECT 41 + 1").Scan(&n); err != nil || n != 42 {
+		t.Fatalf("bystander: %d, %v", n, err)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("bystander answered in %s", took)
+	}
+}
+
+// limitsLiteral streams a Query `SELECT length('xxx...')` whose literal has n
+// bytes, from a small buffer.
+func limitsLiteral(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	head := "SELECT length('"
+	tail := "')\x00"
+	_ = c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write(append(limitsHeader(wire.MsgQuery, len(head)+n+len(tail)), head...)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+	for n > 0 {
+		k := min(n, len(chunk))
+		if _, err := c.Write(chunk[:k]); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		n -= k
+	}
+	if _, err := c.Write([]byte(tail)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}
+
+// limitsResult reads the answer to limitsLiteral: its one value, or the error.
+func limitsResult(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields) {
+	rc.t.Helper()
+	var val string
+	var ef *wire.ErrorFields
+	for {
+		typ, body, err := rc.next(within)
+		if err != nil {
+			rc.t.Fatalf("reading the answer: %v", err)
+		}
+		switch typ {
+		case wire.MsgDataRow:
+			if len(body) > 6 {
+				val = string(body[6:])
+			}
+		case wire.MsgErrorResponse:
+			f := wire.ParseError(body)
+			ef = &f
+			if f.Severity == wire.SeverityFatal {
+				return val, ef
+			}
+		case wire.MsgReadyForQuery:
+			return val, ef
+		}
+	}
+}
+
+// A message claiming more than --max-message-size is refused after its header
+// with FATAL 54000: nothing is reserved for the length it claims. COPY data is
+// streamed and not counted against it.
+func TestLimitsMessageSize(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{Opt: proxy.Options{MaxMessageSize: 1 << 20}})
+	by := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+
+	for _, typ := range []byte{wire.MsgQuery, wire.MsgParse, wire.MsgBind, wire.MsgFunctionCall} {
+		t.Run(string(typ), func(t *testing.T) {
+			before := tp.srv.Stats().TooLarge
+			rc := faultDial(t, tp.addr)
+			rc.login(db)
+			// 13 bytes that claim a gigabyte.
+			rc.send(append(limitsHeader(typ, 1<<30-5), "SELECT 1"...))
+			start := time.Now()
+			errs, _, _ := rc.readToClose(5 * time.Second)
+			if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded || errs[0].Severity != wire.SeverityFatal {
+				t.Fatalf("got %+v, want one FATAL 54000", errs)
+			}
+			t.Logf("refused in %s: %s", time.Since(start).Round(time.Millisecond), errs[0].Message)
+			if !strings.Contains(errs[0].Message, "max-message-size") {
+				t.Errorf("message does not name the flag: %q", errs[0].Message)
+			}
+			if got := tp.srv.Stats().TooLarge - before; got != 1 {
+				t.Errorf("Stats.TooLarge grew by %d, want 1", got)
+			}
+			limitsBystander(t, by)
+		})
+	}
+
+	t.Run("CopyDataIsStreamed", func(t *testing.T) {
+		chk := direct(t, db)
+		if _, err := chk.Exec(context.Background(), "CREATE TABLE limits_copy (t text)"); err != nil {
+			t.Fatal(err)
+		}
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		rc.send(wire.AppendQuery(nil, "COPY limits_copy FROM STDIN"))
+		if typ, _, err := rc.next(5 * time.Second); err != nil || typ != wire.MsgCopyInResponse {
+			t.Fatalf("COPY: %q, %v", typ, err)
+		}
+		row := append(bytes.Repeat([]byte("y"), 3<<20), '\n') // 3 MiB in one CopyData
+		rc.send(append(limitsHeader(wire.MsgCopyData, len(row)), row...))
+		rc.send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
+		if _, ef := limitsResult(rc, 10*time.Second); ef != nil {
+			t.Fatalf("COPY of a 3 MiB row: %+v", ef)
+		}
+		var n int
+		if err := chk.QueryRow(context.Background(), "SELECT length(t) FROM limits_copy").Scan(&n); err != nil || n != 3<<20 {
+			t.Fatalf("copied row: %d bytes, %v", n, err)
+		}
+	})
+}
+
+// Query and Parse text larger than the read buffer comes out of the message
+// memory: a message that does not fit waits for room; one larger than all of
+// it is refused (54000); a wait that times out ends the client (53200).
+func TestLimitsMessageMemory(t *testing.T) {
+	db := newDatabase(t)
+	const budget = 1 << 20
+	tp := startProxy(t, db, proxyOpts{PoolSize: 4, Opt: proxy.Options{
+		MaxMessageMemory: budget, QueryWaitTimeout: 2 * time.Second,
+	}})
+	by := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	const big = 700 << 10 // two do not fit at once
+
+	t.Run("WaitsForRoom", func(t *testing.T) {
+		a := faultDial(t, tp.addr)
+		a.login(db)
+		b := faultDial(t, tp.addr)
+		b.login(db)
+		// a sends its header and part of its text, then stalls: its message holds
+		// the room it claims.
+		head := "SELECT length('"
+		a.send(append(limitsHeader(wire.MsgQuery, len(head)+big+3), head...))
+		a.send(bytes.Repeat([]byte("x"), 1000))
+		eventually(t, 5*time.Second, "a's message reserved", func() error {
+			if st := tp.srv.MessageMemory(); st.Used < big {
+				return fmt.Errorf("%+v", st)
+			}
+			return nil
+		})
+		done := make(chan struct{})
+		var val string
+		var ef *wire.ErrorFields
+		go func() {
+			defer close(done)
+			limitsLiteral(t, b.c, big)
+		}()
+		eventually(t, 5*time.Second, "b waits for room", func() error {
+			if st := tp.srv.MessageMemory(); st.Waiting != 1 {
+				return fmt.Errorf("%+v", st)
+			}
+			return nil
+		})
+		limitsBystander(t, by)
+		a.send(bytes.Repeat([]byte("x"), big-1000))
+		a.send([]byte("')\x00"))
+		if val, ef = limitsResult(a, 10*time.Second); ef != nil || val != fmt.Sprint(big) {
+			t.Fatalf("a: %q, %+v", val, ef)
+		}
+		<-done
+		if val, ef = limitsResult(b, 10*time.Second); ef != nil || val != fmt.Sprint(big) {
+			t.Fatalf("b: %q, %+v", val, ef)
+		}
+		eventually(t, 5*time.Second, "the budget released", func() error {
+			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
+				return fmt.Errorf("%+v", st)
+			}
+			return nil
+		})
+	})
+
+	t.Run("LargerThanBudget", func(t *testing.T) {
+		rc := faultDial(t, tp.addr)
+		rc.login(db)
+		rc.send(append(limitsHeader(wire.MsgQuery, 2*budget), "SELECT 1"...))
+		errs, _, _ := rc.readToClose(5 * time.Second)
+		if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded {
+			t.Fatalf("got %+v, want FATAL 54000", errs)
+		}
+		limitsBystander(t, by)
+	})
+
+	t.Run("WaitTimesOut", func(t *testing.T) {
+		before := tp.srv.Stats().OutOfMemory
+		a := faultDial(t, tp.addr)
+		a.login(db)
+		a.send(append(limitsHeader(wire.MsgQuery, big), "SELECT 1 --"...))
+		eventually(t, 5*time.Second, "a's message reserved", func() error {
+			if st := tp.srv.MessageMemory(); st.Used < big {
+				return fmt.Errorf("%+v", st)
+			}
+			return nil
+		})
+		b := faultDial(t, tp.addr)
+		b.login(db)
+		b.send(append(limitsHeader(wire.MsgParse, big), "\x00SELECT 1 --"...))
+		errs, _, _ := b.readToClose(10 * time.Second)
+		if len(errs) != 1 || errs[0].Code != wire.CodeOutOfMemory || errs[0].Severity != wire.SeverityFatal {
+			t.Fatalf("got %+v, want FATAL 53200", errs)
+		}
+		if got := tp.srv.Stats().OutOfMemory - before; got != 1 {
+			t.Errorf("Stats.OutOfMemory grew by %d", got)
+		}
+		a.c.Close()
+		eventually(t, 5*time.Second, "the budget released when a left", func() error {
+			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
+				return fmt.Errorf("%+v", st)
+			}
+			return nil
+		})
+		limitsBystander(t, by)
+	})
+}
+
+// Named statements prepared outside a transaction are answered without a
+// server connection; their number and bytes per client are bounded (54000),
+// and the client goes on.
+func TestLimitsClientStatements(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{Opt: proxy.Options{MaxClientStatements: 5, MaxClientStatementBytes: 4096}})
+	for _, inTx := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inTransaction=%v", inTx), func(t *testing.T) {
+			rc := faultDial(t, tp.addr)
+			rc.login(db)
+			if inTx {
+				rc.mustQuery("BEGIN", wire.TxActive)
+			}
+			// untilReady reads up to the ReadyForQuery: the first error, the status.
+			untilReady := func(what string) (*wire.ErrorFields, byte) {
+				var ef *wire.ErrorFields
+				for {
+					typ, body, err := rc.next(5 * time.Second)
+					if err != nil {
+						t.Fatalf("%s: %v", what, err)
+					}
+					switch typ {
+					case wire.MsgErrorResponse:
+						if ef == nil {
+							f := wire.ParseError(body)
+							ef = &f
+						}
+					case wire.MsgReadyForQuery:
+						return ef, body[0]
+					}
+				}
+			}
+			parse := func(name, sql string) *wire.ErrorFields {
+				rc.send(wire.AppendSync(wire.AppendParse(nil, name, sql)))
+				ef, tx := untilReady("parse " + name)
+				if ef != nil && inTx {
+					// As on PostgreSQL, the error aborted the transaction.
+					if tx != wire.TxFailed {
+						t.Fatalf("transaction status %q after an error", tx)
+					}
+					rc.mustQuery("ROLLBACK", wire.TxIdle)
+					rc.mustQuery("BEGIN", wire.TxActive)
+				}
+				return ef
+			}
+			for i := 0; i < 5; i++ {
+				if ef := parse(fmt.Sprintf("s%d", i), fmt.Sprintf("SELECT %d", i)); ef != nil {
+					t.Fatalf("statement %d: %+v", i, ef)
+				}
+			}
+			before := tp.srv.Stats().StatementLimit
+			ef := parse("s5", "SELECT 5")
+			if ef == nil || ef.Code != wire.CodeProgramLimitExceeded || !strings.Contains(ef.Message, "max-client-prepared-statements") {
+				t.Fatalf("sixth statement: %+v, want 54000", ef)
+			}
+			rc.send(wire.AppendSync(wire.AppendClose(nil, 'S', "s0")))
+			if ef, _ := untilReady("close"); ef != nil {
+				t.Fatalf("close: %+v", ef)
+			}
+			// Room again for one, but not for 5 kB of text.
+			ef = parse("long", "SELECT '"+strings.Repeat("z", 5000)+"'")
+			if ef == nil || ef.Code != wire.CodeProgramLimitExceeded || !strings.Contains(ef.Message, "max-client-prepared-bytes") {
+				t.Fatalf("long statement: %+v, want 54000", ef)
+			}
+			if ef := parse("s5", "SELECT 5"); ef != nil {
+				t.Fatalf("statement after a Close: %+v", ef)
+			}
+			if got := tp.srv.Stats().StatementLimit - before; got != 2 {
+				t.Errorf("Stats.StatementLimit grew by %d, want 2", got)
+			}
+			// The statements kept work.
+			rc.send(wire.AppendSync(wire.AppendExecute(wire.AppendBind(nil, "", "s4"), "")))
+			if v, ef := limitsResult(rc, 5*time.Second); ef != nil || v != "4" {
+				t.Fatalf("s4: %q, %+v", v, ef)
+			}
+		})
+	}
+}
+
+// A client that pipelines without a Sync and never reads: the proxy stops
+// reading it once maxPending answers are due, instead of queueing without end.
+func TestLimitsPendingAnswers(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
+	rc := faultDial(t, tp.addr)
+	rc.login(db)
+	if tcp, ok := rc.c.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(16 << 10)
+	}
+	rc.send(wire.AppendParse(nil, "", "SELECT repeat('x', 200)"))
+	var batch []byte
+	for i := 0; i < 1000; i++ {
+		batch = wire.AppendExecute(wire.AppendBind(batch, "", ""), "")
+	}
+	var mu sync.Mutex
+	most := 0
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for i := 0; i < 3000; i++ { // bounded: 6 million messages at most
+			_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			if _, err := rc.c.Write(batch); err != nil {
+				return
+			}
+		}
+	}()
+	stop := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-writerDone:
+		case <-time.After(20 * time.Millisecond):
+			mu.Lock()
+			most = max(most, tp.srv.PendingAnswers())
+			mu.Unlock()
+			if time.Now().Before(stop) {
+				continue
+			}
+			t.Fatal("the client's writes never blocked")
+		}
+		break
+	}
+	most = max(most, tp.srv.PendingAnswers())
+	t.Logf("at most %d answers due (bound %d)", most, proxy.MaxPending)
+	if most > proxy.MaxPending+4 {
+		t.Fatalf("%d answers due to one client, bound %d", most, proxy.MaxPending)
+	}
+	if most < proxy.MaxPending/2 {
+		t.Fatalf("only %d answers were ever due: the test did not reach the bound", most)
+	}
+	// The stuck client can still be ended, and the pool is usable.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = ctx
+	rc.c.Close()
+	hangEnded(t, tp, time.Now().Add(5*time.Second))
+	hangPoolUsable(t, tp)
+}

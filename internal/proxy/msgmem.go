@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// Client messages larger than a session's read buffer (bufSize) that the proxy
+// must see whole (a Query, whose statements decide what session state it
+// changes; a Parse, whose text is registered) are read into a buffer of their
+// own. Those buffers come out of one budget for the whole process
+// (Options.MaxMessageMemory): a client whose message does not fit waits for
+// room, so memory is bounded by what the proxy chooses to buffer, never by what
+// clients claim. A buffer is mapped memory where the platform allows (see
+// msgmem_linux.go): its pages become resident only as the message's bytes
+// arrive, and go back to the system the moment it is released, without waiting
+// for the garbage collector.
+
+// Errors of the message budget.
+var (
+	// errMsgMemory: no room for the message within the wait.
+	errMsgMemory = errors.New("out of memory for client messages")
+	// errMsgTooBig: a message larger than MaxMessageSize, or one that needs more
+	// memory than the whole budget.
+	errMsgTooBig = errors.New("message too large")
+)
+
+// mapThreshold is the size from which a message buffer is mapped memory rather
+// than the Go heap.
+const mapThreshold = 256 << 10
+
+// msgMemory is the process-wide budget of message buffers.
+type msgMemory struct {
+	mu    sync.Mutex
+	limit int64
+	used  int64
+	head  *memWaiter // FIFO: a large message is not starved by small ones
+	tail  *memWaiter
+}
+
+type memWaiter struct {
+	n    int64
+	ch   chan struct{} // closed when the bytes are granted
+	next *memWaiter
+}
+
+// MessageMemory is a snapshot of the message budget.
+type MessageMemory struct {
+	Limit, Used int64 // bytes
+	Waiting     int   // clients waiting for room
+}
+
+func (m *msgMemory) stats() MessageMemory {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := MessageMemory{Limit: m.limit, Used: m.used}
+	for w := m.head; w != nil; w = w.next {
+		st.Waiting++
+	}
+	return st
+}
+
+// acquire reserves n bytes, waiting in FIFO order for room up to timeout; it
+// gives up early with errKilled when kill is closed and errDraining when drain
+// is. n must not exceed the limit.
+func (m *msgMemory) acquire(n int64, timeout time.Duration, drain, kill <-chan struct{}) error {
+	m.mu.Lock()
+	if m.head == nil && m.used+n <= m.limit {
+		m.used += n
+		m.mu.Unlock()
+		return nil
+	}
+	w := &memWaiter{n: n, ch: make(chan struct{})}
+	if m.tail == nil {
+		m.head = w
+	} else {
+		m.tail.next = w
+	}
+	m.tail = w
+	m.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var err error
+	select {
+	case <-w.ch:
+		return nil
+	case <-t.C:
+		err = errMsgMemory
+	case <-drain:
+		err = errDraining
+	case <-kill:
+		err = errKilled
+	}
+	m.mu.Lock()
+	select {
+	case <-w.ch: // granted meanwhile: give it back
+		m.used -= n
+	default:
+		m.removeLocked(w)
+	}
+	m.grantLocked()
+	m.mu.Unlock()
+	return err
+}
+
+// release returns n bytes and lets waiters that now fit go on.
+func (m *msgMemory) release(n int64) {
+	m.mu.Lock()
+	m.used -= n
+	m.grantLocked()
+	m.mu.Unlock()
+}
+
+func (m *msgMemory) grantLocked() {
+	for w := m.head; w != nil && m.used+w.n <= m.limit; w = m.head {
+		m.head = w.next
+		if m.head == nil {
+			m.tail = nil
+		}
+		m.used += w.n
+		close(w.ch)
+	}
+}
+
+func (m *msgMemory) removeLocked(w *memWaiter) {
+	var prev *memWaiter
+	for x := m.head; x != nil; prev, x = x, x.next {
+		if x != w {
+			continue
+		}
+		if prev == nil {
+			m.head = x.next
+		} else {
+			prev.next = x.next
+		}
+		if m.tail == x {
+			m.tail = prev
+		}
+		return
+	}
+}
+
+// bigMsg is one client message read whole outside the session's read buffer.
+type bigMsg struct {
+	b      []byte
+	n      int64 // bytes reserved in the budget
+	mapped bool
+}
+
+// readBig reads the whole message of n bytes (header included) that the client
+// reader holds the start of into a buffer from the message budget, which the
+// session keeps until release (the next message, or the client's end).
+func (ss *session) readBig(n int) ([]byte, error) {
+	ss.releaseBig()
+	mm := &ss.srv.msgMem
+	if int64(n) > mm.limit {
+		return nil, fmt.Errorf("%w: a message of %d bytes needs more than the %d bytes of --max-message-memory",
+			errMsgTooBig, n, mm.limit)
+	}
+	if err := mm.acquire(int64(n), ss.srv.opt.QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killCh); err != nil {
+		if errors.Is(err, errMsgMemory) {
+			st := mm.stats()
+			return nil, fmt.Errorf("%w: no room for a message of %d bytes within %s (%d of %d bytes in use, %d clients waiting; --max-message-memory)",
+				err, n, ss.srv.opt.QueryWaitTimeout, st.Used, st.Limit, st.Waiting)
+		}
+		return nil, err
+	}
+	bm := &bigMsg{n: int64(n)}
+	if n >= mapThreshold {
+		bm.b, bm.mapped = mapMessage(n)
+	}
+	if !bm.mapped {
+		bm.b = make([]byte, n)
+	}
+	ss.big = bm
+	if _, err := io.ReadFull(ss.r, bm.b); err != nil {
+		ss.releaseBig()
+		return nil, midMessage(err)
+	}
+	return bm.b, nil
+}
+
+// releaseBig gives the buffer of the last message read by readBig back. Nothing
+// may refer to it afterwards: what outlives the message was copied.
+func (ss *session) releaseBig() {
+	bm := ss.big
+	if bm == nil {
+		return
+	}
+	ss.big = nil
+	if bm.mapped {
+		unmapMessage(bm.b)
+	}
+	bm.b = nil
+	ss.srv.msgMem.release(bm.n)
+}
