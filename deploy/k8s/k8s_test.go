@@ -59,6 +59,8 @@ var expected = []string{
 	"pgsidecar_client_connections_total",
 	"pgsidecar_clients_refused_total",
 	"pgsidecar_client_protocol_errors_total",
+	"pgsidecar_message_memory_bytes",
+	"pgsidecar_message_memory_waiting",
 	"pgsidecar_transactions_total",
 	"pgsidecar_queries_total",
 	"pgsidecar_transaction_hold_seconds",

@@ -25,6 +25,7 @@ type Collector struct {
 	leakSuspects, leaksDetected, oldestIdleTx    *prometheus.Desc
 	forcedRollbacks, clientStates, exhausted     *prometheus.Desc
 	dialSeconds, clientErrors                    *prometheus.Desc
+	msgMemory, msgMemoryWaiting                  *prometheus.Desc
 }
 
 var poolLabels = []string{"database", "user"}
@@ -35,39 +36,41 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		return prometheus.NewDesc("pgsidecar_"+name, help, labels, nil)
 	}
 	return &Collector{
-		pools:           pools,
-		server:          server,
-		poolSize:        d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
-		serverConns:     d("server_connections", "Server connections of the pool by state (active: held by a client, pinned: held by a pinned client, idle, login: being opened).", "database", "user", "state"),
-		waiting:         d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
-		maxWait:         d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
-		acquires:        d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
-		waits:           d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
-		waitSeconds:     d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
-		waitTimeouts:    d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
-		dials:           d("server_connects_total", "Server connections opened.", poolLabels...),
-		dialFailures:    d("server_connect_failures_total", "Failed attempts to open a server connection, those of routes that never logged in included: under the upstream's own database and user for its route, else under database and user \"(unknown)\".", poolLabels...),
-		closed:          d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
-		clients:         d("client_connections_open", "Connected clients (logged in or logging in)."),
-		clientStates:    d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
-		exhausted:       d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
-		dialSeconds:     d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included, with the same labels as server_connect_failures_total (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
-		clientErrors:    d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, query_wait_timeout, idle_transaction_timeout, transaction_timeout.", "reason"),
-		clientsTotal:    d("client_connections_total", "Client connections accepted."),
-		refused:         d("clients_refused_total", "Clients refused because max-client-conn was reached."),
-		protoErr:        d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
-		it:              d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
-		clientParses:    d("prepared_client_parses_total", "Named prepared statements parsed by clients (transaction mode)."),
-		serverParses:    d("prepared_server_parses_total", "Parse messages the proxy sent to server connections for clients' named statements."),
-		stmtHits:        d("prepared_cache_hits_total", "Named statements a server connection already had when a client used them."),
-		stmtEvictions:   d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
-		statements:      d("prepared_statements", "Distinct named statements of the connected clients."),
-		pins:            d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
-		replays:         d("state_replays_total", "Times a client's settings had to be applied to a server connection that differed."),
-		leakSuspects:    d("leak_suspects", "Clients idle inside a transaction for longer than --leak-threshold now."),
-		leaksDetected:   d("leak_suspects_detected_total", "Leak suspects logged (one per idle-in-transaction episode longer than --leak-threshold)."),
-		oldestIdleTx:    d("oldest_idle_transaction_seconds", "How long the longest idle-in-transaction client has been idle (0: none)."),
-		forcedRollbacks: d("forced_rollbacks_total", "Transactions the proxy rolled back because the client did not end them, by reason.", "reason"),
+		pools:            pools,
+		server:           server,
+		poolSize:         d("pool_size", "Configured maximum of server connections of the pool.", poolLabels...),
+		serverConns:      d("server_connections", "Server connections of the pool by state (active: held by a client, pinned: held by a pinned client, idle, login: being opened).", "database", "user", "state"),
+		waiting:          d("clients_waiting", "Clients queued for a server connection.", poolLabels...),
+		maxWait:          d("pool_maxwait_seconds", "Age of the oldest client waiting for a server connection.", poolLabels...),
+		acquires:         d("pool_acquires_total", "Server connections handed to clients.", poolLabels...),
+		waits:            d("pool_waits_total", "Acquisitions that had to wait for a server connection.", poolLabels...),
+		waitSeconds:      d("pool_wait_seconds_total", "Total time clients spent waiting for a server connection.", poolLabels...),
+		waitTimeouts:     d("pool_wait_timeouts_total", "Clients that gave up waiting (query-wait-timeout).", poolLabels...),
+		dials:            d("server_connects_total", "Server connections opened.", poolLabels...),
+		dialFailures:     d("server_connect_failures_total", "Failed attempts to open a server connection, those of routes that never logged in included: under the upstream's own database and user for its route, else under database and user \"(unknown)\".", poolLabels...),
+		closed:           d("server_closes_total", "Server connections closed (expired, idle, dead or broken).", poolLabels...),
+		clients:          d("client_connections_open", "Connected clients (logged in or logging in)."),
+		clientStates:     d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
+		exhausted:        d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
+		dialSeconds:      d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included, with the same labels as server_connect_failures_total (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
+		clientErrors:     d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, query_wait_timeout, idle_transaction_timeout, transaction_timeout, message_too_large, out_of_memory, prepared_statement_limit.", "reason"),
+		clientsTotal:     d("client_connections_total", "Client connections accepted."),
+		refused:          d("clients_refused_total", "Clients refused because max-client-conn was reached."),
+		protoErr:         d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
+		it:               d("idle_transaction_timeouts_total", "Clients ended by idle-transaction-timeout (their backend rolled back)."),
+		clientParses:     d("prepared_client_parses_total", "Named prepared statements parsed by clients (transaction mode)."),
+		serverParses:     d("prepared_server_parses_total", "Parse messages the proxy sent to server connections for clients' named statements."),
+		stmtHits:         d("prepared_cache_hits_total", "Named statements a server connection already had when a client used them."),
+		stmtEvictions:    d("prepared_evictions_total", "Statements closed on a server connection to stay within max-prepared-statements."),
+		statements:       d("prepared_statements", "Distinct named statements of the connected clients."),
+		pins:             d("client_pins_total", "Clients pinned to their server connection, by reason.", "reason"),
+		replays:          d("state_replays_total", "Times a client's settings had to be applied to a server connection that differed."),
+		leakSuspects:     d("leak_suspects", "Clients idle inside a transaction for longer than --leak-threshold now."),
+		leaksDetected:    d("leak_suspects_detected_total", "Leak suspects logged (one per idle-in-transaction episode longer than --leak-threshold)."),
+		oldestIdleTx:     d("oldest_idle_transaction_seconds", "How long the longest idle-in-transaction client has been idle (0: none)."),
+		msgMemory:        d("message_memory_bytes", "Memory held for client Query and Parse messages read whole (larger than the read buffer), within --max-message-memory."),
+		msgMemoryWaiting: d("message_memory_waiting", "Clients waiting for room in --max-message-memory to read a large message."),
+		forcedRollbacks:  d("forced_rollbacks_total", "Transactions the proxy rolled back because the client did not end them, by reason.", "reason"),
 	}
 }
 
@@ -77,7 +80,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.waitSeconds, c.waitTimeouts, c.dials, c.dialFailures, c.closed, c.clients, c.clientsTotal, c.refused,
 		c.protoErr, c.it, c.clientParses, c.serverParses, c.stmtHits, c.stmtEvictions, c.statements, c.pins, c.replays,
 		c.leakSuspects, c.leaksDetected, c.oldestIdleTx, c.forcedRollbacks, c.clientStates, c.exhausted,
-		c.dialSeconds, c.clientErrors} {
+		c.dialSeconds, c.clientErrors, c.msgMemory, c.msgMemoryWaiting} {
 		ch <- d
 	}
 }
@@ -143,6 +146,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.stmtEvictions, counter, float64(ps.Evictions))
 	ch <- prometheus.MustNewConstMetric(c.statements, gauge, float64(ps.Statements))
 	ch <- prometheus.MustNewConstMetric(c.replays, counter, float64(c.server.Replays()))
+	mm := c.server.MessageMemory()
+	ch <- prometheus.MustNewConstMetric(c.msgMemory, gauge, float64(mm.Used))
+	ch <- prometheus.MustNewConstMetric(c.msgMemoryWaiting, gauge, float64(mm.Waiting))
 	ls := c.server.LeakStats()
 	for reason, n := range map[string]uint64{
 		"max_client_conn":          st.Refused,
@@ -150,6 +156,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		"query_wait_timeout":       waitTimeouts,
 		"idle_transaction_timeout": st.IdleTxKilled,
 		"transaction_timeout":      ls.ForcedRollbacks["transaction_timeout"],
+		"message_too_large":        st.TooLarge,
+		"out_of_memory":            st.OutOfMemory,
+		"prepared_statement_limit": st.StatementLimit,
 	} {
 		ch <- prometheus.MustNewConstMetric(c.clientErrors, counter, float64(n), reason)
 	}
