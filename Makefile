@@ -29,7 +29,7 @@ dev: run
 ## test: everything CI runs: vet, race-enabled tests against a real PostgreSQL, short fuzzing.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory)$$' ./internal/proxy/
+	$(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood)$$' ./internal/proxy/
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 test-short:

@@ -121,21 +121,19 @@ type Pool struct {
 	nwait   int
 	// exhaustedSince is when the current stretch with waiters began.
 	exhaustedSince time.Time
-	// expiry fires at expiryAt (zero: not armed), the earliest deadline of a
-	// waiter when it was armed; see expire.
-	expiry   *time.Timer
-	expiryAt time.Time
-	closed   bool
-	params   map[string]string // ParameterStatus of the newest backend
-	stats    Stats
+	// expiry fires by the earliest deadline of a waiter when it was armed; see
+	// expire.
+	expiry wakeup
+	closed bool
+	params map[string]string // ParameterStatus of the newest backend
+	stats  Stats
 	// acquires is atomic so that the uncontended Acquire path takes the lock once.
 	acquires atomic.Uint64
 	// bo is the route's dial back-off (shared with the Registry, which keeps it
-	// across the route's pools). retry fires at retryAt (zero: not armed) to dial
-	// for waiters a back-off kept waiting while backends were held.
-	bo      *backoff
-	retry   *time.Timer
-	retryAt time.Time
+	// across the route's pools). retry fires when the back-off ends, to dial for
+	// waiters it kept waiting while backends were held.
+	bo    *backoff
+	retry wakeup
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -150,6 +148,7 @@ func New(cfg Config) *Pool {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
 	p := &Pool{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), bo: &backoff{}}
+	p.expiry.fn, p.retry.fn = p.expire, p.retryDial
 	p.wg.Add(1)
 	go p.maintain()
 	return p
@@ -230,16 +229,37 @@ var errExpired = errors.New("pool wait expired")
 // armLocked makes sure the expiry timer fires by t. Waiters queue in about the
 // order of their deadlines, so a wait rarely touches the timer: one timer serves
 // the whole queue instead of one per wait.
-func (p *Pool) armLocked(t time.Time) {
-	if !p.expiryAt.IsZero() && !t.Before(p.expiryAt) {
+func (p *Pool) armLocked(t time.Time) { p.expiry.armBy(t) }
+
+// wakeup runs fn, on a timer of its own, by the earliest time it was armed for
+// since it last fired. Arming it for a later time changes nothing, so it costs a
+// timer operation only when the time moves earlier. The owner's lock guards it;
+// fn calls fired under that lock.
+type wakeup struct {
+	fn    func()
+	timer *time.Timer
+	at    time.Time // zero: not armed
+}
+
+func (w *wakeup) armBy(t time.Time) {
+	if !w.at.IsZero() && !t.Before(w.at) {
 		return
 	}
-	p.expiryAt = t
+	w.at = t
 	d := time.Until(t)
-	if p.expiry == nil {
-		p.expiry = time.AfterFunc(d, p.expire)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(d, w.fn)
 	} else {
-		p.expiry.Reset(d)
+		w.timer.Reset(d)
+	}
+}
+
+// fired says fn runs: the next armBy arms it again.
+func (w *wakeup) fired() { w.at = time.Time{} }
+
+func (w *wakeup) stop() {
+	if w.timer != nil {
+		w.timer.Stop()
 	}
 }
 
@@ -248,7 +268,7 @@ func (p *Pool) armLocked(t time.Time) {
 func (p *Pool) expire() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.expiryAt = time.Time{}
+	p.expiry.fired()
 	if p.closed {
 		return
 	}
@@ -472,7 +492,7 @@ func (p *Pool) dialIfNeededLocked() {
 				for p.handLocked(result{err: err}) {
 				}
 			} else if !retryAt.IsZero() {
-				p.armRetryLocked(retryAt)
+				p.retry.armBy(retryAt)
 			}
 			return
 		}
@@ -487,25 +507,12 @@ func (p *Pool) startDialLocked(probe bool) {
 	go p.dial(probe)
 }
 
-// armRetryLocked makes sure dialIfNeededLocked runs again by t, when the back-off
-// ends: waiters kept waiting by it while backends are held get their dial then
-// rather than only when a held backend comes back. One timer per pool.
-func (p *Pool) armRetryLocked(t time.Time) {
-	if !p.retryAt.IsZero() && !t.Before(p.retryAt) {
-		return
-	}
-	p.retryAt = t
-	d := time.Until(t)
-	if p.retry == nil {
-		p.retry = time.AfterFunc(d, p.retryDial)
-	} else {
-		p.retry.Reset(d)
-	}
-}
-
+// retryDial runs dialIfNeededLocked again when the back-off ends (p.retry,
+// armed by dialIfNeededLocked): waiters kept waiting by it while backends are
+// held get their dial then rather than only when a held backend comes back.
 func (p *Pool) retryDial() {
 	p.mu.Lock()
-	p.retryAt = time.Time{}
+	p.retry.fired()
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
 }
@@ -738,12 +745,8 @@ func (p *Pool) close(unproven bool) bool {
 		return false
 	}
 	p.closed = true
-	if p.expiry != nil {
-		p.expiry.Stop()
-	}
-	if p.retry != nil {
-		p.retry.Stop()
-	}
+	p.expiry.stop()
+	p.retry.stop()
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)

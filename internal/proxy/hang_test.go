@@ -115,7 +115,7 @@ func TestHangNonReadingClientEnded(t *testing.T) {
 	t.Run("KillClient", func(t *testing.T) {
 		tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{AdminUsers: []string{"postgres"}}})
 		rc, _ := hangStuck(t, tp)
-		admin := consoleConn(t, tp)
+		admin := mustConsole(t, tp)
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -165,24 +165,6 @@ func TestHangNonReadingClientEnded(t *testing.T) {
 	})
 }
 
-// consoleConn opens an admin console connection (simple protocol).
-func consoleConn(t *testing.T, tp *testProxy) *pgx.Conn {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", tp.addr, proxy.ConsoleDatabase))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("console: %v", err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
-
 // A client that pipelines named Parses with a duplicate name and never reads
 // gets an error for each; once its socket is full, the proxy is stuck writing to
 // it. That must not hold anything /metrics, the status page, the leak watcher or
@@ -225,7 +207,7 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	}
 	t.Logf("client wrote %d batches before the proxy stopped reading it", sent.Load())
 
-	admin := consoleConn(t, tp)
+	admin := mustConsole(t, tp)
 	for i := 0; i < 50; i++ {
 		start := time.Now()
 		done := make(chan struct{})
