@@ -356,7 +356,13 @@ type proxyProcess struct {
 // the end of the test if still running.
 func startProxy(t *testing.T, env []string, args ...string) *proxyProcess {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	return startProxyCmd(t, exec.Command(os.Args[0], args...), env)
+}
+
+// startProxyCmd is startProxy for a command that runs the test binary itself
+// (cmd may wrap it, as a shell that sets limits first).
+func startProxyCmd(t *testing.T, cmd *exec.Cmd, env []string) *proxyProcess {
+	t.Helper()
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, config.EnvPrefix) {
 			cmd.Env = append(cmd.Env, kv)

@@ -1,0 +1,779 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// End-to-end robustness tests of the proxy binary (issue 11): running out of
+// file descriptors, shutting down with a client that does not read, and
+// readiness in front of a dead upstream. Each runs the re-executed test binary
+// (see TestMain) as a child process. Helpers are prefixed with robust.
+
+// robustStart starts the proxy like startProxy; with nofile > 0 it runs under
+// a shell that first sets both the soft and the hard limit on open files to
+// nofile (the shell's exec keeps the pid, so the cleanup kills the proxy).
+//
+// In a race-enabled build the race runtime sleeps a second before the process
+// exits (GORACE atexit_sleep_ms, default 1000), which would count against the
+// shutdown bounds measured here: the child runs without that sleep.
+func robustStart(t *testing.T, nofile int, env []string, args ...string) *proxyProcess {
+	t.Helper()
+	env = append([]string{"GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")}, env...)
+	if nofile <= 0 {
+		return startProxy(t, env, args...)
+	}
+	script := fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, os.Args[0]}, args...)...)
+	return startProxyCmd(t, cmd, env)
+}
+
+// robustRunning fails the test if the proxy has exited.
+func robustRunning(t *testing.T, p *proxyProcess) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		t.Fatalf("proxy exited (%v):\n%s", p.err, p.output())
+	default:
+	}
+}
+
+// robustLines returns the log lines containing substr.
+func robustLines(p *proxyProcess, substr string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, l := range p.lines {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// robustExit waits at most within for the proxy to exit and returns how long
+// that took from since and the exit error (nil for status 0).
+func robustExit(t *testing.T, p *proxyProcess, since time.Time, within time.Duration) (time.Duration, error) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return time.Since(since), p.err
+	case <-time.After(within):
+		t.Fatalf("proxy still running %s after the signal:\n%s", within, p.output())
+		return 0, nil
+	}
+}
+
+// robustEventually calls f until it returns nil, failing after within.
+func robustEventually(t *testing.T, within time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, within, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// robustHTTP is bounded: a probe never hangs the test.
+var robustHTTP = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// robustGet returns the status code and body of GET path (code 0 and the error
+// text when the request failed).
+func robustGet(addr, path string) (int, string) {
+	resp, err := robustHTTP.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// robustMetric sums the samples of the metric name in a /metrics body; found
+// is false when it has none.
+func robustMetric(body, name string) (sum float64, found bool) {
+	for _, l := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		v, err := strconv.ParseFloat(l[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		sum, found = sum+v, true
+	}
+	return sum, found
+}
+
+// robustURL is a client URL of the proxy listening on addr.
+func robustURL(addr string) string {
+	return fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&application_name=robust_client", addr)
+}
+
+// robustConnect connects with pgx within 5s.
+func robustConnect(addr string) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return pgx.Connect(ctx, robustURL(addr))
+}
+
+// robustSelect runs SELECT n on c within 5s and checks the answer.
+func robustSelect(c *pgx.Conn, n int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var got int
+	if err := c.QueryRow(ctx, "SELECT $1::int", n).Scan(&got); err != nil {
+		return err
+	}
+	if got != n {
+		return fmt.Errorf("SELECT %d returned %d", n, got)
+	}
+	return nil
+}
+
+// robustSQLState is the SQLSTATE of err, "" if it carries none.
+func robustSQLState(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// robustDirect connects to PostgreSQL itself, around the proxy, for checks.
+func robustDirect(t *testing.T, cl *localpg.Cluster) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(cl.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "robust_check"
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+// robustCount runs a count(*) query on c.
+func robustCount(c *pgx.Conn, sql string, args ...any) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var n int
+	err := c.QueryRow(ctx, sql, args...).Scan(&n)
+	return n, err
+}
+
+// robustBackends counts the client backends of the cluster other than the
+// checking connection's own: with only the proxy in front of the throwaway
+// cluster, those are the proxy's server connections.
+const robustBackends = `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`
+
+// robustRaw is a client speaking the raw protocol to the proxy.
+type robustRaw struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func robustDial(t *testing.T, addr string) *robustRaw {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial proxy: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &robustRaw{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+func (rc *robustRaw) send(b []byte) {
+	rc.t.Helper()
+	_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rc.c.Write(b); err != nil {
+		rc.t.Fatalf("write to proxy: %v", err)
+	}
+}
+
+// next reads one backend message within d.
+func (rc *robustRaw) next(d time.Duration) (byte, []byte, error) {
+	_ = rc.c.SetReadDeadline(time.Now().Add(d))
+	var hdr [5]byte
+	if _, err := io.ReadFull(rc.r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || n > 1<<20 {
+		return hdr[0], nil, fmt.Errorf("proxy sent message %q with length %d", hdr[0], n)
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(rc.r, body); err != nil {
+		return hdr[0], nil, err
+	}
+	return hdr[0], body, nil
+}
+
+// login logs in to database postgres as application app.
+func (rc *robustRaw) login(app string) {
+	rc.t.Helper()
+	rc.send(wire.AppendStartup(nil, wire.ProtocolVersion30,
+		wire.StartupParam{Name: "user", Value: "postgres"},
+		wire.StartupParam{Name: "database", Value: "postgres"},
+		wire.StartupParam{Name: "application_name", Value: app}))
+	for {
+		typ, body, err := rc.next(10 * time.Second)
+		if err != nil {
+			rc.t.Fatalf("raw login: %v", err)
+		}
+		switch typ {
+		case wire.MsgErrorResponse:
+			rc.t.Fatalf("raw login refused: %+v", wire.ParseError(body))
+		case wire.MsgReadyForQuery:
+			return
+		}
+	}
+}
+
+// mustQuery runs sql with the simple protocol and wants no error and the
+// transaction status wantTx.
+func (rc *robustRaw) mustQuery(sql string, wantTx byte) {
+	rc.t.Helper()
+	rc.send(wire.AppendQuery(nil, sql))
+	for {
+		typ, body, err := rc.next(10 * time.Second)
+		if err != nil {
+			rc.t.Fatalf("raw query %q: %v", sql, err)
+		}
+		switch typ {
+		case wire.MsgErrorResponse:
+			rc.t.Fatalf("raw query %q: %+v", sql, wire.ParseError(body))
+		case wire.MsgReadyForQuery:
+			if len(body) != 1 || body[0] != wantTx {
+				rc.t.Fatalf("raw query %q: ReadyForQuery %q, want %q", sql, body, wantTx)
+			}
+			return
+		}
+	}
+}
+
+// robustStuck makes a client that does not read (as in internal/proxy's
+// hang_test.go): it logs in, opens a transaction, starts a SELECT of about
+// 200 MB and never reads the answer. It returns once PostgreSQL is blocked
+// writing to the proxy, which means the proxy is blocked writing to the client.
+func robustStuck(t *testing.T, listen string, chk *pgx.Conn) *robustRaw {
+	t.Helper()
+	rc := robustDial(t, listen)
+	rc.login("robust_stuck")
+	rc.mustQuery("BEGIN", wire.TxActive)
+	if tcp, ok := rc.c.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(64 << 10) // fill up sooner
+	}
+	rc.send(wire.AppendQuery(nil, "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
+	robustEventually(t, 20*time.Second, "the backend blocked writing to the proxy", func() error {
+		n, err := robustCount(chk, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' AND query LIKE 'SELECT repeat%'`)
+		if err == nil && n != 1 {
+			err = fmt.Errorf("%d backends in ClientWrite", n)
+		}
+		return err
+	})
+	return rc
+}
+
+// robustFDs counts the open descriptors of pid ("?" when unreadable).
+func robustFDs(pid int) string {
+	des, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return "?"
+	}
+	return strconv.Itoa(len(des))
+}
+
+// Issue 11 point 4: out of file descriptors, the proxy keeps running, retries
+// accept with a rate-limited log, keeps serving its logged-in clients, and
+// takes new ones once descriptors are free again. --max-client-conn refuses
+// before the startup packet is read.
+func TestBinaryOutOfFileDescriptors(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("needs ulimit and /proc (Linux)")
+	}
+	cl := pgtest.Start(t, localpg.Options{})
+
+	t.Run("AcceptRetries", func(t *testing.T) {
+		const (
+			nofile = 64
+			k      = 10  // logged-in clients
+			extra  = 100 // raw connections that exhaust the descriptors
+		)
+		listen := freeAddr(t)
+		p := robustStart(t, nofile, []string{"DATABASE_URL=" + cl.URL("postgres")},
+			"--listen", listen, "--http-listen", "off", "--pool-size", "2",
+			"--shutdown-timeout", "2s", "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		lim := record(t, p.waitFor(t, `"msg":"open files limit"`, 1, 0))
+		if lim["soft"] != float64(nofile) || lim["hard"] != float64(nofile) {
+			t.Fatalf("open files limit logged as %v, want soft = hard = %d", lim, nofile)
+		}
+		pid := p.cmd.Process.Pid
+
+		// K clients, each running a query; concurrent sleeps make the pool
+		// open both its server connections now, so that none is dialed while
+		// descriptors are out.
+		clients := make([]*pgx.Conn, k)
+		for i := range clients {
+			c, err := robustConnect(listen)
+			if err != nil {
+				t.Fatalf("client %d: %v", i, err)
+			}
+			t.Cleanup(func() { c.Close(context.Background()) })
+			clients[i] = c
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, k)
+		for i, c := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_, errs[i] = c.Exec(ctx, "SELECT pg_sleep(0.05)")
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("queries of the logged-in clients: %v", err)
+		}
+		chk := robustDirect(t, cl)
+		robustEventually(t, 5*time.Second, "both server connections open", func() error {
+			n, err := robustCount(chk, robustBackends)
+			if err == nil && n != 2 {
+				err = fmt.Errorf("%d server connections", n)
+			}
+			return err
+		})
+		t.Logf("proxy has %s descriptors open with %d clients logged in", robustFDs(pid), k)
+
+		// Exhaust the descriptors: the connections the proxy cannot accept
+		// wait in the listen backlog (the kernel completes their handshake).
+		conns := make([]net.Conn, 0, extra)
+		closeExtra := func() {
+			for _, c := range conns {
+				c.Close()
+			}
+			conns = conns[:0]
+		}
+		t.Cleanup(closeExtra)
+		for i := 0; i < extra; i++ {
+			c, err := net.DialTimeout("tcp", listen, 5*time.Second)
+			if err != nil {
+				t.Fatalf("extra connection %d: %v", i, err)
+			}
+			conns = append(conns, c)
+		}
+		exhausted := time.Now()
+		first := record(t, p.waitFor(t, `"msg":"accept failed, retrying"`, 1, 10*time.Second))
+		if msg, _ := first["error"].(string); !strings.Contains(msg, "too many open files") {
+			t.Fatalf("accept failed with %q, want too many open files", msg)
+		}
+		t.Logf("proxy has %s descriptors open (limit %d) after %d extra connections", robustFDs(pid), nofile, extra)
+		// A second line a second later: the proxy keeps retrying, rate-limited.
+		second := record(t, p.waitFor(t, `"msg":"accept failed, retrying"`, 2, 10*time.Second))
+		if f, _ := second["failures"].(float64); f < 2 {
+			t.Errorf("second accept-failure line counts %v failures, want several retries folded into it: %v", second["failures"], second)
+		}
+		robustRunning(t, p)
+		// The logged-in clients are not affected.
+		for round := 0; round < 3; round++ {
+			for i, c := range clients {
+				if err := robustSelect(c, 100*round+i); err != nil {
+					t.Fatalf("client %d while out of descriptors: %v", i, err)
+				}
+			}
+		}
+		robustRunning(t, p)
+
+		closeExtra()
+		freed := time.Now()
+		c, err := robustConnect(listen)
+		if err != nil {
+			t.Fatalf("new client after the descriptors were freed: %v", err)
+		}
+		defer c.Close(context.Background())
+		if err := robustSelect(c, 42); err != nil {
+			t.Fatalf("new client's query: %v", err)
+		}
+		took := time.Since(freed)
+		t.Logf("new client logged in and queried %s after the extra connections closed (out of descriptors for %s)",
+			took.Round(time.Millisecond), freed.Sub(exhausted).Round(time.Millisecond))
+		if took > 5*time.Second {
+			t.Errorf("new client took %s after the descriptors were freed", took)
+		}
+		again := record(t, p.waitFor(t, `"msg":"accepting clients again"`, 1, 5*time.Second))
+		t.Logf("recovery line: %v", again)
+		for i, c := range clients {
+			if err := robustSelect(c, i); err != nil {
+				t.Fatalf("client %d after recovery: %v", i, err)
+			}
+		}
+		// Rate-limited: at most about one line a second of exhaustion.
+		lines := robustLines(p, `"msg":"accept failed, retrying"`)
+		bound := int(time.Since(exhausted)/time.Second) + 2
+		t.Logf("%d accept-failure lines over %s", len(lines), time.Since(exhausted).Round(time.Millisecond))
+		if len(lines) > bound {
+			t.Errorf("%d accept-failure lines, want at most %d:\n%s", len(lines), bound, strings.Join(lines, "\n"))
+		}
+
+		// And it still stops cleanly.
+		c.Close(context.Background())
+		for _, c := range clients {
+			c.Close(context.Background())
+		}
+		start := time.Now()
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := robustExit(t, p, start, 10*time.Second); err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.output())
+		}
+	})
+
+	t.Run("MaxClientConnBeforeStartup", func(t *testing.T) {
+		const k = 3
+		listen, httpAddr := freeAddr(t), freeAddr(t)
+		p := robustStart(t, 0, []string{"DATABASE_URL=" + cl.URL("postgres")},
+			"--listen", listen, "--http-listen", httpAddr, "--pool-size", "2",
+			"--max-client-conn", strconv.Itoa(k+1), "--shutdown-timeout", "2s", "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		clients := make([]*pgx.Conn, k)
+		for i := range clients {
+			c, err := robustConnect(listen)
+			if err != nil {
+				t.Fatalf("client %d: %v", i, err)
+			}
+			t.Cleanup(func() { c.Close(context.Background()) })
+			if err := robustSelect(c, i); err != nil {
+				t.Fatal(err)
+			}
+			clients[i] = c
+		}
+		// The (K+1)th client has not sent its startup packet: it counts.
+		silent, err := net.DialTimeout("tcp", listen, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		robustEventually(t, 5*time.Second, "K+1 clients counted", func() error {
+			code, body := robustGet(httpAddr, "/metrics")
+			if n, ok := robustMetric(body, "pgsidecar_client_connections_open"); code != 200 || !ok || n != k+1 {
+				return fmt.Errorf("/metrics %d: %v clients open", code, n)
+			}
+			return nil
+		})
+
+		// One more: refused at once, before it sends anything.
+		rc := robustDial(t, listen)
+		start := time.Now()
+		typ, body, err := rc.next(5 * time.Second)
+		if err != nil {
+			t.Fatalf("reading the refusal without sending anything: %v", err)
+		}
+		got := time.Since(start)
+		if typ != wire.MsgErrorResponse {
+			t.Fatalf("beyond the limit got message %q, want ErrorResponse", typ)
+		}
+		f := wire.ParseError(body)
+		if f.Code != wire.CodeTooManyConnections || f.Severity != wire.SeverityFatal {
+			t.Fatalf("refusal %+v, want FATAL %s", f, wire.CodeTooManyConnections)
+		}
+		t.Logf("refused with %+v %s after connecting, nothing sent", f, got.Round(time.Microsecond))
+		if got > time.Second {
+			t.Errorf("refusal took %s", got)
+		}
+		if _, _, err := rc.next(5 * time.Second); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("after the refusal: %v, want the connection closed", err)
+		}
+
+		// pgx gets the same.
+		if c, err := robustConnect(listen); err == nil {
+			c.Close(context.Background())
+			t.Fatal("pgx logged in beyond --max-client-conn")
+		} else if code := robustSQLState(err); code != wire.CodeTooManyConnections {
+			t.Fatalf("pgx beyond the limit: %v (SQLSTATE %q), want %s", err, code, wire.CodeTooManyConnections)
+		}
+		if len(robustLines(p, "client refused: max-client-conn reached")) == 0 {
+			t.Errorf("no refusal logged:\n%s", p.output())
+		}
+		code, metrics := robustGet(httpAddr, "/metrics")
+		if n, _ := robustMetric(metrics, "pgsidecar_clients_refused_total"); code != 200 || n != 2 {
+			t.Errorf("clients_refused_total = %v (/metrics %d), want 2", n, code)
+		}
+
+		// A place freed is a place taken.
+		silent.Close()
+		robustEventually(t, 5*time.Second, "a client logs in once the silent one left", func() error {
+			c, err := robustConnect(listen)
+			if err != nil {
+				return err
+			}
+			defer c.Close(context.Background())
+			return robustSelect(c, 7)
+		})
+	})
+}
+
+// Issue 11 point 1: SIGTERM ends the process within --shutdown-timeout plus
+// about a second even with a client that does not read, and a second SIGTERM
+// ends it at once; no server connection is left behind.
+func TestBinaryShutdownWithStuckClient(t *testing.T) {
+	cl := pgtest.Start(t, localpg.Options{})
+	chk := robustDirect(t, cl)
+
+	// setup starts the proxy and gives it a stuck client and an idle one.
+	setup := func(t *testing.T, shutdownTimeout string) (*proxyProcess, *pgx.Conn) {
+		listen := freeAddr(t)
+		p := robustStart(t, 0, []string{"DATABASE_URL=" + cl.URL("postgres")},
+			"--listen", listen, "--http-listen", "off", "--pool-size", "2",
+			"--shutdown-timeout", shutdownTimeout, "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		idle, err := robustConnect(listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { idle.Close(context.Background()) })
+		if err := robustSelect(idle, 1); err != nil {
+			t.Fatal(err)
+		}
+		robustStuck(t, listen, chk)
+		n, err := robustCount(chk, robustBackends)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d server connections before the signal", n)
+		return p, idle
+	}
+	// gone checks that the idle client was ended and that PostgreSQL has no
+	// backend of the proxy left.
+	gone := func(t *testing.T, idle *pgx.Conn) {
+		if err := robustSelect(idle, 2); err == nil {
+			t.Errorf("the idle client still runs queries after the proxy exited")
+		}
+		start := time.Now()
+		robustEventually(t, 3*time.Second, "no backend of the proxy left", func() error {
+			n, err := robustCount(chk, robustBackends)
+			if err == nil && n != 0 {
+				err = fmt.Errorf("%d backends left", n)
+			}
+			return err
+		})
+		t.Logf("no backend left %s after the exit", time.Since(start).Round(time.Millisecond))
+	}
+
+	t.Run("ShutdownTimeout", func(t *testing.T) {
+		p, idle := setup(t, "2s")
+		start := time.Now()
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		took, err := robustExit(t, p, start, 15*time.Second)
+		t.Logf("exited %s after SIGTERM (--shutdown-timeout 2s): %v", took.Round(time.Millisecond), err)
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.output())
+		}
+		if took > 3500*time.Millisecond {
+			t.Errorf("exit took %s, want at most 2s + 1s (+0.5s slack)\n%s", took, p.output())
+		}
+		if len(robustLines(p, "shutdown timeout reached")) == 0 {
+			t.Errorf("no shutdown timeout logged:\n%s", p.output())
+		}
+		if len(robustLines(p, `"msg":"pgsidecar stopped"`)) == 0 {
+			t.Errorf("no clean stop logged:\n%s", p.output())
+		}
+		gone(t, idle)
+	})
+
+	t.Run("SecondSignal", func(t *testing.T) {
+		p, idle := setup(t, "30s")
+		first := time.Now()
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		p.waitFor(t, `"msg":"shutting down`, 1, 5*time.Second)
+		// The second signal 300ms after the first, as an impatient operator.
+		time.Sleep(time.Until(first.Add(300 * time.Millisecond)))
+		robustRunning(t, p)
+		second := time.Now()
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		took, err := robustExit(t, p, second, 15*time.Second)
+		t.Logf("exited %s after the second SIGTERM (%s after the first): %v",
+			took.Round(time.Millisecond), time.Since(first).Round(time.Millisecond), err)
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.output())
+		}
+		if took > 1500*time.Millisecond {
+			t.Errorf("exit took %s after the second signal, want at most 1.5s\n%s", took, p.output())
+		}
+		if len(robustLines(p, "second signal: closing every client now")) == 0 {
+			t.Errorf("second signal not logged:\n%s", p.output())
+		}
+		gone(t, idle)
+	})
+}
+
+// Issue 11 point 5: with --readiness-checks-upstream /readyz reports a dead
+// upstream (and /livez does not); without it /readyz stays 200 and clients get
+// 08006 at once, the proxy backing off its dials instead of dialing for each.
+func TestBinaryReadinessChecksUpstream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	deadURL := "postgres://postgres@" + dead + "/postgres?sslmode=disable"
+
+	t.Run("DeadUpstreamNotReady", func(t *testing.T) {
+		listen, httpAddr := freeAddr(t), freeAddr(t)
+		p := robustStart(t, 0, nil, "--listen", listen, "--http-listen", httpAddr,
+			"--upstream", deadURL, "--readiness-checks-upstream", "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		var body string
+		robustEventually(t, 10*time.Second, "/readyz 503 naming the connection error", func() error {
+			var code int
+			code, body = robustGet(httpAddr, "/readyz")
+			if code != 503 || !strings.Contains(body, "connection refused") {
+				return fmt.Errorf("/readyz %d: %q", code, body)
+			}
+			return nil
+		})
+		t.Logf("/readyz: %s", strings.TrimSpace(body))
+		if !strings.Contains(body, dead) {
+			t.Errorf("/readyz body %q does not name the upstream %s", body, dead)
+		}
+		if code, body := robustGet(httpAddr, "/livez"); code != 200 {
+			t.Errorf("/livez = %d %q, want 200", code, body)
+		}
+		robustRunning(t, p)
+	})
+
+	t.Run("DeadUpstreamWithoutCheck", func(t *testing.T) {
+		listen, httpAddr := freeAddr(t), freeAddr(t)
+		p := robustStart(t, 0, nil, "--listen", listen, "--http-listen", httpAddr,
+			"--upstream", deadURL, "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		robustEventually(t, 10*time.Second, "/readyz 200", func() error {
+			if code, body := robustGet(httpAddr, "/readyz"); code != 200 {
+				return fmt.Errorf("/readyz %d: %q", code, body)
+			}
+			return nil
+		})
+		start := time.Now()
+		_, err := robustConnect(listen)
+		took := time.Since(start)
+		t.Logf("pgx against a dead upstream: %v after %s", err, took.Round(time.Millisecond))
+		if code := robustSQLState(err); code != wire.CodeConnectionFailure {
+			t.Fatalf("pgx: %v (SQLSTATE %q), want %s", err, code, wire.CodeConnectionFailure)
+		}
+		if took > 2*time.Second {
+			t.Errorf("the error took %s", took)
+		}
+
+		// A few clients retrying in a loop for a second.
+		const loopers = 4
+		var attempts, others atomic.Int64
+		var firstOther atomic.Value
+		end := time.Now().Add(time.Second)
+		var wg sync.WaitGroup
+		for range loopers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) {
+					c, err := robustConnect(listen)
+					attempts.Add(1)
+					if err == nil {
+						c.Close(context.Background())
+						err = errors.New("logged in")
+					}
+					if robustSQLState(err) != wire.CodeConnectionFailure {
+						others.Add(1)
+						firstOther.CompareAndSwap(nil, err.Error())
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if n := others.Load(); n > 0 {
+			t.Errorf("%d of %d attempts did not fail with %s, first: %v", n, attempts.Load(), wire.CodeConnectionFailure, firstOther.Load())
+		}
+		code, body := robustGet(httpAddr, "/metrics")
+		failures, ok := robustMetric(body, "pgsidecar_server_connect_failures_total")
+		t.Logf("%d client attempts in 1s by %d clients: %v server connect failures", attempts.Load()+1, loopers, failures)
+		if code != 200 || !ok || failures < 1 {
+			t.Fatalf("/metrics %d: no server_connect_failures_total:\n%s", code, body)
+		}
+		if attempts.Load() < 20 {
+			t.Errorf("only %d client attempts in 1s: the loop proves nothing", attempts.Load())
+		}
+		if failures > 10 {
+			t.Errorf("%v server connect failures for %d client attempts, want at most 10 (back-off)", failures, attempts.Load()+1)
+		}
+		robustRunning(t, p)
+	})
+
+	t.Run("LiveUpstreamReady", func(t *testing.T) {
+		cl := pgtest.Start(t, localpg.Options{})
+		listen, httpAddr := freeAddr(t), freeAddr(t)
+		p := robustStart(t, 0, nil, "--listen", listen, "--http-listen", httpAddr,
+			"--upstream", cl.URL("postgres"), "--readiness-checks-upstream", "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		start := time.Now()
+		robustEventually(t, 10*time.Second, "/readyz 200", func() error {
+			if code, body := robustGet(httpAddr, "/readyz"); code != 200 {
+				return fmt.Errorf("/readyz %d: %q", code, body)
+			}
+			return nil
+		})
+		t.Logf("/readyz 200 %s after listening", time.Since(start).Round(time.Millisecond))
+		c, err := robustConnect(listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		if err := robustSelect(c, 3); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
