@@ -453,6 +453,10 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 		if len(lines) > bound {
 			t.Errorf("%d accept-failure lines, want at most %d:\n%s", len(lines), bound, strings.Join(lines, "\n"))
 		}
+		// One recovery line per failure line at most, not one per accept.
+		if n := len(robustLines(p, `"msg":"accepting clients again"`)); n > len(lines) {
+			t.Errorf("%d recovery lines for %d failure lines", n, len(lines))
+		}
 
 		// And it still stops cleanly.
 		c.Close(context.Background())
@@ -466,6 +470,51 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 		if _, err := robustExit(t, p, start, 10*time.Second); err != nil {
 			t.Fatalf("exit: %v\n%s", err, p.output())
 		}
+	})
+
+	t.Run("RefusalsWhileOutOfDescriptors", func(t *testing.T) {
+		// Connections beyond --max-client-conn are accepted, refused and closed
+		// in turn while descriptors run out: accepts fail and succeed by turns,
+		// and the log must not get a line for each.
+		const nofile = 64
+		listen := freeAddr(t)
+		p := robustStart(t, nofile, []string{"DATABASE_URL=" + cl.URL("postgres")},
+			"--listen", listen, "--http-listen", "off", "--pool-size", "1", "--max-client-conn", "2",
+			"--shutdown-timeout", "1s", "--log-format", "json")
+		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+		start := time.Now()
+		var conns []net.Conn
+		t.Cleanup(func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		for time.Since(start) < 2*time.Second { // bounded: about 400 connections
+			c, err := net.DialTimeout("tcp", listen, time.Second)
+			if err == nil {
+				conns = append(conns, c)
+			}
+			if len(conns) >= 80 {
+				for _, c := range conns[:40] {
+					c.Close()
+				}
+				conns = append(conns[:0], conns[40:]...)
+			}
+			time.Sleep(5 * time.Millisecond) // pacing of the load, not a condition
+		}
+		fails := robustLines(p, `"msg":"accept failed, retrying"`)
+		agains := robustLines(p, `"msg":"accepting clients again"`)
+		refused := robustLines(p, `"msg":"client refused: max-client-conn reached"`)
+		t.Logf("in %s: %d accept-failure, %d recovery and %d refusal lines", time.Since(start).Round(time.Millisecond),
+			len(fails), len(agains), len(refused))
+		if len(fails) == 0 {
+			t.Fatal("the proxy never ran out of descriptors: the test did not test anything")
+		}
+		if len(agains) > len(fails) || len(fails) > 5 || len(refused) > 5 {
+			t.Errorf("log lines not rate-limited: %d accept-failure, %d recovery, %d refusal lines",
+				len(fails), len(agains), len(refused))
+		}
+		robustRunning(t, p)
 	})
 
 	t.Run("MaxClientConnBeforeStartup", func(t *testing.T) {

@@ -338,8 +338,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 	}()
 	var backoff time.Duration
-	var failures int
+	var failures int // since the last log line
 	var lastLog time.Time
+	warned := false // a WARN went out since the last "accepting clients again"
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -357,7 +358,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			if now := time.Now(); now.Sub(lastLog) >= time.Second {
 				s.log.Warn("accept failed, retrying", "error", err, "delay", backoff, "failures", failures)
-				lastLog, failures = now, 0
+				lastLog, failures, warned = now, 0, true
 			}
 			t := time.NewTimer(backoff)
 			select {
@@ -369,8 +370,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		if backoff > 0 {
-			s.log.Info("accepting clients again", "failures", failures)
-			backoff, failures = 0, 0
+			// The next failure starts from the shortest delay again. One line for
+			// the recovery after each WARN: while descriptors run out and free up
+			// in turn, at most one of each a second.
+			if warned {
+				s.log.Info("accepting clients again", "failures_since_last_line", failures)
+				warned, failures = false, 0
+			}
+			backoff = 0
 		}
 		s.accepted.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {

@@ -152,6 +152,8 @@ type session struct {
 	unsettled bool
 	big       *bigMsg // the message read whole outside r (msgmem.go), until the next one
 	stmtBytes int64   // bytes of the statements in stmts (their keys)
+	// stmtLimitLogged: the client's first refusal by the statement bounds was logged.
+	stmtLimitLogged bool
 	// backpressured: the client goroutine waits for answers to drain (awaitAnswers).
 	backpressured bool
 

@@ -334,7 +334,7 @@ func (ss *session) registerLocked(name string, st *stmt) *reg {
 // statement's replay copy included). ss.mu is held.
 func (ss *session) stmtRoomLocked(n int) []byte {
 	if len(ss.stmts) >= ss.srv.opt.MaxClientStatements {
-		ss.srv.stmtLimit.Add(1)
+		ss.noteStmtLimitLocked()
 		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
 			len(ss.stmts)), "Close or DEALLOCATE statements that are no longer used.")
@@ -345,10 +345,26 @@ func (ss *session) stmtRoomLocked(n int) []byte {
 	return nil
 }
 
+// noteStmtLimitLocked counts a Parse refused by the per-client statement bounds
+// and logs the first of the client: a client that keeps preparing new statements
+// is usually an application that leaks them. ss.mu is held or not needed (the
+// fields are the client goroutine's).
+func (ss *session) noteStmtLimitLocked() {
+	ss.srv.stmtLimit.Add(1)
+	if ss.stmtLimitLogged {
+		return
+	}
+	ss.stmtLimitLogged = true
+	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
+		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
+		"statements", len(ss.stmts), "bytes", ss.stmtBytes,
+		"max_statements", ss.srv.opt.MaxClientStatements, "max_bytes", ss.srv.opt.MaxClientStatementBytes)
+}
+
 // stmtLimitError is the ErrorResponse (54000) of a statement of n bytes over
 // MaxClientStatementBytes; it counts the refusal.
 func (ss *session) stmtLimitError(n int64) []byte {
-	ss.srv.stmtLimit.Add(1)
+	ss.noteStmtLimitLocked()
 	return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 		"pgsidecar: prepared statements of this connection would take more than %d bytes with this one of %d bytes (--max-client-prepared-bytes)",
 		ss.srv.opt.MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
