@@ -681,20 +681,7 @@ func (p *Pool) ready() error {
 	}
 	var dead []*Backend
 	if p.open-p.dialing == len(p.idle) { // none held: is an idle one still alive?
-		kept := p.idle[:0]
-		for _, b := range p.idle {
-			if b.expired(now) || !b.alive() {
-				dead = append(dead, b)
-				continue
-			}
-			kept = append(kept, b)
-		}
-		for i := len(kept); i < len(p.idle); i++ {
-			p.idle[i] = nil
-		}
-		p.idle = kept
-		p.open -= len(dead)
-		p.stats.Closed += uint64(len(dead))
+		dead = p.dropIdleLocked(func(b *Backend) bool { return b.expired(now) || !b.alive() })
 	}
 	var err error
 	if p.open-p.dialing == 0 {
@@ -777,14 +764,15 @@ func (p *Pool) maintain() {
 	}
 }
 
-// reap closes idle backends past their lifetime or idle timeout.
-func (p *Pool) reap(now time.Time) {
-	var doomed []*Backend
-	p.mu.Lock()
+// dropIdleLocked takes the idle backends for which drop is true off the idle
+// stack and out of the open count, and returns them for the caller to close
+// outside the lock. p.mu is held.
+func (p *Pool) dropIdleLocked(drop func(*Backend) bool) []*Backend {
+	var out []*Backend
 	kept := p.idle[:0]
 	for _, b := range p.idle {
-		if b.expired(now) || (p.cfg.IdleTimeout > 0 && now.Sub(b.idleSince) > p.cfg.IdleTimeout) {
-			doomed = append(doomed, b)
+		if drop(b) {
+			out = append(out, b)
 			continue
 		}
 		kept = append(kept, b)
@@ -793,8 +781,17 @@ func (p *Pool) reap(now time.Time) {
 		p.idle[i] = nil
 	}
 	p.idle = kept
-	p.open -= len(doomed)
-	p.stats.Closed += uint64(len(doomed))
+	p.open -= len(out)
+	p.stats.Closed += uint64(len(out))
+	return out
+}
+
+// reap closes idle backends past their lifetime or idle timeout.
+func (p *Pool) reap(now time.Time) {
+	p.mu.Lock()
+	doomed := p.dropIdleLocked(func(b *Backend) bool {
+		return b.expired(now) || (p.cfg.IdleTimeout > 0 && now.Sub(b.idleSince) > p.cfg.IdleTimeout)
+	})
 	p.mu.Unlock()
 	for _, b := range doomed {
 		p.log.Debug("server connection closed", "pid", b.PID, "reason", "idle timeout or lifetime")
