@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -67,15 +65,7 @@ func TestBinarySIGTERM(t *testing.T) {
 		}
 		close(logs)
 	}()
-	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + httpAddr + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := func(path string) (int, string) { return robustGet(httpAddr, path) }
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if code, _ := get("/readyz"); code == 200 {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -84,22 +82,6 @@ func robustExit(t *testing.T, p *proxyProcess, since time.Time, within time.Dura
 	case <-time.After(within):
 		t.Fatalf("proxy still running %s after the signal:\n%s", within, p.output())
 		return 0, nil
-	}
-}
-
-// robustEventually calls f until it returns nil, failing after within.
-func robustEventually(t *testing.T, within time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, within, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -202,106 +184,20 @@ func robustCount(c *pgx.Conn, sql string, args ...any) (int, error) {
 // cluster, those are the proxy's server connections.
 const robustBackends = `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`
 
-// robustRaw is a client speaking the raw protocol to the proxy.
-type robustRaw struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
-
-func robustDial(t *testing.T, addr string) *robustRaw {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &robustRaw{t: t, c: c, r: bufio.NewReader(c)}
-}
-
-func (rc *robustRaw) send(b []byte) {
-	rc.t.Helper()
-	_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := rc.c.Write(b); err != nil {
-		rc.t.Fatalf("write to proxy: %v", err)
-	}
-}
-
-// next reads one backend message within d.
-func (rc *robustRaw) next(d time.Duration) (byte, []byte, error) {
-	_ = rc.c.SetReadDeadline(time.Now().Add(d))
-	var hdr [5]byte
-	if _, err := io.ReadFull(rc.r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n < 4 || n > 1<<20 {
-		return hdr[0], nil, fmt.Errorf("proxy sent message %q with length %d", hdr[0], n)
-	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(rc.r, body); err != nil {
-		return hdr[0], nil, err
-	}
-	return hdr[0], body, nil
-}
-
-// login logs in to database postgres as application app.
-func (rc *robustRaw) login(app string) {
-	rc.t.Helper()
-	rc.send(wire.AppendStartup(nil, wire.ProtocolVersion30,
-		wire.StartupParam{Name: "user", Value: "postgres"},
-		wire.StartupParam{Name: "database", Value: "postgres"},
-		wire.StartupParam{Name: "application_name", Value: app}))
-	for {
-		typ, body, err := rc.next(10 * time.Second)
-		if err != nil {
-			rc.t.Fatalf("raw login: %v", err)
-		}
-		switch typ {
-		case wire.MsgErrorResponse:
-			rc.t.Fatalf("raw login refused: %+v", wire.ParseError(body))
-		case wire.MsgReadyForQuery:
-			return
-		}
-	}
-}
-
-// mustQuery runs sql with the simple protocol and wants no error and the
-// transaction status wantTx.
-func (rc *robustRaw) mustQuery(sql string, wantTx byte) {
-	rc.t.Helper()
-	rc.send(wire.AppendQuery(nil, sql))
-	for {
-		typ, body, err := rc.next(10 * time.Second)
-		if err != nil {
-			rc.t.Fatalf("raw query %q: %v", sql, err)
-		}
-		switch typ {
-		case wire.MsgErrorResponse:
-			rc.t.Fatalf("raw query %q: %+v", sql, wire.ParseError(body))
-		case wire.MsgReadyForQuery:
-			if len(body) != 1 || body[0] != wantTx {
-				rc.t.Fatalf("raw query %q: ReadyForQuery %q, want %q", sql, body, wantTx)
-			}
-			return
-		}
-	}
-}
-
 // robustStuck makes a client that does not read (as in internal/proxy's
 // hang_test.go): it logs in, opens a transaction, starts a SELECT of about
 // 200 MB and never reads the answer. It returns once PostgreSQL is blocked
 // writing to the proxy, which means the proxy is blocked writing to the client.
-func robustStuck(t *testing.T, listen string, chk *pgx.Conn) *robustRaw {
+func robustStuck(t *testing.T, listen string, chk *pgx.Conn) *pgtest.Raw {
 	t.Helper()
-	rc := robustDial(t, listen)
-	rc.login("robust_stuck")
-	rc.mustQuery("BEGIN", wire.TxActive)
-	if tcp, ok := rc.c.(*net.TCPConn); ok {
+	rc := pgtest.Dial(t, listen)
+	rc.Login("postgres", "robust_stuck")
+	rc.MustQuery("BEGIN", wire.TxActive)
+	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(64 << 10) // fill up sooner
 	}
-	rc.send(wire.AppendQuery(nil, "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
-	robustEventually(t, 20*time.Second, "the backend blocked writing to the proxy", func() error {
+	rc.Send(wire.AppendQuery(nil, "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
+	pgtest.Eventually(t, 20*time.Second, "the backend blocked writing to the proxy", func() error {
 		n, err := robustCount(chk, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' AND query LIKE 'SELECT repeat%'`)
 		if err == nil && n != 1 {
 			err = fmt.Errorf("%d backends in ClientWrite", n)
@@ -375,7 +271,7 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 			t.Fatalf("queries of the logged-in clients: %v", err)
 		}
 		chk := robustDirect(t, cl)
-		robustEventually(t, 5*time.Second, "both server connections open", func() error {
+		pgtest.Eventually(t, 5*time.Second, "both server connections open", func() error {
 			n, err := robustCount(chk, robustBackends)
 			if err == nil && n != 2 {
 				err = fmt.Errorf("%d server connections", n)
@@ -542,7 +438,7 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer silent.Close()
-		robustEventually(t, 5*time.Second, "K+1 clients counted", func() error {
+		pgtest.Eventually(t, 5*time.Second, "K+1 clients counted", func() error {
 			code, body := robustGet(httpAddr, "/metrics")
 			if n, ok := robustMetric(body, "pgsidecar_client_connections_open"); code != 200 || !ok || n != k+1 {
 				return fmt.Errorf("/metrics %d: %v clients open", code, n)
@@ -551,9 +447,9 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 		})
 
 		// One more: refused at once, before it sends anything.
-		rc := robustDial(t, listen)
+		rc := pgtest.Dial(t, listen)
 		start := time.Now()
-		typ, body, err := rc.next(5 * time.Second)
+		typ, body, err := rc.Next(5 * time.Second)
 		if err != nil {
 			t.Fatalf("reading the refusal without sending anything: %v", err)
 		}
@@ -569,7 +465,7 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 		if got > time.Second {
 			t.Errorf("refusal took %s", got)
 		}
-		if _, _, err := rc.next(5 * time.Second); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		if _, _, err := rc.Next(5 * time.Second); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("after the refusal: %v, want the connection closed", err)
 		}
 
@@ -590,7 +486,7 @@ func TestBinaryOutOfFileDescriptors(t *testing.T) {
 
 		// A place freed is a place taken.
 		silent.Close()
-		robustEventually(t, 5*time.Second, "a client logs in once the silent one left", func() error {
+		pgtest.Eventually(t, 5*time.Second, "a client logs in once the silent one left", func() error {
 			c, err := robustConnect(listen)
 			if err != nil {
 				return err
@@ -638,7 +534,7 @@ func TestBinaryShutdownWithStuckClient(t *testing.T) {
 			t.Errorf("the idle client still runs queries after the proxy exited")
 		}
 		start := time.Now()
-		robustEventually(t, 3*time.Second, "no backend of the proxy left", func() error {
+		pgtest.Eventually(t, 3*time.Second, "no backend of the proxy left", func() error {
 			n, err := robustCount(chk, robustBackends)
 			if err == nil && n != 0 {
 				err = fmt.Errorf("%d backends left", n)
@@ -719,7 +615,7 @@ func TestBinaryReadinessChecksUpstream(t *testing.T) {
 			"--upstream", deadURL, "--readiness-checks-upstream", "--log-format", "json")
 		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
 		var body string
-		robustEventually(t, 10*time.Second, "/readyz 503 naming the connection error", func() error {
+		pgtest.Eventually(t, 10*time.Second, "/readyz 503 naming the connection error", func() error {
 			var code int
 			code, body = robustGet(httpAddr, "/readyz")
 			if code != 503 || !strings.Contains(body, "connection refused") {
@@ -742,7 +638,7 @@ func TestBinaryReadinessChecksUpstream(t *testing.T) {
 		p := robustStart(t, 0, nil, "--listen", listen, "--http-listen", httpAddr,
 			"--upstream", deadURL, "--log-format", "json")
 		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
-		robustEventually(t, 10*time.Second, "/readyz 200", func() error {
+		pgtest.Eventually(t, 10*time.Second, "/readyz 200", func() error {
 			if code, body := robustGet(httpAddr, "/readyz"); code != 200 {
 				return fmt.Errorf("/readyz %d: %q", code, body)
 			}
@@ -809,7 +705,7 @@ func TestBinaryReadinessChecksUpstream(t *testing.T) {
 			"--upstream", cl.URL("postgres"), "--readiness-checks-upstream", "--log-format", "json")
 		p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
 		start := time.Now()
-		robustEventually(t, 10*time.Second, "/readyz 200", func() error {
+		pgtest.Eventually(t, 10*time.Second, "/readyz 200", func() error {
 			if code, body := robustGet(httpAddr, "/readyz"); code != 200 {
 				return fmt.Errorf("/readyz %d: %q", code, body)
 			}

@@ -23,11 +23,11 @@ type allocClient struct {
 
 func newAllocClient(t *testing.T, addr, db string) *allocClient {
 	rc := faultDial(t, addr)
-	rc.login(db)
-	if rc.r.Buffered() > 0 {
+	rc.Login(db, "fault_raw")
+	if rc.R.Buffered() > 0 {
 		t.Fatal("data after ReadyForQuery at login")
 	}
-	return &allocClient{c: rc.c, buf: make([]byte, 64<<10)}
+	return &allocClient{c: rc.Conn, buf: make([]byte, 64<<10)}
 }
 
 // run sends batch and reads until the ReadyForQuery that ends its answer; it
@@ -173,8 +173,8 @@ func TestIdleClientMemory(t *testing.T) {
 	const n = 200
 	for range n {
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
-		rc.mustQuery("SELECT 1", wire.TxIdle) // attaches a backend, then idles
+		rc.Login(db, "fault_raw")
+		rc.MustQuery("SELECT 1", wire.TxIdle) // attaches a backend, then idles
 	}
 	// Per client this counts the test's own side too (a 4 KiB bufio.Reader and
 	// the connection, about 6 KiB); holding the two writers would add 32 KiB.

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -31,113 +31,11 @@ import (
 // helpers (all prefixed with fault, as other test files share the package)
 
 // faultRaw is a client speaking the raw protocol to the proxy.
-type faultRaw struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-	// pid and key are the BackendKeyData the proxy gave at login.
-	pid uint32
-	key []byte
-}
+type faultRaw struct{ *pgtest.Raw }
 
 func faultDial(t *testing.T, addr string) *faultRaw {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &faultRaw{t: t, c: c, r: bufio.NewReader(c)}
-}
-
-func (rc *faultRaw) send(b []byte) {
-	rc.t.Helper()
-	_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := rc.c.Write(b); err != nil {
-		rc.t.Fatalf("write to proxy: %v", err)
-	}
-}
-
-// read reads one backend message; the read deadline must be set by the caller.
-func (rc *faultRaw) read() (byte, []byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(rc.r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n < 4 || n > 1<<20 {
-		return hdr[0], nil, fmt.Errorf("proxy sent message %q with length %d", hdr[0], n)
-	}
-	body := make([]byte, n-4)
-	if k, err := io.ReadFull(rc.r, body); err != nil {
-		return hdr[0], body[:k], err // the part received of a truncated message
-	}
-	return hdr[0], body, nil
-}
-
-func (rc *faultRaw) next(within time.Duration) (byte, []byte, error) {
-	_ = rc.c.SetReadDeadline(time.Now().Add(within))
-	return rc.read()
-}
-
-// login sends a StartupMessage for db and reads up to ReadyForQuery.
-func (rc *faultRaw) login(db string) {
-	rc.t.Helper()
-	rc.send(wire.AppendStartup(nil, wire.ProtocolVersion30,
-		wire.StartupParam{Name: "user", Value: "postgres"},
-		wire.StartupParam{Name: "database", Value: db},
-		wire.StartupParam{Name: "application_name", Value: "fault_raw"}))
-	for {
-		typ, body, err := rc.next(10 * time.Second)
-		if err != nil {
-			rc.t.Fatalf("raw login: %v", err)
-		}
-		switch typ {
-		case wire.MsgErrorResponse:
-			rc.t.Fatalf("raw login refused: %+v", wire.ParseError(body))
-		case wire.MsgBackendKeyData:
-			if len(body) >= 8 {
-				rc.pid = binary.BigEndian.Uint32(body[:4])
-				rc.key = append([]byte(nil), body[4:]...)
-			}
-		case wire.MsgReadyForQuery:
-			return
-		}
-	}
-}
-
-// query runs sql with the simple protocol; it returns the first ErrorResponse (nil if
-// none) and the transaction status of the ReadyForQuery.
-func (rc *faultRaw) query(sql string) (*wire.ErrorFields, byte) {
-	rc.t.Helper()
-	rc.send(wire.AppendQuery(nil, sql))
-	var first *wire.ErrorFields
-	for {
-		typ, body, err := rc.next(10 * time.Second)
-		if err != nil {
-			rc.t.Fatalf("raw query %q: %v", sql, err)
-		}
-		switch typ {
-		case wire.MsgErrorResponse:
-			if first == nil {
-				f := wire.ParseError(body)
-				first = &f
-			}
-		case wire.MsgReadyForQuery:
-			if len(body) != 1 {
-				rc.t.Fatalf("raw query %q: bad ReadyForQuery %v", sql, body)
-			}
-			return first, body[0]
-		}
-	}
-}
-
-// mustQuery runs sql and fails on an error or an unexpected transaction status.
-func (rc *faultRaw) mustQuery(sql string, wantTx byte) {
-	rc.t.Helper()
-	if f, tx := rc.query(sql); f != nil || tx != wantTx {
-		rc.t.Fatalf("raw query %q: error %+v, tx status %q (want %q)", sql, f, tx, wantTx)
-	}
+	return &faultRaw{pgtest.Dial(t, addr)}
 }
 
 // faultClosed reports whether err says the peer closed the connection.
@@ -149,19 +47,19 @@ func faultClosed(err error) bool {
 // happen within d. It returns the ErrorResponses seen, the arrival time of the first
 // one, and the types of the other messages.
 func (rc *faultRaw) readToClose(d time.Duration) (errs []wire.ErrorFields, firstAt time.Time, others []byte) {
-	rc.t.Helper()
+	rc.T.Helper()
 	deadline := time.Now().Add(d)
-	_ = rc.c.SetReadDeadline(deadline)
+	_ = rc.Conn.SetReadDeadline(deadline)
 	for i := 0; ; i++ {
-		typ, body, err := rc.read()
+		typ, body, err := rc.Read()
 		if err != nil {
 			if faultClosed(err) {
 				return errs, firstAt, others
 			}
-			rc.t.Fatalf("proxy did not close the connection within %s: %v (errors so far: %+v, other messages %q)", d, err, errs, others)
+			rc.T.Fatalf("proxy did not close the connection within %s: %v (errors so far: %+v, other messages %q)", d, err, errs, others)
 		}
 		if i > 1000 {
-			rc.t.Fatalf("proxy keeps sending messages, types %q", others)
+			rc.T.Fatalf("proxy keeps sending messages, types %q", others)
 		}
 		if typ == wire.MsgErrorResponse {
 			if errs == nil {
@@ -178,13 +76,13 @@ func (rc *faultRaw) readToClose(d time.Duration) (errs []wire.ErrorFields, first
 // proxy sent exactly one ErrorResponse, FATAL with SQLSTATE code. It returns when the
 // error arrived.
 func (rc *faultRaw) expectFatal(code string, d time.Duration) time.Time {
-	rc.t.Helper()
+	rc.T.Helper()
 	errs, at, others := rc.readToClose(d)
 	if len(errs) != 1 {
-		rc.t.Fatalf("got %d ErrorResponses %+v (other messages %q), want one FATAL %s", len(errs), errs, others, code)
+		rc.T.Fatalf("got %d ErrorResponses %+v (other messages %q), want one FATAL %s", len(errs), errs, others, code)
 	}
 	if errs[0].Severity != wire.SeverityFatal || errs[0].Code != code {
-		rc.t.Fatalf("got error %+v, want severity FATAL, SQLSTATE %s", errs[0], code)
+		rc.T.Fatalf("got error %+v, want severity FATAL, SQLSTATE %s", errs[0], code)
 	}
 	return at
 }
@@ -322,7 +220,7 @@ func TestFaultBadInput(t *testing.T) {
 
 	loggedIn := func(t *testing.T) *faultRaw {
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
+		rc.Login(db, "fault_raw")
 		return rc
 	}
 	cases := []struct {
@@ -331,20 +229,20 @@ func TestFaultBadInput(t *testing.T) {
 	}{
 		{"HTTPRequest", func(t *testing.T) {
 			rc := faultDial(t, tp.addr)
-			rc.send([]byte("GET / HTTP/1.1\r\n\r\n"))
+			rc.Send([]byte("GET / HTTP/1.1\r\n\r\n"))
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"HugeStartupLength", func(t *testing.T) {
 			rc := faultDial(t, tp.addr)
-			rc.send([]byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0})
+			rc.Send([]byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0})
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"TruncatedStartup", func(t *testing.T) {
 			rc := faultDial(t, tp.addr)
 			pkt := []byte{0, 0, 0, 100, 0, 3, 0, 0}
 			pkt = append(pkt, "user\x00postgr"...) // 20 bytes of the announced 100
-			rc.send(pkt)
-			if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+			rc.Send(pkt)
+			if err := rc.Conn.(*net.TCPConn).CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
 			errs, _, others := rc.readToClose(2 * time.Second)
@@ -357,7 +255,7 @@ func TestFaultBadInput(t *testing.T) {
 		}},
 		{"UnsupportedProtocol", func(t *testing.T) {
 			rc := faultDial(t, tp.addr)
-			rc.send(wire.AppendStartup(nil, 2<<16, wire.StartupParam{Name: "user", Value: "postgres"}))
+			rc.Send(wire.AppendStartup(nil, 2<<16, wire.StartupParam{Name: "user", Value: "postgres"}))
 			rc.expectFatal(wire.CodeFeatureNotSupported, 2*time.Second)
 		}},
 		{"StalledStartup", func(t *testing.T) {
@@ -370,26 +268,26 @@ func TestFaultBadInput(t *testing.T) {
 		}},
 		{"InvalidMessageType", func(t *testing.T) {
 			rc := loggedIn(t)
-			rc.mustQuery("SELECT 1", wire.TxIdle)
-			rc.send([]byte{0x01, 0, 0, 0, 4})
+			rc.MustQuery("SELECT 1", wire.TxIdle)
+			rc.Send([]byte{0x01, 0, 0, 0, 4})
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"NegativeQueryLength", func(t *testing.T) {
 			rc := loggedIn(t)
 			msg := []byte{'Q', 0xff, 0xff, 0xff, 0xf0}
-			rc.send(append(msg, "SELECT 1\x00"...))
+			rc.Send(append(msg, "SELECT 1\x00"...))
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"BadSyncLength", func(t *testing.T) {
 			rc := loggedIn(t)
-			rc.send([]byte{'S', 0, 0, 0, 8, 0, 0, 0, 0})
+			rc.Send([]byte{'S', 0, 0, 0, 8, 0, 0, 0, 0})
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"GarbageInTransaction", func(t *testing.T) {
 			rc := loggedIn(t)
-			rc.mustQuery("BEGIN", wire.TxActive)
-			rc.mustQuery("INSERT INTO fault_rows VALUES (7)", wire.TxActive)
-			rc.send([]byte("GET / HTTP/1.1\r\n\r\n"))
+			rc.MustQuery("BEGIN", wire.TxActive)
+			rc.MustQuery("INSERT INTO fault_rows VALUES (7)", wire.TxActive)
+			rc.Send([]byte("GET / HTTP/1.1\r\n\r\n"))
 			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
 			faultNoIdleInTx(t, tp, chk)
 			if n := faultRows(t, chk, 7); n != 0 {
@@ -400,9 +298,9 @@ func TestFaultBadInput(t *testing.T) {
 			// The garbage follows a query whose answer is still on its way: the
 			// proxy cannot roll back cleanly and must drop the backend instead.
 			rc := loggedIn(t)
-			rc.mustQuery("BEGIN", wire.TxActive)
+			rc.MustQuery("BEGIN", wire.TxActive)
 			msg := wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (8)")
-			rc.send(append(msg, 0x01, 0, 0, 0, 4))
+			rc.Send(append(msg, 0x01, 0, 0, 0, 4))
 			errs, _, others := rc.readToClose(2 * time.Second)
 			if len(errs) != 1 || errs[0].Severity != wire.SeverityFatal || errs[0].Code != wire.CodeProtocolViolation {
 				t.Fatalf("got errors %+v (other messages %q), want one FATAL 08P01", errs, others)
@@ -580,9 +478,9 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 	bystander := tp.connect(t, pgx.QueryExecModeExec)
 	for round := 0; round < 3; round++ {
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
-		rc.mustQuery("BEGIN", wire.TxActive)
-		rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+		rc.Login(db, "fault_raw")
+		rc.MustQuery("BEGIN", wire.TxActive)
+		rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
 		pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 
 		// reader: counts answers and keeps the errors until the proxy closes.
@@ -594,9 +492,9 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 		readDone := make(chan outcome, 1)
 		go func() {
 			var o outcome
-			_ = rc.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_ = rc.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 			for {
-				typ, body, err := rc.read()
+				typ, body, err := rc.Read()
 				if err != nil {
 					o.err = err
 					readDone <- o
@@ -631,8 +529,8 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 					return
 				default:
 				}
-				_ = rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				if _, err := rc.c.Write(batch); err != nil {
+				_ = rc.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				if _, err := rc.Conn.Write(batch); err != nil {
 					return
 				}
 			}
@@ -688,8 +586,8 @@ func TestFaultBackendDiesMidMessage(t *testing.T) {
 	// moment: two rounds make a cut in the middle of a message all but certain.
 	for round := 0; round < 2; round++ {
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
-		rc.send(wire.AppendQuery(nil, fmt.Sprintf("SELECT repeat('x', 100) FROM generate_series(1, %d)", total)))
+		rc.Login(db, "fault_raw")
+		rc.Send(wire.AppendQuery(nil, fmt.Sprintf("SELECT repeat('x', 100) FROM generate_series(1, %d)", total)))
 		var pid int
 		eventually(t, 20*time.Second, "backend blocked sending the result", func() error {
 			ctx, cancel := faultCtx()
@@ -707,12 +605,12 @@ func TestFaultBackendDiesMidMessage(t *testing.T) {
 			return nil
 		})
 
-		_ = rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_ = rc.Conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 		rows := 0
 		var errs []wire.ErrorFields
 		var end error
 		for i := 0; i <= total+10; i++ {
-			typ, body, err := rc.read()
+			typ, body, err := rc.Read()
 			if err != nil {
 				end = err
 				if typ == 'D' && errors.Is(err, io.ErrUnexpectedEOF) {
@@ -812,9 +710,9 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	bystander := tp.connect(t, pgx.QueryExecModeExec)
 
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	rc.mustQuery("BEGIN", wire.TxActive)
-	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	rc.Login(db, "fault_raw")
+	rc.MustQuery("BEGIN", wire.TxActive)
+	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
 	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
 	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
@@ -825,7 +723,7 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Logf("the proxy logged nothing about the lost backend; going on without holding it")
 	}
-	rc.send(wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (2)"))
+	rc.Send(wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (2)"))
 	// While the proxy is held, the statement must not run anywhere.
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if faultRows(t, chk, 2) != 0 {
@@ -868,9 +766,9 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	t.Cleanup(gate.release) // before the proxy is closed
 
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	rc.mustQuery("BEGIN", wire.TxActive)
-	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	rc.Login(db, "fault_raw")
+	rc.MustQuery("BEGIN", wire.TxActive)
+	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
 	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
 	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
@@ -882,7 +780,7 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 		t.Skip("the proxy logged nothing about the lost backend: nothing to hold it with")
 	}
 	// The proxy's server goroutine for this client is now held in the log sink.
-	rc.c.Close()
+	rc.Conn.Close()
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && tp.srv.Stats().Clients > 0; {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -1178,7 +1076,7 @@ func TestFaultCancel(t *testing.T) {
 		rc := faultDial(t, tp.addr)
 		key := append([]byte(nil), c.PgConn().SecretKey()...)
 		key[0] ^= 0xff
-		rc.send(wire.AppendCancelRequest(nil, c.PgConn().PID(), key))
+		rc.Send(wire.AppendCancelRequest(nil, c.PgConn().PID(), key))
 		rc.readToClose(2 * time.Second)
 	})
 	if err := faultSelect(a, 2); err != nil {
@@ -1204,9 +1102,9 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 
 	// A raw client goes silent in a transaction: FATAL 25P03.
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	rc.mustQuery("BEGIN", wire.TxActive)
-	rc.mustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
+	rc.Login(db, "fault_raw")
+	rc.MustQuery("BEGIN", wire.TxActive)
+	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
 	start := time.Now()
 	at := rc.expectFatal(wire.CodeIdleInTransactionTimout, 3*time.Second)
 	if d := at.Sub(start); d < 250*time.Millisecond {
@@ -1314,16 +1212,16 @@ func TestFaultQueryWaitTimeout(t *testing.T) {
 	// ReadyForQuery at its Sync.
 	t.Run("ExtendedRaw", func(t *testing.T) {
 		rc := faultDial(t, tp.addr)
-		rc.login(tp.db)
+		rc.Login(tp.db, "fault_raw")
 		batch := faultExtendedBatch("SELECT 1")
 		faultExec(t, a, "BEGIN")
 		for i := 0; i < 2; i++ {
 			start := time.Now()
-			rc.send(batch)
+			rc.Send(batch)
 			var types []byte
 			var errs []wire.ErrorFields
 			for len(types) == 0 || types[len(types)-1] != wire.MsgReadyForQuery {
-				typ, body, err := rc.next(5 * time.Second)
+				typ, body, err := rc.Next(5 * time.Second)
 				if err != nil {
 					t.Fatalf("batch %d: after %q: %v", i, types, err)
 				}
@@ -1340,10 +1238,10 @@ func TestFaultQueryWaitTimeout(t *testing.T) {
 			}
 		}
 		faultExec(t, a, "COMMIT")
-		rc.send(batch)
+		rc.Send(batch)
 		var types []byte
 		for len(types) == 0 || types[len(types)-1] != wire.MsgReadyForQuery {
-			typ, body, err := rc.next(5 * time.Second)
+			typ, body, err := rc.Next(5 * time.Second)
 			if err != nil {
 				t.Fatalf("batch after the backend was freed: after %q: %v", types, err)
 			}
@@ -1389,7 +1287,7 @@ func TestFaultShutdown(t *testing.T) {
 			t.Fatal(err)
 		}
 		braw := faultDial(t, tp.addr)
-		braw.login(db)
+		braw.Login(db, "fault_raw")
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (1)")
 
@@ -1451,8 +1349,8 @@ func TestFaultShutdown(t *testing.T) {
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (30)")
 		w := faultDial(t, tp.addr)
-		w.login(db)
-		w.send(wire.AppendQuery(nil, "SELECT 1"))
+		w.Login(db, "fault_raw")
+		w.Send(wire.AppendQuery(nil, "SELECT 1"))
 		p := tp.pools.Get(pool.Key{Database: db, User: "postgres"})
 		eventually(t, 5*time.Second, "the client queued", func() error {
 			if n := p.Stats().Waiting; n != 1 {
@@ -1528,11 +1426,11 @@ func TestCopyFailsMidMessage(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	rc.mustQuery("CREATE TABLE copy_mid(a int)", wire.TxIdle)
-	rc.send(wire.AppendQuery(nil, "SET search_path TO public; COPY copy_mid FROM STDIN"))
+	rc.Login(db, "fault_raw")
+	rc.MustQuery("CREATE TABLE copy_mid(a int)", wire.TxIdle)
+	rc.Send(wire.AppendQuery(nil, "SET search_path TO public; COPY copy_mid FROM STDIN"))
 	for {
-		typ, _, err := rc.next(10 * time.Second)
+		typ, _, err := rc.Next(10 * time.Second)
 		if err != nil {
 			t.Fatalf("waiting for CopyInResponse: %v", err)
 		}
@@ -1546,10 +1444,10 @@ func TestCopyFailsMidMessage(t *testing.T) {
 	first[0] = wire.MsgCopyData
 	binary.BigEndian.PutUint32(first[1:], 4+body)
 	first = append(first, bytes.Repeat([]byte{'y'}, 200<<10)...)
-	rc.send(append([]byte{wire.MsgCopyData, 0, 0, 0, 6, 'x', '\n'}, first...))
+	rc.Send(append([]byte{wire.MsgCopyData, 0, 0, 0, 6, 'x', '\n'}, first...))
 	var copyErr *wire.ErrorFields
 	for {
-		typ, b, err := rc.next(10 * time.Second)
+		typ, b, err := rc.Next(10 * time.Second)
 		if err != nil {
 			t.Fatalf("waiting for the COPY's error: %v", err)
 		}
@@ -1569,13 +1467,13 @@ func TestCopyFailsMidMessage(t *testing.T) {
 	// part of the message, decides what to do after the ReadyForQuery. Then the
 	// client sends the rest and CopyDone.
 	time.Sleep(200 * time.Millisecond)
-	rc.send(bytes.Repeat([]byte{'y'}, body-(len(first)-5)))
-	rc.send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
-	rc.mustQuery("SELECT 1", wire.TxIdle)
-	if f, _ := rc.query("SHOW search_path"); f != nil {
+	rc.Send(bytes.Repeat([]byte{'y'}, body-(len(first)-5)))
+	rc.Send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
+	rc.MustQuery("SELECT 1", wire.TxIdle)
+	if f, _ := rc.Query("SHOW search_path"); f != nil {
 		t.Fatalf("SHOW search_path: %+v", f)
 	}
-	rc.mustQuery("SELECT count(*) FROM copy_mid", wire.TxIdle)
+	rc.MustQuery("SELECT count(*) FROM copy_mid", wire.TxIdle)
 }
 
 // recvWithin returns the error received from ch, failing the test with what if

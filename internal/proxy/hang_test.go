@@ -34,13 +34,13 @@ const hangBigSelect = "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"
 func hangStuck(t *testing.T, tp *testProxy) (*faultRaw, time.Time) {
 	t.Helper()
 	rc := faultDial(t, tp.addr)
-	rc.login(tp.db)
+	rc.Login(tp.db, "fault_raw")
 	began := time.Now()
-	rc.mustQuery("BEGIN", wire.TxActive)
-	if tcp, ok := rc.c.(*net.TCPConn); ok {
+	rc.MustQuery("BEGIN", wire.TxActive)
+	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(64 << 10) // fill up sooner
 	}
-	rc.send(wire.AppendQuery(nil, hangBigSelect))
+	rc.Send(wire.AppendQuery(nil, hangBigSelect))
 	chk := direct(t, tp.db)
 	eventually(t, 20*time.Second, "the backend blocked writing to the proxy", func() error {
 		var n int
@@ -80,8 +80,8 @@ func hangEnded(t *testing.T, tp *testProxy, by time.Time) time.Time {
 // the connection.
 func hangDrained(t *testing.T, rc *faultRaw) {
 	t.Helper()
-	_ = rc.c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.Copy(io.Discard, rc.c); err != nil && !faultClosed(err) {
+	_ = rc.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, rc.Conn); err != nil && !faultClosed(err) {
 		t.Fatalf("reading the ended client's connection: %v", err)
 	}
 }
@@ -119,7 +119,7 @@ func TestHangNonReadingClientEnded(t *testing.T) {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := admin.Exec(ctx, fmt.Sprintf("KILL_CLIENT %d", rc.pid)); err != nil {
+		if _, err := admin.Exec(ctx, fmt.Sprintf("KILL_CLIENT %d", rc.PID)); err != nil {
 			t.Fatalf("KILL_CLIENT: %v", err)
 		}
 		admin.Close(ctx) // the console client counts as a client
@@ -178,8 +178,8 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	reg, _ := newObsRegistry(t, tp, obs)
 
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	if tcp, ok := rc.c.(*net.TCPConn); ok {
+	rc.Login(db, "fault_raw")
+	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(16 << 10)
 	}
 	var batch []byte
@@ -193,8 +193,8 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	go func() {
 		defer close(writerDone)
 		for i := 0; i < 2000; i++ { // bounded: stops when the proxy stops reading
-			_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			if _, err := rc.c.Write(batch); err != nil {
+			_ = rc.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			if _, err := rc.Conn.Write(batch); err != nil {
 				return
 			}
 			sent.Add(1)
@@ -242,7 +242,7 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	}
 	// And the stuck client can still be ended.
 	start := time.Now()
-	if _, err := admin.Exec(ctx, fmt.Sprintf("KILL_CLIENT %d", rc.pid)); err != nil {
+	if _, err := admin.Exec(ctx, fmt.Sprintf("KILL_CLIENT %d", rc.PID)); err != nil {
 		t.Fatalf("KILL_CLIENT: %v", err)
 	}
 	eventually(t, time.Second+hangSlack, "stuck client ended", func() error {

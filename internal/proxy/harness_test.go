@@ -229,20 +229,10 @@ func (tp *testProxy) serverBackends(t testing.TB, chk *pgx.Conn) map[string]int 
 	return out
 }
 
-// eventually polls cond every 20ms until it returns nil or the deadline passes.
+// eventually polls cond until it returns nil or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s: %v", what, within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pgtest.Eventually(t, within, what, cond)
 }
 
 // pgCode returns the SQLSTATE of err, or "".

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,13 +66,22 @@ func limitsLiteral(t *testing.T, c net.Conn, n int) {
 
 // limitsResult reads the answer to limitsLiteral: its one value, or the error.
 func limitsResult(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields) {
-	rc.t.Helper()
-	var val string
-	var ef *wire.ErrorFields
+	rc.T.Helper()
+	val, ef, err := limitsAnswer(rc, within)
+	if err != nil {
+		rc.T.Fatalf("reading the answer: %v", err)
+	}
+	return val, ef
+}
+
+// limitsAnswer reads up to the ReadyForQuery or a FATAL: the value of the one
+// DataRow, the last ErrorResponse, or the read error. It may run in a goroutine
+// other than the test's.
+func limitsAnswer(rc *faultRaw, within time.Duration) (val string, ef *wire.ErrorFields, err error) {
 	for {
-		typ, body, err := rc.next(within)
+		typ, body, err := rc.Next(within)
 		if err != nil {
-			rc.t.Fatalf("reading the answer: %v", err)
+			return val, ef, err
 		}
 		switch typ {
 		case wire.MsgDataRow:
@@ -84,10 +92,10 @@ func limitsResult(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields
 			f := wire.ParseError(body)
 			ef = &f
 			if f.Severity == wire.SeverityFatal {
-				return val, ef
+				return val, ef, nil
 			}
 		case wire.MsgReadyForQuery:
-			return val, ef
+			return val, ef, nil
 		}
 	}
 }
@@ -104,9 +112,9 @@ func TestLimitsMessageSize(t *testing.T) {
 		t.Run(string(typ), func(t *testing.T) {
 			before := tp.srv.Stats().TooLarge
 			rc := faultDial(t, tp.addr)
-			rc.login(db)
+			rc.Login(db, "fault_raw")
 			// 13 bytes that claim a gigabyte.
-			rc.send(append(limitsHeader(typ, 1<<30-5), "SELECT 1"...))
+			rc.Send(append(limitsHeader(typ, 1<<30-5), "SELECT 1"...))
 			start := time.Now()
 			errs, _, _ := rc.readToClose(5 * time.Second)
 			if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded || errs[0].Severity != wire.SeverityFatal {
@@ -129,14 +137,14 @@ func TestLimitsMessageSize(t *testing.T) {
 			t.Fatal(err)
 		}
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
-		rc.send(wire.AppendQuery(nil, "COPY limits_copy FROM STDIN"))
-		if typ, _, err := rc.next(5 * time.Second); err != nil || typ != wire.MsgCopyInResponse {
+		rc.Login(db, "fault_raw")
+		rc.Send(wire.AppendQuery(nil, "COPY limits_copy FROM STDIN"))
+		if typ, _, err := rc.Next(5 * time.Second); err != nil || typ != wire.MsgCopyInResponse {
 			t.Fatalf("COPY: %q, %v", typ, err)
 		}
 		row := append(bytes.Repeat([]byte("y"), 3<<20), '\n') // 3 MiB in one CopyData
-		rc.send(append(limitsHeader(wire.MsgCopyData, len(row)), row...))
-		rc.send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
+		rc.Send(append(limitsHeader(wire.MsgCopyData, len(row)), row...))
+		rc.Send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
 		if _, ef := limitsResult(rc, 10*time.Second); ef != nil {
 			t.Fatalf("COPY of a 3 MiB row: %+v", ef)
 		}
@@ -161,14 +169,14 @@ func TestLimitsMessageMemory(t *testing.T) {
 
 	t.Run("WaitsForRoom", func(t *testing.T) {
 		a := faultDial(t, tp.addr)
-		a.login(db)
+		a.Login(db, "fault_raw")
 		b := faultDial(t, tp.addr)
-		b.login(db)
+		b.Login(db, "fault_raw")
 		// a sends its header and part of its text, then stalls: its message holds
 		// the room it claims.
 		head := "SELECT length('"
-		a.send(append(limitsHeader(wire.MsgQuery, len(head)+big+3), head...))
-		a.send(bytes.Repeat([]byte("x"), 1000))
+		a.Send(append(limitsHeader(wire.MsgQuery, len(head)+big+3), head...))
+		a.Send(bytes.Repeat([]byte("x"), 1000))
 		eventually(t, 5*time.Second, "a's message reserved", func() error {
 			if st := tp.srv.MessageMemory(); st.Used < big {
 				return fmt.Errorf("%+v", st)
@@ -180,7 +188,7 @@ func TestLimitsMessageMemory(t *testing.T) {
 		var ef *wire.ErrorFields
 		go func() {
 			defer close(done)
-			limitsLiteral(t, b.c, big)
+			limitsLiteral(t, b.Conn, big)
 		}()
 		eventually(t, 5*time.Second, "b waits for room", func() error {
 			if st := tp.srv.MessageMemory(); st.Waiting != 1 {
@@ -189,8 +197,8 @@ func TestLimitsMessageMemory(t *testing.T) {
 			return nil
 		})
 		limitsBystander(t, by)
-		a.send(bytes.Repeat([]byte("x"), big-1000))
-		a.send([]byte("')\x00"))
+		a.Send(bytes.Repeat([]byte("x"), big-1000))
+		a.Send([]byte("')\x00"))
 		if val, ef = limitsResult(a, 10*time.Second); ef != nil || val != fmt.Sprint(big) {
 			t.Fatalf("a: %q, %+v", val, ef)
 		}
@@ -208,8 +216,8 @@ func TestLimitsMessageMemory(t *testing.T) {
 
 	t.Run("LargerThanBudget", func(t *testing.T) {
 		rc := faultDial(t, tp.addr)
-		rc.login(db)
-		rc.send(append(limitsHeader(wire.MsgQuery, 2*budget), "SELECT 1"...))
+		rc.Login(db, "fault_raw")
+		rc.Send(append(limitsHeader(wire.MsgQuery, 2*budget), "SELECT 1"...))
 		errs, _, _ := rc.readToClose(5 * time.Second)
 		if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded {
 			t.Fatalf("got %+v, want FATAL 54000", errs)
@@ -220,8 +228,8 @@ func TestLimitsMessageMemory(t *testing.T) {
 	t.Run("WaitTimesOut", func(t *testing.T) {
 		before := tp.srv.Stats().OutOfMemory
 		a := faultDial(t, tp.addr)
-		a.login(db)
-		a.send(append(limitsHeader(wire.MsgQuery, big), "SELECT 1 --"...))
+		a.Login(db, "fault_raw")
+		a.Send(append(limitsHeader(wire.MsgQuery, big), "SELECT 1 --"...))
 		eventually(t, 5*time.Second, "a's message reserved", func() error {
 			if st := tp.srv.MessageMemory(); st.Used < big {
 				return fmt.Errorf("%+v", st)
@@ -229,8 +237,8 @@ func TestLimitsMessageMemory(t *testing.T) {
 			return nil
 		})
 		b := faultDial(t, tp.addr)
-		b.login(db)
-		b.send(append(limitsHeader(wire.MsgParse, big), "\x00SELECT 1 --"...))
+		b.Login(db, "fault_raw")
+		b.Send(append(limitsHeader(wire.MsgParse, big), "\x00SELECT 1 --"...))
 		errs, _, _ := b.readToClose(10 * time.Second)
 		if len(errs) != 1 || errs[0].Code != wire.CodeOutOfMemory || errs[0].Severity != wire.SeverityFatal {
 			t.Fatalf("got %+v, want FATAL 53200", errs)
@@ -238,7 +246,7 @@ func TestLimitsMessageMemory(t *testing.T) {
 		if got := tp.srv.Stats().OutOfMemory - before; got != 1 {
 			t.Errorf("Stats.OutOfMemory grew by %d", got)
 		}
-		a.c.Close()
+		a.Conn.Close()
 		eventually(t, 5*time.Second, "the budget released when a left", func() error {
 			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
 				return fmt.Errorf("%+v", st)
@@ -258,15 +266,15 @@ func TestLimitsClientStatements(t *testing.T) {
 	for _, inTx := range []bool{false, true} {
 		t.Run(fmt.Sprintf("inTransaction=%v", inTx), func(t *testing.T) {
 			rc := faultDial(t, tp.addr)
-			rc.login(db)
+			rc.Login(db, "fault_raw")
 			if inTx {
-				rc.mustQuery("BEGIN", wire.TxActive)
+				rc.MustQuery("BEGIN", wire.TxActive)
 			}
 			// untilReady reads up to the ReadyForQuery: the first error, the status.
 			untilReady := func(what string) (*wire.ErrorFields, byte) {
 				var ef *wire.ErrorFields
 				for {
-					typ, body, err := rc.next(5 * time.Second)
+					typ, body, err := rc.Next(5 * time.Second)
 					if err != nil {
 						t.Fatalf("%s: %v", what, err)
 					}
@@ -282,15 +290,15 @@ func TestLimitsClientStatements(t *testing.T) {
 				}
 			}
 			parse := func(name, sql string) *wire.ErrorFields {
-				rc.send(wire.AppendSync(wire.AppendParse(nil, name, sql)))
+				rc.Send(wire.AppendSync(wire.AppendParse(nil, name, sql)))
 				ef, tx := untilReady("parse " + name)
 				if ef != nil && inTx {
 					// As on PostgreSQL, the error aborted the transaction.
 					if tx != wire.TxFailed {
 						t.Fatalf("transaction status %q after an error", tx)
 					}
-					rc.mustQuery("ROLLBACK", wire.TxIdle)
-					rc.mustQuery("BEGIN", wire.TxActive)
+					rc.MustQuery("ROLLBACK", wire.TxIdle)
+					rc.MustQuery("BEGIN", wire.TxActive)
 				}
 				return ef
 			}
@@ -304,7 +312,7 @@ func TestLimitsClientStatements(t *testing.T) {
 			if ef == nil || ef.Code != wire.CodeProgramLimitExceeded || !strings.Contains(ef.Message, "max-client-prepared-statements") {
 				t.Fatalf("sixth statement: %+v, want 54000", ef)
 			}
-			rc.send(wire.AppendSync(wire.AppendClose(nil, 'S', "s0")))
+			rc.Send(wire.AppendSync(wire.AppendClose(nil, 'S', "s0")))
 			if ef, _ := untilReady("close"); ef != nil {
 				t.Fatalf("close: %+v", ef)
 			}
@@ -320,7 +328,7 @@ func TestLimitsClientStatements(t *testing.T) {
 				t.Errorf("Stats.StatementLimit grew by %d, want 2", got)
 			}
 			// The statements kept work.
-			rc.send(wire.AppendSync(wire.AppendExecute(wire.AppendBind(nil, "", "s4"), "")))
+			rc.Send(wire.AppendSync(wire.AppendExecute(wire.AppendBind(nil, "", "s4"), "")))
 			if v, ef := limitsResult(rc, 5*time.Second); ef != nil || v != "4" {
 				t.Fatalf("s4: %q, %+v", v, ef)
 			}
@@ -334,41 +342,39 @@ func TestLimitsPendingAnswers(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
-	if tcp, ok := rc.c.(*net.TCPConn); ok {
+	rc.Login(db, "fault_raw")
+	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(16 << 10)
 	}
-	rc.send(wire.AppendParse(nil, "", "SELECT repeat('x', 200)"))
+	rc.Send(wire.AppendParse(nil, "", "SELECT repeat('x', 200)"))
 	var batch []byte
 	for i := 0; i < 1000; i++ {
 		batch = wire.AppendExecute(wire.AppendBind(batch, "", ""), "")
 	}
-	var mu sync.Mutex
 	most := 0
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
 		for i := 0; i < 3000; i++ { // bounded: 6 million messages at most
-			_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			if _, err := rc.c.Write(batch); err != nil {
+			_ = rc.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			if _, err := rc.Conn.Write(batch); err != nil {
 				return
 			}
 		}
 	}()
-	stop := time.Now().Add(60 * time.Second)
-	for {
+	// Until the client's writes block (the proxy stopped reading it), sample
+	// the answers due.
+	deadline := time.Now().Add(60 * time.Second)
+	for blocked := false; !blocked; {
 		select {
 		case <-writerDone:
+			blocked = true
 		case <-time.After(20 * time.Millisecond):
-			mu.Lock()
 			most = max(most, tp.srv.PendingAnswers())
-			mu.Unlock()
-			if time.Now().Before(stop) {
-				continue
+			if time.Now().After(deadline) {
+				t.Fatal("the client's writes never blocked")
 			}
-			t.Fatal("the client's writes never blocked")
 		}
-		break
 	}
 	most = max(most, tp.srv.PendingAnswers())
 	t.Logf("at most %d answers due (bound %d)", most, proxy.MaxPending)
@@ -378,11 +384,8 @@ func TestLimitsPendingAnswers(t *testing.T) {
 	if most < proxy.MaxPending/2 {
 		t.Fatalf("only %d answers were ever due: the test did not reach the bound", most)
 	}
-	// The stuck client can still be ended, and the pool is usable.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = ctx
-	rc.c.Close()
+	// A stuck client that leaves frees its server connection.
+	rc.Conn.Close()
 	hangEnded(t, tp, time.Now().Add(5*time.Second))
 	hangPoolUsable(t, tp)
 }

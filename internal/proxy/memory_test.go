@@ -96,8 +96,8 @@ func TestMemoryHugeMessages(t *testing.T) {
 			var wg sync.WaitGroup
 			for i := 0; i < 20; i++ {
 				rc := faultDial(t, tp.addr)
-				rc.login(db)
-				rc.send(append(limitsHeader(wire.MsgQuery, 1<<30-5), "SELECT 1"...))
+				rc.Login(db, "fault_raw")
+				rc.Send(append(limitsHeader(wire.MsgQuery, 1<<30-5), "SELECT 1"...))
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -111,13 +111,15 @@ func TestMemoryHugeMessages(t *testing.T) {
 			results := make(chan string, 4)
 			for i := 0; i < 4; i++ {
 				rc := faultDial(t, tp.addr)
-				rc.login(db)
+				rc.Login(db, "fault_raw")
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					sendErr := memStream(rc, size)
-					val, ef := limitsResultOrClose(rc, 2*time.Minute)
+					val, ef, err := limitsAnswer(rc, 2*time.Minute)
 					switch {
+					case err != nil:
+						results <- "read: " + err.Error()
 					case ef != nil:
 						results <- ef.Code
 					case sendErr != nil:
@@ -190,43 +192,20 @@ func TestMemoryHugeMessages(t *testing.T) {
 func memStream(rc *faultRaw, size int) error {
 	head, tail := "SELECT length('", "')\x00"
 	n := size - len(head) - len(tail) + 1 // the NUL is not counted in size
-	_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := rc.c.Write(append(limitsHeader(wire.MsgQuery, len(head)+n+len(tail)), head...)); err != nil {
+	_ = rc.Conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := rc.Conn.Write(append(limitsHeader(wire.MsgQuery, len(head)+n+len(tail)), head...)); err != nil {
 		return err
 	}
 	chunk := bytes.Repeat([]byte("x"), mib)
 	for n > 0 {
 		k := min(n, len(chunk))
-		if _, err := rc.c.Write(chunk[:k]); err != nil {
+		if _, err := rc.Conn.Write(chunk[:k]); err != nil {
 			return err
 		}
 		n -= k
 	}
-	_, err := rc.c.Write([]byte(tail))
+	_, err := rc.Conn.Write([]byte(tail))
 	return err
-}
-
-// limitsResultOrClose is limitsResult that also takes a closed connection
-// after a FATAL.
-func limitsResultOrClose(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields) {
-	var val string
-	for {
-		typ, body, err := rc.next(within)
-		if err != nil {
-			return val, &wire.ErrorFields{Code: "read: " + err.Error()}
-		}
-		switch typ {
-		case wire.MsgDataRow:
-			if len(body) > 6 {
-				val = string(body[6:])
-			}
-		case wire.MsgErrorResponse:
-			f := wire.ParseError(body)
-			return val, &f
-		case wire.MsgReadyForQuery:
-			return val, nil
-		}
-	}
 }
 
 // A client that sends 200 MB of Parse messages with no Sync, each naming a new
@@ -245,26 +224,26 @@ func TestMemoryPreparedFlood(t *testing.T) {
 	memResetPeak(t)
 
 	rc := faultDial(t, tp.addr)
-	rc.login(db)
+	rc.Login(db, "fault_raw")
 	filler := strings.Repeat("x", 1000)
 	var batch []byte
 	sent, seq := 0, 0
-	_ = rc.c.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+	_ = rc.Conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
 	for sent < 200_000_000 {
 		batch = batch[:0]
 		for len(batch) < mib {
 			seq++
 			batch = wire.AppendParse(batch, fmt.Sprintf("flood_%d", seq), fmt.Sprintf("SELECT %d -- %s", seq, filler))
 		}
-		if _, err := rc.c.Write(batch); err != nil {
+		if _, err := rc.Conn.Write(batch); err != nil {
 			t.Fatalf("after %d MB: %v", sent/1e6, err)
 		}
 		sent += len(batch)
 	}
-	rc.send(wire.AppendSync(nil))
+	rc.Send(wire.AppendSync(nil))
 	var ef *wire.ErrorFields
 	for {
-		typ, body, err := rc.next(time.Minute)
+		typ, body, err := rc.Next(time.Minute)
 		if err != nil {
 			t.Fatalf("reading the answers: %v", err)
 		}
@@ -282,7 +261,7 @@ func TestMemoryPreparedFlood(t *testing.T) {
 	limitsBystander(t, by)
 	_, peak := memRSS(t)
 	during := memSettled(t)
-	rc.c.Close()
+	rc.Conn.Close()
 	eventually(t, 10*time.Second, "the client gone", func() error {
 		if n := tp.srv.Stats().Clients; n != 1 {
 			return fmt.Errorf("%d clients", n)
