@@ -14,12 +14,24 @@ import (
 // Each field corresponds to exactly one command-line flag (named in the field
 // comment) and one PGSIDECAR_* environment variable; see [Bind].
 type Config struct {
+	// ConfigFile is the configuration file read by [Load] (--config); "" for none.
+	ConfigFile string
 	// Listen is the host:port the proxy accepts PostgreSQL clients on (--listen).
 	Listen string
 	// Upstream is the upstream server as a postgres URL or key=value DSN
 	// (--upstream, falling back to DATABASE_URL). It is parsed by the caller;
 	// this package only requires it to be non-empty.
 	Upstream string
+	// UpstreamFile is a file holding the upstream URL or DSN, read by [Load]
+	// into Upstream (--upstream-file); "" for none.
+	UpstreamFile string
+	// UpstreamPasswordFile is a file holding only the upstream password, read by
+	// [Load] into UpstreamPassword (--upstream-password-file); "" for none.
+	UpstreamPasswordFile string
+	// UpstreamPassword, when HasUpstreamPassword, replaces the password of
+	// Upstream. It is not a flag: [Load] reads it from UpstreamPasswordFile.
+	UpstreamPassword    string
+	HasUpstreamPassword bool
 	// PoolMode decides when a server connection goes back to the pool (--pool-mode).
 	PoolMode PoolMode
 	// PoolSize is the number of server connections per (database, user) pool,

@@ -11,9 +11,14 @@
 // environment variable names, usage text and validation messages are derived
 // from it, so a setting is added or renamed in exactly one place.
 //
-// Precedence, highest first: command-line flag, PGSIDECAR_<NAME> environment
-// variable, DATABASE_URL (for --upstream only), the default held in the
-// Config passed to [Bind].
+// [Load] builds the configuration the proxy runs with, and builds it again on
+// every reload. Precedence, highest first: command-line flag, PGSIDECAR_<NAME>
+// environment variable, the configuration file (--config, [ParseFile]),
+// DATABASE_URL (for --upstream only), the defaults. The upstream may come from
+// a file (--upstream-file) and its password from another
+// (--upstream-password-file), so that a mounted Secret can be rotated.
+// [Changes] compares two configurations and says which changes a running proxy
+// cannot apply.
 //
 // The package must not import anything but the standard library. It does not
 // interpret the upstream connection string (the caller parses it with pgconn);

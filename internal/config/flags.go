@@ -24,9 +24,13 @@ const DatabaseURLEnv = "DATABASE_URL"
 
 // Flag names referred to outside the table.
 const (
-	flagListen     = "listen"
-	flagUpstream   = "upstream"
-	flagHTTPListen = "http-listen"
+	flagListen               = "listen"
+	flagUpstream             = "upstream"
+	flagUpstreamFile         = "upstream-file"
+	flagUpstreamPasswordFile = "upstream-password-file"
+	flagHTTPListen           = "http-listen"
+	flagConfig               = "config"
+	flagMaxPrepared          = "max-prepared-statements"
 )
 
 // spec describes one setting. The specs table below is the single source of
@@ -41,15 +45,33 @@ type spec struct {
 	secret bool
 	// emptyDefault is shown in usage as the default when it is empty.
 	emptyDefault string
+	// restart marks a setting a running proxy cannot change: a reload that
+	// changes it reports that a restart is needed and keeps the old value.
+	restart bool
+	// notInFile marks a setting that a configuration file cannot set.
+	notInFile bool
 }
 
 var specs = []spec{
 	{
-		name:  flagListen,
-		arg:   "host:port",
-		usage: "Address the proxy accepts PostgreSQL client connections on.",
-		value: func(c *Config) flag.Value { return (*stringValue)(&c.Listen) },
-		check: func(c Config) string { return checkHostPort(c.Listen) },
+		name: flagConfig,
+		arg:  "file",
+		usage: "Configuration file: one setting per line, `name = value` with the flags' names (e.g. `pool-size = 20`), " +
+			"# comments. Flags and PGSIDECAR_* variables win over it. Re-read on SIGHUP, the console's RELOAD and " +
+			"whenever it changes.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.ConfigFile) },
+		check:        func(c Config) string { return "" },
+		restart:      true,
+		notInFile:    true,
+		emptyDefault: "none",
+	},
+	{
+		name:    flagListen,
+		arg:     "host:port",
+		usage:   "Address the proxy accepts PostgreSQL client connections on.",
+		value:   func(c *Config) flag.Value { return (*stringValue)(&c.Listen) },
+		check:   func(c Config) string { return checkHostPort(c.Listen) },
+		restart: true,
 	},
 	{
 		name: flagUpstream,
@@ -59,11 +81,29 @@ var specs = []spec{
 		value: func(c *Config) flag.Value { return (*stringValue)(&c.Upstream) },
 		check: func(c Config) string {
 			if c.Upstream == "" {
-				return "must not be empty (set --upstream, " + EnvName(flagUpstream) + " or " + DatabaseURLEnv + ")"
+				return "must not be empty (set --upstream, --" + flagUpstreamFile + ", " + EnvName(flagUpstream) + " or " + DatabaseURLEnv + ")"
 			}
 			return ""
 		},
 		secret: true,
+	},
+	{
+		name: flagUpstreamFile,
+		arg:  "file",
+		usage: "File holding the upstream URL or DSN (e.g. a mounted Secret), instead of --upstream. " +
+			"Re-read on reload: new server connections use the new value, open ones retire when released.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.UpstreamFile) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name: flagUpstreamPasswordFile,
+		arg:  "file",
+		usage: "File holding only the upstream password, which replaces the password of the upstream URL " +
+			"(a trailing newline is ignored). Re-read on reload, like --upstream-file.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.UpstreamPasswordFile) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
 	},
 	{
 		name: "pool-mode",
@@ -77,6 +117,7 @@ var specs = []spec{
 			}
 			return ""
 		},
+		restart: true,
 	},
 	{
 		name:  "pool-size",
@@ -113,6 +154,7 @@ var specs = []spec{
 			}
 			return checkHostPort(c.HTTPListen)
 		},
+		restart: true,
 	},
 	{
 		name:  "leak-threshold",
@@ -129,7 +171,7 @@ var specs = []spec{
 		check: func(c Config) string { return nonNegative(c.IdleTransactionTimeout) },
 	},
 	{
-		name: "max-prepared-statements",
+		name: flagMaxPrepared,
 		arg:  "n",
 		usage: "Named prepared statements kept per server connection in transaction mode (least recently used " +
 			"closed first); clients' statements work on any server connection. 0 turns this off.",
@@ -172,6 +214,7 @@ var specs = []spec{
 			return ""
 		},
 		emptyDefault: "none",
+		restart:      true,
 	},
 	{
 		name:         "admin-users",
@@ -307,6 +350,7 @@ var specs = []spec{
 			}
 			return ""
 		},
+		restart: true,
 	},
 	{
 		name:  "log-level",
