@@ -97,6 +97,15 @@ func (o *Observer) Client(database, user, application string) proxy.ClientObserv
 	return c
 }
 
+// SetMaxApplicationLabels changes the cap on distinct application labels
+// (a reload of --max-application-labels). Labels already in use stay; a lower
+// cap only reports further new applications as "other".
+func (o *Observer) SetMaxApplicationLabels(n int) {
+	o.mu.Lock()
+	o.maxApps = n
+	o.mu.Unlock()
+}
+
 // appLabel caps the distinct application labels.
 func (o *Observer) appLabel(app string) string {
 	o.mu.Lock()

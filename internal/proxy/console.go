@@ -54,8 +54,9 @@ import (
 //	PAUSE         clients that need a backend wait (as for a full pool) until
 //	              RESUME or their query-wait-timeout; open transactions go on
 //	RESUME        ends PAUSE
-//	RELOAD        accepted and does nothing (there is no configuration reload
-//	              yet): for PgBouncer scripts
+//	RELOAD        reloads the configuration (Options.Reload): a NOTICE says
+//	              what changed and what needs a restart; a rejected
+//	              configuration is an ERROR F0000 listing every problem
 //	KILL_CLIENT n ends client n with FATAL 57P01, rolling back its transaction
 //
 // Anything else, SHOW HELP included, is an ERROR 42601 listing the commands.
@@ -92,7 +93,7 @@ type consoleCol struct {
 
 // isAdmin reports whether user may use the admin console.
 func (s *Server) isAdmin(user string) bool {
-	return slices.Contains(s.opt.AdminUsers, user)
+	return slices.Contains(s.options().AdminUsers, user)
 }
 
 // serveConsole serves an admin console client after its startup packet.
@@ -286,7 +287,17 @@ func (ss *session) consoleCommand(cmd string) bool {
 		s.Resume()
 		s.log.Warn("resumed by the admin console", "client", ss.addr, "user", ss.user)
 	case len(f) == 1 && f[0] == "RELOAD":
-		// No configuration reload exists yet: accepted for PgBouncer scripts.
+		reload := s.options().Reload
+		if reload == nil {
+			ss.w.Write(wire.AppendNotice(nil, "configuration reload is not available"))
+			break
+		}
+		s.log.Info("configuration reload asked by the admin console", "client", ss.addr, "user", ss.user)
+		answer, err := reload()
+		if err != nil {
+			return fail(wire.CodeConfigFileError, answer)
+		}
+		ss.w.Write(wire.AppendNotice(nil, answer))
 	case len(f) == 2 && f[0] == "KILL_CLIENT":
 		id, err := strconv.ParseUint(f[1], 10, 32)
 		if err != nil {
@@ -307,7 +318,7 @@ func (ss *session) consoleCommand(cmd string) bool {
 }
 
 func (s *Server) modeName() string {
-	if s.opt.Mode == ModeSession {
+	if s.options().Mode == ModeSession {
 		return "session"
 	}
 	return "transaction"

@@ -59,7 +59,7 @@ func (s *Server) LeakStats() LeakStats {
 		if age > st.OldestIdleTx {
 			st.OldestIdleTx = age
 		}
-		if s.opt.LeakThreshold > 0 && age >= s.opt.LeakThreshold {
+		if s.options().LeakThreshold > 0 && age >= s.options().LeakThreshold {
 			st.Suspects++
 		}
 	}
@@ -76,34 +76,47 @@ func (ss *session) idleInTxLocked() (bool, time.Time) {
 }
 
 // watchLeaks logs each leak suspect once per idle episode and ends transactions
-// older than the transaction timeout, until shutdown starts.
+// older than the transaction timeout, until shutdown starts. Its period follows
+// the options in force: a reload that turns a check on or shortens it takes
+// effect at once.
 func (s *Server) watchLeaks() {
-	period := time.Second
-	if d := s.opt.LeakThreshold; d > 0 {
-		period = min(period, d/2)
-	}
-	if d := s.opt.TransactionTimeout; d > 0 {
-		// A transaction is ended within a quarter second of its timeout (and the
-		// client, reading or not, within a second).
-		period = min(period, d/4, 250*time.Millisecond)
-	}
-	t := time.NewTicker(max(period, 10*time.Millisecond))
+	t := time.NewTimer(watchPeriod(s.options()))
 	defer t.Stop()
 	for {
 		select {
 		case <-s.drainCtx.Done():
 			return
+		case <-s.watchWake:
+			t.Reset(watchPeriod(s.options()))
 		case now := <-t.C:
-			for _, ss := range s.snapshot() {
-				if s.opt.LeakThreshold > 0 {
-					ss.reportLeak(now)
-				}
-				if s.opt.TransactionTimeout > 0 {
-					ss.checkTxTimeout(now)
+			opt := s.options()
+			if opt.LeakThreshold > 0 || opt.TransactionTimeout > 0 {
+				for _, ss := range s.snapshot() {
+					if opt.LeakThreshold > 0 {
+						ss.reportLeak(now)
+					}
+					if opt.TransactionTimeout > 0 {
+						ss.checkTxTimeout(now)
+					}
 				}
 			}
+			t.Reset(watchPeriod(opt))
 		}
 	}
+}
+
+// watchPeriod is the leak watcher's period for opt.
+func watchPeriod(opt *Options) time.Duration {
+	period := time.Second
+	if d := opt.LeakThreshold; d > 0 {
+		period = min(period, d/2)
+	}
+	if d := opt.TransactionTimeout; d > 0 {
+		// A transaction is ended within a quarter second of its timeout (and the
+		// client, reading or not, within a second).
+		period = min(period, d/4, 250*time.Millisecond)
+	}
+	return max(period, 10*time.Millisecond)
 }
 
 // reportLeak logs the client as a leak suspect if it has been idle in a
@@ -112,7 +125,7 @@ func (ss *session) reportLeak(now time.Time) {
 	ss.mu.Lock()
 	idle, since := ss.idleInTxLocked()
 	age := now.Sub(since)
-	if !idle || ss.leakReported || age < ss.srv.opt.LeakThreshold {
+	if !idle || ss.leakReported || age < ss.srv.options().LeakThreshold {
 		ss.mu.Unlock()
 		return
 	}
@@ -137,10 +150,10 @@ func (ss *session) reportLeak(now time.Time) {
 // transaction timeout: it is closed with SQLSTATE 25P04 and its backend rolled
 // back (closed, when a statement is still running).
 func (ss *session) checkTxTimeout(now time.Time) {
-	d := ss.srv.opt.TransactionTimeout
+	d := ss.srv.options().TransactionTimeout
 	ss.mu.Lock()
 	inTx := ss.be != nil && (ss.tx != wire.TxIdle || ss.outstanding > 0 || ss.partial)
-	expired := inTx && !ss.gone && ss.kill == killNone && now.Sub(ss.txStart) >= d && ss.srv.opt.Mode == ModeTransaction
+	expired := inTx && !ss.gone && ss.kill == killNone && now.Sub(ss.txStart) >= d && ss.srv.options().Mode == ModeTransaction
 	if expired {
 		ss.kill = killTxTimeout // under attach's lock: no message of the client goes out any more
 	}
@@ -195,7 +208,7 @@ func (s *Server) Leaks() []Leak {
 			l.ServerPID = ss.be.PID
 		}
 		ss.mu.Unlock()
-		l.Suspect = s.opt.LeakThreshold > 0 && l.Age >= s.opt.LeakThreshold
+		l.Suspect = s.options().LeakThreshold > 0 && l.Age >= s.options().LeakThreshold
 		out = append(out, l)
 	}
 	slices.SortFunc(out, func(a, b Leak) int { return cmp.Compare(b.Age, a.Age) })

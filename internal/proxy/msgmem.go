@@ -106,6 +106,16 @@ func (m *msgMemory) acquire(n int64, timeout time.Duration, drain, kill <-chan s
 	return err
 }
 
+// setLimit changes the budget. Waiters that fit a larger one go on at once;
+// with a smaller one, reservations already granted stay and later messages
+// wait until the memory in use is below it.
+func (m *msgMemory) setLimit(limit int64) {
+	m.mu.Lock()
+	m.limit = limit
+	m.grantLocked()
+	m.mu.Unlock()
+}
+
 // release returns n bytes and lets waiters that now fit go on.
 func (m *msgMemory) release(n int64) {
 	m.mu.Lock()
@@ -156,15 +166,15 @@ type bigMsg struct {
 func (ss *session) readBig(n int) ([]byte, error) {
 	ss.releaseBig()
 	mm := &ss.srv.msgMem
-	if int64(n) > mm.limit {
+	if limit := mm.stats().Limit; int64(n) > limit {
 		return nil, fmt.Errorf("%w: a message of %d bytes needs more than the %d bytes of --max-message-memory",
-			errMsgTooBig, n, mm.limit)
+			errMsgTooBig, n, limit)
 	}
-	if err := mm.acquire(int64(n), ss.srv.opt.QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killCh); err != nil {
+	if err := mm.acquire(int64(n), ss.srv.options().QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killCh); err != nil {
 		if errors.Is(err, errMsgMemory) {
 			st := mm.stats()
 			return nil, fmt.Errorf("%w: no room for a message of %d bytes within %s (%d of %d bytes in use, %d clients waiting; --max-message-memory)",
-				err, n, ss.srv.opt.QueryWaitTimeout, st.Used, st.Limit, st.Waiting)
+				err, n, ss.srv.options().QueryWaitTimeout, st.Used, st.Limit, st.Waiting)
 		}
 		return nil, err
 	}

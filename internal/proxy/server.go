@@ -88,6 +88,10 @@ type Options struct {
 	MaxClientStatementBytes int64
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
+	// Reload, when set, is what the admin console's RELOAD runs: it reloads
+	// the configuration and returns the answer to show, or an error when the
+	// new configuration was rejected. Without it RELOAD does nothing.
+	Reload func() (string, error)
 }
 
 // Defaults of the message and statement bounds.
@@ -122,12 +126,15 @@ type Stats struct {
 
 // Server accepts PostgreSQL clients and serves them from pooled backends.
 type Server struct {
-	opt   Options
+	opt   atomic.Pointer[Options] // replaced whole by Reconfigure
 	pools *pool.Registry
 	log   *slog.Logger
 
 	drainCtx    context.Context // canceled when Shutdown starts
 	drainCancel context.CancelFunc
+	// watchWake tells the leak watcher that the options changed, so that it
+	// picks its new period at once.
+	watchWake chan struct{}
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -233,6 +240,26 @@ func (s *Server) Pins() map[string]uint64 {
 
 // NewServer returns a Server that takes backends from pools.
 func NewServer(opt Options, pools *pool.Registry) *Server {
+	opt = withDefaults(opt)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		pools:       pools,
+		log:         opt.Logger,
+		drainCtx:    ctx,
+		drainCancel: cancel,
+		listeners:   make(map[net.Listener]struct{}),
+		logins:      make(map[net.Conn]struct{}),
+		sessions:    make(map[uint32]*session),
+		msgMem:      msgMemory{limit: opt.MaxMessageMemory},
+		watchWake:   make(chan struct{}, 1),
+	}
+	s.opt.Store(&opt)
+	go s.watchLeaks()
+	return s
+}
+
+// withDefaults fills the zero fields of opt with their defaults.
+func withDefaults(opt Options) Options {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -267,22 +294,32 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 	if opt.MaxClientStatementBytes <= 0 {
 		opt.MaxClientStatementBytes = DefaultMaxClientStatementBytes
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{
-		opt:         opt,
-		pools:       pools,
-		log:         opt.Logger,
-		drainCtx:    ctx,
-		drainCancel: cancel,
-		listeners:   make(map[net.Listener]struct{}),
-		logins:      make(map[net.Conn]struct{}),
-		sessions:    make(map[uint32]*session),
-		msgMem:      msgMemory{limit: opt.MaxMessageMemory},
+	return opt
+}
+
+// options returns the options in force. Read them once per decision: a
+// reload may replace them at any time.
+func (s *Server) options() *Options { return s.opt.Load() }
+
+// Reconfigure replaces the options in force while clients are connected;
+// every later decision uses the new ones, and no client is disconnected by
+// it. Mode, Observer, Logger, Reload and CancelTimeout cannot change: they keep
+// their values. Turning the rewriting of statement names on or off
+// (MaxPreparedStatements to or from a negative value) applies to clients that
+// connect afterwards; a new bound applies to every backend at its next
+// statement. A lower MaxClientConn refuses new clients only; a lower
+// MaxMessageMemory makes later messages wait until the memory in use is below
+// it.
+func (s *Server) Reconfigure(opt Options) {
+	cur := s.options()
+	opt.Mode, opt.Observer, opt.Logger, opt.Reload, opt.CancelTimeout = cur.Mode, cur.Observer, cur.Logger, cur.Reload, cur.CancelTimeout
+	opt = withDefaults(opt)
+	s.opt.Store(&opt)
+	s.msgMem.setLimit(opt.MaxMessageMemory)
+	select {
+	case s.watchWake <- struct{}{}:
+	default:
 	}
-	if opt.LeakThreshold > 0 || opt.TransactionTimeout > 0 {
-		go s.watchLeaks()
-	}
-	return s
 }
 
 // Stats returns a snapshot of client-side figures.
@@ -384,7 +421,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			_ = tc.SetNoDelay(true)
 		}
 		s.sessWG.Add(1)
-		if n := s.clients.Add(1); n > int64(s.opt.MaxClientConn) {
+		if n := s.clients.Add(1); n > int64(s.options().MaxClientConn) {
 			// Checked before anything is read: a client beyond the limit costs no
 			// login, no buffer and no login timeout.
 			s.clients.Add(-1)
@@ -410,7 +447,7 @@ func (s *Server) refuseTooMany(c net.Conn) {
 	defer s.sessWG.Done()
 	s.refused.Add(1)
 	s.refusedLog.note(s.log, "client refused: max-client-conn reached", "client", c.RemoteAddr().String(),
-		"max_client_conn", s.opt.MaxClientConn)
+		"max_client_conn", s.options().MaxClientConn)
 	_ = c.SetDeadline(time.Now().Add(refuseLinger))
 	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, wire.CodeTooManyConnections, "sorry, too many clients already", ""))
 	var buf [wire.MaxStartupPacketLength]byte

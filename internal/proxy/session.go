@@ -229,7 +229,7 @@ func (s *Server) serveClient(c net.Conn) {
 		return
 	}
 	defer s.untrackLogin(c)
-	_ = c.SetDeadline(time.Now().Add(s.opt.ClientLoginTimeout))
+	_ = c.SetDeadline(time.Now().Add(s.options().ClientLoginTimeout))
 	st, ok := ss.startup()
 	if !ok {
 		c.Close()
@@ -310,10 +310,10 @@ func (ss *session) startupError(err error) {
 	case errors.As(err, &ne) && ne.Timeout() && ss.srv.Draining():
 		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
 	case errors.As(err, &ne) && ne.Timeout():
-		ss.srv.log.Info("client login timed out", "client", ss.addr, "timeout", ss.srv.opt.ClientLoginTimeout)
+		ss.srv.log.Info("client login timed out", "client", ss.addr, "timeout", ss.srv.options().ClientLoginTimeout)
 		ss.srv.protoErr.Add(1)
 		refuse(ss.conn, wire.CodeProtocolViolation,
-			fmt.Sprintf("pgsidecar: startup not completed within %s", ss.srv.opt.ClientLoginTimeout))
+			fmt.Sprintf("pgsidecar: startup not completed within %s", ss.srv.options().ClientLoginTimeout))
 	case errors.Is(err, wire.ErrInvalidLength), errors.Is(err, wire.ErrInvalidStartup), errors.Is(err, io.ErrUnexpectedEOF):
 		ss.protocolViolation(err.Error())
 	default:
@@ -330,8 +330,8 @@ func (ss *session) protocolViolation(msg string) {
 // login checks the startup parameters, makes sure the route's server parameters are
 // known and sends the client what PostgreSQL sends after authentication.
 func (ss *session) login(st *wire.Startup) bool {
-	ss.pooled = ss.srv.opt.Mode == ModeTransaction
-	ss.track = ss.pooled && ss.srv.opt.MaxPreparedStatements > 0
+	ss.pooled = ss.srv.options().Mode == ModeTransaction
+	ss.track = ss.pooled && ss.srv.options().MaxPreparedStatements > 0
 	ss.initSettings(st)
 	ss.user = st.Param("user")
 	ss.db = st.Param("database")
@@ -366,7 +366,7 @@ func (ss *session) login(st *wire.Startup) bool {
 	}
 	// Metric series only for routes PostgreSQL accepted: their labels stay bounded
 	// by what the server knows, whatever clients send.
-	ss.obs = ss.srv.opt.Observer.Client(ss.db, ss.user, ss.app)
+	ss.obs = ss.srv.options().Observer.Client(ss.db, ss.user, ss.app)
 	if !ss.srv.register(ss) {
 		refuse(ss.conn, wire.CodeAdminShutdown, "pgsidecar is shutting down")
 		return false
@@ -414,7 +414,7 @@ func (ss *session) findRoute() (map[string]string, bool) {
 		if params := ss.pool.ServerParams(); params != nil {
 			return params, true
 		}
-		ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.opt.ClientLoginTimeout)
+		ctx, cancel := context.WithTimeout(ss.srv.drainCtx, ss.srv.options().ClientLoginTimeout)
 		be, err := ss.pool.Acquire(ctx)
 		cancel()
 		if err == nil {
@@ -452,7 +452,7 @@ func (ss *session) acquireError(err error) (code, msg string) {
 		st := ss.pool.Stats()
 		return wire.CodeQueryCanceled, fmt.Sprintf(
 			"pgsidecar: query_wait_timeout: no server connection became free within %s (pool %s/%s: %d of %d in use, %d waiting)",
-			ss.srv.opt.QueryWaitTimeout, ss.db, ss.user, st.InUse, st.Size, st.Waiting)
+			ss.srv.options().QueryWaitTimeout, ss.db, ss.user, st.InUse, st.Size, st.Waiting)
 	case errors.Is(err, context.Canceled), errors.Is(err, pool.ErrClosed), errors.Is(err, errDraining):
 		return wire.CodeAdminShutdown, "pgsidecar is shutting down"
 	}
@@ -555,10 +555,10 @@ func (ss *session) run() {
 			ss.end(err)
 			return
 		}
-		if h.Len > ss.srv.opt.MaxMessageSize && h.Type != wire.MsgCopyData {
+		if h.Len > ss.srv.options().MaxMessageSize && h.Type != wire.MsgCopyData {
 			// COPY data is streamed through: only its rate is bounded.
 			ss.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
-				errMsgTooBig, h.Type, 1+h.Len, ss.srv.opt.MaxMessageSize))
+				errMsgTooBig, h.Type, 1+h.Len, ss.srv.options().MaxMessageSize))
 			return
 		}
 		switch h.Type {
@@ -607,7 +607,7 @@ func (ss *session) run() {
 			if ss.track && ss.answerLocally(&eff, h) {
 				continue
 			}
-			if eff.state.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
+			if eff.state.pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
 				continue
 			}
 		}
@@ -888,7 +888,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		be = ss.be
 	}
-	if ss.srv.opt.TransactionTimeout > 0 && (be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial)) {
+	if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial)) {
 		ss.txStart = time.Now() // a transaction (or a statement) begins
 	}
 	if be != nil && !ss.idleSince.IsZero() && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle {
@@ -951,7 +951,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.q.push(pending{kind: rkClose, action: actReplace, x: owedParse})
 			ss.bw.Write(noopClose)
 		}
-		if ss.srv.opt.Mode == ModeSession {
+		if ss.srv.options().Mode == ModeSession {
 			// The backend stays for the whole session: read it all the time, so that
 			// notices and notifications reach an idle client.
 			ss.startReaderLocked(be)
@@ -1076,7 +1076,7 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 	ss.waiting = true
 	ss.waitSince = start
 	ss.mu.Unlock()
-	timeout := ss.srv.opt.QueryWaitTimeout
+	timeout := ss.srv.options().QueryWaitTimeout
 	if paused != nil {
 		// Paused (console.go): the same query-wait-timeout covers this wait and
 		// the pool's.
@@ -1225,7 +1225,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 			ss.mu.Unlock()
 			return probeNow
 		}
-		session := ss.srv.opt.Mode == ModeSession && !ss.gone
+		session := ss.srv.options().Mode == ModeSession && !ss.gone
 		if status != wire.TxIdle || session || (ss.pin != "" && !ss.gone) {
 			if status != wire.TxIdle {
 				ss.armIdleLocked()
@@ -1294,7 +1294,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 		ss.w.Flush()
 	}
 	ss.mu.Lock()
-	lost := ss.outstanding > 0 || ss.partial || ss.tx != wire.TxIdle || ss.srv.opt.Mode == ModeSession
+	lost := ss.outstanding > 0 || ss.partial || ss.tx != wire.TxIdle || ss.srv.options().Mode == ModeSession
 	gone := ss.gone
 	if ss.be == be {
 		ss.be = nil
@@ -1324,7 +1324,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 func (ss *session) armIdleLocked() {
 	ss.idleSince = time.Now()
 	ss.leakReported = false
-	d := ss.srv.opt.IdleTransactionTimeout
+	d := ss.srv.options().IdleTransactionTimeout
 	if d <= 0 {
 		return
 	}
@@ -1336,7 +1336,7 @@ func (ss *session) armIdleLocked() {
 }
 
 func (ss *session) idleTimeout() {
-	d := ss.srv.opt.IdleTransactionTimeout
+	d := ss.srv.options().IdleTransactionTimeout
 	ss.mu.Lock()
 	expired := ss.be != nil && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle &&
 		time.Since(ss.idleSince) >= d && !ss.gone && ss.kill == killNone
@@ -1372,7 +1372,7 @@ func (ss *session) forwardCancel() {
 		ss.cond.Broadcast()
 		ss.mu.Unlock()
 	}()
-	if err := sendCancel(addr, pid, key, ss.srv.opt.CancelTimeout); err != nil {
+	if err := sendCancel(addr, pid, key, ss.srv.options().CancelTimeout); err != nil {
 		ss.srv.log.Warn("forwarding cancel request failed", "client", ss.addr, "server_pid", pid, "error", err)
 		return
 	}

@@ -183,7 +183,7 @@ func (ss *session) leave() (settled bool) {
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
 		}
-		if ss.srv.opt.Mode == ModeSession || ss.pin != "" {
+		if ss.srv.options().Mode == ModeSession || ss.pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)

@@ -57,7 +57,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	if !free {
 		return false, nil
 	}
-	if lim := ss.srv.opt.MaxClientStatementBytes; int64(h.Len) > lim+4 {
+	if lim := ss.srv.options().MaxClientStatementBytes; int64(h.Len) > lim+4 {
 		// Its text alone is over the bound: refused before it is read.
 		if err := wire.Skip(ss.r, 1+h.Len); err != nil {
 			return false, err
@@ -268,7 +268,7 @@ func (ss *session) sendParse(h wire.Header) error {
 				// Bind in a later transaction on another backend then gets 26000).
 				p.ubuf, p.ubig = nil, true
 				if !ss.bigUnnamedInFlightLocked() &&
-					ss.stmtBytes+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.opt.MaxClientStatementBytes {
+					ss.stmtBytes+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
 					p.ubuf = append([]byte(nil), msg...)
 				}
 			} else {
@@ -285,7 +285,7 @@ func (ss *session) sendParse(h wire.Header) error {
 		_, err = ss.bw.Write(msg)
 		return err
 	}
-	if lim := ss.srv.opt.MaxClientStatementBytes; int64(h.Len) > lim+4 {
+	if lim := ss.srv.options().MaxClientStatementBytes; int64(h.Len) > lim+4 {
 		// Its text alone is over the bound: refused before it is read.
 		ss.mu.Lock()
 		if err := ss.failInsteadLocked(&pendingUndo{replace: ss.stmtLimitError(int64(h.Len))}); err != nil {
@@ -333,13 +333,13 @@ func (ss *session) registerLocked(name string, st *stmt) *reg {
 // (MaxClientStatements) and in bytes (MaxClientStatementBytes, the unnamed
 // statement's replay copy included). ss.mu is held.
 func (ss *session) stmtRoomLocked(n int) []byte {
-	if len(ss.stmts) >= ss.srv.opt.MaxClientStatements {
+	if len(ss.stmts) >= ss.srv.options().MaxClientStatements {
 		ss.noteStmtLimitLocked()
 		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
 			len(ss.stmts)), "Close or DEALLOCATE statements that are no longer used.")
 	}
-	if ss.stmtBytes+int64(len(ss.unnamed))+int64(n) > ss.srv.opt.MaxClientStatementBytes {
+	if ss.stmtBytes+int64(len(ss.unnamed))+int64(n) > ss.srv.options().MaxClientStatementBytes {
 		return ss.stmtLimitError(int64(n))
 	}
 	return nil
@@ -358,7 +358,7 @@ func (ss *session) noteStmtLimitLocked() {
 	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
 		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
 		"statements", len(ss.stmts), "bytes", ss.stmtBytes,
-		"max_statements", ss.srv.opt.MaxClientStatements, "max_bytes", ss.srv.opt.MaxClientStatementBytes)
+		"max_statements", ss.srv.options().MaxClientStatements, "max_bytes", ss.srv.options().MaxClientStatementBytes)
 }
 
 // stmtLimitError is the ErrorResponse (54000) of a statement of n bytes over
@@ -367,7 +367,7 @@ func (ss *session) stmtLimitError(n int64) []byte {
 	ss.noteStmtLimitLocked()
 	return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 		"pgsidecar: prepared statements of this connection would take more than %d bytes with this one of %d bytes (--max-client-prepared-bytes)",
-		ss.srv.opt.MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
+		ss.srv.options().MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
 }
 
 // prepareLocked makes sure the attached backend has the statement of rg,
@@ -412,7 +412,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 		// may still skip: prepare it anew, closed first in case it is there.
 		inj = ss.closeOnBackendLocked(inj, st)
 	}
-	for len(bs.m) >= ss.srv.opt.MaxPreparedStatements {
+	for len(bs.m) >= ss.srv.options().MaxPreparedStatements {
 		var victim *stmt
 		var oldest uint64
 		for s, sl := range bs.m {
@@ -1201,7 +1201,7 @@ func (ss *session) pinLocked(reason string) {
 // whose error the client sees, and the backend skips the rest of the batch.
 func (ss *session) bindEffect(e *stateEffect, h wire.Header) (refused bool, err error) {
 	ss.mu.Lock()
-	if e.pin != "" && ss.srv.opt.PinPolicy == PinPolicyRefuse {
+	if e.pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse {
 		if err := ss.failInsteadLocked(&pendingUndo{replace: refusal(e.pinKind)}); err != nil {
 			return true, err
 		}

@@ -25,7 +25,21 @@ const (
 	CodeInvalidAuthorization    = "28000"
 	CodeProgramLimitExceeded    = "54000"
 	CodeOutOfMemory             = "53200"
+	CodeConfigFileError         = "F0000"
+	CodeSuccessfulCompletion    = "00000"
 )
+
+// SeverityNotice is the severity of a NoticeResponse the proxy sends.
+const SeverityNotice = "NOTICE"
+
+// AppendNotice appends a NoticeResponse of severity NOTICE, SQLSTATE 00000,
+// with the given message.
+func AppendNotice(dst []byte, message string) []byte {
+	start := len(dst)
+	dst = AppendError(dst, SeverityNotice, CodeSuccessfulCompletion, message, "")
+	dst[start] = MsgNoticeResponse
+	return dst
+}
 
 func beginMsg(dst []byte, t byte) ([]byte, int) {
 	start := len(dst)
