@@ -46,6 +46,7 @@ type Backend struct {
 	StateKey uint64
 
 	pool      *Pool
+	gen       uint64    // the pool's configuration generation at its dial
 	expiresAt time.Time // zero = never
 	idleSince time.Time
 	raw       syscall.RawConn

@@ -151,6 +151,16 @@ func (bo *backoff) succeeded(now time.Time, probe bool) step {
 	return s
 }
 
+// reset ends the back-off, for a new configuration of the route (its address or
+// credentials): the failures so far were those of the old one. The history
+// (last error, last success) stays. A probe of the old configuration still in
+// flight no longer holds up the next attempt.
+func (bo *backoff) reset() {
+	bo.mu.Lock()
+	defer bo.mu.Unlock()
+	bo.failures, bo.until, bo.delay, bo.probing, bo.refused, bo.refusal = 0, time.Time{}, 0, false, 0, nil
+}
+
 // readyErr is UpstreamReady's answer from the dial history alone: nil when the last
 // attempt succeeded, the refusal (the last dial error) while failing,
 // ErrNotChecked before any attempt ended.

@@ -11,6 +11,11 @@
 // keeps its own labels, every other route counts under UnknownRoute), and answers
 // readiness probes for the upstream (UpstreamReady).
 //
+// Pool.Reconfigure and Registry.Reconfigure apply a new configuration to running
+// pools (live reload): a new size takes effect without closing a backend a client
+// holds, and retire closes every backend of the old upstream or credentials as
+// soon as no client holds it, so that none is handed out again.
+//
 // The pool never holds its mutex across network I/O. It may import the wire package
 // and pgconn; it must not import the proxy, metrics or admin packages, nor
 // Prometheus (metrics read Stats at scrape time).

@@ -24,20 +24,25 @@ var (
 // being released is found by its next user, as with a direct connection.
 const idleCheckAfter = 10 * time.Millisecond
 
-// Config configures a Pool.
+// defaultConnectTimeout is ConnectTimeout when Config leaves it <= 0.
+const defaultConnectTimeout = 5 * time.Second
+
+// Config configures a Pool. Pool.Reconfigure changes it while the pool runs.
 type Config struct {
-	// Size is the most backends open at once (dialing ones included).
+	// Size is the most backends open at once (dialing ones included). It must be
+	// at least 1; neither New nor Reconfigure checks it (the caller validates it).
 	Size int
 	// Lifetime is how long a backend may live (0 = unlimited); each backend gets it
 	// with a random jitter of +-10% so that backends do not all expire together.
+	// A backend gets its expiry when its dial ends.
 	Lifetime time.Duration
 	// IdleTimeout closes backends idle for longer (0 = never).
 	IdleTimeout time.Duration
-	// ConnectTimeout bounds one dial.
+	// ConnectTimeout bounds one dial (<= 0: 5s).
 	ConnectTimeout time.Duration
 	// Dial opens a backend.
 	Dial DialFunc
-	// Logger receives pool events.
+	// Logger receives pool events (nil: discarded).
 	Logger *slog.Logger
 }
 
@@ -59,7 +64,13 @@ type Stats struct {
 	DialFailures uint64
 	// DialTime is the total time spent opening backends, failed attempts included.
 	DialTime time.Duration
-	Closed   uint64 // backends closed (expired, idle, dead, destroyed)
+	Closed   uint64 // backends closed (expired, idle, dead, destroyed, retired)
+	// Retired counts the backends among Closed that Reconfigure closed: those
+	// opened before a Reconfigure that retired them (closed idle at the call, at
+	// their release or when their dial ended), and those above a reduced Size
+	// (closed idle at the call, or at their release or the end of their dial
+	// while more than Size were open).
+	Retired uint64
 	// Exhausted is the total time clients were waiting for a backend (every
 	// backend busy or being opened).
 	Exhausted time.Duration
@@ -109,16 +120,27 @@ var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result
 
 // Pool is a bounded pool of backends for one route.
 type Pool struct {
-	cfg Config
-	log *slog.Logger
+	// log is cfg.Logger, readable without the lock.
+	log atomic.Pointer[slog.Logger]
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// cfg may change under mu (Reconfigure): read it under mu only; a dial takes
+	// its Dial and ConnectTimeout when it starts.
+	cfg     Config
 	idle    []*Backend // stack: the top is the most recently released
 	open    int        // open + dialing
 	dialing int
-	head    *waiter // FIFO queue of waiters
-	tail    *waiter
-	nwait   int
+	// gen is the generation of the configuration: Reconfigure with retire
+	// increments it, and a backend of an older one (Backend.gen) is closed rather
+	// than handed out or kept idle. staleDials counts the dials in flight of older
+	// generations (included in dialing): they serve no waiter. retired is closed
+	// when gen increments, to abandon those dials.
+	gen        uint64
+	staleDials int
+	retired    chan struct{}
+	head       *waiter // FIFO queue of waiters
+	tail       *waiter
+	nwait      int
 	// exhaustedSince is when the current stretch with waiters began.
 	exhaustedSince time.Time
 	// expiry fires by the earliest deadline of a waiter when it was armed; see
@@ -145,9 +167,10 @@ func New(cfg Config) *Pool {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 5 * time.Second
+		cfg.ConnectTimeout = defaultConnectTimeout
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), bo: &backoff{}}
+	p := &Pool{cfg: cfg, done: make(chan struct{}), retired: make(chan struct{}), bo: &backoff{}}
+	p.log.Store(cfg.Logger)
 	p.expiry.fn, p.retry.fn = p.expire, p.retryDial
 	p.wg.Add(1)
 	go p.maintain()
@@ -354,7 +377,7 @@ func (p *Pool) popIdleLocked(key uint64) *Backend {
 func (p *Pool) usable(b *Backend) bool {
 	now := time.Now()
 	if b.expired(now) || (now.Sub(b.idleSince) >= idleCheckAfter && !b.alive()) {
-		p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
+		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
 		p.Destroy(b)
 		return false
 	}
@@ -475,10 +498,11 @@ func (p *Pool) handLocked(r result) bool {
 	return true
 }
 
-// dialIfNeededLocked starts dials while waiters outnumber dials in flight and the
-// pool has room, as far as the route's back-off allows.
+// dialIfNeededLocked starts dials while waiters outnumber dials in flight (of the
+// current generation: the others serve no waiter) and the pool has room, as far as
+// the route's back-off allows.
 func (p *Pool) dialIfNeededLocked() {
-	for p.nwait > p.dialing && p.open < p.cfg.Size && !p.closed {
+	for p.nwait > p.dialing-p.staleDials && p.open < p.cfg.Size && !p.closed {
 		now := time.Now()
 		ok, probe, retryAt := p.bo.permit(now)
 		if !ok {
@@ -504,7 +528,15 @@ func (p *Pool) startDialLocked(probe bool) {
 	p.open++
 	p.dialing++
 	p.wg.Add(1)
-	go p.dial(probe)
+	go p.dial(probe, dialGen{fn: p.cfg.Dial, timeout: p.cfg.ConnectTimeout, gen: p.gen, retired: p.retired})
+}
+
+// dialGen is what a dial takes from the configuration when it starts.
+type dialGen struct {
+	fn      DialFunc
+	timeout time.Duration
+	gen     uint64
+	retired <-chan struct{} // closed when Reconfigure retires gen
 }
 
 // retryDial runs dialIfNeededLocked again when the back-off ends (p.retry,
@@ -517,27 +549,44 @@ func (p *Pool) retryDial() {
 	p.mu.Unlock()
 }
 
-// dial opens one backend; probe says it is the one attempt the back-off allowed.
-func (p *Pool) dial(probe bool) {
+// dial opens one backend with g's dial function; probe says it is the one attempt
+// the back-off allowed. A dial whose generation Reconfigure retired meanwhile is
+// stale: abandoned, its backend closed, its failure reported to nobody.
+func (p *Pool) dial(probe bool, g dialGen) {
 	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
-	go func() { // a closing pool abandons dials in flight
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	go func() { // a closing pool, or a retiring Reconfigure, abandons dials in flight
 		select {
 		case <-p.done:
+			cancel()
+		case <-g.retired:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
 	start := time.Now()
-	b, err := p.cfg.Dial(ctx)
+	b, err := g.fn(ctx)
 	cancel()
 	took := time.Since(start)
 	p.mu.Lock()
 	p.dialing--
 	p.stats.DialTime += took
+	stale := g.gen != p.gen
+	if stale {
+		p.staleDials--
+	}
 	if err != nil {
 		p.open--
 		p.stats.DialFailures++
+		if stale {
+			// It says nothing about the current configuration: no back-off step
+			// (only its probe, if it was one, ends), no waiter told.
+			p.bo.failed(start, start.Add(took), err, probe, true)
+			p.dialIfNeededLocked()
+			p.mu.Unlock()
+			p.log.Load().Debug("server connection failed", "error", err, "elapsed", took, "reason", "retired by reconfiguration")
+			return
+		}
 		st := p.bo.failed(start, start.Add(took), err, probe, p.closed)
 		err = fmt.Errorf("%w: %w", ErrDial, err)
 		if p.open == 0 {
@@ -554,25 +603,42 @@ func (p *Pool) dial(probe bool) {
 		// One line per back-off step: the failures of a burst of dials and of the
 		// acquisitions refused meanwhile are summed up in the next one.
 		if st.log {
-			p.log.Warn("server connection failed", "error", err, "attempt", st.attempts,
+			p.log.Load().Warn("server connection failed", "error", err, "attempt", st.attempts,
 				"retry_in", st.delay.Round(time.Millisecond), "clients_refused", st.refused, "elapsed", took)
 		} else {
-			p.log.Debug("server connection failed", "error", err, "elapsed", took)
+			p.log.Load().Debug("server connection failed", "error", err, "elapsed", took)
 		}
 		return
 	}
 	b.pool = p
+	b.gen = g.gen
 	if p.cfg.Lifetime > 0 {
 		j := 0.9 + 0.2*rand.Float64()
 		b.expiresAt = b.CreatedAt.Add(time.Duration(float64(p.cfg.Lifetime) * j))
 	}
 	p.stats.Dials++
-	p.params = b.Params
-	st := p.bo.succeeded(start.Add(took), probe)
+	var st step
+	if stale {
+		p.bo.failed(start, start.Add(took), nil, probe, true) // ends its probe only
+	} else {
+		p.params = b.Params
+		st = p.bo.succeeded(start.Add(took), probe)
+	}
 	if p.closed {
 		p.open--
 		p.stats.Closed++
 		p.mu.Unlock()
+		_ = b.Close()
+		return
+	}
+	if stale || p.open > p.cfg.Size {
+		// Retired while dialing, or Reconfigure made the pool smaller.
+		p.open--
+		p.stats.Closed++
+		p.stats.Retired++
+		p.dialIfNeededLocked()
+		p.mu.Unlock()
+		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "reconfigured")
 		_ = b.Close()
 		return
 	}
@@ -586,10 +652,10 @@ func (p *Pool) dial(probe bool) {
 	}
 	p.mu.Unlock()
 	if st.log {
-		p.log.Info("server connection restored", "pid", b.PID, "failed_attempts", st.attempts,
+		p.log.Load().Info("server connection restored", "pid", b.PID, "failed_attempts", st.attempts,
 			"down_for", st.downFor.Round(time.Millisecond), "clients_refused", st.refused)
 	}
-	p.log.Debug("server connection opened", "pid", b.PID, "elapsed", took)
+	p.log.Load().Debug("server connection opened", "pid", b.PID, "elapsed", took)
 }
 
 func (b *Backend) expired(now time.Time) bool {
@@ -597,7 +663,9 @@ func (b *Backend) expired(now time.Time) bool {
 }
 
 // Release returns a backend that is idle (ReadyForQuery 'I', nothing in flight) to
-// the pool: to the oldest waiter, or onto the idle stack. An expired backend is closed.
+// the pool: to the oldest waiter, or onto the idle stack. An expired backend is
+// closed, and so is one that Reconfigure retired or one released while more than
+// Size backends are open (after Reconfigure made the pool smaller).
 func (p *Pool) Release(b *Backend) {
 	now := time.Now()
 	if b.expired(now) {
@@ -608,6 +676,16 @@ func (p *Pool) Release(b *Backend) {
 	if p.closed {
 		p.mu.Unlock()
 		p.Destroy(b)
+		return
+	}
+	if b.gen != p.gen || p.open > p.cfg.Size {
+		p.open--
+		p.stats.Closed++
+		p.stats.Retired++
+		p.dialIfNeededLocked() // a retired backend's slot may serve a waiter
+		p.mu.Unlock()
+		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "reconfigured")
+		_ = b.Close()
 		return
 	}
 	if !p.handLocked(result{b: b}) {
@@ -626,6 +704,73 @@ func (p *Pool) Destroy(b *Backend) {
 	p.stats.Closed++
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
+}
+
+// Reconfigure applies cfg to the running pool, for a live reload of the
+// configuration. Size, Lifetime, IdleTimeout and ConnectTimeout are taken as New
+// takes them (ConnectTimeout <= 0: the default); Dial and Logger only when not
+// nil (nil keeps the current ones). It is safe to call at any time, concurrently
+// with every other method. It never waits for a dial or a client; it closes the
+// idle backends it takes out of the pool before it returns (outside the pool's
+// lock; each close sends Terminate, bounded to a second).
+//
+//   - Size: a larger pool dials at once for the clients queued in Acquire. In a
+//     smaller one the idle backends above the new size are closed at once (the
+//     least recently used first), and backends held by clients or being dialed
+//     are closed when released or when their dial ends while more than Size are
+//     open, instead of going idle or to a waiter: the pool shrinks to the new
+//     size without closing a backend a client holds.
+//   - Lifetime applies to backends whose dial ends after the call; the others keep
+//     their expiry. IdleTimeout applies from the next maintenance pass (at most a
+//     second), ConnectTimeout and Dial to dials that start after the call.
+//   - retire (the upstream's address or credentials changed): every backend
+//     opened or being opened before the call is retired. Idle ones are closed at
+//     once, held ones when released (a client keeps the one it holds until then),
+//     and dials in flight are abandoned (their context is canceled) and what they
+//     open is closed: once Reconfigure returns, no backend of the old
+//     configuration is handed out again. The route's back-off ends, since its
+//     failures were those of the old configuration; failures of abandoned dials
+//     are not counted in it and not reported to clients.
+//
+// Backends closed this way count in Stats.Closed and Stats.Retired.
+func (p *Pool) Reconfigure(cfg Config, retire bool) {
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	if cfg.Logger != nil {
+		p.log.Store(cfg.Logger)
+	}
+	p.mu.Lock()
+	if cfg.Dial == nil {
+		cfg.Dial = p.cfg.Dial
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = p.cfg.Logger
+	}
+	p.cfg = cfg
+	var doomed []*Backend
+	if retire {
+		p.gen++
+		p.staleDials = p.dialing
+		close(p.retired)
+		p.retired = make(chan struct{})
+		p.bo.reset()
+		doomed = p.dropIdleLocked(func(*Backend) bool { return true })
+	}
+	if n := min(p.open-cfg.Size, len(p.idle)); n > 0 {
+		// p.idle[0] is the least recently released.
+		doomed = append(doomed, p.dropIdleLocked(func(*Backend) bool { n--; return n >= 0 })...)
+	}
+	p.stats.Retired += uint64(len(doomed))
+	p.dialIfNeededLocked()
+	open, size := p.open, cfg.Size
+	p.mu.Unlock()
+	log := p.log.Load()
+	log.Debug("pool reconfigured", "size", size, "open", open, "retire", retire, "closed_idle", len(doomed))
+	for _, b := range doomed {
+		log.Debug("server connection closed", "pid", b.PID, "reason", "reconfigured")
+		_ = b.Close()
+	}
 }
 
 // ServerParams returns the ParameterStatus values of the newest backend, or nil if
@@ -685,7 +830,7 @@ func (p *Pool) ready() error {
 	}
 	var err error
 	if p.open-p.dialing == 0 {
-		if p.dialing == 0 && p.open < p.cfg.Size {
+		if p.dialing == p.staleDials && p.open < p.cfg.Size {
 			if ok, probe, _ := p.bo.permit(now); ok {
 				p.startDialLocked(probe)
 			}
@@ -696,7 +841,7 @@ func (p *Pool) ready() error {
 	if len(dead) > 0 {
 		go func() { // Close writes: keep the caller (an HTTP probe) from waiting
 			for _, b := range dead {
-				p.log.Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
+				p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "dead or expired while idle")
 				_ = b.Close()
 			}
 		}()
@@ -794,7 +939,7 @@ func (p *Pool) reap(now time.Time) {
 	})
 	p.mu.Unlock()
 	for _, b := range doomed {
-		p.log.Debug("server connection closed", "pid", b.PID, "reason", "idle timeout or lifetime")
+		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "idle timeout or lifetime")
 		_ = b.Close()
 	}
 }

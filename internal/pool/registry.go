@@ -254,6 +254,35 @@ func sortRoutes[T any](s []T, key func(T) Key) {
 	})
 }
 
+// Reconfigure applies a new configuration to every pool, for a live reload:
+// each pool's Reconfigure gets cfgFor of its key and retire (see
+// Pool.Reconfigure). Pools created later come from the factory given to
+// NewRegistry, so the caller must make that factory use the new configuration
+// before calling Reconfigure: then no pool is missed, since a pool the factory
+// created with the old one is already listed when Reconfigure looks. cfgFor is
+// called without any lock held, for one key at a time.
+//
+// With retire, the back-off states the registry keeps for routes without a pool
+// end too, like those of the pools (Pool.Reconfigure): their failures were those
+// of the old configuration.
+func (r *Registry) Reconfigure(cfgFor func(Key) Config, retire bool) {
+	r.mu.Lock()
+	routes := make([]Route, 0, len(r.pools))
+	for k, p := range r.pools {
+		routes = append(routes, Route{Key: k, Pool: p})
+	}
+	if retire {
+		clear(r.backoffs)
+		if r.defBO != nil {
+			r.defBO.reset()
+		}
+	}
+	r.mu.Unlock()
+	for _, rt := range routes {
+		rt.Pool.Reconfigure(cfgFor(rt.Key), retire)
+	}
+}
+
 // Close closes every pool; later Get calls return nil.
 func (r *Registry) Close() {
 	r.mu.Lock()
