@@ -34,6 +34,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
+	"github.com/pgsidecar/pgsidecar/internal/reload"
 )
 
 // Exit codes.
@@ -80,7 +81,7 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := config.Default()
-	applyEnv := config.Bind(fs, &cfg)
+	config.Bind(fs, &cfg) // for parsing and --help; Load below reads the environment
 	showVersion := fs.Bool("version", false, "Print the version, the commit and the Go version, and exit.")
 	positional, help, parseErr := config.ParseArgs(fs, args)
 	if help || slices.Contains(positional, "help") {
@@ -110,20 +111,21 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 	if err := config.CheckEnviron(environ(), allowedEnv...); err != nil {
 		problems = append(problems, err)
 	}
-	if err := applyEnv(getenv); err != nil {
+	// Every setting comes from Load, now and at every reload: the command
+	// line, the environment, the --config file, the upstream files.
+	src := config.Sources{Args: config.CommandLine(fs), Getenv: getenv}
+	if dev {
+		src.Args["upstream"] = "dev" // replaced by the throwaway cluster's URL below
+	}
+	loaded, err := config.Load(src)
+	if err != nil {
 		problems = append(problems, err)
 	}
-	if dev && cfg.Upstream == "" {
-		cfg.Upstream = "dev" // replaced by the throwaway cluster's URL below
-	}
-	if err := cfg.Validate(); err != nil {
-		problems = append(problems, err)
-	}
+	cfg = loaded.Config
 	var upstream *pgconn.Config
 	if cfg.Upstream != "" && !dev {
-		var err error
-		if upstream, err = pgconn.ParseConfig(cfg.Upstream); err != nil {
-			problems = append(problems, fmt.Errorf("--upstream: %w", err))
+		if upstream, err = parseUpstream(cfg); err != nil {
+			problems = append(problems, err)
 		}
 	}
 	if len(problems) > 0 {
@@ -133,7 +135,9 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 		}
 		return exitConfig
 	}
-	log := newLogger(cfg, stderr)
+	level := new(slog.LevelVar)
+	level.Set(cfg.LogLevel)
+	log := newLogger(cfg.LogFormat, level, stderr)
 	v := currentVersion()
 	log.Info("pgsidecar starting", "version", v.Version, "commit", v.Commit, "go", runtime.Version())
 	logOpenFilesLimit(log)
@@ -147,17 +151,16 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 
 	// SIGINT and SIGTERM shut down gracefully. In dev mode SIGHUP does too (the
 	// terminal went away): every way out runs the deferred cl.Close below, which
-	// removes the throwaway cluster's directory. Otherwise SIGHUP is only logged.
+	// removes the throwaway cluster's directory. Otherwise SIGHUP reloads the
+	// configuration.
 	stopSignals := []os.Signal{syscall.SIGINT, syscall.SIGTERM}
 	if dev {
 		stopSignals = append(stopSignals, syscall.SIGHUP)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
-	if !dev {
-		defer handleSIGHUP(log)()
-	}
 
+	var devDir string
 	if dev {
 		cl, err := localpg.Start(ctx, localpg.Options{Logger: log})
 		if err != nil {
@@ -170,16 +173,35 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 			return exitRuntime
 		}
 		defer cl.Close()
-		cfg.Upstream = cl.URL("postgres")
-		if upstream, err = pgconn.ParseConfig(cfg.Upstream); err != nil {
-			log.Error("bad dev upstream", "error", err)
+		src.Args["upstream"] = cl.URL("postgres")
+		if loaded, err = config.Load(src); err == nil {
+			upstream, err = parseUpstream(loaded.Config)
+		}
+		if err != nil {
+			log.Error("bad dev configuration", "error", err)
 			return exitRuntime
 		}
-		fmt.Fprintf(stdout, "pgsidecar dev: PostgreSQL %s (data in %s)\n", cfg.Upstream, cl.Dir)
-		fmt.Fprintf(stdout, "DATABASE_URL=postgres://postgres@%s/postgres?sslmode=disable\n", cfg.Listen)
-		fmt.Fprintf(stdout, "try: psql \"postgres://postgres@%s/postgres?sslmode=disable\"   (Ctrl-C stops both)\n", cfg.Listen)
+		cfg = loaded.Config
+		devDir = cl.Dir
 	}
-	if err := serve(ctx, cfg, upstream, log); err != nil {
+	rl := reload.New(src, loaded, log)
+	// Printed once the listener is bound: a script that waits for the URL can
+	// connect at once.
+	onListening := func(addr string) {
+		if !dev {
+			return
+		}
+		fmt.Fprintf(stdout, "pgsidecar dev: PostgreSQL %s (data in %s)\n", cfg.Upstream, devDir)
+		fmt.Fprintf(stdout, "DATABASE_URL=postgres://postgres@%s/postgres?sslmode=disable\n", addr)
+		fmt.Fprintf(stdout, "try: psql \"postgres://postgres@%s/postgres?sslmode=disable\"   (Ctrl-C stops both)\n", addr)
+		if cfg.AdminUsers == "" {
+			fmt.Fprintf(stdout, "admin console: set %s=postgres (or --admin-users postgres), then psql \"postgres://postgres@%s/pgsidecar?sslmode=disable\" -c 'SHOW POOLS'\n",
+				config.EnvName("admin-users"), addr)
+		} else {
+			fmt.Fprintf(stdout, "admin console: psql \"postgres://%s@%s/pgsidecar?sslmode=disable\" -c 'SHOW POOLS'\n", splitList(cfg.AdminUsers)[0], addr)
+		}
+	}
+	if err := serve(ctx, rl, upstream, log, level, dev, onListening); err != nil {
 		log.Error("proxy failed", "error", err)
 		return exitRuntime
 	}
@@ -240,9 +262,10 @@ func resolveVersion(stampedVersion, stampedCommit string, bi *debug.BuildInfo) v
 	return v
 }
 
-// handleSIGHUP keeps SIGHUP from ending the process, its default action, and
-// logs every one received until the returned function is called.
-func handleSIGHUP(log *slog.Logger) (stop func()) {
+// reloadOnSIGHUP keeps SIGHUP from ending the process, its default action,
+// and reloads the configuration on every one received until the returned
+// function is called.
+func reloadOnSIGHUP(rl *reload.Reloader) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -250,7 +273,7 @@ func handleSIGHUP(log *slog.Logger) (stop func()) {
 		for {
 			select {
 			case <-hup:
-				log.Info("SIGHUP received: configuration reload is not implemented yet")
+				rl.Reload("SIGHUP")
 			case <-done:
 				return
 			}
@@ -275,11 +298,13 @@ func logOpenFilesLimit(log *slog.Logger) {
 	}
 }
 
-// newLogger returns the logger cfg asks for, writing to w. The JSON format
-// writes durations as strings ("30s"), not slog's integer nanoseconds.
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == config.LogFormatJSON {
+// newLogger returns a logger of the given format (config.LogFormatText or
+// config.LogFormatJSON) and level, writing to w; a reload changes the level.
+// The JSON format writes durations as strings ("30s"), not slog's integer
+// nanoseconds.
+func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == config.LogFormatJSON {
 		opts.ReplaceAttr = durationAsString
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
@@ -296,45 +321,39 @@ func durationAsString(_ []string, a slog.Attr) slog.Attr {
 	return a
 }
 
-// serve runs the proxy until ctx is done, then shuts down gracefully.
-func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log *slog.Logger) error {
-	if _, ok := upstream.RuntimeParams["application_name"]; !ok {
-		upstream.RuntimeParams["application_name"] = "pgsidecar"
+// parseUpstream parses the upstream of cfg with pgconn and applies the
+// password of --upstream-password-file to it.
+func parseUpstream(cfg config.Config) (*pgconn.Config, error) {
+	up, err := pgconn.ParseConfig(cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("--upstream: %w", err)
 	}
-	upstream.ConnectTimeout = cfg.ServerConnectTimeout
-	pools := pool.NewRegistry(func(k pool.Key) *pool.Pool {
-		pc := upstream.Copy()
-		pc.Database, pc.User = k.Database, k.User
-		return pool.New(pool.Config{
-			Size:           cfg.PoolSize,
-			Lifetime:       cfg.ServerLifetime,
-			IdleTimeout:    cfg.ServerIdleTimeout,
-			ConnectTimeout: cfg.ServerConnectTimeout,
-			Dial:           pool.PgconnDialer(pc),
-			Logger:         log.With("database", k.Database, "user", k.User),
-		})
-	})
-	defer pools.Close()
-	// The configured route: its connect failures are counted under its own labels
-	// even before it ever logged in, and --readiness-checks-upstream checks it.
-	def := pool.Key{Database: upstream.Database, User: upstream.User}
-	if def.Database == "" {
-		def.Database = def.User // PostgreSQL's default database
+	if cfg.HasUpstreamPassword {
+		up.Password = cfg.UpstreamPassword
 	}
-	pools.SetDefaultRoute(def)
+	if _, ok := up.RuntimeParams["application_name"]; !ok {
+		up.RuntimeParams["application_name"] = "pgsidecar"
+	}
+	up.ConnectTimeout = cfg.ServerConnectTimeout
+	return up, nil
+}
 
+// defaultRoute is the (database, user) pool of the upstream URL itself.
+func defaultRoute(up *pgconn.Config) pool.Key {
+	k := pool.Key{Database: up.Database, User: up.User}
+	if k.Database == "" {
+		k.Database = k.User // PostgreSQL's default database
+	}
+	return k
+}
+
+// serverOptions maps the configuration to the proxy server's options.
+func serverOptions(cfg config.Config) proxy.Options {
 	mode := proxy.ModeTransaction
 	if cfg.PoolMode == config.PoolModeSession {
 		mode = proxy.ModeSession
 	}
-	// Without an HTTP server nobody reads metrics: the hot path reports nothing.
-	var obs *metrics.Observer
-	var observer proxy.Observer
-	if cfg.HTTPListen != "" {
-		obs = metrics.NewObserver(cfg.MaxApplicationLabels, cfg.MetricsCompat == config.MetricsCompatPgBouncer)
-		observer = obs
-	}
-	srv := proxy.NewServer(proxy.Options{
+	return proxy.Options{
 		Mode:                    mode,
 		MaxClientConn:           cfg.MaxClientConn,
 		ClientLoginTimeout:      cfg.ClientLoginTimeout,
@@ -349,9 +368,113 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 		MaxMessageMemory:        cfg.MaxMessageMemory,
 		MaxClientStatements:     cfg.MaxClientPreparedStatements,
 		MaxClientStatementBytes: cfg.MaxClientPreparedBytes,
-		Observer:                observer,
-		Logger:                  log,
-	}, pools)
+	}
+}
+
+// serve runs the proxy with the configuration in force in rl until ctx is
+// done, then shuts down gracefully. Outside dev mode the configuration is
+// reloaded on SIGHUP, on the console's RELOAD and when one of its files
+// changes. onListening is called with the client address once it is bound.
+func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, log *slog.Logger, level *slog.LevelVar,
+	dev bool, onListening func(addr string)) error {
+	cfg := rl.Current().Config
+	// What the pools are built from; a reload replaces both, then reconfigures
+	// the pools that exist (pools created afterwards read the new values).
+	var cur atomic.Pointer[config.Config]
+	var up atomic.Pointer[pgconn.Config]
+	cur.Store(&cfg)
+	up.Store(upstream)
+	poolConfig := func(k pool.Key) pool.Config {
+		c, u := cur.Load(), up.Load()
+		pc := u.Copy()
+		pc.Database, pc.User = k.Database, k.User
+		pc.ConnectTimeout = c.ServerConnectTimeout
+		return pool.Config{
+			Size:           c.PoolSize,
+			Lifetime:       c.ServerLifetime,
+			IdleTimeout:    c.ServerIdleTimeout,
+			ConnectTimeout: c.ServerConnectTimeout,
+			Dial:           pool.PgconnDialer(pc),
+			Logger:         log.With("database", k.Database, "user", k.User),
+		}
+	}
+	pools := pool.NewRegistry(func(k pool.Key) *pool.Pool { return pool.New(poolConfig(k)) })
+	defer pools.Close()
+	// The configured route: its connect failures are counted under its own labels
+	// even before it ever logged in, and --readiness-checks-upstream checks it.
+	pools.SetDefaultRoute(defaultRoute(upstream))
+
+	// Without an HTTP server nobody reads metrics: the hot path reports nothing.
+	var obs *metrics.Observer
+	var observer proxy.Observer
+	if cfg.HTTPListen != "" {
+		obs = metrics.NewObserver(cfg.MaxApplicationLabels, cfg.MetricsCompat == config.MetricsCompatPgBouncer)
+		observer = obs
+	}
+	opts := serverOptions(cfg)
+	opts.Observer, opts.Logger = observer, log
+	if !dev {
+		opts.Reload = func() (string, error) {
+			res := rl.Reload("RELOAD")
+			return res.String(), res.Err
+		}
+	}
+	srv := proxy.NewServer(opts, pools)
+
+	rl.Register(reload.Component{Name: "upstream", Prepare: func(prev, next config.Loaded) (func(), error) {
+		changed := false
+		for _, c := range config.Changes(prev.Config, next.Config) {
+			switch c.Name {
+			case "upstream", "server-connect-timeout":
+				changed = true
+			}
+		}
+		if !changed {
+			return nil, nil
+		}
+		nu, err := parseUpstream(next.Config)
+		if err != nil {
+			return nil, err
+		}
+		return func() {
+			up.Store(nu)
+			pools.SetDefaultRoute(defaultRoute(nu))
+		}, nil
+	}})
+	rl.Register(reload.Component{Name: "pools", Prepare: func(prev, next config.Loaded) (func(), error) {
+		retire := false
+		for _, c := range config.Changes(prev.Config, next.Config) {
+			if c.Name == "upstream" {
+				retire = true // new credentials: old connections retire at release
+			}
+		}
+		nc := next.Config
+		return func() {
+			cur.Store(&nc)
+			pools.Reconfigure(poolConfig, retire)
+		}, nil
+	}})
+	rl.Register(reload.Component{Name: "proxy", Prepare: func(prev, next config.Loaded) (func(), error) {
+		o := serverOptions(next.Config)
+		return func() { srv.Reconfigure(o) }, nil
+	}})
+	rl.Register(reload.Component{Name: "logging", Prepare: func(prev, next config.Loaded) (func(), error) {
+		l := next.LogLevel
+		return func() { level.Set(l) }, nil
+	}})
+	if obs != nil {
+		rl.Register(reload.Component{Name: "metrics", Prepare: func(prev, next config.Loaded) (func(), error) {
+			n := next.MaxApplicationLabels
+			return func() { obs.SetMaxApplicationLabels(n) }, nil
+		}})
+	}
+	if !dev {
+		defer reloadOnSIGHUP(rl)()
+		wctx, wcancel := context.WithCancel(context.Background())
+		watched := make(chan struct{})
+		go func() { rl.Watch(wctx, reload.WatchOptions{}); close(watched) }()
+		defer func() { wcancel(); <-watched }()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -360,7 +483,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	var started atomic.Bool
 	var httpSrv *admin.Server
 	if cfg.HTTPListen != "" {
-		extra := []prometheus.Collector{obs}
+		extra := []prometheus.Collector{obs, metrics.NewReloadCollector(rl.Stats)}
 		if cfg.MetricsCompat == config.MetricsCompatPgBouncer {
 			extra = append(extra, metrics.NewPgBouncerCompat(pools, srv, obs))
 		}
@@ -374,14 +497,14 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 				if !started.Load() {
 					return errors.New("starting")
 				}
-				if cfg.ReadinessChecksUpstream {
+				if cur.Load().ReadinessChecksUpstream {
 					if err := pools.UpstreamReady(); err != nil {
 						return fmt.Errorf("upstream: %w", err)
 					}
 				}
 				return nil
 			},
-			Status: statusFunc(pools, srv, cfg.LeakThreshold),
+			Status: statusFunc(pools, srv, func() time.Duration { return cur.Load().LeakThreshold }),
 		}, metricsHandler)
 		if httpSrv, err = admin.Listen(cfg.HTTPListen, h, log); err != nil {
 			ln.Close()
@@ -396,6 +519,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	started.Store(true)
+	onListening(ln.Addr().String())
 	log.Info("pgsidecar listening", "listen", ln.Addr().String(), "upstream_host", upstream.Host,
 		"upstream_port", upstream.Port, "pool_mode", cfg.PoolMode.String(), "pool_size", cfg.PoolSize,
 		"http_listen", cfg.HTTPListen)
@@ -403,7 +527,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: no new clients; open transactions may finish", "timeout", cfg.ShutdownTimeout)
+		log.Info("shutting down: no new clients; open transactions may finish", "timeout", cur.Load().ShutdownTimeout)
 	case err := <-serveErr:
 		runErr = err
 	}
@@ -411,7 +535,7 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 	hard := make(chan os.Signal, 1)
 	signal.Notify(hard, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(hard)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cur.Load().ShutdownTimeout)
 	go func() {
 		select {
 		case <-hard:
@@ -442,9 +566,9 @@ func serve(ctx context.Context, cfg config.Config, upstream *pgconn.Config, log 
 
 // statusFunc builds the status page's snapshot (admin.Status) from the pools and
 // the server; admin itself depends on neither.
-func statusFunc(pools *pool.Registry, srv *proxy.Server, leakThreshold time.Duration) func() admin.Status {
+func statusFunc(pools *pool.Registry, srv *proxy.Server, leakThreshold func() time.Duration) func() admin.Status {
 	return func() admin.Status {
-		st := admin.Status{Time: time.Now(), Clients: map[string]int{}, LeakThresholdSeconds: leakThreshold.Seconds()}
+		st := admin.Status{Time: time.Now(), Clients: map[string]int{}, LeakThresholdSeconds: leakThreshold().Seconds()}
 		pinned := srv.PinnedServers()
 		for _, r := range pools.Pools() {
 			ps := r.Pool.Stats()

@@ -28,6 +28,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/reload"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -292,7 +293,7 @@ func TestJSONLogDurations(t *testing.T) {
 	cfg := config.Default()
 	cfg.LogFormat = config.LogFormatJSON
 	var buf bytes.Buffer
-	log := newLogger(cfg, &buf)
+	log := newLogger(cfg.LogFormat, cfg.LogLevel, &buf)
 	log.Info("top", "timeout", 30*time.Second, "n", 5, "f", 1.5)
 	log.Info("group", slog.Group("pool", "wait", 1500*time.Millisecond, slog.Group("inner", "age", time.Minute)))
 	log.With("lifetime", time.Hour).WithGroup("g").Info("with", "idle", 10*time.Millisecond)
@@ -334,7 +335,7 @@ func TestJSONLogDurations(t *testing.T) {
 	// The text format already writes durations as strings.
 	cfg.LogFormat = config.LogFormatText
 	buf.Reset()
-	newLogger(cfg, &buf).Info("text", "timeout", 30*time.Second)
+	newLogger(cfg.LogFormat, cfg.LogLevel, &buf).Info("text", "timeout", 30*time.Second)
 	if !strings.Contains(buf.String(), "timeout=30s") {
 		t.Errorf("text log: %s", buf.String())
 	}
@@ -466,9 +467,10 @@ func record(t *testing.T, line string) map[string]any {
 	return rec
 }
 
-// Without dev, SIGHUP is logged and ignored; the startup log names the
-// version and the open files limit; durations in JSON logs are strings.
-func TestSIGHUPIsLoggedNotFatal(t *testing.T) {
+// Without dev, SIGHUP reloads the configuration and does not end the proxy;
+// the startup log names the version and the open files limit; durations in
+// JSON logs are strings.
+func TestSIGHUPReloadsNotFatal(t *testing.T) {
 	p := startProxy(t, nil, "--listen", freeAddr(t), "--http-listen", "off", "--log-format", "json",
 		"--upstream", "postgres://postgres@127.0.0.1:1/postgres", "--shutdown-timeout", "5s")
 	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
@@ -490,9 +492,9 @@ func TestSIGHUPIsLoggedNotFatal(t *testing.T) {
 		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		rec := record(t, p.waitFor(t, "SIGHUP received: configuration reload is not implemented yet", i, 10*time.Second))
-		if rec["level"] != "INFO" {
-			t.Errorf("SIGHUP logged at %v", rec["level"])
+		rec := record(t, p.waitFor(t, `"msg":"configuration reloaded"`, i, 10*time.Second))
+		if rec["level"] != "INFO" || rec["trigger"] != "SIGHUP" || rec["changes"] != 0.0 {
+			t.Errorf("SIGHUP reload logged as %v", rec)
 		}
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -612,7 +614,10 @@ func TestHTTPShutdownIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, upstream, slog.New(slog.NewTextHandler(&logs, nil))) }()
+	rl := reload.New(config.Sources{}, config.Loaded{Config: cfg}, nil)
+	go func() {
+		done <- serve(ctx, rl, upstream, slog.New(slog.NewTextHandler(&logs, nil)), new(slog.LevelVar), false, func(string) {})
+	}()
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	livez := func() error {
