@@ -316,7 +316,11 @@ func TestReloadUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	con2cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { nmu.Lock(); notices = append(notices, n.Message); nmu.Unlock() }
+	con2cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		nmu.Lock()
+		notices = append(notices, n.Message)
+		nmu.Unlock()
+	}
 	con2, err := pgx.ConnectConfig(ctx, con2cfg)
 	if err != nil {
 		t.Fatal(err)
