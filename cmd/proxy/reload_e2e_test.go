@@ -329,7 +329,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	// The watcher reloads the new file first; RELOAD then has nothing new to
 	// apply, but still reports the pool mode that needs a restart. (A file's
 	// listen address would be overridden by --listen: logged, not a change.)
-	cm.update(map[string]string{"pgsidecar.conf": conf("pool-size = 5\npool-mode = session\nleak-threshold = 3s\n")})
+	reloadedLines := strings.Count(p.output(), `"msg":"configuration reloaded"`)
+	cm.update(map[string]string{"pgsidecar.conf": conf("pool-size = 5\npool-mode = session\nleak-threshold = 3s\nlog-level = warn\n")})
 	p.waitFor(t, `"msg":"configuration change needs a restart: not applied"`, 1, 10*time.Second)
 	if _, err := con2.Exec(ctx, "RELOAD"); err != nil {
 		t.Fatalf("RELOAD: %v", err)
@@ -349,6 +350,18 @@ func TestReloadUnderLoad(t *testing.T) {
 	progress("pool-size 5")
 	if got := metric("pgsidecar_config_last_reload_successful"); got != 1 {
 		t.Errorf("last_reload_successful = %v, want 1", got)
+	}
+	// The leak threshold and the log level are in force: the status page shows
+	// 3s, and a SIGHUP's reload logs its WARN but no longer its INFO line.
+	if _, body := robustGet(httpAddr, "/status.json"); !strings.Contains(body, `"leak_threshold_seconds":3`) {
+		t.Errorf("status page: %.300s", body)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, `"msg":"configuration change needs a restart: not applied","trigger":"SIGHUP"`, 1, 10*time.Second)
+	if n := strings.Count(p.output(), `"msg":"configuration reloaded"`); n != reloadedLines {
+		t.Errorf("%d INFO lines of reloads at log-level warn, want %d", n-reloadedLines, 0)
 	}
 
 	stopClients()
