@@ -12,7 +12,7 @@ import (
 
 // TestMain checks, after every test has run (they run in parallel), that no
 // goroutine of package localpg is left: each server process has a goroutine that
-// reaps it, which must end once the cluster is stopped (DESIGN.md section 9).
+// reaps it, which must end once the cluster is stopped (docs/design.md section 9).
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if left := pgtest.LeftGoroutines(nil, 10*time.Second, "pgsidecar/internal/localpg."); len(left) > 0 {

@@ -66,7 +66,7 @@ func (ac *allocClient) run(batch []byte) error {
 	}
 }
 
-// The proxy's steady state allocates nothing per transaction (DESIGN.md section
+// The proxy's steady state allocates nothing per transaction (docs/design.md section
 // 3): simple and extended protocol (pgbench's -M extended: an unnamed Parse, Bind,
 // Describe, Execute and Sync), with clients waiting for the pool's only backend,
 // with and without the metrics observer and the leak watcher.
@@ -152,7 +152,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 	}
 }
 
-// An idle client holds no read or write buffer (DESIGN.md section 3: idle clients
+// An idle client holds no read or write buffer (docs/design.md section 3: idle clients
 // cost a goroutine and little else): after a query, its 16 KiB writers for the
 // client and the backend go back to their pools while it waits.
 func TestIdleClientMemory(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 )
 
 // The proxy and its pools start goroutines per client, per attached backend, per
-// pool and per dial. DESIGN.md section 9 asks for goroutine-leak checks in such
+// pool and per dial. docs/design.md section 9 asks for goroutine-leak checks in such
 // packages: every test that starts a proxy checks, once all its proxies are closed,
 // that no goroutine running proxy or pool code is left.
 

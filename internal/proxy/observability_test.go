@@ -29,7 +29,7 @@ import (
 )
 
 // The observability tests check what an operator sees of the two incidents that
-// motivated pgsidecar (DESIGN.md section 1): a leaked SQLAlchemy session holding a
+// motivated pgsidecar (docs/design.md section 1): a leaked SQLAlchemy session holding a
 // backend idle in transaction, and a pool saturated by far more clients than
 // backends. Each must show up, with the right values, in the log, the admin
 // console and the Prometheus metrics.
@@ -215,7 +215,7 @@ func (p *pyLeak) finish(t *testing.T) {
 	}
 }
 
-// TestObservabilityPythonLeak reproduces the leak of DESIGN.md section 1 with
+// TestObservabilityPythonLeak reproduces the leak of docs/design.md section 1 with
 // SQLAlchemy + psycopg2: a Session that ran an INSERT and was never committed nor
 // closed. With a leak threshold of 1s it must appear within about a second in the
 // log, SHOW LEAKS and the metrics; with an idle-transaction timeout of 1s the proxy

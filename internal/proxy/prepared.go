@@ -10,7 +10,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
-// Named prepared statements in transaction mode (DESIGN.md section 5).
+// Named prepared statements in transaction mode (docs/design.md section 5).
 //
 // A client's named statements live in its registry (session.stmts: client name ->
 // *stmt). Every distinct statement (query text and parameter types) is one *stmt

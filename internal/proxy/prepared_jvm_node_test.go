@@ -22,7 +22,7 @@ import (
 
 // TestPreparedJDBC and TestPreparedNode drive a transaction-mode proxy with real drivers
 // that prepare named statements once per connection and use them in later transactions
-// (DESIGN.md section 5): pgjdbc with prepareThreshold=1 (S_1, S_2, ...) and
+// (docs/design.md section 5): pgjdbc with prepareThreshold=1 (S_1, S_2, ...) and
 // node-postgres named queries. Several clients share a pool of 2 backends, so a
 // client's statements are used on backends where it never prepared them, and the same
 // statement name means different SQL for different clients. The workloads
@@ -282,7 +282,7 @@ func prepSchedule(driver string, c, txns int, direct bool) (prepClientSummary, [
 // PostgreSQL has besides the test's own (n), and how many of them have the proxy's
 // application_name (nApp). It does not count by the proxy's application_name alone:
 // pgjdbc sends SET application_name after login, which renames the backend it runs on
-// (today) or is applied to backends as tracked session state (DESIGN.md section 6);
+// (today) or is applied to backends as tracked session state (docs/design.md section 6);
 // every connection to the database is a proxy backend (or, direct, a workload
 // connection) either way.
 func prepMonitorBackends(t *testing.T, tg *prepTarget) *backendMonitor {

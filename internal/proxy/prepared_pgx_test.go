@@ -20,7 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
-// Tests of the named-prepared-statement layer (DESIGN.md section 5) with pgx in
+// Tests of the named-prepared-statement layer (docs/design.md section 5) with pgx in
 // its default mode (QueryExecModeCacheStatement: statements stmtcache_<hash>) and
 // with pgconn's explicit Prepare / Deallocate / ExecPrepared.
 

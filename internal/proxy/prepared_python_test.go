@@ -20,7 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
-// Black-box driver tests for named prepared statements in transaction mode (DESIGN.md
+// Black-box driver tests for named prepared statements in transaction mode (docs/design.md
 // section 5): real drivers prepare a statement once per connection and then only
 // Bind it by name, while the proxy hands each transaction whichever backend is free.
 // Each test runs a concurrent workload through a proxy pool of 2 backends and checks

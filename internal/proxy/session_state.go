@@ -15,7 +15,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
-// Session state in transaction mode (DESIGN.md section 6).
+// Session state in transaction mode (docs/design.md section 6).
 //
 // Settings are tracked: each client has the settings it wants (its startup
 // parameters plus what its committed SET / RESET / set_config changed), each

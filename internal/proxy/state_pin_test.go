@@ -3,7 +3,7 @@ package proxy_test
 // Transaction mode: state that cannot move between backends (LISTEN, session
 // advisory locks, temporary tables, WITH HOLD cursors) pins the client to its
 // backend until the state is gone; --pin-policy refuse turns such statements
-// away (DESIGN.md section 6). Every test runs a crowd of other clients doing
+// away (docs/design.md section 6). Every test runs a crowd of other clients doing
 // short transactions throughout, each checking that it sees none of the pinned
 // client's state and never lands on its backend.
 

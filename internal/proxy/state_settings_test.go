@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Tests of settings tracking in transaction mode (DESIGN.md section 6): every
+// Tests of settings tracking in transaction mode (docs/design.md section 6): every
 // client keeps its own settings (startup parameters, options=-c, committed SET /
 // RESET / set_config) across backends, and no client ever sees another's. A crowd
 // of clients without settings runs short transactions alongside and checks that

@@ -1,4 +1,4 @@
-"""A leaked SQLAlchemy session, as in DESIGN.md section 1 (observability_test.go).
+"""A leaked SQLAlchemy session, as in docs/design.md section 1 (observability_test.go).
 
 Opens a Session through the proxy (application_name comes from the DSN), asks for
 its backend pid, inserts a row with a marker comment and then neither commits nor
