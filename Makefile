@@ -7,6 +7,7 @@ BIN     := bin/proxy
 FUZZTIME ?= 200000x
 
 .PHONY: all build run dev test test-short fuzz bench bench-go vet fmt clean
+.PHONY: image image-binaries image-multiarch image-push
 
 all: build
 
@@ -20,9 +21,10 @@ LDFLAGS = -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/proxy
 
-## run: the proxy in front of a throwaway local PostgreSQL (prints the DATABASE_URL to use).
+## run: the proxy in front of a throwaway local PostgreSQL (prints the DATABASE_URL to use);
+## ARGS are passed to it: make run ARGS='--pool-size 5 --admin-users postgres'.
 run: build
-	./$(BIN) dev
+	./$(BIN) dev $(ARGS)
 
 dev: run
 
@@ -45,12 +47,85 @@ vet:
 	$(GO) vet ./...
 
 ## bench: pgbench side by side: direct PostgreSQL, PgBouncer (if installed), pgsidecar.
+## make bench ARGS=--quick (or QUICK=1) for a smoke run, ARGS=--idle for memory per
+## idle client; ROUNDS=3, CLIENTS='8 64' etc. are passed on: scripts/bench.sh --help.
 bench: build
-	PROXY_BIN=$(BIN) scripts/bench.sh
+	PROXY_BIN=$(BIN) scripts/bench.sh $(ARGS)
 
 ## bench-go: Go benchmarks of the hot path (allocations per op).
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/wire/ ./internal/proxy/
+
+## Container image (README.md, "Container image"): FROM scratch with the static
+## binary and the host's CA bundle. Nothing is pulled: the binaries are
+## cross-compiled here into bin/image, the Containerfile's build context.
+# podman when installed, else docker.
+CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+# Global flags of the engine, before its subcommand (e.g. --runtime runc).
+CONTAINER_ENGINE_FLAGS ?=
+ENGINE    = $(CONTAINER_ENGINE) $(CONTAINER_ENGINE_FLAGS)
+IMAGE     ?= ghcr.io/pgsidecar/pgsidecar
+# git describe as a valid tag (+ and / replaced); "dev" outside a git checkout.
+TAG       ?= $(or $(subst +,-,$(subst /,-,$(IMAGE_VERSION))),dev)
+IMAGE_REF  = $(IMAGE):$(TAG)
+# More tags for the same image; EXTRA_TAGS= for none.
+EXTRA_TAGS ?= latest
+# make image: one platform, this machine's; make image-multiarch and
+# make image-binaries: PLATFORMS.
+PLATFORM  ?= linux/$(shell $(GO) env GOARCH)
+PLATFORMS ?= linux/amd64,linux/arm64
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+IMAGE_SOURCE   ?= https://github.com/pgsidecar/pgsidecar
+# SPDX; the repository has no LICENSE file yet.
+IMAGE_LICENSES ?= NOASSERTION
+# DWARF and the symbol table are of no use in a scratch image (stack traces
+# keep their function names without them): about 5 MB less.
+IMAGE_STRIP ?= -s -w
+# VERSION and COMMIT once per make run, so that the binary, the labels and the
+# tag agree even if the tree turns dirty meanwhile.
+IMAGE_VERSION = $(eval IMAGE_VERSION := $(VERSION))$(IMAGE_VERSION)
+IMAGE_COMMIT  = $(eval IMAGE_COMMIT := $(COMMIT))$(IMAGE_COMMIT)
+IMAGE_PLATFORMS = $(PLATFORMS)
+image: IMAGE_PLATFORMS = $(PLATFORM)
+# podman: no intermediate image per instruction (they would pile up as <none>).
+IMAGE_BUILD = build -f Containerfile $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),--layers=false) \
+	--build-arg VERSION=$(or $(IMAGE_VERSION),dev) --build-arg COMMIT=$(or $(IMAGE_COMMIT),unknown) \
+	--build-arg SOURCE=$(IMAGE_SOURCE) --build-arg LICENSES=$(IMAGE_LICENSES)
+comma := ,
+
+## image-binaries: bin/image/<os>_<arch>/pgsidecar for each of PLATFORMS and the CA bundle.
+image-binaries:
+	@test -s $(CA_BUNDLE) || { echo "make: no CA bundle at $(CA_BUNDLE): apt-get install ca-certificates (or set CA_BUNDLE=)" >&2; exit 1; }
+	@mkdir -p bin/image && install -m 0644 $(CA_BUNDLE) bin/image/ca-certificates.crt
+	@set -e; for p in $(subst $(comma), ,$(IMAGE_PLATFORMS)); do \
+		os=$${p%%/*}; arch=$${p#*/}; arch=$${arch%%/*}; \
+		echo "GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath -o bin/image/$${os}_$$arch/pgsidecar ./cmd/proxy"; \
+		GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath \
+			-ldflags "$(IMAGE_STRIP) -X main.version=$(IMAGE_VERSION) -X main.commit=$(IMAGE_COMMIT)" \
+			-o bin/image/$${os}_$$arch/pgsidecar ./cmd/proxy; \
+		chmod 0755 bin/image/$${os}_$$arch/pgsidecar; \
+	done
+
+## image: $(IMAGE):$(TAG) and $(IMAGE):latest for this machine's platform, with podman or docker.
+image: image-binaries
+	@command -v $(CONTAINER_ENGINE) >/dev/null || { echo "make: $(CONTAINER_ENGINE) not found: install podman (or docker), or set CONTAINER_ENGINE=" >&2; exit 1; }
+	$(ENGINE) $(IMAGE_BUILD) --platform $(PLATFORM) -t $(IMAGE_REF) $(foreach t,$(EXTRA_TAGS),-t $(IMAGE):$(t)) .
+	@echo "built $(IMAGE_REF) ($$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_REF)) bytes)"
+
+## image-push: push what make image built.
+image-push:
+	$(ENGINE) push $(IMAGE_REF)
+	$(foreach t,$(EXTRA_TAGS),$(ENGINE) push $(IMAGE):$(t) &&) true
+
+## image-multiarch: one manifest list for PLATFORMS; PUSH=1 pushes it (docker buildx cannot keep it locally).
+image-multiarch: image-binaries
+ifeq ($(notdir $(CONTAINER_ENGINE)),docker)
+	$(ENGINE) buildx $(IMAGE_BUILD) --platform $(PLATFORMS) -t $(IMAGE_REF) $(foreach t,$(EXTRA_TAGS),-t $(IMAGE):$(t)) $(if $(PUSH),--push) .
+else
+	-@$(ENGINE) manifest rm $(IMAGE_REF) >/dev/null 2>&1 || $(ENGINE) rmi $(IMAGE_REF) >/dev/null 2>&1
+	$(ENGINE) $(IMAGE_BUILD) --platform $(PLATFORMS) --manifest $(IMAGE_REF) .
+	$(if $(PUSH),$(foreach t,$(TAG) $(EXTRA_TAGS),$(ENGINE) manifest push --all $(IMAGE_REF) docker://$(IMAGE):$(t) &&) true)
+endif
 
 clean:
 	rm -rf bin
