@@ -316,7 +316,7 @@ func Changes(old, new Config) []Change {
 	for _, s := range specs {
 		o, n := s.value(&old).String(), s.value(&new).String()
 		if s.name == flagUpstream && (old.HasUpstreamPassword != new.HasUpstreamPassword || old.UpstreamPassword != new.UpstreamPassword) {
-			o, n = o+"\x00", n // differ
+			o += "\x00" // differ
 		}
 		if o == n {
 			continue
