@@ -6,7 +6,7 @@ BIN     := bin/proxy
 # (golang/go#75804, fixed in Go 1.27). 200000 runs take a few seconds per target.
 FUZZTIME ?= 200000x
 
-.PHONY: all build run dev test test-short fuzz bench bench-go vet fmt clean
+.PHONY: all build run dev test test-deploy test-short fuzz bench bench-go vet fmt clean
 .PHONY: image image-binaries image-multiarch image-push
 
 all: build
@@ -28,11 +28,22 @@ run: build
 
 dev: run
 
-## test: everything CI runs: vet, race-enabled tests against a real PostgreSQL, short fuzzing.
+## test: everything CI runs: vet, race-enabled tests against a real PostgreSQL, the
+## Kubernetes/Prometheus/Grafana files (test-deploy), short fuzzing.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) test-deploy
 	$(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood)$$' ./internal/proxy/
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+## test-deploy: deploy/k8s (Kustomize component, PrometheusRule, Grafana dashboard),
+## checked by the tests of its own Go module, deploy/k8s/go.mod, which keeps their
+## heavy dependencies (k8s.io/api, Prometheus, Kustomize) out of the proxy's go.mod.
+## The root ./... skips nested modules. promtool: Debian package prometheus.
+test-deploy:
+	@test -z "$$(gofmt -l deploy/k8s)" || { echo "gofmt needed:"; gofmt -l deploy/k8s; exit 1; }
+	cd deploy/k8s && $(GO) vet ./...
+	cd deploy/k8s && $(GO) test -race -count=1 -timeout 15m ./...
 
 test-short:
 	$(GO) test -count=1 ./...
