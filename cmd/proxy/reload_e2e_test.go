@@ -366,7 +366,8 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	stopClients()
 	checkClients("end")
-	t.Logf("%d transactions by %d clients across 5 reloads and a rejected one; 0 client errors, 0 clients dropped", txs.Load(), clients)
+	t.Logf("%d transactions by %d clients across %v applied and %v rejected reloads; 0 client errors, 0 clients dropped",
+		txs.Load(), clients, metric(`pgsidecar_config_reloads_total{result="success"}`), metric(`pgsidecar_config_reloads_total{result="error"}`))
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
