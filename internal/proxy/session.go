@@ -130,7 +130,7 @@ type session struct {
 	unnamedFlight  int                 // the client's Parses and Closes of it not yet answered
 	unnamedEpoch   uint32              // grows when a simple query drops it
 	syncs          uint32              // Syncs sent (under mu): see stmtSlot.seg
-	owed           int                 // ParseCompletes due for Parses taken without a backend
+	owed           []*reg              // named Parses taken without a backend, not answered yet
 	held           []byte              // a client message too big for r, read whole and not yet sent
 	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
 	unnamedEffect  *stateEffect        // what executing the unnamed statement does to session state
@@ -842,7 +842,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 			ss.w.Write(readyIdle)
 			ss.w.Flush()
 		case wire.MsgFlush:
-			if ss.owed > 0 {
+			if len(ss.owed) > 0 {
 				ss.payOwed()
 				ss.w.Flush()
 			}
@@ -946,11 +946,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.pushSwallowedLocked(&pendingUndo{fatal: true})
 			ss.bw.Write(q)
 		}
-		for ; ss.owed > 0; ss.owed-- {
-			// ParseCompletes owed for Parses answered without a backend come first.
-			ss.q.push(pending{kind: rkClose, action: actReplace, x: owedParse})
-			ss.bw.Write(noopClose)
-		}
+		// Parses taken without a backend go first; the client gets its answers.
+		ss.sendOwedLocked()
 		if ss.srv.options().Mode == ModeSession {
 			// The backend stays for the whole session: read it all the time, so that
 			// notices and notifications reach an idle client.
@@ -1134,6 +1131,9 @@ func (ss *session) serverLoop(be *pool.Backend) {
 		if err != nil {
 			ss.serverFailed(be, err, true)
 			return
+		}
+		if !complete(r) {
+			ss.w.Flush() // the message is whole: not held back until the next one
 		}
 	}
 	for {

@@ -17,9 +17,6 @@ const throwawayName = stmtPrefix + "throwaway"
 
 // Messages the proxy sends on its own.
 var (
-	// noopClose closes a statement that never exists: its CloseComplete marks a
-	// place in the answer stream where the proxy puts an answer of its own.
-	noopClose = wire.AppendClose(nil, 'S', stmtPrefix+"noop")
 	// failParse fails, so that the backend skips the rest of the batch as it
 	// would after the error the proxy reports in its place. Its text parses and
 	// fails only at analysis (an unknown column), which PostgreSQL does after it
@@ -35,24 +32,44 @@ var (
 		"cached plan must not change result type", "")
 )
 
-// owedParse replaces a no-op Close's answer with a ParseComplete owed to the client.
-var owedParse = &pendingUndo{replace: parseComplete}
-
 // deferParse takes a client's Parse of a named statement while it holds no
-// backend: the statement is registered and prepared on a backend when a Bind or
-// Describe needs it, and its ParseComplete is owed until the next message that
-// is answered. A client that prepares outside a transaction then never waits for
-// a backend for it, which also keeps a client program that prepares
-// synchronously (pgbench -M prepared) from waiting for a backend that another of
-// its connections holds in a transaction. An error in the statement surfaces at
-// its first use instead.
+// backend: the statement is registered at once and its answer is owed until the
+// client's next message decides who gives it.
+//
+//   - A Sync or Flush (a lone Parse, nothing else in the batch): the proxy
+//     answers ParseComplete itself (payOwed) and prepares the statement on a
+//     backend at its first use, where an error in it surfaces instead. A client
+//     that prepares outside a transaction then never waits for a backend for it,
+//     which also keeps a client program that prepares synchronously (pgbench -M
+//     prepared) from waiting for a backend that another of its connections holds
+//     in a transaction.
+//   - A message that needs a backend (the Describe or Bind of it: pgx's Prepare,
+//     a pipeline): the Parse goes to the backend attached for that message ahead
+//     of it (sendOwedLocked), and the client gets the backend's answer, as from
+//     PostgreSQL: an ErrorResponse in place of the ParseComplete, and nothing
+//     else up to the ReadyForQuery.
 func (ss *session) deferParse(h wire.Header) (bool, error) {
 	head, err := ss.r.Peek(wire.HeaderLen + 1)
 	if err != nil || head[wire.HeaderLen] == 0 {
 		return false, nil
 	}
+	var again []byte
+	if len(ss.owed) > 0 {
+		// A name parsed again in the batch (42P05) goes to a backend behind the
+		// owed Parses: should the first Parse fail, PostgreSQL reports that
+		// error and skips this one.
+		if p, err := ss.peekNames(h); err == nil {
+			if i := bytes.IndexByte(p[wire.HeaderLen:], 0); i >= 0 {
+				again = p[wire.HeaderLen : wire.HeaderLen+i]
+			}
+		}
+	}
 	ss.mu.Lock()
 	free := ss.be == nil && ss.kill == killNone
+	if again != nil {
+		_, dup := ss.stmts[string(again)]
+		free = free && !dup
+	}
 	ss.mu.Unlock()
 	if !free {
 		return false, nil
@@ -83,10 +100,35 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 		ss.failDeferred(refusal)
 		return true, nil
 	}
-	ss.registerLocked(string(name), ss.srv.stmts.intern(body)).unconfirmed = true
-	ss.owed++
+	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
+	rg.unconfirmed = true
+	ss.owed = append(ss.owed, rg) // bounded by the client's statement bounds
 	ss.mu.Unlock()
 	return true, nil
+}
+
+// sendOwedLocked sends the Parses taken without a backend (deferParse) to the
+// backend just attached, ahead of the client's message that needed it, and queues
+// their answers for the client: ParseComplete, or the error after which the
+// backend skips the rest of the batch and the registrations are undone, as
+// PostgreSQL would never have had the statements. ss.mu is held; the client
+// goroutine attaches.
+func (ss *session) sendOwedLocked() {
+	for i, rg := range ss.owed {
+		rg.unconfirmed = false // confirmed by the answer, or dropped with the error
+		ss.bw.Write(ss.prepareLocked(rg, true))
+		ss.owed[i] = nil
+	}
+	ss.clearOwed()
+}
+
+// clearOwed empties the list of owed Parses, whose entries are nil.
+func (ss *session) clearOwed() {
+	if cap(ss.owed) > 64 {
+		ss.owed = nil // a burst of Parses: its list is not kept
+	} else {
+		ss.owed = ss.owed[:0]
+	}
 }
 
 // failDeferred answers a Parse taken without a backend with the ErrorResponse
@@ -128,12 +170,18 @@ func (ss *session) readNamedParse(h wire.Header) (name, body []byte, err error) 
 	return msg[wire.HeaderLen : wire.HeaderLen+i], msg[wire.HeaderLen+i+1:], nil
 }
 
-// payOwed writes the ParseCompletes owed to the client. Client goroutine, no
-// backend attached.
+// payOwed answers the Parses taken without a backend (deferParse) with
+// ParseComplete: their statements are checked at their first use. Client
+// goroutine, no backend attached.
 func (ss *session) payOwed() {
-	for ; ss.owed > 0; ss.owed-- {
-		ss.w.Write(parseComplete)
+	if len(ss.owed) == 0 {
+		return
 	}
+	for i := range ss.owed {
+		ss.w.Write(parseComplete)
+		ss.owed[i] = nil
+	}
+	ss.clearOwed()
 }
 
 // parseQuery returns the query text of a Parse message.

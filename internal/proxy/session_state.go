@@ -467,6 +467,7 @@ func (ss *session) probe(be *pool.Backend) error {
 	}
 	var row [][]byte
 	var failed error
+	notified := false
 	r := be.R
 	for {
 		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
@@ -485,6 +486,14 @@ func (ss *session) probe(be *pool.Backend) error {
 		case wire.MsgErrorResponse:
 			f := wire.ParseError(msg[wire.HeaderLen:])
 			failed = fmt.Errorf("%w: %s (%s)", errProbe, f.Message, f.Code)
+		case wire.MsgNotification:
+			// A notification for a listening client that the backend sent before
+			// the probe's ReadyForQuery: it is the client's, not the probe's. The
+			// caller reads be, so the client writer is its own.
+			if !ss.swallow.Load() && !ss.dying.Load() {
+				ss.w.Write(msg)
+				notified = true
+			}
 		}
 		if _, err := r.Discard(1 + h.Len); err != nil {
 			return err
@@ -492,6 +501,11 @@ func (ss *session) probe(be *pool.Backend) error {
 		if h.Type == wire.MsgReadyForQuery {
 			break
 		}
+	}
+	if notified {
+		// Now: a server goroutine that goes on reading an idle listener's backend
+		// flushes only after the next message.
+		ss.w.Flush()
 	}
 	if failed != nil {
 		return failed
@@ -596,9 +610,11 @@ func (ss *session) frontSwallowed() bool {
 // routeSwallowed drops every message of the answer to a Query the proxy sent on
 // its own. An error answering the Query that gives the client its settings ends
 // the client: it cannot have them on this backend. It reports whether the
-// message belongs to such a Query.
+// message belongs to such a Query. A notification never does: the backend of a
+// listening client sends it whenever it is idle, also before the ReadyForQuery
+// of the proxy's Query, and it is the client's.
 func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
-	if ss.swallowing.Load() == 0 {
+	if ss.swallowing.Load() == 0 || h.Type == wire.MsgNotification {
 		return false
 	}
 	ss.mu.Lock()
