@@ -51,7 +51,7 @@ test-short:
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzReadStartup$$' -fuzztime=$(FUZZTIME) ./internal/wire/
 	$(GO) test -run='^$$' -fuzz='^FuzzMessageStream$$' -fuzztime=$(FUZZTIME) ./internal/wire/
-	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZTIME) ./internal/wire/
+	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZTIME) ./internal/sqlscan/
 
 vet:
 	@test -z "$$(gofmt -l cmd internal)" || { echo "gofmt needed:"; gofmt -l cmd internal; exit 1; }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -1021,7 +1022,7 @@ func (ss *session) undoLocked(ops []undoOp) {
 // sqlEffect is what a simple Query does to prepared statements.
 type sqlEffect struct {
 	single   bool      // one statement
-	first    wire.Kind // its kind
+	first    sqlscan.Kind // its kind
 	name     string    // its name (DEALLOCATE)
 	prepare  []string  // names of SQL PREPARE
 	dealloc  []string  // names of SQL DEALLOCATE
@@ -1064,7 +1065,7 @@ func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
 
 // classifyText finds the statements of q that affect prepared statements.
 func classifyText(q []byte) sqlEffect {
-	var sc wire.Scanner
+	var sc sqlscan.Scanner
 	sc.Reset(q)
 	var e sqlEffect
 	n := 0
@@ -1076,11 +1077,11 @@ func classifyText(q []byte) sqlEffect {
 		}
 		e.state.noteState(st)
 		switch st.Kind {
-		case wire.KindPrepare:
+		case sqlscan.KindPrepare:
 			e.prepare = append(e.prepare, st.Name)
-		case wire.KindDeallocate:
+		case sqlscan.KindDeallocate:
 			e.dealloc = append(e.dealloc, st.Name)
-		case wire.KindDeallocateAll, wire.KindDiscardAll:
+		case sqlscan.KindDeallocateAll, sqlscan.KindDiscardAll:
 			e.dropAll = true
 		}
 	}
@@ -1119,9 +1120,9 @@ func (ss *session) localTagLocked(e *sqlEffect) bool {
 		return false
 	}
 	switch {
-	case e.first == wire.KindDeallocate && ss.stmts[e.name] != nil && len(ss.sqlNames) == 0:
+	case e.first == sqlscan.KindDeallocate && ss.stmts[e.name] != nil && len(ss.sqlNames) == 0:
 		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
-	case e.first == wire.KindDeallocateAll && len(ss.sqlNames) == 0:
+	case e.first == sqlscan.KindDeallocateAll && len(ss.sqlNames) == 0:
 		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
 	default:
 		return false
@@ -1132,7 +1133,7 @@ func (ss *session) localTagLocked(e *sqlEffect) bool {
 // dropLocked forgets the statements a DEALLOCATE names (all of them for
 // DEALLOCATE ALL).
 func (ss *session) dropLocked(e *sqlEffect) {
-	if e.first == wire.KindDeallocate {
+	if e.first == sqlscan.KindDeallocate {
 		if rg := ss.stmts[e.name]; rg != nil {
 			ss.unregisterLocked(rg)
 		}
@@ -1220,7 +1221,7 @@ func (ss *session) applyLocked(e *sqlEffect) {
 		delete(ss.sqlNames, n)
 	}
 	if e.dropAll {
-		ss.dropLocked(&sqlEffect{first: wire.KindDeallocateAll})
+		ss.dropLocked(&sqlEffect{first: sqlscan.KindDeallocateAll})
 		ss.sqlNames = nil
 		if ss.bstmts != nil {
 			ss.bstmts.dirty = true

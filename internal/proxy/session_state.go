@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -230,9 +231,9 @@ type stateEffect struct {
 }
 
 // noteState adds the session-state effect of one classified statement to e.
-func (e *stateEffect) noteState(st wire.Statement) {
+func (e *stateEffect) noteState(st sqlscan.Statement) {
 	switch st.Kind {
-	case wire.KindSet:
+	case sqlscan.KindSet:
 		switch st.Name {
 		case "":
 			e.setPin("set", "SET of an unrecognised form")
@@ -246,14 +247,14 @@ func (e *stateEffect) noteState(st wire.Statement) {
 				e.resets = append(e.resets, st.Name)
 			}
 		}
-	case wire.KindSetConfig:
+	case sqlscan.KindSetConfig:
 		switch {
 		case st.Name == "":
 			e.setPin("set_config", "set_config with computed arguments")
 		case !st.IsLocal:
 			e.dirty = append(e.dirty, st.Name)
 		}
-	case wire.KindReset:
+	case sqlscan.KindReset:
 		switch st.Name {
 		case "":
 			e.setPin("set", "RESET of an unrecognised form")
@@ -264,27 +265,27 @@ func (e *stateEffect) noteState(st wire.Statement) {
 			e.dirty = append(e.dirty, st.Name)
 			e.resets = append(e.resets, st.Name)
 		}
-	case wire.KindResetAll:
+	case sqlscan.KindResetAll:
 		e.resetAll = true
-	case wire.KindDiscardAll:
+	case sqlscan.KindDiscardAll:
 		e.resetAll = true
 		e.unpinCheck = true
-	case wire.KindListen:
+	case sqlscan.KindListen:
 		e.setPin("listen", "LISTEN")
 		e.listen = true
-	case wire.KindAdvisoryLock:
+	case sqlscan.KindAdvisoryLock:
 		e.setPin("advisory_lock", "a session-level advisory lock ("+st.Name+")")
-	case wire.KindTempTable:
+	case sqlscan.KindTempTable:
 		e.setPin("temp_table", "a temporary table")
-	case wire.KindDeclareHold:
+	case sqlscan.KindDeclareHold:
 		e.setPin("hold_cursor", "a WITH HOLD cursor")
-	case wire.KindPrepare:
+	case sqlscan.KindPrepare:
 		e.setPin("sql_prepare", "SQL PREPARE")
-	case wire.KindLoad:
+	case sqlscan.KindLoad:
 		e.setPin("load", "LOAD")
 		e.permanent = true
-	case wire.KindUnlisten, wire.KindUnlistenAll, wire.KindAdvisoryUnlock, wire.KindCloseCursor,
-		wire.KindCloseAll, wire.KindDiscardTemp, wire.KindDeallocate, wire.KindDeallocateAll:
+	case sqlscan.KindUnlisten, sqlscan.KindUnlistenAll, sqlscan.KindAdvisoryUnlock, sqlscan.KindCloseCursor,
+		sqlscan.KindCloseAll, sqlscan.KindDiscardTemp, sqlscan.KindDeallocate, sqlscan.KindDeallocateAll:
 		e.unpinCheck = true
 	}
 }

@@ -8,6 +8,9 @@
 // connection with raw system calls (see its comment for why), PeekFD looks at a
 // socket without consuming.
 //
+// The SQL statement scanner that classifies what a statement does to session
+// state lives in internal/sqlscan.
+//
 // Nothing here allocates per forwarded message. The package must not import the
 // pool, proxy, metrics or admin packages, nor Prometheus; it depends only on the
 // standard library.
