@@ -1021,13 +1021,13 @@ func (ss *session) undoLocked(ops []undoOp) {
 
 // sqlEffect is what a simple Query does to prepared statements.
 type sqlEffect struct {
-	single   bool      // one statement
+	single   bool         // one statement
 	first    sqlscan.Kind // its kind
-	name     string    // its name (DEALLOCATE)
-	prepare  []string  // names of SQL PREPARE
-	dealloc  []string  // names of SQL DEALLOCATE
-	dropAll  bool      // DEALLOCATE ALL or DISCARD ALL
-	localTag []byte    // the proxy answers the query with this CommandComplete
+	name     string       // its name (DEALLOCATE)
+	prepare  []string     // names of SQL PREPARE
+	dealloc  []string     // names of SQL DEALLOCATE
+	dropAll  bool         // DEALLOCATE ALL or DISCARD ALL
+	localTag []byte       // the proxy answers the query with this CommandComplete
 	state    stateEffect
 	refuse   []byte // --pin-policy refuse: the ErrorResponse the client gets instead
 }
