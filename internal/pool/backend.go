@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/netio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -27,7 +28,7 @@ type Backend struct {
 	// R buffers reads from Conn. Writers bring their own buffer: a session writes
 	// through its own bufio.Writer so that nothing of it outlives its hold.
 	R *bufio.Reader
-	// RW reads and writes Conn: through wire.RawIO where Conn has a descriptor,
+	// RW reads and writes Conn: through netio.RawIO where Conn has a descriptor,
 	// else Conn itself. The hot path uses it rather than Conn.
 	RW io.ReadWriter
 	// PID and Key identify the backend for CancelRequest.
@@ -112,7 +113,7 @@ func (b *Backend) initPeek() {
 	}
 	b.raw = raw
 	b.peekFn = func(fd uintptr) bool {
-		n, err := wire.PeekFD(fd, b.peekBuf[:])
+		n, err := netio.PeekFD(fd, b.peekBuf[:])
 		switch {
 		case err == syscall.EAGAIN:
 			b.peekState = peekAlive
@@ -134,7 +135,7 @@ func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string)
 		Params:    params,
 		CreatedAt: time.Now(),
 	}
-	b.RW = wire.ConnIO(conn)
+	b.RW = netio.ConnIO(conn)
 	b.R = bufio.NewReaderSize(b.RW, BufferSize)
 	b.initPeek()
 	return b

@@ -16,7 +16,7 @@
 // holds, and retire closes every backend of the old upstream or credentials as
 // soon as no client holds it, so that none is handed out again.
 //
-// The pool never holds its mutex across network I/O. It may import the wire package
+// The pool never holds its mutex across network I/O. It may import the wire and netio packages
 // and pgconn; it must not import the proxy, metrics or admin packages, nor
 // Prometheus (metrics read Stats at scrape time).
 package pool

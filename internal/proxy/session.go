@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/netio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -64,7 +65,7 @@ var (
 	errDraining = errors.New("proxy is shutting down")
 )
 
-// sink is an io.Writer over a connection (its wire.ConnIO) that remembers the first
+// sink is an io.Writer over a connection (its netio.ConnIO) that remembers the first
 // write error and then swallows further output, so that the side copying into it
 // keeps draining its source.
 type sink struct {
@@ -209,7 +210,7 @@ func (s *Server) serveClient(c net.Conn) {
 	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now(),
 		killCh: make(chan struct{})}
 	ss.cond.L = &ss.mu
-	ss.cio = wire.ConnIO(c)
+	ss.cio = netio.ConnIO(c)
 	ss.cout.c = ss.cio
 	ss.r = readerPool.Get().(*bufio.Reader)
 	ss.r.Reset(ss.cio)
@@ -469,7 +470,7 @@ func (ss *session) readable(fd uintptr) bool {
 	if ss.waitArm {
 		return true
 	}
-	_, err := wire.PeekFD(fd, ss.peekBuf[:])
+	_, err := netio.PeekFD(fd, ss.peekBuf[:])
 	if err == syscall.EAGAIN {
 		ss.waitArm = true
 		return false

@@ -4,9 +4,7 @@
 // ErrorResponse, startup, SSL, GSSENC and cancel packets) and encoding the handful
 // of messages the proxy writes itself (ErrorResponse, AuthenticationOk,
 // ParameterStatus, BackendKeyData, ReadyForQuery, NegotiateProtocolVersion).
-// It also owns the socket I/O under that framing: RawIO reads and writes a
-// connection with raw system calls (see its comment for why), PeekFD looks at a
-// socket without consuming.
+// The socket I/O under that framing (RawIO, PeekFD) lives in internal/netio.
 //
 // The SQL statement scanner that classifies what a statement does to session
 // state lives in internal/sqlscan.

@@ -1,6 +1,6 @@
 //go:build linux && race
 
-package wire
+package netio
 
 import "syscall"
 

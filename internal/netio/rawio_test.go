@@ -1,6 +1,6 @@
 //go:build linux
 
-package wire
+package netio
 
 import (
 	"bytes"
@@ -190,7 +190,7 @@ func BenchmarkRawIO(b *testing.B) {
 			if mode == "raw" {
 				w, r = NewRawIO(c1), NewRawIO(c2)
 			}
-			msg := AppendQuery(nil, "SELECT 1")
+			msg := []byte("Q\x00\x00\x00\x0dSELECT 1\x00") // a Query message
 			buf := make([]byte, 256)
 			b.ReportAllocs()
 			for b.Loop() {
