@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/netio"
+	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
