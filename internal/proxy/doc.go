@@ -5,7 +5,7 @@
 // boundary (transaction mode) or at disconnect (session mode), forwarding raw bytes
 // in both directions.
 //
-// It is the hot path: it may import the wire, netio, sqlscan and pool packages and the standard
+// It is the hot path: it may import the engine, wire, netio, sqlscan and pool packages and the standard
 // library; it must not import Prometheus, the metrics or admin packages (they observe
 // it through the Observer interface and Stats snapshots).
 package proxy

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -36,7 +37,7 @@ type stmt struct {
 	gen  atomic.Uint32
 	refs int // client registrations, under stmtRegistry.mu
 	// effect is what executing it does to session state (nil: nothing).
-	effect *stateEffect
+	effect *engine.Effect
 }
 
 // reg is one of a client's names for a statement.
@@ -77,7 +78,7 @@ func (r *stmtRegistry) intern(body []byte) *stmt {
 	r.seq++
 	st := &stmt{name: stmtPrefix + strconv.FormatUint(r.seq, 36), key: string(body), refs: 1}
 	if i := bytes.IndexByte(body, 0); i >= 0 {
-		if e := classifyText(body[:i]).state; e.pin != "" || len(e.dirty) > 0 || e.resetAll || e.unpinCheck {
+		if e := classifyText(body[:i]).state; e.Changes() {
 			st.effect = &e
 		}
 	}
@@ -136,7 +137,7 @@ type backendStmts struct {
 	// them: close every remembered one before relying on m again.
 	dirty bool
 	// gucs are the settings the proxy left on the backend (see session_state.go).
-	gucs settings
+	gucs engine.Settings
 }
 
 type stmtSlot struct {

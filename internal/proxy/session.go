@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/netio"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -134,7 +135,7 @@ type session struct {
 	owed           []*reg              // named Parses taken without a backend, not answered yet
 	held           []byte              // a client message too big for r, read whole and not yet sent
 	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
-	unnamedEffect  *stateEffect        // what executing the unnamed statement does to session state
+	unnamedEffect  *engine.Effect      // what executing the unnamed statement does to session state
 	execFixup      []string            // settings to give their startup values after the next Execute
 	portalTag      []byte              // ... and so does the unnamed portal
 	sqlNames       map[string]struct{} // statements of SQL PREPARE (the client is pinned)
@@ -180,8 +181,8 @@ type session struct {
 	pinPermanent   bool                // ... and nothing can undo it (LOAD)
 	pinCheck       bool                // a statement may have removed what pins it: ask the backend
 	probing        bool                // the backend is being asked (see probe); attach waits
-	startupSet     settings            // the client's startup parameters
-	want           settings            // the client's settings (see session_state.go)
+	startupSet     engine.Settings     // the client's startup parameters
+	want           engine.Settings     // the client's settings (see session_state.go)
 	wantKey        uint64              // settingsKey(want)
 	dirty          map[string]struct{} // settings changed since the backend was attached
 	resetNames     []string            // settings RESET since: back to the client's startup values
@@ -608,7 +609,7 @@ func (ss *session) run() {
 			if ss.track && ss.answerLocally(&eff, h) {
 				continue
 			}
-			if eff.state.pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
+			if eff.state.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
 				continue
 			}
 		}

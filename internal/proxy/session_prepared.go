@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -288,7 +289,7 @@ func (ss *session) sendParse(h wire.Header) error {
 			ss.unnamedEffect = nil
 			if ss.pooled {
 				e = classifyText(parseQuery(msg))
-				if st := &e.state; st.pin != "" || len(st.dirty) > 0 || st.resetAll || st.unpinCheck {
+				if st := &e.state; st.Changes() {
 					eff := *st              // allocated only here: most statements change nothing
 					ss.unnamedEffect = &eff // applies when the statement is bound
 				}
@@ -1028,7 +1029,7 @@ type sqlEffect struct {
 	dealloc  []string     // names of SQL DEALLOCATE
 	dropAll  bool         // DEALLOCATE ALL or DISCARD ALL
 	localTag []byte       // the proxy answers the query with this CommandComplete
-	state    stateEffect
+	state    engine.Effect
 	refuse   []byte // --pin-policy refuse: the ErrorResponse the client gets instead
 }
 
@@ -1075,7 +1076,7 @@ func classifyText(q []byte) sqlEffect {
 		if n == 1 {
 			e.first, e.name = st.Kind, st.Name
 		}
-		e.state.noteState(st)
+		e.state.Note(st)
 		switch st.Kind {
 		case sqlscan.KindPrepare:
 			e.prepare = append(e.prepare, st.Name)
@@ -1248,10 +1249,10 @@ func (ss *session) pinLocked(reason string) {
 // bindEffect applies what executing a bound statement does to session state, or
 // refuses it (--pin-policy refuse): then the Bind is replaced by a failing Parse
 // whose error the client sees, and the backend skips the rest of the batch.
-func (ss *session) bindEffect(e *stateEffect, h wire.Header) (refused bool, err error) {
+func (ss *session) bindEffect(e *engine.Effect, h wire.Header) (refused bool, err error) {
 	ss.mu.Lock()
-	if e.pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse {
-		if err := ss.failInsteadLocked(&pendingUndo{replace: refusal(e.pinKind)}); err != nil {
+	if e.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse {
+		if err := ss.failInsteadLocked(&pendingUndo{replace: engine.Refusal(e.PinKind)}); err != nil {
 			return true, err
 		}
 		return true, wire.Skip(ss.r, 1+h.Len)

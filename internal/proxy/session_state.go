@@ -5,14 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"maps"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
-	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -43,121 +42,22 @@ const (
 	PinPolicyRefuse
 )
 
-// settings maps a setting's name (lower case) to its value as current_setting
-// shows it or as the client gave it.
-type settings map[string]string
-
-// notSettings are startup parameters that are not settings to replay.
-var notSettings = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
-
 // initSettings records the client's startup parameters as its settings.
 func (ss *session) initSettings(st *wire.Startup) {
-	ss.startupSet = settings{}
+	ss.startupSet = engine.Settings{}
 	for _, p := range st.Params {
 		n := strings.ToLower(p.Name)
-		if notSettings[n] || strings.HasPrefix(n, "_pq_.") {
+		if engine.NotSettings[n] || strings.HasPrefix(n, "_pq_.") {
 			continue
 		}
 		ss.startupSet[n] = p.Value
 	}
-	for _, kv := range parseOptions(st.Param("options")) {
+	for _, kv := range engine.ParseOptions(st.Param("options")) {
 		ss.startupSet[strings.ToLower(kv[0])] = kv[1]
 	}
 	ss.want = maps.Clone(ss.startupSet)
-	ss.wantKey = settingsKey(ss.want)
+	ss.wantKey = engine.SettingsKey(ss.want)
 }
-
-// parseOptions reads the "-c name=value" and "--name=value" items of the options
-// startup parameter (separated by spaces, a backslash escapes the next byte).
-func parseOptions(s string) [][2]string {
-	var words []string
-	var cur strings.Builder
-	inWord := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-			inWord = true
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteByte(c)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	var out [][2]string
-	for i := 0; i < len(words); i++ {
-		w := words[i]
-		switch {
-		case w == "-c" && i+1 < len(words):
-			i++
-			w = words[i]
-		case strings.HasPrefix(w, "-c"):
-			w = w[2:]
-		case strings.HasPrefix(w, "--"):
-			w = w[2:]
-		default:
-			continue
-		}
-		if k, v, ok := strings.Cut(w, "="); ok && k != "" {
-			out = append(out, [2]string{strings.ReplaceAll(k, "-", "_"), v})
-		}
-	}
-	return out
-}
-
-// settingsKey fingerprints settings (0 only for none).
-func settingsKey(m settings) uint64 {
-	if len(m) == 0 {
-		return 0
-	}
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	h := fnv.New64a()
-	for _, k := range names {
-		h.Write([]byte(k))
-		h.Write([]byte{0})
-		h.Write([]byte(m[k]))
-		h.Write([]byte{0})
-	}
-	if k := h.Sum64(); k != 0 {
-		return k
-	}
-	return 1
-}
-
-// quoteLiteral quotes s as an escape string literal, right whatever
-// standard_conforming_strings says.
-func quoteLiteral(s string) string {
-	var b strings.Builder
-	b.WriteString("E'")
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\'':
-			b.WriteString("''")
-		case '\\':
-			b.WriteString(`\\`)
-		default:
-			b.WriteByte(s[i])
-		}
-	}
-	b.WriteByte('\'')
-	return b.String()
-}
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // replayLocked returns the Query that gives the attached backend the client's
 // settings (nil when they match) and records them as the backend's. ss.mu is
@@ -165,7 +65,7 @@ func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`)
 func (ss *session) replayLocked(be *pool.Backend) []byte {
 	bs := ss.bstmts
 	if bs.gucs == nil {
-		bs.gucs = settings{}
+		bs.gucs = engine.Settings{}
 	}
 	if be.StateKey == ss.wantKey && len(bs.gucs) == len(ss.want) {
 		return nil
@@ -186,11 +86,11 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 		return nil
 	}
 	slices.Sort(resets)
-	slices.SortFunc(sets, func(a, b string) int { return strings.Compare(setOrder(a), setOrder(b)) })
+	slices.SortFunc(sets, func(a, b string) int { return strings.Compare(engine.SetOrder(a), engine.SetOrder(b)) })
 	var q strings.Builder
 	for _, k := range resets {
 		q.WriteString("RESET ")
-		q.WriteString(quoteIdent(k))
+		q.WriteString(engine.QuoteIdent(k))
 		q.WriteString(";")
 		delete(bs.gucs, k)
 	}
@@ -200,7 +100,7 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 			if i > 0 {
 				q.WriteString(", ")
 			}
-			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(ss.want[k]))
+			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", engine.QuoteLiteral(k), engine.QuoteLiteral(ss.want[k]))
 			bs.gucs[k] = ss.want[k]
 		}
 	}
@@ -209,119 +109,25 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 	return wire.AppendQuery(nil, q.String())
 }
 
-// setOrder sorts settings for a replay: session_authorization first, since
-// setting it resets role.
-func setOrder(name string) string {
-	if name == "session_authorization" {
-		return ""
-	}
-	return name
-}
-
-// stateEffect is what a statement does to session state.
-type stateEffect struct {
-	dirty      []string // settings to read back when the transaction is over
-	resets     []string // settings reset to the session default
-	resetAll   bool     // RESET ALL / DISCARD ALL
-	pin        string   // the reason it pins the client ("" none)
-	pinKind    string   // what to call it in a refusal
-	listen     bool     // LISTEN: notifications must reach the idle client
-	permanent  bool     // LOAD: never unpinned
-	unpinCheck bool     // may have removed pinning state
-}
-
-// noteState adds the session-state effect of one classified statement to e.
-func (e *stateEffect) noteState(st sqlscan.Statement) {
-	switch st.Kind {
-	case sqlscan.KindSet:
-		switch st.Name {
-		case "":
-			e.setPin("set", "SET of an unrecognised form")
-		case "session_characteristics":
-			e.dirty = append(e.dirty, "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable")
-		case "role", "session_authorization":
-			e.dirty = append(e.dirty, "role", "session_authorization")
-		default:
-			e.dirty = append(e.dirty, st.Name)
-			if st.Default {
-				e.resets = append(e.resets, st.Name)
-			}
-		}
-	case sqlscan.KindSetConfig:
-		switch {
-		case st.Name == "":
-			e.setPin("set_config", "set_config with computed arguments")
-		case !st.IsLocal:
-			e.dirty = append(e.dirty, st.Name)
-		}
-	case sqlscan.KindReset:
-		switch st.Name {
-		case "":
-			e.setPin("set", "RESET of an unrecognised form")
-		case "session_authorization", "role":
-			e.dirty = append(e.dirty, "role", "session_authorization")
-			e.resets = append(e.resets, "role", "session_authorization")
-		default:
-			e.dirty = append(e.dirty, st.Name)
-			e.resets = append(e.resets, st.Name)
-		}
-	case sqlscan.KindResetAll:
-		e.resetAll = true
-	case sqlscan.KindDiscardAll:
-		e.resetAll = true
-		e.unpinCheck = true
-	case sqlscan.KindListen:
-		e.setPin("listen", "LISTEN")
-		e.listen = true
-	case sqlscan.KindAdvisoryLock:
-		e.setPin("advisory_lock", "a session-level advisory lock ("+st.Name+")")
-	case sqlscan.KindTempTable:
-		e.setPin("temp_table", "a temporary table")
-	case sqlscan.KindDeclareHold:
-		e.setPin("hold_cursor", "a WITH HOLD cursor")
-	case sqlscan.KindPrepare:
-		e.setPin("sql_prepare", "SQL PREPARE")
-	case sqlscan.KindLoad:
-		e.setPin("load", "LOAD")
-		e.permanent = true
-	case sqlscan.KindUnlisten, sqlscan.KindUnlistenAll, sqlscan.KindAdvisoryUnlock, sqlscan.KindCloseCursor,
-		sqlscan.KindCloseAll, sqlscan.KindDiscardTemp, sqlscan.KindDeallocate, sqlscan.KindDeallocateAll:
-		e.unpinCheck = true
-	}
-}
-
-func (e *stateEffect) setPin(reason, kind string) {
-	if e.pin == "" {
-		e.pin, e.pinKind = reason, kind
-	}
-}
-
-// refusal is the ErrorResponse for a statement --pin-policy refuse turns away.
-func refusal(kind string) []byte {
-	return wire.AppendError(nil, wire.SeverityError, wire.CodeFeatureNotSupported,
-		fmt.Sprintf("pgsidecar: %s keeps session state that cannot move between server connections; "+
-			"refused by --pin-policy refuse (use --pool-mode session, or --pin-policy pin)", kind), "")
-}
-
 // applyStateLocked records a forwarded statement's effect. ss.mu is held.
-func (ss *session) applyStateLocked(e *stateEffect) {
-	if ss.dirty == nil && (len(e.dirty) > 0 || e.resetAll) {
+func (ss *session) applyStateLocked(e *engine.Effect) {
+	if ss.dirty == nil && (len(e.Dirty) > 0 || e.ResetAll) {
 		ss.dirty = map[string]struct{}{}
 	}
-	for _, n := range e.dirty {
+	for _, n := range e.Dirty {
 		ss.dirty[n] = struct{}{}
 	}
-	for _, n := range e.resets {
+	for _, n := range e.Resets {
 		if _, ok := ss.startupSet[n]; ok {
 			ss.resetNames = append(ss.resetNames, n)
 		}
 	}
-	if e.resetAll {
+	if e.ResetAll {
 		for n := range ss.startupSet {
 			ss.resetNames = append(ss.resetNames, n)
 		}
 	}
-	if e.resetAll {
+	if e.ResetAll {
 		for n := range ss.want {
 			ss.dirty[n] = struct{}{}
 		}
@@ -331,26 +137,26 @@ func (ss *session) applyStateLocked(e *stateEffect) {
 			}
 		}
 	}
-	if e.pin != "" {
+	if e.Pin != "" {
 		// Ask the backend at the end of the transaction: a try-lock that failed, a
 		// LISTEN rolled back, an error leave nothing to pin for.
 		ss.pinCheck = true
-		ss.pinLocked(e.pin)
-		if e.listen {
+		ss.pinLocked(e.Pin)
+		if e.Listen {
 			ss.pinListen = true
 		}
-		if e.permanent {
+		if e.Permanent {
 			ss.pinPermanent = true
 		}
 	}
-	if e.unpinCheck && ss.pin != "" {
+	if e.UnpinCheck && ss.pin != "" {
 		ss.pinCheck = true
 	}
 }
 
 // fixupQuery returns the Query that puts the client's own startup values back
 // after a RESET (the backend's defaults are not the client's), or nil.
-func (ss *session) fixupQuery(e *stateEffect) []byte {
+func (ss *session) fixupQuery(e *engine.Effect) []byte {
 	names := ss.fixupNames(e)
 	if len(names) == 0 {
 		return nil
@@ -359,14 +165,14 @@ func (ss *session) fixupQuery(e *stateEffect) []byte {
 }
 
 // fixupNames are the settings e resets that have startup values.
-func (ss *session) fixupNames(e *stateEffect) []string {
+func (ss *session) fixupNames(e *engine.Effect) []string {
 	var names []string
-	if e.resetAll {
+	if e.ResetAll {
 		for n := range ss.startupSet {
 			names = append(names, n)
 		}
 	} else {
-		for _, n := range e.resets {
+		for _, n := range e.Resets {
 			if _, ok := ss.startupSet[n]; ok {
 				names = append(names, n)
 			}
@@ -383,14 +189,14 @@ func (ss *session) fixupSQL(names []string) string {
 	var q strings.Builder
 	q.WriteString("SELECT pg_catalog.set_config(name, CASE lower(name)")
 	for _, n := range names {
-		fmt.Fprintf(&q, " WHEN %s THEN %s", quoteLiteral(n), quoteLiteral(ss.startupSet[n]))
+		fmt.Fprintf(&q, " WHEN %s THEN %s", engine.QuoteLiteral(n), engine.QuoteLiteral(ss.startupSet[n]))
 	}
 	q.WriteString(" END, false) FROM pg_catalog.pg_settings WHERE source <> 'session' AND lower(name) IN (")
 	for i, n := range names {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		q.WriteString(quoteLiteral(n))
+		q.WriteString(engine.QuoteLiteral(n))
 	}
 	q.WriteString(")")
 	return q.String()
@@ -453,7 +259,7 @@ func (ss *session) probe(be *pool.Backend) error {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		fmt.Fprintf(&q, "pg_catalog.current_setting(%s, true)", quoteLiteral(n))
+		fmt.Fprintf(&q, "pg_catalog.current_setting(%s, true)", engine.QuoteLiteral(n))
 	}
 	if check {
 		if len(names) > 0 {
@@ -533,15 +339,15 @@ func (ss *session) probe(be *pool.Backend) error {
 		ss.want[n] = v
 		if bs != nil {
 			if bs.gucs == nil {
-				bs.gucs = settings{}
+				bs.gucs = engine.Settings{}
 			}
 			bs.gucs[n] = v
 		}
 	}
 	if len(names) > 0 {
-		ss.wantKey = settingsKey(ss.want)
+		ss.wantKey = engine.SettingsKey(ss.want)
 		if bs != nil {
-			be.StateKey = settingsKey(bs.gucs)
+			be.StateKey = engine.SettingsKey(bs.gucs)
 			if be.StateKey != ss.wantKey {
 				be.StateKey = 0 // not a state any client asks for by key
 			}
@@ -664,7 +470,7 @@ func (ss *session) settle(be *pool.Backend, act readyAction, async bool) readyAc
 // refuseLocally answers a statement --pin-policy refuse turns away while no
 // backend is attached. With one attached, it leaves e.refuse for sendQuery.
 func (ss *session) refuseLocally(e *sqlEffect, h wire.Header) bool {
-	e.refuse = refusal(e.state.pinKind)
+	e.refuse = engine.Refusal(e.state.PinKind)
 	ss.mu.Lock()
 	attached := ss.be != nil
 	ss.mu.Unlock()

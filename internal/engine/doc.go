@@ -1,0 +1,15 @@
+// Package engine is the socket-free protocol engine of docs/design.md section
+// 16, being extracted from internal/proxy step by step. It never touches a
+// socket, a goroutine, a timer or a lock: it takes statement text, messages and
+// the current time, and returns decisions and bytes to send.
+//
+// Built so far: [Effect], what a statement does to session state (settings to
+// read back, resets, what pins a client, refusals), and the settings tracker's
+// pieces ([Settings], [ParseOptions], [SettingsKey], quoting for replay
+// queries). The answer queue, the statement registry and the transaction-boundary
+// decisions follow.
+//
+// It imports internal/wire (framing, the messages it writes), internal/sqlscan
+// (statement classification) and the standard library, never internal/proxy,
+// internal/pool, net, sync or time's timers.
+package engine

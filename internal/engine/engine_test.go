@@ -1,0 +1,107 @@
+package engine
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// effectOf is the Effect of every statement of q.
+func effectOf(q string) Effect {
+	var e Effect
+	var sc sqlscan.Scanner
+	sc.Reset([]byte(q))
+	for sc.Next() {
+		e.Note(sc.Statement())
+	}
+	return e
+}
+
+func TestEffect(t *testing.T) {
+	for _, c := range []struct {
+		q       string
+		dirty   []string
+		resets  []string
+		pin     string
+		changes bool
+	}{
+		{q: "SELECT 1", changes: false},
+		{q: "SET search_path = a, b", dirty: []string{"search_path"}, changes: true},
+		{q: "SET LOCAL statement_timeout = 5", changes: false},
+		{q: "RESET work_mem; SET ROLE r", dirty: []string{"work_mem", "role", "session_authorization"}, resets: []string{"work_mem"}, changes: true},
+		{q: "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", dirty: []string{"default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable"}, changes: true},
+		{q: "SELECT set_config('a.b', 'x', false)", dirty: []string{"a.b"}, changes: true},
+		{q: "SELECT set_config('a.b', 'x', true)", changes: false},
+		{q: "LISTEN ch", pin: "listen", changes: true},
+		{q: "SELECT pg_advisory_lock(1)", pin: "advisory_lock", changes: true},
+		{q: "CREATE TEMP TABLE t (a int)", pin: "temp_table", changes: true},
+		{q: "LOAD 'auto_explain'", pin: "load", changes: true},
+		{q: "LISTEN a; CREATE TEMP TABLE t (a int)", pin: "listen", changes: true}, // the first pin names it
+	} {
+		e := effectOf(c.q)
+		if !slices.Equal(e.Dirty, c.dirty) || !slices.Equal(e.Resets, c.resets) || e.Pin != c.pin || e.Changes() != c.changes {
+			t.Errorf("%q: got dirty %q resets %q pin %q changes %v", c.q, e.Dirty, e.Resets, e.Pin, e.Changes())
+		}
+	}
+	if e := effectOf("LISTEN x"); !e.Listen || e.Permanent {
+		t.Errorf("LISTEN: %+v", e)
+	}
+	if e := effectOf("LOAD 'x'"); !e.Permanent {
+		t.Errorf("LOAD: %+v", e)
+	}
+	if e := effectOf("DISCARD ALL"); !e.ResetAll || !e.UnpinCheck {
+		t.Errorf("DISCARD ALL: %+v", e)
+	}
+	if e := effectOf("UNLISTEN *"); !e.UnpinCheck || e.Pin != "" {
+		t.Errorf("UNLISTEN *: %+v", e)
+	}
+}
+
+func TestRefusal(t *testing.T) {
+	msg := Refusal("LISTEN")
+	if len(msg) < 5 || msg[0] != wire.MsgErrorResponse {
+		t.Fatalf("not an ErrorResponse: %q", msg)
+	}
+	f := wire.ParseError(msg[5:])
+	if f.Code != wire.CodeFeatureNotSupported || !strings.Contains(f.Message, "LISTEN") || !strings.Contains(f.Message, "--pin-policy refuse") {
+		t.Errorf("refusal: %+v", f)
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	got := ParseOptions(`-c search_path=a\ b --work-mem=64MB -cstatement_timeout=5s junk -c`)
+	want := [][2]string{{"search_path", "a b"}, {"work_mem", "64MB"}, {"statement_timeout", "5s"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("ParseOptions: %q, want %q", got, want)
+	}
+}
+
+func TestSettingsKey(t *testing.T) {
+	if SettingsKey(nil) != 0 || SettingsKey(Settings{}) != 0 {
+		t.Error("no settings must key 0")
+	}
+	a := SettingsKey(Settings{"a": "1", "b": "2"})
+	if a == 0 || a != SettingsKey(Settings{"b": "2", "a": "1"}) {
+		t.Error("key depends on map order or is 0")
+	}
+	if a == SettingsKey(Settings{"a": "1", "b": "3"}) || a == SettingsKey(Settings{"a": "1b", "": "2"}) {
+		t.Error("different settings, same key")
+	}
+}
+
+func TestQuote(t *testing.T) {
+	if got := QuoteLiteral(`it's a \ test`); got != `E'it''s a \\ test'` {
+		t.Errorf("QuoteLiteral: %s", got)
+	}
+	if got := QuoteIdent(`we"ird`); got != `"we""ird"` {
+		t.Errorf("QuoteIdent: %s", got)
+	}
+	names := []string{"work_mem", "session_authorization", "role"}
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(SetOrder(a), SetOrder(b)) })
+	if names[0] != "session_authorization" {
+		t.Errorf("session_authorization must be set first (it resets role): %v", names)
+	}
+}
