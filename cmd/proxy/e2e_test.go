@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,21 +30,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // The binary serves clients, answers health checks and metrics, and on SIGTERM lets
 // an open transaction commit, then exits 0.
 func TestBinarySIGTERM(t *testing.T) {
 	cl := pgtest.Start(t, localpg.Options{})
-	listen, httpAddr := freeAddr(t), freeAddr(t)
+	listen, httpAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "--listen", listen, "--http-listen", httpAddr,
@@ -65,17 +54,13 @@ func TestBinarySIGTERM(t *testing.T) {
 		}
 		close(logs)
 	}()
-	get := func(path string) (int, string) { return robustGet(httpAddr, path) }
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if code, _ := get("/readyz"); code == 200 {
-			break
+	get := func(path string) (int, string) { return pgtest.HTTPGet(httpAddr, path) }
+	pgtest.Eventually(t, 20*time.Second, "proxy ready", func() error {
+		if code, body := get("/readyz"); code != 200 {
+			return fmt.Errorf("/readyz %d: %q", code, body)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("proxy not ready within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if code, _ := get("/livez"); code != 200 {
 		t.Fatalf("/livez = %d", code)
 	}
@@ -111,16 +96,12 @@ func TestBinarySIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Draining: not ready any more, but the open transaction may finish.
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		if code, _ := get("/readyz"); code == 503 || code == 0 {
-			break
+	pgtest.Eventually(t, 5*time.Second, "/readyz not 200 after SIGTERM", func() error {
+		if code, body := get("/readyz"); code != 503 && code != 0 {
+			return fmt.Errorf("/readyz %d: %q", code, body)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz still 200 after SIGTERM")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatalf("commit during drain: %v", err)
 	}

@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,21 +74,6 @@ func (e *containerEngine) mustRun(t *testing.T, ctx context.Context, args ...str
 	return out
 }
 
-// ciTrue reports whether CI is set to a true value: then a missing tool fails
-// the test instead of skipping it.
-func ciTrue() bool {
-	ci, err := strconv.ParseBool(os.Getenv("CI"))
-	return err == nil && ci
-}
-
-func skipUnlessCI(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if ciTrue() {
-		t.Fatalf(format+" (CI=true: not skipping)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // findContainerEngine is CONTAINER_ENGINE if set (as for make image), else
 // podman, else docker. With runc installed, podman runs containers with runc
 // and the repository's containers.conf (deploy/podman, unless CONTAINERS_CONF
@@ -117,11 +101,11 @@ func findContainerEngine(t *testing.T, ctx context.Context, root string) *contai
 		}
 		// docker without its daemon, podman without storage: not usable.
 		if _, err := e.run(ctx, "info"); err != nil {
-			skipUnlessCI(t, "%s is installed but not usable: %v", n, err)
+			pgtest.SkipUnlessCI(t, "%s is installed but not usable: %v", n, err)
 		}
 		return e
 	}
-	skipUnlessCI(t, "no container engine installed (looked for %s)", strings.Join(names, ", "))
+	pgtest.SkipUnlessCI(t, "no container engine installed (looked for %s)", strings.Join(names, ", "))
 	return nil
 }
 
@@ -159,7 +143,7 @@ func TestImage(t *testing.T) {
 	eng := findContainerEngine(t, ctx, root)
 	makePath, err := exec.LookPath("make")
 	if err != nil {
-		skipUnlessCI(t, "make not installed")
+		pgtest.SkipUnlessCI(t, "make not installed")
 	}
 
 	// make image into a tag of this test only, without :latest.
@@ -283,7 +267,7 @@ func checkImageFiles(t *testing.T, ctx context.Context, eng *containerEngine, re
 // the host network in front of a throwaway PostgreSQL.
 func runImage(t *testing.T, ctx context.Context, eng *containerEngine, ref string) {
 	cl := pgtest.Start(t, localpg.Options{})
-	listen, httpAddr := freeAddr(t), freeAddr(t)
+	listen, httpAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	args := []string{"run", "-d", "--read-only", "--user", "65532", "--network", "host",
 		"--cap-drop", "ALL", "--security-opt", "no-new-privileges"}
 	if eng.name == "podman" {
@@ -304,7 +288,7 @@ func runImage(t *testing.T, ctx context.Context, eng *containerEngine, ref strin
 		removeContainer(t, eng, id)
 	})
 	pgtest.Eventually(t, 60*time.Second, "GET /startupz 200 after "+eng.name+" run", func() error {
-		if code, body := robustGet(httpAddr, "/startupz"); code != 200 {
+		if code, body := pgtest.HTTPGet(httpAddr, "/startupz"); code != 200 {
 			return fmt.Errorf("%d %s", code, body)
 		}
 		return nil
@@ -330,7 +314,7 @@ func runImage(t *testing.T, ctx context.Context, eng *containerEngine, ref strin
 	psql := filepath.Join(cl.BinDir, "psql")
 	if _, err := os.Stat(psql); err != nil {
 		if psql, err = exec.LookPath("psql"); err != nil {
-			skipUnlessCI(t, "psql not found in %s nor PATH", cl.BinDir)
+			pgtest.SkipUnlessCI(t, "psql not found in %s nor PATH", cl.BinDir)
 		}
 	}
 	pc := exec.CommandContext(qctx, psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", proxyURL,

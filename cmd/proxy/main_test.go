@@ -17,7 +17,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +26,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/internal/config"
-	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/reload"
 )
 
@@ -407,33 +406,39 @@ func (p *proxyProcess) output() string {
 	return strings.Join(p.lines, "\n")
 }
 
+// matching returns the lines printed so far that contain substr.
+func (p *proxyProcess) matching(substr string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, l := range p.lines {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // waitFor waits until the process has printed n lines containing substr and
 // returns the last of them.
 func (p *proxyProcess) waitFor(t *testing.T, substr string, n int, within time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		p.mu.Lock()
-		var found []string
-		for _, l := range p.lines {
-			if strings.Contains(l, substr) {
-				found = append(found, l)
-			}
-		}
-		p.mu.Unlock()
-		if len(found) >= n {
-			return found[n-1]
+	var found []string
+	err := pgtest.Poll(within, func() error {
+		if found = p.matching(substr); len(found) >= n {
+			return nil
 		}
 		select {
 		case <-p.exited:
 			t.Fatalf("proxy exited (%v) before printing %q:\n%s", p.err, substr, p.output())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q within %s:\n%s", substr, within, p.output())
-		}
-		time.Sleep(10 * time.Millisecond)
+		return fmt.Errorf("%d of %d lines", len(found), n)
+	})
+	if err != nil {
+		t.Fatalf("no %q within %s:\n%s", substr, within, p.output())
 	}
+	return found[n-1]
 }
 
 // wait waits for the process to exit and returns its exit code.
@@ -471,7 +476,7 @@ func record(t *testing.T, line string) map[string]any {
 // the startup log names the version and the open files limit; durations in
 // JSON logs are strings.
 func TestSIGHUPReloadsNotFatal(t *testing.T) {
-	p := startProxy(t, nil, "--listen", freeAddr(t), "--http-listen", "off", "--log-format", "json",
+	p := startProxy(t, nil, "--listen", pgtest.FreeAddr(t), "--http-listen", "off", "--log-format", "json",
 		"--upstream", "postgres://postgres@127.0.0.1:1/postgres", "--shutdown-timeout", "5s")
 	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
 
@@ -510,25 +515,11 @@ func TestSIGHUPReloadsNotFatal(t *testing.T) {
 	p.waitFor(t, `"msg":"pgsidecar stopped"`, 1, 0)
 }
 
-// needPostgres skips the test when PostgreSQL's binaries are missing, unless
-// CI=true.
-func needPostgres(t *testing.T) {
-	t.Helper()
-	_, err := localpg.FindBinDir()
-	if err == nil {
-		return
-	}
-	if ci, _ := strconv.ParseBool(os.Getenv("CI")); errors.Is(err, localpg.ErrNoBinaries) && !ci {
-		t.Skip(err)
-	}
-	t.Fatal(err)
-}
-
 // proxy dev removes its throwaway cluster's directory on SIGTERM and SIGHUP,
 // also when the signal arrives while the cluster is still starting: during
 // initdb, or while the server starts.
 func TestDevRemovesDirectoryOnSignal(t *testing.T) {
-	needPostgres(t)
+	pgtest.NeedBinaries(t)
 	phases := []struct {
 		name string
 		// marker is a glob under TMPDIR whose first match means the phase
@@ -555,22 +546,20 @@ func TestDevRemovesDirectoryOnSignal(t *testing.T) {
 				if err := os.Chmod(tmp, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				p := startProxy(t, []string{"TMPDIR=" + tmp}, "dev", "--listen", freeAddr(t), "--http-listen", "off")
+				p := startProxy(t, []string{"TMPDIR=" + tmp}, "dev", "--listen", pgtest.FreeAddr(t), "--http-listen", "off")
 				if phase.marker == "" {
 					p.waitFor(t, "pgsidecar listening", 1, 60*time.Second)
 					if !strings.Contains(p.output(), "(data in "+tmp+string(filepath.Separator)) {
 						t.Fatalf("the cluster is not in %s:\n%s", tmp, p.output())
 					}
 				} else {
-					deadline := time.Now().Add(60 * time.Second)
-					for {
-						if m, _ := filepath.Glob(filepath.Join(tmp, phase.marker)); len(m) > 0 {
-							break
+					if err := pgtest.Poll(60*time.Second, func() error {
+						if m, _ := filepath.Glob(filepath.Join(tmp, phase.marker)); len(m) == 0 {
+							return errors.New("not yet")
 						}
-						if time.Now().After(deadline) {
-							t.Fatalf("no %s in %s within 60s:\n%s", phase.marker, tmp, p.output())
-						}
-						time.Sleep(2 * time.Millisecond)
+						return nil
+					}); err != nil {
+						t.Fatalf("no %s in %s within 60s:\n%s", phase.marker, tmp, p.output())
 					}
 				}
 				if err := p.cmd.Process.Signal(sig); err != nil {
@@ -604,13 +593,13 @@ func TestDevRemovesDirectoryOnSignal(t *testing.T) {
 func TestHTTPShutdownIsBounded(t *testing.T) {
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = freeAddr(t)
+	cfg.HTTPListen = pgtest.FreeAddr(t)
 	cfg.ShutdownTimeout = 0
 	upstream, err := pgconn.ParseConfig("postgres://postgres@127.0.0.1:1/postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs pgtest.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -631,12 +620,8 @@ func TestHTTPShutdownIsBounded(t *testing.T) {
 		}
 		return nil
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for livez() != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("HTTP server not up:\n%s", logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := pgtest.Poll(20*time.Second, livez); err != nil {
+		t.Fatalf("HTTP server not up (%v):\n%s", err, logs.String())
 	}
 	silent, err := net.Dial("tcp", cfg.HTTPListen)
 	if err != nil {
@@ -665,22 +650,4 @@ func TestHTTPShutdownIsBounded(t *testing.T) {
 	if !strings.Contains(logs.String(), "pgsidecar stopped") {
 		t.Errorf("no clean stop:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -96,7 +95,7 @@ func requirePassword(t *testing.T, cl *localpg.Cluster, admin *pgx.Conn, role st
 // invalid configuration is rejected and the console's RELOAD reports what needs
 // a restart. No client sees an error and no client is dropped.
 func TestReloadUnderLoad(t *testing.T) {
-	needPostgres(t)
+	pgtest.NeedBinaries(t)
 	cl := pgtest.Start(t, localpg.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -127,7 +126,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		return len(pids), pids
 	}
 
-	listen, httpAddr := freeAddr(t), freeAddr(t)
+	listen, httpAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	conf := func(extra string) string {
 		return "# pgsidecar.conf, as a ConfigMap\nadmin-users = postgres\nserver-idle-timeout = 10m\n" + extra
 	}
@@ -140,76 +139,52 @@ func TestReloadUnderLoad(t *testing.T) {
 		"--config", cm.path("pgsidecar.conf"), "--upstream-file", secret.path("url"),
 		"--upstream-password-file", secret.path("password"), "--shutdown-timeout", "10s")
 	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
-	metric := func(name string) float64 {
-		_, body := robustGet(httpAddr, "/metrics")
-		v, _ := robustMetric(body, name)
+	// metric sums the series of name with labels.
+	metric := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		m, err := pgtest.ScrapeMetrics(httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := m.Value(name, labels)
 		return v
 	}
+	success, failure := map[string]string{"result": "success"}, map[string]string{"result": "error"}
 
-	// 12 clients, each in a loop of short transactions on its own connection.
+	// 12 clients, each in a loop of short transactions on its own connection;
+	// a client stops at its first error.
 	const clients = 12
-	var txs atomic.Int64
-	var clientErrs []error
-	var errMu sync.Mutex
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://app@%s/postgres?sslmode=disable&application_name=worker%d", listen, i))
-			if err == nil {
-				defer c.Close(context.Background())
-				for err == nil {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-						var one int
-						if err := tx.QueryRow(ctx, "SELECT 1 FROM pg_sleep(0.002)").Scan(&one); err != nil {
-							return err
-						}
-						_, err := tx.Exec(ctx, "SELECT $1::int", i)
-						return err
-					})
-					if err == nil {
-						txs.Add(1)
-					}
+	conns := make([]*pgx.Conn, clients)
+	for i := range conns {
+		conns[i] = pgtest.Connect(t, fmt.Sprintf("postgres://app@%s/postgres?sslmode=disable", listen), 0,
+			map[string]string{"application_name": fmt.Sprintf("worker%d", i)})
+	}
+	crowd := pgtest.NewCrowd(t, "clients")
+	for i, c := range conns {
+		crowd.Go(func(ctx context.Context, _ int) error {
+			err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+				var one int
+				if err := tx.QueryRow(ctx, "SELECT 1 FROM pg_sleep(0.002)").Scan(&one); err != nil {
+					return err
 				}
+				_, err := tx.Exec(ctx, "SELECT $1::int", i)
+				return err
+			})
+			if err != nil {
+				return pgtest.Quit(fmt.Errorf("client %d: %w", i, err))
 			}
-			errMu.Lock()
-			clientErrs = append(clientErrs, fmt.Errorf("client %d: %w", i, err))
-			errMu.Unlock()
-		}()
+			return nil
+		})
 	}
-	stopClients := func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-			wg.Wait()
-		}
-	}
-	defer stopClients()
 	checkClients := func(phase string) {
 		t.Helper()
-		errMu.Lock()
-		defer errMu.Unlock()
-		if len(clientErrs) > 0 {
-			t.Fatalf("%s: clients failed: %v\n%s", phase, errors.Join(clientErrs...), p.output())
+		if fails := crowd.Failures(); len(fails) > 0 {
+			t.Fatalf("%s: clients failed: %s\n%s", phase, strings.Join(fails, "\n"), p.output())
 		}
 	}
 	progress := func(phase string) {
 		t.Helper()
-		n := txs.Load()
-		pgtest.Eventually(t, 10*time.Second, phase+": clients make progress", func() error {
-			if txs.Load() < n+int64(5*clients) {
-				return fmt.Errorf("%d transactions", txs.Load()-n)
-			}
-			return nil
-		})
+		crowd.Progress(t, phase+": clients make progress", 5*clients, 10*time.Second)
 		checkClients(phase)
 	}
 
@@ -248,7 +223,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		return nil
 	})
 	progress("pool-size 6")
-	if got := metric(`pgsidecar_config_reloads_total{result="success"}`); got != 2 {
+	if got := metric("pgsidecar_config_reloads_total", success); got != 2 {
 		t.Errorf("reloads_total{success} = %v, want 2", got)
 	}
 
@@ -285,12 +260,13 @@ func TestReloadUnderLoad(t *testing.T) {
 	// applied because max-client-conn is invalid.
 	cm.update(map[string]string{"pgsidecar.conf": conf("pool-size = 1\nmax-client-conn = 0\nbogus = 1\n")})
 	p.waitFor(t, `"msg":"configuration reload rejected`, 1, 10*time.Second)
-	p.waitFor(t, `bogus: unknown setting`, 1, 0)
-	p.waitFor(t, `--max-client-conn: must be at least 1`, 1, 0)
-	if got := metric(`pgsidecar_config_reloads_total{result="error"}`); got != 1 {
+	// A line for each problem, logged after the rejection's.
+	p.waitFor(t, `bogus: unknown setting`, 1, 10*time.Second)
+	p.waitFor(t, `--max-client-conn: must be at least 1`, 1, 10*time.Second)
+	if got := metric("pgsidecar_config_reloads_total", failure); got != 1 {
 		t.Errorf("reloads_total{error} = %v, want 1", got)
 	}
-	if got := metric("pgsidecar_config_last_reload_successful"); got != 0 {
+	if got := metric("pgsidecar_config_last_reload_successful", nil); got != 0 {
 		t.Errorf("last_reload_successful = %v, want 0", got)
 	}
 	progress("rejected configuration")
@@ -348,12 +324,12 @@ func TestReloadUnderLoad(t *testing.T) {
 		return nil
 	})
 	progress("pool-size 5")
-	if got := metric("pgsidecar_config_last_reload_successful"); got != 1 {
+	if got := metric("pgsidecar_config_last_reload_successful", nil); got != 1 {
 		t.Errorf("last_reload_successful = %v, want 1", got)
 	}
 	// The leak threshold and the log level are in force: the status page shows
 	// 3s, and a SIGHUP's reload logs its WARN but no longer its INFO line.
-	if _, body := robustGet(httpAddr, "/status.json"); !strings.Contains(body, `"leak_threshold_seconds":3`) {
+	if _, body := pgtest.HTTPGet(httpAddr, "/status.json"); !strings.Contains(body, `"leak_threshold_seconds":3`) {
 		t.Errorf("status page: %.300s", body)
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -364,10 +340,10 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("%d INFO lines of reloads at log-level warn, want %d", n-reloadedLines, 0)
 	}
 
-	stopClients()
+	crowd.Halt()
 	checkClients("end")
 	t.Logf("%d transactions by %d clients across %v applied and %v rejected reloads; 0 client errors, 0 clients dropped",
-		txs.Load(), clients, metric(`pgsidecar_config_reloads_total{result="success"}`), metric(`pgsidecar_config_reloads_total{result="error"}`))
+		crowd.Done(), clients, metric("pgsidecar_config_reloads_total", success), metric("pgsidecar_config_reloads_total", failure))
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -19,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 )
 
 const (
@@ -33,24 +34,14 @@ const (
 	sidecarImageTag = "latest"
 )
 
-// inCI reports whether the tests run in CI (CI set to a true value, as pgtest
-// reads it), where a missing tool fails a test instead of skipping it: a skipped
-// check would silently hide missing coverage.
-func inCI() bool {
-	ci, err := strconv.ParseBool(os.Getenv("CI"))
-	return err == nil && ci
-}
-
 // needTool returns the path of an external program, or skips the test when it is
-// not installed (fails it when CI=true).
+// not installed (fails it when CI=true: a skipped check would silently hide
+// missing coverage).
 func needTool(t *testing.T, name, installHint string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if inCI() {
-			t.Fatalf("%s not found (%s); CI=true, so this check may not be skipped", name, installHint)
-		}
-		t.Skipf("%s not found (%s)", name, installHint)
+		pgtest.SkipUnlessCI(t, "%s not found (%s)", name, installHint)
 	}
 	return p
 }

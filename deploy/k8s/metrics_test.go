@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -381,16 +378,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // scrapeRealProxy runs the proxy binary with the component's config file in front
 // of a throwaway PostgreSQL, drives it (a client's transaction, a pinned session,
 // a reload on SIGHUP) and returns its parsed /metrics.
@@ -404,7 +391,7 @@ func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 	if err := os.WriteFile(conf, readFile(t, filepath.Join(componentDir, "pgsidecar.conf")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	listen, httpAddr := freeAddr(t), freeAddr(t)
+	listen, httpAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--config", conf, "--upstream", cluster.URL("postgres"),
@@ -434,29 +421,19 @@ func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 		}
 	}()
 
-	get := func(p string) (int, string) {
-		resp, err := http.Get("http://" + httpAddr + p)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := func(p string) (int, string) { return pgtest.HTTPGet(httpAddr, p) }
 	waitFor := func(what string, within time.Duration, ok func() bool) bool {
-		deadline := time.Now().Add(within)
-		for !ok() {
+		return pgtest.Poll(within, func() error {
+			if ok() {
+				return nil
+			}
 			select {
 			case err := <-exited:
 				t.Fatalf("the proxy exited (%v) while waiting for %s:\n%s", err, what, logs.String())
 			default:
 			}
-			if time.Now().After(deadline) {
-				return false
-			}
-			time.Sleep(25 * time.Millisecond)
-		}
-		return true
+			return errors.New("not yet")
+		}) == nil
 	}
 	if !waitFor("/readyz", 30*time.Second, func() bool { code, _ := get("/readyz"); return code == 200 }) {
 		t.Fatalf("the proxy is not ready within 30s:\n%s", logs.String())

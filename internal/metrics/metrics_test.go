@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
@@ -115,16 +116,18 @@ pgsidecar_server_connect_failures_total{database="app",user="worker"} 1
 	// The upstream's route gets a pool again and fails once more: one series with
 	// the dropped pool's failure and the live pool's.
 	p := reg.Get(def)
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Stats().DialFailures == 0 {
+	pgtest.Eventually(t, 10*time.Second, "a dial failure of the new pool", func() error {
+		if p.Stats().DialFailures > 0 {
+			return nil
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := p.Acquire(ctx) // refused at once until the back-off ends, then dials
 		cancel()
-		if !errors.Is(err, down) || time.Now().After(deadline) {
+		if !errors.Is(err, down) {
 			t.Fatalf("acquire: %v", err)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return err
+	})
 	want = help + `pgsidecar_server_connect_failures_total{database="(unknown)",user="(unknown)"} 5
 pgsidecar_server_connect_failures_total{database="app",user="worker"} 2
 `
@@ -144,24 +147,9 @@ func seriesValue(t *testing.T, c prometheus.Collector, name string, k pool.Key) 
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, n := pgtest.Gather(t, reg).Value(name, map[string]string{"database": k.Database, "user": k.User})
+	if n == 0 {
+		t.Fatalf("no series %s%v", name, k)
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["database"] == k.Database && labels["user"] == k.User {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s%v", name, k)
-	return 0
+	return v
 }

@@ -1,7 +1,6 @@
 package pool_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 )
 
@@ -109,28 +109,6 @@ func (u *upstream) Dial(ctx context.Context) (*pool.Backend, error) {
 	return pool.NewBackend(c, pid, []byte{1, 2, 3, 4}, map[string]string{"server_version": "17.0"}), nil
 }
 
-// logBuffer collects a pool's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 var (
 	warnFailedLine     = regexp.MustCompile(`(?m)^.*level=WARN msg="server connection failed".*$`)
 	restoredLine       = regexp.MustCompile(`(?m)^.*level=INFO msg="server connection restored".*$`)
@@ -160,9 +138,9 @@ func intAttr(t *testing.T, re *regexp.Regexp, line string) int {
 func TestBackoffBoundsDials(t *testing.T) {
 	checkNoGoroutineLeak(t)
 	u := newUpstream(t)
-	var logs logBuffer
+	var logs pgtest.LogBuffer
 	const size, clients = 4, 16
-	p := pool.New(pool.Config{Size: size, Dial: u.Dial, Logger: logs.logger(), ConnectTimeout: 2 * time.Second})
+	p := pool.New(pool.Config{Size: size, Dial: u.Dial, Logger: logs.Logger(slog.LevelDebug), ConnectTimeout: 2 * time.Second})
 	t.Cleanup(func() { closeWithin(t, p, 5*time.Second) })
 
 	var (
@@ -280,7 +258,7 @@ func TestBackoffBoundsDials(t *testing.T) {
 		t.Errorf("health after recovery: %+v", h)
 	}
 	// Every client is done: once the dials for the last waiters end, the figures are final.
-	waitFor(t, 5*time.Second, "the last dials", func() bool { return p.Stats().Dialing == 0 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "the last dials", func() bool { return p.Stats().Dialing == 0 })
 	if s := p.Stats(); s.BackoffRefusals != uint64(refused.Load()) || s.DialFailures+s.Dials != uint64(u.dials.Load()) || s.Dials < 1 {
 		t.Errorf("stats: %d refusals (clients saw %d), %d dial failures + %d dials (upstream saw %d)",
 			s.BackoffRefusals, refused.Load(), s.DialFailures, s.Dials, u.dials.Load())
@@ -376,20 +354,19 @@ func TestBackoffSurvivesDropUnproven(t *testing.T) {
 
 	// The upstream comes back: the default route logs in once its delay is over.
 	u.up()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	pgtest.Eventually(t, 3*time.Second, "Acquire after the upstream came back", func() error {
 		p := r.Get(def)
 		b, err := p.Acquire(ctxFor(t, 5*time.Second))
 		if err == nil {
 			p.Release(b)
-			break
+			return nil
 		}
-		if !errors.Is(err, pool.ErrBackoff) || time.Now().After(deadline) {
+		if !errors.Is(err, pool.ErrBackoff) {
 			t.Fatalf("Acquire after the upstream came back: %v", err)
 		}
 		r.DropUnproven(def, p)
-		time.Sleep(time.Millisecond)
-	}
+		return err
+	})
 	pools, dropped = r.Snapshot()
 	if len(pools) != 1 || pools[0].Key != def || pools[0].Stats.Dials != 1 || pools[0].Stats.DialFailures != 0 {
 		t.Fatalf("pools after recovery: %+v", pools)
@@ -484,17 +461,16 @@ func TestUpstreamReady(t *testing.T) {
 	// pollUntil calls UpstreamReady until cond holds for its result.
 	pollUntil := func(what string, cond func(error) bool) error {
 		t.Helper()
-		deadline := time.Now().Add(8 * time.Second)
-		for {
-			err := ready()
-			if cond(err) {
-				return err
+		var last error
+		if pgtest.Poll(8*time.Second, func() error {
+			if last = ready(); cond(last) {
+				return nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("UpstreamReady: waiting for %s, got %v; health %+v", what, err, r.Get(def).Health())
-			}
-			time.Sleep(time.Millisecond)
+			return errors.New("not yet")
+		}) != nil {
+			t.Fatalf("UpstreamReady: waiting for %s, got %v; health %+v", what, last, r.Get(def).Health())
 		}
+		return last
 	}
 
 	if err := ready(); !errors.Is(err, pool.ErrNotChecked) {
@@ -562,7 +538,7 @@ func TestUpstreamReadyNeverBlocks(t *testing.T) {
 		}
 	}
 	check(0)
-	waitFor(t, 5*time.Second, "the dial UpstreamReady started", func() bool { return dials.Load() == 1 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "the dial UpstreamReady started", func() bool { return dials.Load() == 1 })
 	for i := range 20 {
 		check(i + 1)
 	}
@@ -574,11 +550,7 @@ func TestUpstreamReadyNeverBlocks(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { r.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Registry.Close did not abandon the hanging dial")
-	}
+	pgtest.Recv(t, done, 5*time.Second, "Registry.Close did not abandon the hanging dial")
 	if err := r.UpstreamReady(); !errors.Is(err, pool.ErrClosed) {
 		t.Fatalf("UpstreamReady after Close = %v, want ErrClosed", err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 )
 
@@ -155,30 +156,18 @@ func closeWithin(t *testing.T, p *pool.Pool, d time.Duration) {
 func checkNoGoroutineLeak(t *testing.T) {
 	base := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		n := runtime.NumGoroutine()
-		for n > base && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-			n = runtime.NumGoroutine()
-		}
-		if n > base {
+		err := pgtest.Poll(3*time.Second, func() error {
+			if n := runtime.NumGoroutine(); n > base {
+				return fmt.Errorf("%d goroutines at the end, %d at the start", n, base)
+			}
+			return nil
+		})
+		if err != nil {
 			buf := make([]byte, 1<<20)
 			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("goroutine leak: %d goroutines at the end, %d at the start\n%s", n, base, buf)
+			t.Errorf("goroutine leak: %v\n%s", err, buf)
 		}
 	})
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -219,13 +208,7 @@ func acquireAsync(p *pool.Pool, ctx context.Context, i int, out chan<- acq) {
 
 func recv(t *testing.T, ch <-chan acq, d time.Duration) acq {
 	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(d):
-		t.Fatalf("no Acquire result within %v", d)
-		return acq{}
-	}
+	return pgtest.Recv(t, ch, d, fmt.Sprintf("no Acquire result within %v", d))
 }
 
 func noRecv(t *testing.T, ch <-chan acq, d time.Duration) {
@@ -312,7 +295,7 @@ func TestBoundedSize(t *testing.T) {
 	}
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 4, ch)
-	waitFor(t, 2*time.Second, "the 4th Acquire to queue", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the 4th Acquire to queue", func() bool { return p.Stats().Waiting == 1 })
 	noRecv(t, ch, 50*time.Millisecond)
 
 	s := p.Stats()
@@ -362,7 +345,7 @@ func TestWaitersServedFIFO(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Second)
 	for i := range n {
 		acquireAsync(p, ctx, i, got)
-		waitFor(t, 2*time.Second, fmt.Sprintf("waiter %d to queue", i), func() bool { return p.Stats().Waiting == i+1 })
+		pgtest.EventuallyTrue(t, 2*time.Second, fmt.Sprintf("waiter %d to queue", i), func() bool { return p.Stats().Waiting == i+1 })
 	}
 	cur := a
 	for i := range n {
@@ -476,26 +459,19 @@ func TestWaitTimeout(t *testing.T) {
 func TestWaiterLeavesDuringDial(t *testing.T) {
 	f := newFakeDB(t)
 	gate := make(chan struct{})
-	f.setHook(func(ctx context.Context) error {
-		select {
-		case <-gate:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	})
+	f.setHook(gatedHook(gate, true))
 	p := newPool(t, f, pool.Config{Size: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctx, 0, ch)
-	waitFor(t, 2*time.Second, "a dial in flight", func() bool { s := p.Stats(); return s.Dialing == 1 && s.Waiting == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a dial in flight", func() bool { s := p.Stats(); return s.Dialing == 1 && s.Waiting == 1 })
 	cancel()
 	r := recv(t, ch, 2*time.Second)
 	if !errors.Is(r.err, context.Canceled) || r.b != nil {
 		t.Fatalf("canceled Acquire = %v, %v; want context.Canceled", r.b, r.err)
 	}
 	close(gate)
-	waitFor(t, 2*time.Second, "the dialed backend to become idle", func() bool { return p.Stats().Idle == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the dialed backend to become idle", func() bool { return p.Stats().Idle == 1 })
 	s := p.Stats()
 	if s.Open != 1 || s.Dialing != 0 || s.Waiting != 0 || s.WaitTimeouts != 1 || s.Dials != 1 {
 		t.Fatalf("stats: %+v", s)
@@ -551,18 +527,14 @@ func TestDialFailureReportedPromptly(t *testing.T) {
 	// the failure ends an Acquire is refused at once; then it dials and works.
 	down.Store(false)
 	var b *pool.Backend
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	pgtest.Eventually(t, 2*time.Second, "Acquire after the database came back", func() error {
 		var err error
 		b, err = p.Acquire(ctxFor(t, 5*time.Second))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, pool.ErrBackoff) || !errors.Is(err, errDown) || time.Now().After(deadline) {
+		if err != nil && (!errors.Is(err, pool.ErrBackoff) || !errors.Is(err, errDown)) {
 			t.Fatalf("Acquire after the database came back: %v", err)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return err
+	})
 	checkWorks(t, f, b)
 	s = p.Stats()
 	if s.Open != 1 || s.Dials != 1 || s.InUse != 1 {
@@ -576,21 +548,14 @@ func TestDialFailureReportedPromptly(t *testing.T) {
 func TestDialFailureReachesAllQueuedWaiters(t *testing.T) {
 	f := newFakeDB(t)
 	gate := make(chan struct{})
-	f.setHook(func(ctx context.Context) error {
-		select {
-		case <-gate:
-			return errDown
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	})
+	f.setHook(func(ctx context.Context) error { return awaitGate(ctx, gate, errDown) })
 	p := newPool(t, f, pool.Config{Size: 3})
 	const n = 5
 	ctx := ctxFor(t, 10*time.Second)
 	got := make(chan acq, n)
 	for i := range n {
 		acquireAsync(p, ctx, i, got)
-		waitFor(t, 2*time.Second, fmt.Sprintf("waiter %d to queue", i), func() bool { return p.Stats().Waiting == i+1 })
+		pgtest.EventuallyTrue(t, 2*time.Second, fmt.Sprintf("waiter %d to queue", i), func() bool { return p.Stats().Waiting == i+1 })
 	}
 	if s := p.Stats(); s.Dialing != 3 || s.Open != 3 || f.calls.Load() != 3 {
 		t.Fatalf("stats with %d waiters: %+v", n, s)
@@ -642,12 +607,7 @@ func TestDialFailureDoesNotStrandWaiterWithFreeSlot(t *testing.T) {
 	var failNext atomic.Bool
 	f.setHook(func(ctx context.Context) error {
 		if failNext.CompareAndSwap(true, false) {
-			select {
-			case <-gate:
-				return errDown
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+			return awaitGate(ctx, gate, errDown)
 		}
 		return nil
 	})
@@ -658,9 +618,9 @@ func TestDialFailureDoesNotStrandWaiterWithFreeSlot(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Second)
 	w1, w2 := make(chan acq, 1), make(chan acq, 1)
 	acquireAsync(p, ctx, 1, w1)
-	waitFor(t, 2*time.Second, "waiter 1 and its dial", func() bool { s := p.Stats(); return s.Waiting == 1 && s.Dialing == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "waiter 1 and its dial", func() bool { s := p.Stats(); return s.Waiting == 1 && s.Dialing == 1 })
 	acquireAsync(p, ctx, 2, w2)
-	waitFor(t, 2*time.Second, "waiter 2", func() bool { return p.Stats().Waiting == 2 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "waiter 2", func() bool { return p.Stats().Waiting == 2 })
 	if s := p.Stats(); s.Open != 2 || s.Dialing != 1 {
 		t.Fatalf("stats before the failure: %+v", s)
 	}
@@ -810,7 +770,7 @@ func TestLifetimeExpiredOnRelease(t *testing.T) {
 	a := mustAcquire(t, p)
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 0, ch)
-	waitFor(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 	for !time.Now().After(a.ExpiresAt()) {
 		time.Sleep(time.Millisecond)
 	}
@@ -837,7 +797,7 @@ func TestLifetimeReapedByMaintenance(t *testing.T) {
 	if s := p.Stats(); s.Idle != 2 {
 		t.Fatalf("stats after release: %+v", s)
 	}
-	waitFor(t, 3*time.Second, "the maintenance loop to close expired backends", func() bool { return p.Stats().Open == 0 })
+	pgtest.EventuallyTrue(t, 3*time.Second, "the maintenance loop to close expired backends", func() bool { return p.Stats().Open == 0 })
 	s := p.Stats()
 	if s.Closed != 2 || s.Idle != 0 {
 		t.Fatalf("stats: %+v", s)
@@ -856,7 +816,7 @@ func TestIdleTimeout(t *testing.T) {
 	p.Release(a)
 	p.Release(b)
 	// c stays in use: the idle timeout must not touch it.
-	waitFor(t, 3*time.Second, "idle backends to be closed", func() bool { s := p.Stats(); return s.Idle == 0 && s.Open == 1 })
+	pgtest.EventuallyTrue(t, 3*time.Second, "idle backends to be closed", func() bool { s := p.Stats(); return s.Idle == 0 && s.Open == 1 })
 	s := p.Stats()
 	if s.Closed != 2 || s.InUse != 1 {
 		t.Fatalf("stats: %+v", s)
@@ -865,7 +825,7 @@ func TestIdleTimeout(t *testing.T) {
 	expectTerminated(t, f, b.PID)
 	checkWorks(t, f, c)
 	p.Release(c)
-	waitFor(t, 3*time.Second, "Open to drop to 0", func() bool { return p.Stats().Open == 0 })
+	pgtest.EventuallyTrue(t, 3*time.Second, "Open to drop to 0", func() bool { return p.Stats().Open == 0 })
 	if s := p.Stats(); s.Closed != 3 {
 		t.Fatalf("stats: %+v", s)
 	}
@@ -931,7 +891,7 @@ func TestCloseWithWaitersAndHeldBackends(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Second)
 	for i := range 2 {
 		acquireAsync(p, ctx, i, got)
-		waitFor(t, 2*time.Second, "waiters", func() bool { return p.Stats().Waiting == i+1 })
+		pgtest.EventuallyTrue(t, 2*time.Second, "waiters", func() bool { return p.Stats().Waiting == i+1 })
 	}
 	closeWithin(t, p, 2*time.Second)
 	for range 2 {
@@ -994,7 +954,7 @@ func TestCloseAbandonsDial(t *testing.T) {
 	p := newPool(t, f, pool.Config{Size: 1, ConnectTimeout: time.Minute})
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, time.Minute), 0, ch)
-	waitFor(t, 2*time.Second, "a dial in flight", func() bool { return p.Stats().Dialing == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a dial in flight", func() bool { return p.Stats().Dialing == 1 })
 	closeWithin(t, p, 2*time.Second)
 	if n := f.inflight.Load(); n != 0 {
 		t.Fatalf("%d dials still running after Close returned", n)
@@ -1020,7 +980,7 @@ func TestCloseWaitsForDialAndClosesLateBackend(t *testing.T) {
 	t.Cleanup(open) // runs before the pool's Close if the test fails early
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, time.Minute), 0, ch)
-	waitFor(t, 2*time.Second, "a dial in flight", func() bool { return p.Stats().Dialing == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a dial in flight", func() bool { return p.Stats().Dialing == 1 })
 	closed := make(chan struct{})
 	go func() {
 		p.Close()
@@ -1036,11 +996,7 @@ func TestCloseWaitsForDialAndClosesLateBackend(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	open()
-	select {
-	case <-closed:
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not return after the dial ended")
-	}
+	pgtest.Recv(t, closed, 2*time.Second, "Close did not return after the dial ended")
 	expectTerminated(t, f, 1)
 	s := p.Stats()
 	if s.Open != 0 || s.Dialing != 0 || s.Idle != 0 || s.Dials != 1 {
@@ -1123,11 +1079,7 @@ func TestRegistry(t *testing.T) {
 	closed = true
 	done := make(chan struct{})
 	go func() { r.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Registry.Close did not return")
-	}
+	pgtest.Recv(t, done, 5*time.Second, "Registry.Close did not return")
 	expectTerminated(t, f, b.PID)
 	for i, p := range all {
 		if _, err := p.TryAcquire(); !errors.Is(err, pool.ErrClosed) {
@@ -1158,7 +1110,7 @@ func TestDestroyWithWaiterDials(t *testing.T) {
 	a := mustAcquire(t, p)
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 0, ch)
-	waitFor(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 	if s := p.Stats(); s.Dialing != 0 || f.calls.Load() != 1 {
 		t.Fatalf("a full pool dialed for a waiter: %+v", s)
 	}
@@ -1185,26 +1137,77 @@ func TestDestroyWithWaiterDials(t *testing.T) {
 // ---------------------------------------------------------------------------
 // 12. Concurrency.
 
-func TestConcurrentAcquireRelease(t *testing.T) {
-	const (
-		size    = 4
-		workers = 50
-		cycles  = 200
-	)
-	f := newFakeDB(t)
-	p := newPool(t, f, pool.Config{Size: size})
-
-	var holders sync.Map // PID -> *atomic.Bool: set while a worker holds it
-	var violations atomic.Int64
-	var firstErr atomic.Pointer[string]
-	fail := func(format string, args ...any) {
-		violations.Add(1)
-		s := fmt.Sprintf(format, args...)
-		firstErr.CompareAndSwap(nil, &s)
+// checkIdleWork takes the n idle backends of p at once, checks that each works
+// (and passes check, if not nil) and gives them back.
+func checkIdleWork(t *testing.T, f *fakeDB, p *pool.Pool, n int, check func(b *pool.Backend)) {
+	t.Helper()
+	var got []*pool.Backend
+	for range n {
+		b, err := p.TryAcquire()
+		if err != nil || b == nil {
+			t.Fatalf("TryAcquire = %v, %v", b, err)
+		}
+		if check != nil {
+			check(b)
+		}
+		checkWorks(t, f, b)
+		got = append(got, b)
 	}
+	for _, b := range got {
+		p.Release(b)
+	}
+}
 
-	stop := make(chan struct{})
-	sampled := make(chan int)
+// awaitGate is a dial hook's wait: until gate is closed, when the dial ends with
+// result, or until the dial's context ends.
+func awaitGate(ctx context.Context, gate <-chan struct{}, result error) error {
+	select {
+	case <-gate:
+		return result
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// violations counts what went wrong in the goroutines of a concurrency test and
+// keeps the first of it.
+type violations struct {
+	n     atomic.Int64
+	first atomic.Pointer[string]
+}
+
+func (v *violations) add(format string, args ...any) {
+	v.n.Add(1)
+	s := fmt.Sprintf(format, args...)
+	v.first.CompareAndSwap(nil, &s)
+}
+
+// check fails the test if anything went wrong: "<n> <what>; first: <message>".
+func (v *violations) check(t *testing.T, what string) {
+	t.Helper()
+	if n := v.n.Load(); n > 0 {
+		t.Fatalf("%d %s; first: %s", n, what, *v.first.Load())
+	}
+}
+
+// holders knows which backends the workers hold, by a key of the backend.
+type holders struct{ m sync.Map } // key -> *atomic.Bool: set while held
+
+// hold marks b (known by key) held; a backend handed to two holders at once is
+// a violation. It returns the release of the mark.
+func (h *holders) hold(key any, b *pool.Backend, v *violations) (unhold func()) {
+	flag, _ := h.m.LoadOrStore(key, new(atomic.Bool))
+	if !flag.(*atomic.Bool).CompareAndSwap(false, true) {
+		v.add("backend %d handed to two holders", b.PID)
+	}
+	return func() { flag.(*atomic.Bool).Store(false) }
+}
+
+// sampleStats checks p.Stats from its own goroutine, every 50µs until stop is
+// closed: no count negative, at most maxOpen open, and idle + in use + dialing
+// = open. Once stopped it sends the number of samples on the channel.
+func sampleStats(p *pool.Pool, maxOpen int, v *violations, stop <-chan struct{}) <-chan int {
+	sampled := make(chan int, 1)
 	go func() {
 		n := 0
 		defer func() { sampled <- n }()
@@ -1216,15 +1219,31 @@ func TestConcurrentAcquireRelease(t *testing.T) {
 			}
 			s := p.Stats()
 			n++
-			if s.Open > size || s.Open < 0 || s.Idle < 0 || s.InUse < 0 || s.Dialing < 0 || s.Waiting < 0 {
-				fail("bad stats sample: %+v", s)
+			if s.Open > maxOpen || s.Open < 0 || s.Idle < 0 || s.InUse < 0 || s.Dialing < 0 || s.Waiting < 0 {
+				v.add("bad stats sample: %+v", s)
 			}
 			if s.Idle+s.InUse+s.Dialing != s.Open {
-				fail("inconsistent stats sample: %+v", s)
+				v.add("inconsistent stats sample: %+v", s)
 			}
 			time.Sleep(50 * time.Microsecond)
 		}
 	}()
+	return sampled
+}
+
+func TestConcurrentAcquireRelease(t *testing.T) {
+	const (
+		size    = 4
+		workers = 50
+		cycles  = 200
+	)
+	f := newFakeDB(t)
+	p := newPool(t, f, pool.Config{Size: size})
+
+	var held holders
+	var bad violations
+	stop := make(chan struct{})
+	sampled := sampleStats(p, size, &bad, stop)
 
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -1235,20 +1254,17 @@ func TestConcurrentAcquireRelease(t *testing.T) {
 				b, err := p.Acquire(ctx)
 				cancel()
 				if err != nil {
-					fail("Acquire: %v", err)
+					bad.add("Acquire: %v", err)
 					return
 				}
-				flag, _ := holders.LoadOrStore(b.PID, new(atomic.Bool))
-				if !flag.(*atomic.Bool).CompareAndSwap(false, true) {
-					fail("backend %d handed to two holders", b.PID)
-				}
+				unhold := held.hold(b.PID, b, &bad)
 				switch rng.IntN(4) {
 				case 0:
 					time.Sleep(time.Duration(rng.IntN(100)) * time.Microsecond)
 				case 1:
 					runtime.Gosched()
 				}
-				flag.(*atomic.Bool).Store(false)
+				unhold()
 				p.Release(b)
 			}
 		})
@@ -1258,9 +1274,7 @@ func TestConcurrentAcquireRelease(t *testing.T) {
 	if n := <-sampled; n == 0 {
 		t.Error("Stats never sampled")
 	}
-	if v := violations.Load(); v > 0 {
-		t.Fatalf("%d violations; first: %s", v, *firstErr.Load())
-	}
+	bad.check(t, "violations")
 	s := p.Stats()
 	if s.Idle != s.Open || s.InUse != 0 || s.Waiting != 0 || s.Dialing != 0 {
 		t.Fatalf("not all backends idle at the end: %+v", s)
@@ -1284,14 +1298,8 @@ func TestConcurrentTimeoutsAndDestroys(t *testing.T) {
 	)
 	f := newFakeDB(t)
 	p := newPool(t, f, pool.Config{Size: size})
-	var holders sync.Map
-	var bad atomic.Int64
-	var firstErr atomic.Pointer[string]
-	fail := func(format string, args ...any) {
-		bad.Add(1)
-		s := fmt.Sprintf(format, args...)
-		firstErr.CompareAndSwap(nil, &s)
-	}
+	var held holders
+	var bad violations
 	var ok, timedOut atomic.Int64
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -1303,21 +1311,18 @@ func TestConcurrentTimeoutsAndDestroys(t *testing.T) {
 				cancel()
 				if err != nil {
 					if !errors.Is(err, context.DeadlineExceeded) {
-						fail("Acquire: %v", err)
+						bad.add("Acquire: %v", err)
 						return
 					}
 					timedOut.Add(1)
 					continue
 				}
 				ok.Add(1)
-				flag, _ := holders.LoadOrStore(b.PID, new(atomic.Bool))
-				if !flag.(*atomic.Bool).CompareAndSwap(false, true) {
-					fail("backend %d handed to two holders", b.PID)
-				}
+				unhold := held.hold(b.PID, b, &bad)
 				if rng.IntN(3) == 0 {
 					time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
 				}
-				flag.(*atomic.Bool).Store(false)
+				unhold()
 				if rng.IntN(20) == 0 {
 					p.Destroy(b)
 				} else {
@@ -1327,11 +1332,9 @@ func TestConcurrentTimeoutsAndDestroys(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if v := bad.Load(); v > 0 {
-		t.Fatalf("%d failures; first: %s", v, *firstErr.Load())
-	}
+	bad.check(t, "failures")
 	// Dials started for waiters that left may still be landing.
-	waitFor(t, 5*time.Second, "dials to settle", func() bool { return p.Stats().Dialing == 0 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "dials to settle", func() bool { return p.Stats().Dialing == 0 })
 	s := p.Stats()
 	if s.Idle != s.Open || s.InUse != 0 || s.Waiting != 0 || s.Open > size {
 		t.Fatalf("slots lost: %+v", s)
@@ -1344,18 +1347,7 @@ func TestConcurrentTimeoutsAndDestroys(t *testing.T) {
 	}
 	checkAccounting(t, s)
 	// Every idle backend still works.
-	var got []*pool.Backend
-	for range s.Idle {
-		b, err := p.TryAcquire()
-		if err != nil || b == nil {
-			t.Fatalf("TryAcquire = %v, %v", b, err)
-		}
-		checkWorks(t, f, b)
-		got = append(got, b)
-	}
-	for _, b := range got {
-		p.Release(b)
-	}
+	checkIdleWork(t, f, p, s.Idle, nil)
 	t.Logf("%d acquired, %d timed out, stats %+v", ok.Load(), timedOut.Load(), s)
 }
 
@@ -1444,7 +1436,7 @@ func TestAcquireWait(t *testing.T) {
 		_, err := p.AcquireWait(time.Hour, cancelLong)
 		long <- err
 	}()
-	waitFor(t, 5*time.Second, "the long waiter", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "the long waiter", func() bool { return p.Stats().Waiting == 1 })
 	type res struct {
 		d    time.Duration
 		took time.Duration
@@ -1485,7 +1477,7 @@ func TestAcquireWait(t *testing.T) {
 		}
 		got <- b
 	}()
-	waitFor(t, 5*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 	p.Release(a)
 	b := <-got
 	if b != a {
@@ -1544,10 +1536,10 @@ func TestAcquirePrefer(t *testing.T) {
 		}()
 	}
 	start(0, 0)
-	waitFor(t, 5*time.Second, "waiter 0 queued", func() bool { return p.Stats().Waiting == 1 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "waiter 0 queued", func() bool { return p.Stats().Waiting == 1 })
 	for i := 1; i <= 4; i++ {
 		start(i, 1)
-		waitFor(t, 5*time.Second, "waiter queued", func() bool { return p.Stats().Waiting == i+1 })
+		pgtest.EventuallyTrue(t, 5*time.Second, "waiter queued", func() bool { return p.Stats().Waiting == i+1 })
 	}
 	got.StateKey = 1
 	p.Release(got)

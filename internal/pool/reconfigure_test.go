@@ -3,7 +3,6 @@ package pool_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 )
 
@@ -34,12 +34,7 @@ func gatedHook(gate <-chan struct{}, honourCtx bool) func(ctx context.Context) e
 			<-gate
 			return nil
 		}
-		select {
-		case <-gate:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return awaitGate(ctx, gate, nil)
 	}
 }
 
@@ -71,7 +66,7 @@ func TestReconfigureShrink(t *testing.T) {
 		// A client queued meanwhile is served only once the pool is down to its size.
 		ch := make(chan acq, 1)
 		acquireAsync(p, ctxFor(t, 10*time.Second), 0, ch)
-		waitFor(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+		pgtest.EventuallyTrue(t, 2*time.Second, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 
 		for i, b := range held[:2] {
 			p.Release(b)
@@ -148,14 +143,14 @@ func TestReconfigureShrink(t *testing.T) {
 		for i := range 3 {
 			acquireAsync(p, ctx, i, ch)
 		}
-		waitFor(t, 2*time.Second, "3 dials", func() bool { s := p.Stats(); return s.Dialing == 3 && s.Waiting == 3 })
+		pgtest.EventuallyTrue(t, 2*time.Second, "3 dials", func() bool { s := p.Stats(); return s.Dialing == 3 && s.Waiting == 3 })
 		p.Reconfigure(pool.Config{Size: 1}, false)
 		close(gate)
 		r := recv(t, ch, 2*time.Second) // the one dial that lands at Size
 		if r.err != nil {
 			t.Fatalf("Acquire: %v", r.err)
 		}
-		waitFor(t, 2*time.Second, "the dials to end", func() bool { return p.Stats().Dialing == 0 })
+		pgtest.EventuallyTrue(t, 2*time.Second, "the dials to end", func() bool { return p.Stats().Dialing == 0 })
 		s := p.Stats()
 		if s.Open != 1 || s.InUse != 1 || s.Waiting != 2 || s.Dials != 3 || s.Retired != 2 {
 			t.Fatalf("stats: %+v", s)
@@ -188,7 +183,7 @@ func TestReconfigureGrow(t *testing.T) {
 	for i := range 3 {
 		acquireAsync(p, ctx, i, ch)
 	}
-	waitFor(t, 2*time.Second, "3 waiters and 1 dial", func() bool { s := p.Stats(); return s.Waiting == 3 && s.Dialing == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "3 waiters and 1 dial", func() bool { s := p.Stats(); return s.Waiting == 3 && s.Dialing == 1 })
 	p.Reconfigure(pool.Config{Size: 3}, false)
 	// Synchronous: Reconfigure started the dials.
 	if s := p.Stats(); s.Size != 3 || s.Dialing != 3 || s.Open != 3 {
@@ -243,7 +238,7 @@ func TestReconfigureRetire(t *testing.T) {
 	})
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 0, ch)
-	waitFor(t, 2*time.Second, "the old dial in flight", func() bool { s := p.Stats(); return s.Dialing == 1 && s.Waiting == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the old dial in flight", func() bool { s := p.Stats(); return s.Dialing == 1 && s.Waiting == 1 })
 	p.Release(c)
 	if r := recv(t, ch, 2*time.Second); r.err != nil || r.b != c {
 		t.Fatalf("waiter got %v, %v; want %d", r.b, r.err, c.PID)
@@ -270,12 +265,12 @@ func TestReconfigureRetire(t *testing.T) {
 	// the new function at once (held up by gate2 until the old dial has landed).
 	ch = make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 1, ch)
-	waitFor(t, 2*time.Second, "a new dial for the waiter", func() bool { s := p.Stats(); return s.Waiting == 1 && s.Dialing == 2 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "a new dial for the waiter", func() bool { s := p.Stats(); return s.Waiting == 1 && s.Dialing == 2 })
 	if n := f2.calls.Load(); n != 1 {
 		t.Fatalf("%d dials of the new function, want 1", n)
 	}
 	close(gate1)
-	waitFor(t, 2*time.Second, "the old dial to land and be closed", func() bool { return p.Stats().Retired == 3 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the old dial to land and be closed", func() bool { return p.Stats().Retired == 3 })
 	oldPID := uint32(5)
 	expectTerminated(t, f1, oldPID)
 	if r, ok := pending(ch); ok {
@@ -328,14 +323,14 @@ func TestReconfigureRetireAbandonsDial(t *testing.T) {
 	p := newPool(t, f1, pool.Config{Size: 2, ConnectTimeout: time.Minute})
 	ch := make(chan acq, 1)
 	acquireAsync(p, ctxFor(t, 10*time.Second), 0, ch)
-	waitFor(t, 2*time.Second, "the old dial", func() bool { return p.Stats().Dialing == 1 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the old dial", func() bool { return p.Stats().Dialing == 1 })
 	p.Reconfigure(pool.Config{Size: 2, Dial: markedDial(f2, "new")}, true)
 	r := recv(t, ch, 5*time.Second)
 	if r.err != nil || r.b.Params["dialer"] != "new" {
 		t.Fatalf("waiter got %v, %v; want a backend of the new dial function", r.b, r.err)
 	}
-	waitFor(t, 2*time.Second, "the old dial to be abandoned", func() bool { return f1.inflight.Load() == 0 })
-	waitFor(t, 2*time.Second, "the old dial to be counted", func() bool { return p.Stats().Dialing == 0 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the old dial to be abandoned", func() bool { return f1.inflight.Load() == 0 })
+	pgtest.EventuallyTrue(t, 2*time.Second, "the old dial to be counted", func() bool { return p.Stats().Dialing == 0 })
 	if h := p.Health(); h.Failures != 0 || h.BackingOff {
 		t.Fatalf("the abandoned dial counted in the back-off: %+v", h)
 	}
@@ -404,7 +399,7 @@ func TestReconfigureTimeouts(t *testing.T) {
 	f.setHook(nil)
 	p.Reconfigure(pool.Config{Size: 2}, false)
 	var b *pool.Backend
-	waitFor(t, 5*time.Second, "a dial with the default timeout", func() bool {
+	pgtest.EventuallyTrue(t, 5*time.Second, "a dial with the default timeout", func() bool {
 		var err error
 		b, err = p.Acquire(ctxFor(t, 5*time.Second))
 		return err == nil
@@ -439,14 +434,8 @@ func TestReconfigureConcurrent(t *testing.T) {
 	dialFor := func(g int64) pool.DialFunc { return markedDial(f, strconv.FormatInt(g, 10)) }
 	p := newPool(t, f, pool.Config{Size: sizes[0], Dial: dialFor(0)})
 
-	var holders sync.Map
-	var bad atomic.Int64
-	var firstErr atomic.Pointer[string]
-	fail := func(format string, args ...any) {
-		bad.Add(1)
-		s := fmt.Sprintf(format, args...)
-		firstErr.CompareAndSwap(nil, &s)
-	}
+	var held holders
+	var bad violations
 
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
@@ -471,23 +460,7 @@ func TestReconfigureConcurrent(t *testing.T) {
 			time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
 		}
 	})
-	bg.Go(func() { // the sampler
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			s := p.Stats()
-			if s.Open > maxSize || s.Open < 0 || s.Idle < 0 || s.InUse < 0 || s.Dialing < 0 || s.Waiting < 0 {
-				fail("bad stats sample: %+v", s)
-			}
-			if s.Idle+s.InUse+s.Dialing != s.Open {
-				fail("inconsistent stats sample: %+v", s)
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-	})
+	sampled := sampleStats(p, maxSize, &bad, stop)
 
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -499,20 +472,17 @@ func TestReconfigureConcurrent(t *testing.T) {
 				b, err := p.Acquire(ctx)
 				cancel()
 				if err != nil {
-					fail("Acquire: %v", err)
+					bad.add("Acquire: %v", err)
 					return
 				}
 				if g, _ := strconv.ParseInt(b.Params["dialer"], 10, 64); g < g0 {
-					fail("backend %d of generation %d handed out after generation %d took over", b.PID, g, g0)
+					bad.add("backend %d of generation %d handed out after generation %d took over", b.PID, g, g0)
 				}
-				flag, _ := holders.LoadOrStore(b, new(atomic.Bool))
-				if !flag.(*atomic.Bool).CompareAndSwap(false, true) {
-					fail("backend %d handed to two holders", b.PID)
-				}
+				unhold := held.hold(b, b, &bad)
 				if rng.IntN(3) == 0 {
 					time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
 				}
-				flag.(*atomic.Bool).Store(false)
+				unhold()
 				if rng.IntN(30) == 0 {
 					p.Destroy(b)
 				} else {
@@ -530,12 +500,11 @@ func TestReconfigureConcurrent(t *testing.T) {
 	}
 	close(stop)
 	bg.Wait()
-	if v := bad.Load(); v > 0 {
-		t.Fatalf("%d failures; first: %s", v, *firstErr.Load())
-	}
+	<-sampled
+	bad.check(t, "failures")
 
 	p.Reconfigure(pool.Config{Size: 3}, false)
-	waitFor(t, 5*time.Second, "dials to settle", func() bool { return p.Stats().Dialing == 0 })
+	pgtest.EventuallyTrue(t, 5*time.Second, "dials to settle", func() bool { return p.Stats().Dialing == 0 })
 	s := p.Stats()
 	if s.Size != 3 || s.Open > 3 || s.Idle != s.Open || s.InUse != 0 || s.Waiting != 0 {
 		t.Fatalf("final stats: %+v", s)
@@ -548,21 +517,11 @@ func TestReconfigureConcurrent(t *testing.T) {
 	}
 	checkAccounting(t, s)
 	// Every idle backend works and is of the last generation.
-	var got []*pool.Backend
-	for range s.Idle {
-		b, err := p.TryAcquire()
-		if err != nil || b == nil {
-			t.Fatalf("TryAcquire = %v, %v", b, err)
-		}
+	checkIdleWork(t, f, p, s.Idle, func(b *pool.Backend) {
 		if g := b.Params["dialer"]; g != strconv.FormatInt(gen.Load(), 10) {
 			t.Fatalf("idle backend of generation %s, want %d", g, gen.Load())
 		}
-		checkWorks(t, f, b)
-		got = append(got, b)
-	}
-	for _, b := range got {
-		p.Release(b)
-	}
+	})
 	t.Logf("%d reconfigurations (generation %d), stats %+v", reconfigs.Load(), gen.Load(), s)
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -22,7 +23,7 @@ type allocClient struct {
 }
 
 func newAllocClient(t *testing.T, addr, db string) *allocClient {
-	rc := faultDial(t, addr)
+	rc := pgtest.Dial(t, addr)
 	rc.Login(db, "fault_raw")
 	if rc.R.Buffered() > 0 {
 		t.Fatal("data after ReadyForQuery at login")
@@ -172,14 +173,14 @@ func TestIdleClientMemory(t *testing.T) {
 	before := heap()
 	const n = 200
 	for range n {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
 		rc.MustQuery("SELECT 1", wire.TxIdle) // attaches a backend, then idles
 	}
 	// Per client this counts the test's own side too (a 4 KiB bufio.Reader and
 	// the connection, about 6 KiB); holding the two writers would add 32 KiB.
 	var per float64
-	eventually(t, 10*time.Second, "idle clients to shed their buffers", func() error {
+	pgtest.Eventually(t, 10*time.Second, "idle clients to shed their buffers", func() error {
 		per = (float64(heap()) - float64(before)) / n
 		if per > 16<<10 {
 			return fmt.Errorf("heap grew %.1f KiB per idle client, want under 16", per/1024)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -21,19 +22,7 @@ func consoleOpts() proxyOpts {
 // consoleConnect opens an admin console connection as user.
 func consoleConnect(t *testing.T, tp *testProxy, user string) (*pgx.Conn, error) {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s@%s/pgsidecar?sslmode=disable", user, tp.addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c, nil
+	return pgtest.TryConnect(t, fmt.Sprintf("postgres://%s@%s/pgsidecar?sslmode=disable", user, tp.addr), pgx.QueryExecModeSimpleProtocol, nil)
 }
 
 func mustConsole(t *testing.T, tp *testProxy) *pgx.Conn {
@@ -101,21 +90,10 @@ func clientByApp(rows []map[string]string, app string) map[string]string {
 	return nil
 }
 
+// connectApp opens a client connection through the proxy with application_name app.
 func connectApp(t *testing.T, tp *testProxy, app string) *pgx.Conn {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(tp.URL() + "&application_name=" + app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("connect %s: %v", app, err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
+	return pgtest.Connect(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, map[string]string{"application_name": app})
 }
 
 func TestConsoleShow(t *testing.T) {
@@ -359,7 +337,7 @@ func TestConsoleKillClient(t *testing.T) {
 	if tag, err := consoleExec(t, con, "kill_client "+r["id"]); err != nil || tag != "KILL_CLIENT" {
 		t.Fatalf("KILL_CLIENT: %q %v", tag, err)
 	}
-	eventually(t, 10*time.Second, "victim gone", func() error {
+	pgtest.Eventually(t, 10*time.Second, "victim gone", func() error {
 		if clientByApp(consoleRows(t, con, "SHOW CLIENTS"), "victim") != nil {
 			return errors.New("still listed")
 		}
@@ -372,7 +350,7 @@ func TestConsoleKillClient(t *testing.T) {
 	if pgCode(err) != "57P01" || !strings.Contains(err.Error(), "terminated by the admin console") {
 		t.Errorf("killed client's query: %v, want 57P01", err)
 	}
-	eventually(t, 10*time.Second, "rolled back", func() error {
+	pgtest.Eventually(t, 10*time.Second, "rolled back", func() error {
 		var n int
 		if err := chk.QueryRow(ctx, "SELECT count(*) FROM k").Scan(&n); err != nil {
 			return err
@@ -450,7 +428,7 @@ func consoleExecAsync(ctx context.Context, c *pgx.Conn, sql string) <-chan error
 // application_name app as waiting.
 func consoleWaitWaiting(t *testing.T, con *pgx.Conn, app, what string) {
 	t.Helper()
-	eventually(t, 10*time.Second, what, func() error {
+	pgtest.Eventually(t, 10*time.Second, what, func() error {
 		if r := clientByApp(consoleRows(t, con, "SHOW CLIENTS"), app); r == nil || r["state"] != "waiting" {
 			return fmt.Errorf("%s: %v", app, r)
 		}
@@ -462,12 +440,7 @@ func consoleWaitWaiting(t *testing.T, con *pgx.Conn, app, what string) {
 // failure on its error, late is the failure when it does not finish.
 func consoleAwait(t *testing.T, done <-chan error, what, late string) {
 	t.Helper()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal(late)
+	if err := pgtest.Recv(t, done, 10*time.Second, late); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,63 +29,6 @@ import (
 // ---------------------------------------------------------------------------
 // helpers (all prefixed with fault, as other test files share the package)
 
-// faultRaw is a client speaking the raw protocol to the proxy.
-type faultRaw struct{ *pgtest.Raw }
-
-func faultDial(t *testing.T, addr string) *faultRaw {
-	t.Helper()
-	return &faultRaw{pgtest.Dial(t, addr)}
-}
-
-// faultClosed reports whether err says the peer closed the connection.
-func faultClosed(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// readToClose reads messages until the proxy closes the connection, which must
-// happen within d. It returns the ErrorResponses seen, the arrival time of the first
-// one, and the types of the other messages.
-func (rc *faultRaw) readToClose(d time.Duration) (errs []wire.ErrorFields, firstAt time.Time, others []byte) {
-	rc.T.Helper()
-	deadline := time.Now().Add(d)
-	_ = rc.Conn.SetReadDeadline(deadline)
-	for i := 0; ; i++ {
-		typ, body, err := rc.Read()
-		if err != nil {
-			if faultClosed(err) {
-				return errs, firstAt, others
-			}
-			rc.T.Fatalf("proxy did not close the connection within %s: %v (errors so far: %+v, other messages %q)", d, err, errs, others)
-		}
-		if i > 1000 {
-			rc.T.Fatalf("proxy keeps sending messages, types %q", others)
-		}
-		if typ == wire.MsgErrorResponse {
-			if errs == nil {
-				firstAt = time.Now()
-			}
-			errs = append(errs, wire.ParseError(body))
-		} else {
-			others = append(others, typ)
-		}
-	}
-}
-
-// expectFatal reads to the end of the connection (within d) and checks that the
-// proxy sent exactly one ErrorResponse, FATAL with SQLSTATE code. It returns when the
-// error arrived.
-func (rc *faultRaw) expectFatal(code string, d time.Duration) time.Time {
-	rc.T.Helper()
-	errs, at, others := rc.readToClose(d)
-	if len(errs) != 1 {
-		rc.T.Fatalf("got %d ErrorResponses %+v (other messages %q), want one FATAL %s", len(errs), errs, others, code)
-	}
-	if errs[0].Severity != wire.SeverityFatal || errs[0].Code != code {
-		rc.T.Fatalf("got error %+v, want severity FATAL, SQLSTATE %s", errs[0], code)
-	}
-	return at
-}
-
 func faultCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
@@ -100,34 +42,9 @@ func faultExec(t *testing.T, c *pgx.Conn, sql string, args ...any) {
 	}
 }
 
-func faultInt(t *testing.T, c *pgx.Conn, sql string, args ...any) int {
-	t.Helper()
-	ctx, cancel := faultCtx()
-	defer cancel()
-	var n int
-	if err := c.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
-}
-
-// faultSelect runs SELECT $1::int and checks the answer.
-func faultSelect(c *pgx.Conn, v int) error {
-	ctx, cancel := faultCtx()
-	defer cancel()
-	var got int
-	if err := c.QueryRow(ctx, "SELECT $1::int", v).Scan(&got); err != nil {
-		return err
-	}
-	if got != v {
-		return fmt.Errorf("SELECT %d returned %d", v, got)
-	}
-	return nil
-}
-
 func faultRows(t *testing.T, chk *pgx.Conn, id int) int {
 	t.Helper()
-	return faultInt(t, chk, "SELECT count(*) FROM fault_rows WHERE id = $1", id)
+	return pgtest.MustInt(t, chk, "SELECT count(*) FROM fault_rows WHERE id = $1", id)
 }
 
 func faultTable(t *testing.T, chk *pgx.Conn) {
@@ -138,7 +55,7 @@ func faultTable(t *testing.T, chk *pgx.Conn) {
 // faultNoIdleInTx waits until no backend of the proxy is idle in a transaction.
 func faultNoIdleInTx(t *testing.T, tp *testProxy, chk *pgx.Conn) {
 	t.Helper()
-	eventually(t, 5*time.Second, "no proxy backend idle in transaction", func() error {
+	pgtest.Eventually(t, 5*time.Second, "no proxy backend idle in transaction", func() error {
 		st := tp.serverBackends(t, chk)
 		if n := st["idle in transaction"] + st["idle in transaction (aborted)"]; n > 0 {
 			return fmt.Errorf("backends by state: %v", st)
@@ -151,28 +68,19 @@ func faultPool(tp *testProxy) *pool.Pool {
 	return tp.pools.Get(pool.Key{Database: tp.db, User: "postgres"})
 }
 
-// faultLoop runs SELECT $1::int on c until stop is closed (at most max times) and
-// sends the number of successful queries on the returned channel. Any error fails t.
-func faultLoop(t *testing.T, tp *testProxy, c *pgx.Conn, stop <-chan struct{}, max int) <-chan int {
-	out := make(chan int, 1)
-	go func() {
-		n := 0
-		defer func() { out <- n }()
-		for i := 0; i < max; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			start := time.Now()
-			if err := faultSelect(c, i); err != nil {
-				t.Errorf("concurrent client: query %d failed after %s: %v (pool %+v)", i, time.Since(start), err, faultPool(tp).Stats())
-				return
-			}
-			n++
+// faultLoop starts a concurrent client: SELECT $1::int on c, over and over,
+// until the crowd finishes (cr.Finish reports a failed query, and a loop that
+// completed no query). The first failure ends the loop.
+func faultLoop(t *testing.T, tp *testProxy, c *pgx.Conn) *pgtest.Crowd {
+	cr := pgtest.NewCrowd(t, "concurrent client")
+	cr.Go(func(_ context.Context, i int) error {
+		start := time.Now()
+		if err := pgtest.SelectInt(c, i); err != nil {
+			return pgtest.Quit(fmt.Errorf("query %d failed after %s: %v (pool %+v)", i, time.Since(start), err, faultPool(tp).Stats()))
 		}
-	}()
-	return out
+		return nil
+	})
+	return cr
 }
 
 // faultNoHang fails t if err looks like a query that hung until its context ended.
@@ -204,22 +112,11 @@ func TestFaultBadInput(t *testing.T) {
 	// idle stays logged in without a word for longer than the login timeout.
 	idle := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 
-	stop := make(chan struct{})
-	loop := faultLoop(t, tp, bystander, stop, 1_000_000)
-	stopped := false
-	stopLoop := func() int {
-		if stopped {
-			return -1
-		}
-		stopped = true
-		close(stop)
-		return <-loop
-	}
-	t.Cleanup(func() { stopLoop() })
+	loop := faultLoop(t, tp, bystander)
 	protoErr0 := tp.srv.Stats().ProtocolError
 
-	loggedIn := func(t *testing.T) *faultRaw {
-		rc := faultDial(t, tp.addr)
+	loggedIn := func(t *testing.T) *pgtest.Raw {
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
 		return rc
 	}
@@ -228,24 +125,24 @@ func TestFaultBadInput(t *testing.T) {
 		run  func(t *testing.T)
 	}{
 		{"HTTPRequest", func(t *testing.T) {
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			rc.Send([]byte("GET / HTTP/1.1\r\n\r\n"))
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"HugeStartupLength", func(t *testing.T) {
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			rc.Send([]byte{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0})
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"TruncatedStartup", func(t *testing.T) {
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			pkt := []byte{0, 0, 0, 100, 0, 3, 0, 0}
 			pkt = append(pkt, "user\x00postgr"...) // 20 bytes of the announced 100
 			rc.Send(pkt)
 			if err := rc.Conn.(*net.TCPConn).CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
-			errs, _, others := rc.readToClose(2 * time.Second)
+			errs, _, others := rc.ReadToClose(2 * time.Second)
 			if len(others) > 0 || len(errs) > 1 {
 				t.Fatalf("got messages %q and errors %+v, want at most one FATAL error", others, errs)
 			}
@@ -254,14 +151,14 @@ func TestFaultBadInput(t *testing.T) {
 			}
 		}},
 		{"UnsupportedProtocol", func(t *testing.T) {
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			rc.Send(wire.AppendStartup(nil, 2<<16, wire.StartupParam{Name: "user", Value: "postgres"}))
-			rc.expectFatal(wire.CodeFeatureNotSupported, 2*time.Second)
+			rc.ExpectFatal(wire.CodeFeatureNotSupported, 2*time.Second)
 		}},
 		{"StalledStartup", func(t *testing.T) {
 			start := time.Now()
-			rc := faultDial(t, tp.addr)
-			at := rc.expectFatal(wire.CodeProtocolViolation, 3*time.Second)
+			rc := pgtest.Dial(t, tp.addr)
+			at := rc.ExpectFatal(wire.CodeProtocolViolation, 3*time.Second)
 			if d := at.Sub(start); d < 250*time.Millisecond || d > 2*time.Second {
 				t.Fatalf("login timeout error after %s, want about 300ms", d)
 			}
@@ -270,25 +167,25 @@ func TestFaultBadInput(t *testing.T) {
 			rc := loggedIn(t)
 			rc.MustQuery("SELECT 1", wire.TxIdle)
 			rc.Send([]byte{0x01, 0, 0, 0, 4})
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"NegativeQueryLength", func(t *testing.T) {
 			rc := loggedIn(t)
 			msg := []byte{'Q', 0xff, 0xff, 0xff, 0xf0}
 			rc.Send(append(msg, "SELECT 1\x00"...))
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"BadSyncLength", func(t *testing.T) {
 			rc := loggedIn(t)
 			rc.Send([]byte{'S', 0, 0, 0, 8, 0, 0, 0, 0})
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 		}},
 		{"GarbageInTransaction", func(t *testing.T) {
 			rc := loggedIn(t)
 			rc.MustQuery("BEGIN", wire.TxActive)
 			rc.MustQuery("INSERT INTO fault_rows VALUES (7)", wire.TxActive)
 			rc.Send([]byte("GET / HTTP/1.1\r\n\r\n"))
-			rc.expectFatal(wire.CodeProtocolViolation, 2*time.Second)
+			rc.ExpectFatal(wire.CodeProtocolViolation, 2*time.Second)
 			faultNoIdleInTx(t, tp, chk)
 			if n := faultRows(t, chk, 7); n != 0 {
 				t.Fatalf("row of the broken transaction committed (%d rows)", n)
@@ -301,7 +198,7 @@ func TestFaultBadInput(t *testing.T) {
 			rc.MustQuery("BEGIN", wire.TxActive)
 			msg := wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (8)")
 			rc.Send(append(msg, 0x01, 0, 0, 0, 4))
-			errs, _, others := rc.readToClose(2 * time.Second)
+			errs, _, others := rc.ReadToClose(2 * time.Second)
 			if len(errs) != 1 || errs[0].Severity != wire.SeverityFatal || errs[0].Code != wire.CodeProtocolViolation {
 				t.Fatalf("got errors %+v (other messages %q), want one FATAL 08P01", errs, others)
 			}
@@ -314,12 +211,8 @@ func TestFaultBadInput(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, c.run)
 	}
-	n := stopLoop()
-	if n <= 0 {
-		t.Errorf("concurrent client completed %d queries", n)
-	}
-	t.Logf("concurrent client ran %d queries", n)
-	if err := faultSelect(idle, 42); err != nil {
+	loop.Finish(t)
+	if err := pgtest.SelectInt(idle, 42); err != nil {
 		t.Errorf("client idle since login (longer than the login timeout): %v", err)
 	}
 	if got, want := tp.srv.Stats().ProtocolError-protoErr0, uint64(len(cases)-1); got < want {
@@ -337,7 +230,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 	var conns []*pgx.Conn
 	for i := 0; i < 3; i++ {
 		c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-		if err := faultSelect(c, i); err != nil {
+		if err := pgtest.SelectInt(c, i); err != nil {
 			t.Fatalf("client %d: %v", i, err)
 		}
 		conns = append(conns, c)
@@ -357,7 +250,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 		t.Errorf("Stats.Refused grew by %d, want 2", got)
 	}
 	for i, c := range conns {
-		if err := faultSelect(c, 10+i); err != nil {
+		if err := pgtest.SelectInt(c, 10+i); err != nil {
 			t.Fatalf("client %d after the refusals: %v", i, err)
 		}
 	}
@@ -367,7 +260,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c4 *pgx.Conn
-	eventually(t, 5*time.Second, "a new client is accepted after one left", func() error {
+	pgtest.Eventually(t, 5*time.Second, "a new client is accepted after one left", func() error {
 		c, err := tp.tryConnect(t, pgx.QueryExecModeSimpleProtocol)
 		if err != nil {
 			return err
@@ -375,7 +268,7 @@ func TestFaultMaxClientConn(t *testing.T) {
 		c4 = c
 		return nil
 	})
-	if err := faultSelect(c4, 4); err != nil {
+	if err := pgtest.SelectInt(c4, 4); err != nil {
 		t.Fatalf("new client: %v", err)
 	}
 	if _, err := tp.tryConnect(t, pgx.QueryExecModeSimpleProtocol); pgCode(err) != "53300" {
@@ -404,7 +297,7 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "two idle proxy backends", func() error {
+	pgtest.Eventually(t, 5*time.Second, "two idle proxy backends", func() error {
 		if st := tp.serverBackends(t, chk); st["idle"] != 2 || len(st) != 1 {
 			return fmt.Errorf("backends by state: %v", st)
 		}
@@ -413,8 +306,8 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 	// The pool checks an idle backend before handing it out only once it has been
 	// idle for a few milliseconds (one that dies sooner is found by its next user, by
 	// design): the backends are made to be idle a while, as idle backends are.
-	eventually(t, 5*time.Second, "backends idle for 100ms", func() error {
-		n := faultInt(t, chk, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()
+	pgtest.Eventually(t, 5*time.Second, "backends idle for 100ms", func() error {
+		n := pgtest.MustInt(t, chk, `SELECT count(*) FROM pg_stat_activity WHERE `+proxyBackends+`
 			AND state = 'idle' AND state_change < clock_timestamp() - interval '100 ms'`, tp.db)
 		if n != 2 {
 			return fmt.Errorf("%d backends idle for 100ms", n)
@@ -424,7 +317,7 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 	var old []uint32
 	{
 		ctx, cancel := faultCtx()
-		rows, err := chk.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()", tp.db)
+		rows, err := chk.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE "+proxyBackends, tp.db)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -434,28 +327,28 @@ func TestFaultTerminateIdleBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()) s", tp.db); n != 2 {
+	if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "+proxyBackends+") s", tp.db); n != 2 {
 		t.Fatalf("terminated %d backends, want 2", n)
 	}
-	eventually(t, 5*time.Second, "terminated backends gone", func() error {
+	pgtest.Eventually(t, 5*time.Second, "terminated backends gone", func() error {
 		if st := tp.serverBackends(t, chk); len(st) != 0 {
 			return fmt.Errorf("backends by state: %v", st)
 		}
 		return nil
 	})
 	for i := 0; i < 5; i++ {
-		if err := faultSelect(c1, i); err != nil {
+		if err := pgtest.SelectInt(c1, i); err != nil {
 			t.Fatalf("same client (simple protocol), query %d after the backends were terminated: %v", i, err)
 		}
-		if err := faultSelect(c2, i); err != nil {
+		if err := pgtest.SelectInt(c2, i); err != nil {
 			t.Fatalf("same client (extended protocol), query %d after the backends were terminated: %v", i, err)
 		}
 	}
 	c3 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-	if err := faultSelect(c3, 3); err != nil {
+	if err := pgtest.SelectInt(c3, 3); err != nil {
 		t.Fatalf("new client: %v", err)
 	}
-	pid := faultInt(t, c3, "SELECT pg_backend_pid()")
+	pid := pgtest.MustInt(t, c3, "SELECT pg_backend_pid()")
 	for _, o := range old {
 		if uint32(pid) == o {
 			t.Fatalf("client served by terminated backend %d", pid)
@@ -477,11 +370,11 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 	tp := startProxy(t, db, proxyOpts{PoolSize: 2})
 	bystander := tp.connect(t, pgx.QueryExecModeExec)
 	for round := 0; round < 3; round++ {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
 		rc.MustQuery("BEGIN", wire.TxActive)
 		rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-		pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
+		pid := pgtest.MustInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE "+proxyBackends+" AND state = 'idle in transaction'", tp.db)
 
 		// reader: counts answers and keeps the errors until the proxy closes.
 		var answers atomic.Int64
@@ -535,13 +428,13 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 				}
 			}
 		}()
-		eventually(t, 5*time.Second, "pipelined statements answered", func() error {
+		pgtest.Eventually(t, 5*time.Second, "pipelined statements answered", func() error {
 			if answers.Load() < 50 {
 				return errors.New("not yet")
 			}
 			return nil
 		})
-		if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+		if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 			t.Fatal("pg_terminate_backend")
 		}
 		var o outcome
@@ -555,7 +448,7 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 		// The stream may end abruptly (the proxy closes a client that is still
 		// sending, so its last bytes may be lost to a reset), but what arrives must
 		// be well-formed messages.
-		if !faultClosed(o.err) && !errors.Is(o.err, io.ErrUnexpectedEOF) {
+		if !pgtest.Closed(o.err) && !errors.Is(o.err, io.ErrUnexpectedEOF) {
 			t.Errorf("round %d: client connection: %v, want well-formed messages, then closed", round, o.err)
 		}
 		faultNoIdleInTx(t, tp, chk)
@@ -565,7 +458,7 @@ func TestFaultTerminateBackendInTransaction(t *testing.T) {
 		if n := faultRows(t, chk, 2); n != 0 {
 			t.Fatalf("round %d: %d statements sent inside the lost transaction were committed outside it (after %d answers)", round, n, answers.Load())
 		}
-		if err := faultSelect(bystander, round); err != nil {
+		if err := pgtest.SelectInt(bystander, round); err != nil {
 			t.Fatalf("other client: %v", err)
 		}
 	}
@@ -585,21 +478,21 @@ func TestFaultBackendDiesMidMessage(t *testing.T) {
 	// PostgreSQL sends its FATAL instead when it happens not to be blocked at that
 	// moment: two rounds make a cut in the middle of a message all but certain.
 	for round := 0; round < 2; round++ {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
 		rc.Send(wire.AppendQuery(nil, fmt.Sprintf("SELECT repeat('x', 100) FROM generate_series(1, %d)", total)))
 		var pid int
-		eventually(t, 20*time.Second, "backend blocked sending the result", func() error {
+		pgtest.Eventually(t, 20*time.Second, "backend blocked sending the result", func() error {
 			ctx, cancel := faultCtx()
 			defer cancel()
-			return chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()
+			return chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE `+proxyBackends+`
 				AND state = 'active' AND wait_event = 'ClientWrite'`, tp.db).Scan(&pid)
 		})
-		if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+		if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 			t.Fatal("pg_terminate_backend")
 		}
-		eventually(t, 5*time.Second, "terminated backend gone", func() error {
-			if n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid); n != 0 {
+		pgtest.Eventually(t, 5*time.Second, "terminated backend gone", func() error {
+			if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid); n != 0 {
 				return errors.New("still there")
 			}
 			return nil
@@ -647,13 +540,13 @@ func TestFaultBackendDiesMidMessage(t *testing.T) {
 			}
 		}
 		t.Logf("client read %d rows, errors %+v, then %v", rows, errs, end)
-		if !faultClosed(end) && !errors.Is(end, io.ErrUnexpectedEOF) {
+		if !pgtest.Closed(end) && !errors.Is(end, io.ErrUnexpectedEOF) {
 			t.Fatalf("after %d rows and errors %+v: %v; want well-formed messages, then the end of the connection", rows, errs, end)
 		}
 		if rows >= total {
 			t.Fatalf("the backend was not killed during the result")
 		}
-		if err := faultSelect(bystander, 1); err != nil {
+		if err := pgtest.SelectInt(bystander, 1); err != nil {
 			t.Fatalf("other client: %v", err)
 		}
 		faultNoIdleInTx(t, tp, chk)
@@ -709,13 +602,13 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	t.Cleanup(gate.release) // before the proxy is closed
 	bystander := tp.connect(t, pgx.QueryExecModeExec)
 
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	rc.MustQuery("BEGIN", wire.TxActive)
 	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
+	pid := pgtest.MustInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE "+proxyBackends+" AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
-	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+	if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 		t.Fatal("pg_terminate_backend")
 	}
 	select {
@@ -725,13 +618,14 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	}
 	rc.Send(wire.AppendQuery(nil, "INSERT INTO fault_rows VALUES (2)"))
 	// While the proxy is held, the statement must not run anywhere.
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	_ = pgtest.Poll(time.Second, func() error { // ends early only if it does run
 		if faultRows(t, chk, 2) != 0 {
-			break
+			return nil
 		}
-	}
+		return errors.New("not run")
+	})
 	gate.release()
-	errs, _, others := rc.readToClose(5 * time.Second)
+	errs, _, others := rc.ReadToClose(5 * time.Second)
 	t.Logf("client got errors %+v and messages %q", errs, others)
 	if n := faultRows(t, chk, 2); n != 0 {
 		t.Fatalf("statement sent after the transaction's backend died was committed on another backend (client saw errors %+v, messages %q)", errs, others)
@@ -747,7 +641,7 @@ func TestFaultLostTransactionNotRerouted(t *testing.T) {
 	if n := faultRows(t, chk, 1); n != 0 {
 		t.Fatalf("row of the lost transaction committed")
 	}
-	if err := faultSelect(bystander, 1); err != nil {
+	if err := pgtest.SelectInt(bystander, 1); err != nil {
 		t.Fatalf("other client: %v", err)
 	}
 	faultNoIdleInTx(t, tp, chk)
@@ -765,13 +659,13 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{Logger: slog.New(gate)}})
 	t.Cleanup(gate.release) // before the proxy is closed
 
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	rc.MustQuery("BEGIN", wire.TxActive)
 	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
-	pid := faultInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'idle in transaction'", tp.db)
+	pid := pgtest.MustInt(t, chk, "SELECT pid FROM pg_stat_activity WHERE "+proxyBackends+" AND state = 'idle in transaction'", tp.db)
 	gate.armed.Store(true)
-	if n := faultInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
+	if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM (SELECT pg_terminate_backend($1)) s", pid); n != 1 {
 		t.Fatal("pg_terminate_backend")
 	}
 	select {
@@ -781,9 +675,12 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	}
 	// The proxy's server goroutine for this client is now held in the log sink.
 	rc.Conn.Close()
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && tp.srv.Stats().Clients > 0; {
-		time.Sleep(10 * time.Millisecond)
-	}
+	_ = pgtest.Poll(time.Second, func() error { // best effort: the client gone
+		if n := tp.srv.Stats().Clients; n > 0 {
+			return fmt.Errorf("%d clients", n)
+		}
+		return nil
+	})
 	closed := make(chan error, 1)
 	go func() { closed <- tp.srv.Close() }()
 	select {
@@ -793,7 +690,7 @@ func TestFaultClientLeavesWhileBackendFails(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	gate.release()
-	if err := recvWithin(t, closed, 5*time.Second, "Close did not return"); err != nil {
+	if err := pgtest.Recv(t, closed, 5*time.Second, "Close did not return"); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if n := faultRows(t, chk, 1); n != 0 {
@@ -818,7 +715,7 @@ func TestFaultRestartPostgres(t *testing.T) {
 	idle2 := tp.connect(t, pgx.QueryExecModeExec)
 	txc := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 	for i, c := range []*pgx.Conn{idle1, idle2, txc} {
-		if err := faultSelect(c, i); err != nil {
+		if err := pgtest.SelectInt(c, i); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -833,7 +730,7 @@ func TestFaultRestartPostgres(t *testing.T) {
 	}
 	// While PostgreSQL is down a query fails with an error, quickly.
 	start := time.Now()
-	err := faultSelect(idle2, 5)
+	err := pgtest.SelectInt(idle2, 5)
 	faultNoHang(t, "query while PostgreSQL is down", err, time.Since(start))
 	if err == nil {
 		t.Fatalf("query succeeded while PostgreSQL is down")
@@ -848,7 +745,7 @@ func TestFaultRestartPostgres(t *testing.T) {
 		fails := 0
 		for i := 0; ; i++ {
 			start := time.Now()
-			err := faultSelect(c, 100+i)
+			err := pgtest.SelectInt(c, 100+i)
 			if err == nil {
 				break
 			}
@@ -864,7 +761,7 @@ func TestFaultRestartPostgres(t *testing.T) {
 			t.Errorf("%s client: %d queries failed after the restart, want at most 1", name, fails)
 		}
 		for i := 0; i < 3; i++ {
-			if err := faultSelect(c, 200+i); err != nil {
+			if err := pgtest.SelectInt(c, 200+i); err != nil {
 				t.Fatalf("%s client still not usable: %v", name, err)
 			}
 		}
@@ -885,7 +782,7 @@ func TestFaultRestartPostgres(t *testing.T) {
 	chk2 := direct(t, db)
 	c4 := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 	for i := 0; i < 3; i++ {
-		if err := faultSelect(c4, i); err != nil {
+		if err := pgtest.SelectInt(c4, i); err != nil {
 			t.Fatalf("new client after the restart: %v", err)
 		}
 	}
@@ -910,9 +807,9 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (1)")
-		pid := faultInt(t, a, "SELECT pg_backend_pid()")
+		pid := pgtest.MustInt(t, a, "SELECT pg_backend_pid()")
 		a.PgConn().Conn().Close()
-		eventually(t, 5*time.Second, "backend back to idle", func() error {
+		pgtest.Eventually(t, 5*time.Second, "backend back to idle", func() error {
 			if st := tp.serverBackends(t, chk); st["idle"] != 1 || len(st) != 1 {
 				return fmt.Errorf("backends by state: %v", st)
 			}
@@ -922,10 +819,10 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 			t.Fatalf("row of the abandoned transaction is visible")
 		}
 		b := tp.connect(t, pgx.QueryExecModeExec)
-		if got := faultInt(t, b, "SELECT pg_backend_pid()"); got != pid {
+		if got := pgtest.MustInt(t, b, "SELECT pg_backend_pid()"); got != pid {
 			t.Fatalf("new client on backend %d, want the reused backend %d (pool size 1)", got, pid)
 		}
-		if n := faultInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = $1", 1); n != 0 {
+		if n := pgtest.MustInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = $1", 1); n != 0 {
 			t.Fatalf("new client sees the abandoned row")
 		}
 		if b.PgConn().TxStatus() != 'I' {
@@ -941,7 +838,7 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (3)")
-		pid := faultInt(t, a, "SELECT pg_backend_pid()")
+		pid := pgtest.MustInt(t, a, "SELECT pg_backend_pid()")
 		errc := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -949,19 +846,19 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 			_, err := a.Exec(ctx, "SELECT pg_sleep(5)")
 			errc <- err
 		}()
-		eventually(t, 5*time.Second, "pg_sleep running", func() error {
-			if n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query = 'SELECT pg_sleep(5)'", pid); n != 1 {
+		pgtest.Eventually(t, 5*time.Second, "pg_sleep running", func() error {
+			if n := pgtest.MustInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query = 'SELECT pg_sleep(5)'", pid); n != 1 {
 				return errors.New("not yet")
 			}
 			return nil
 		})
 		a.PgConn().Conn().Close()
-		if err := recvWithin(t, errc, 5*time.Second, "query did not return after its connection was closed"); err == nil {
+		if err := pgtest.Recv(t, errc, 5*time.Second, "query did not return after its connection was closed"); err == nil {
 			t.Fatalf("query on a closed connection succeeded")
 		}
 		b := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		start := time.Now()
-		if n := faultInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = 3"); n != 0 {
+		if n := pgtest.MustInt(t, b, "SELECT count(*) FROM fault_rows WHERE id = 3"); n != 0 {
 			t.Fatalf("new client sees the abandoned row")
 		}
 		t.Logf("next client served after %s", time.Since(start))
@@ -974,8 +871,8 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 		}
 		// The abandoned backend ends (closed by the proxy, PostgreSQL notices after
 		// pg_sleep) without committing anything.
-		eventually(t, 10*time.Second, "abandoned backend gone or rolled back", func() error {
-			st := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'", pid)
+		pgtest.Eventually(t, 10*time.Second, "abandoned backend gone or rolled back", func() error {
+			st := pgtest.MustInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'", pid)
 			if st != 0 {
 				return fmt.Errorf("backend %d still busy or in a transaction", pid)
 			}
@@ -988,7 +885,7 @@ func TestFaultDisconnectMidTransaction(t *testing.T) {
 		if st := faultPool(tp).Stats(); st.Open > 1 {
 			t.Fatalf("pool leaks: %d backends open, size 1 (%+v)", st.Open, st)
 		}
-		if err := faultSelect(b, 9); err != nil {
+		if err := pgtest.SelectInt(b, 9); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -1002,7 +899,7 @@ func TestFaultCancel(t *testing.T) {
 	b := tp.connect(t, pgx.QueryExecModeExec)
 	running := func(sql string) func() error {
 		return func() error {
-			n := faultInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND state = 'active' AND query = $2", tp.db, sql)
+			n := pgtest.MustInt(t, chk, "SELECT count(*) FROM pg_stat_activity WHERE "+proxyBackends+" AND state = 'active' AND query = $2", tp.db, sql)
 			if n != 1 {
 				return fmt.Errorf("%d backends running %q", n, sql)
 			}
@@ -1010,18 +907,7 @@ func TestFaultCancel(t *testing.T) {
 		}
 	}
 
-	stop := make(chan struct{})
-	loop := faultLoop(t, tp, b, stop, 1_000_000)
-	stopped := false
-	stopLoop := func() int {
-		if stopped {
-			return -1
-		}
-		stopped = true
-		close(stop)
-		return <-loop
-	}
-	t.Cleanup(func() { stopLoop() })
+	loop := faultLoop(t, tp, b)
 
 	errc := make(chan error, 1)
 	go func() {
@@ -1030,23 +916,23 @@ func TestFaultCancel(t *testing.T) {
 		_, err := a.Exec(ctx, "SELECT pg_sleep(30)")
 		errc <- err
 	}()
-	eventually(t, 5*time.Second, "A's pg_sleep running", running("SELECT pg_sleep(30)"))
+	pgtest.Eventually(t, 5*time.Second, "A's pg_sleep running", running("SELECT pg_sleep(30)"))
 	ctx, cancel := faultCtx()
 	defer cancel()
 	start := time.Now()
 	if err := a.PgConn().CancelRequest(ctx); err != nil {
 		t.Fatalf("cancel request: %v", err)
 	}
-	err := recvWithin(t, errc, 3*time.Second, "query not canceled within 3s")
+	err := pgtest.Recv(t, errc, 3*time.Second, "query not canceled within 3s")
 	if code := pgCode(err); code != "57014" {
 		t.Fatalf("canceled query: %v (SQLSTATE %q), want 57014", err, code)
 	}
 	t.Logf("query canceled after %s", time.Since(start))
-	if err := faultSelect(a, 1); err != nil {
+	if err := pgtest.SelectInt(a, 1); err != nil {
 		t.Fatalf("A after the cancel: %v", err)
 	}
-	if n := stopLoop(); n <= 0 {
-		t.Fatalf("concurrent client completed %d queries", n)
+	if loop.Finish(t); loop.Done() == 0 {
+		t.FailNow() // Finish reported it
 	}
 
 	// Cancel requests that must have no effect: for a client running nothing, and
@@ -1061,7 +947,7 @@ func TestFaultCancel(t *testing.T) {
 			_, err := c.Exec(ctx, "SELECT pg_sleep(0.5)")
 			errc <- err
 		}()
-		eventually(t, 5*time.Second, "pg_sleep(0.5) running", running("SELECT pg_sleep(0.5)"))
+		pgtest.Eventually(t, 5*time.Second, "pg_sleep(0.5) running", running("SELECT pg_sleep(0.5)"))
 		send()
 		if err := <-errc; err != nil {
 			t.Fatalf("other client's pg_sleep(0.5): %v", err)
@@ -1073,16 +959,16 @@ func TestFaultCancel(t *testing.T) {
 		}
 	})
 	sleep(func() {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		key := append([]byte(nil), c.PgConn().SecretKey()...)
 		key[0] ^= 0xff
 		rc.Send(wire.AppendCancelRequest(nil, c.PgConn().PID(), key))
-		rc.readToClose(2 * time.Second)
+		rc.ReadToClose(2 * time.Second)
 	})
-	if err := faultSelect(a, 2); err != nil {
+	if err := pgtest.SelectInt(a, 2); err != nil {
 		t.Fatal(err)
 	}
-	if err := faultSelect(c, 3); err != nil {
+	if err := pgtest.SelectInt(c, 3); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -1101,12 +987,12 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 	idleSince := time.Now()
 
 	// A raw client goes silent in a transaction: FATAL 25P03.
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	rc.MustQuery("BEGIN", wire.TxActive)
 	rc.MustQuery("INSERT INTO fault_rows VALUES (1)", wire.TxActive)
 	start := time.Now()
-	at := rc.expectFatal(wire.CodeIdleInTransactionTimout, 3*time.Second)
+	at := rc.ExpectFatal(wire.CodeIdleInTransactionTimout, 3*time.Second)
 	if d := at.Sub(start); d < 250*time.Millisecond {
 		t.Fatalf("idle-transaction timeout after %s, want about 300ms", d)
 	}
@@ -1115,7 +1001,7 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 		t.Fatalf("row of the timed-out transaction committed")
 	}
 	b := tp.connect(t, pgx.QueryExecModeExec)
-	if err := faultSelect(b, 1); err != nil {
+	if err := pgtest.SelectInt(b, 1); err != nil {
 		t.Fatalf("client B on the single backend: %v", err)
 	}
 
@@ -1124,7 +1010,7 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 	killed := tp.srv.Stats().IdleTxKilled
 	faultExec(t, a, "BEGIN")
 	faultExec(t, a, "INSERT INTO fault_rows VALUES (2)")
-	eventually(t, 3*time.Second, "idle-transaction timeout", func() error {
+	pgtest.Eventually(t, 3*time.Second, "idle-transaction timeout", func() error {
 		if tp.srv.Stats().IdleTxKilled == killed {
 			return errors.New("client not ended yet")
 		}
@@ -1143,7 +1029,7 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 	if n := faultRows(t, chk, 2) + faultRows(t, chk, 3); n != 0 {
 		t.Fatalf("rows of the timed-out transaction committed")
 	}
-	if err := faultSelect(b, 2); err != nil {
+	if err := pgtest.SelectInt(b, 2); err != nil {
 		t.Fatalf("client B after the second timeout: %v", err)
 	}
 
@@ -1159,7 +1045,7 @@ func TestFaultIdleTransactionTimeout(t *testing.T) {
 	if d := time.Second - time.Since(idleSince); d > 0 {
 		time.Sleep(d) // the scenario: idle for a second
 	}
-	if err := faultSelect(idle, 5); err != nil {
+	if err := pgtest.SelectInt(idle, 5); err != nil {
 		t.Fatalf("client idle outside a transaction for 1s: %v", err)
 	}
 	if n := faultRows(t, chk, 100); n != 1 {
@@ -1183,7 +1069,7 @@ func TestFaultQueryWaitTimeout(t *testing.T) {
 			faultExec(t, a, "BEGIN")
 			for i := 0; i < 2; i++ {
 				start := time.Now()
-				err := faultSelect(b, i)
+				err := pgtest.SelectInt(b, i)
 				d := time.Since(start)
 				if code := pgCode(err); code != "57014" {
 					t.Fatalf("query %d while the only backend is held: %v (SQLSTATE %q), want 57014", i, err, code)
@@ -1198,11 +1084,11 @@ func TestFaultQueryWaitTimeout(t *testing.T) {
 			}
 			faultExec(t, a, "COMMIT")
 			for i := 0; i < 3; i++ {
-				if err := faultSelect(b, 10+i); err != nil {
+				if err := pgtest.SelectInt(b, 10+i); err != nil {
 					t.Fatalf("query after the backend was freed: %v", err)
 				}
 			}
-			if err := faultSelect(a, 1); err != nil {
+			if err := pgtest.SelectInt(a, 1); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -1211,7 +1097,7 @@ func TestFaultQueryWaitTimeout(t *testing.T) {
 	// Raw extended protocol: the failed batch gets exactly one error, and one
 	// ReadyForQuery at its Sync.
 	t.Run("ExtendedRaw", func(t *testing.T) {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(tp.db, "fault_raw")
 		batch := faultExtendedBatch("SELECT 1")
 		faultExec(t, a, "BEGIN")
@@ -1283,10 +1169,10 @@ func TestFaultShutdown(t *testing.T) {
 		tp := startProxy(t, db, proxyOpts{PoolSize: 2})
 		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		b := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
-		if err := faultSelect(b, 1); err != nil {
+		if err := pgtest.SelectInt(b, 1); err != nil {
 			t.Fatal(err)
 		}
-		braw := faultDial(t, tp.addr)
+		braw := pgtest.Dial(t, tp.addr)
 		braw.Login(db, "fault_raw")
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (1)")
@@ -1300,8 +1186,8 @@ func TestFaultShutdown(t *testing.T) {
 			returned.Store(true)
 			done <- err
 		}()
-		braw.expectFatal(wire.CodeAdminShutdown, 3*time.Second)
-		eventually(t, 3*time.Second, "idle clients closed", func() error {
+		braw.ExpectFatal(wire.CodeAdminShutdown, 3*time.Second)
+		pgtest.Eventually(t, 3*time.Second, "idle clients closed", func() error {
 			if n := tp.srv.Stats().Clients; n != 1 {
 				return fmt.Errorf("%d clients connected", n)
 			}
@@ -1325,7 +1211,7 @@ func TestFaultShutdown(t *testing.T) {
 		}
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (2)")
 		faultExec(t, a, "COMMIT")
-		if err := recvWithin(t, done, 3*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
+		if err := pgtest.Recv(t, done, 3*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
 		if n := faultRows(t, chk, 1) + faultRows(t, chk, 2); n != 2 {
@@ -1348,11 +1234,11 @@ func TestFaultShutdown(t *testing.T) {
 		a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 		faultExec(t, a, "BEGIN")
 		faultExec(t, a, "INSERT INTO fault_rows VALUES (30)")
-		w := faultDial(t, tp.addr)
+		w := pgtest.Dial(t, tp.addr)
 		w.Login(db, "fault_raw")
 		w.Send(wire.AppendQuery(nil, "SELECT 1"))
 		p := tp.pools.Get(pool.Key{Database: db, User: "postgres"})
-		eventually(t, 5*time.Second, "the client queued", func() error {
+		pgtest.Eventually(t, 5*time.Second, "the client queued", func() error {
 			if n := p.Stats().Waiting; n != 1 {
 				return fmt.Errorf("%d waiting", n)
 			}
@@ -1364,12 +1250,12 @@ func TestFaultShutdown(t *testing.T) {
 			defer cancel()
 			done <- tp.srv.Shutdown(ctx)
 		}()
-		w.expectFatal(wire.CodeAdminShutdown, 3*time.Second)
+		w.ExpectFatal(wire.CodeAdminShutdown, 3*time.Second)
 		if n := p.Stats().Waiting; n != 0 {
 			t.Fatalf("%d still waiting after the shutdown began", n)
 		}
 		faultExec(t, a, "COMMIT")
-		if err := recvWithin(t, done, 5*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
+		if err := pgtest.Recv(t, done, 5*time.Second, "Shutdown did not return after the last transaction ended"); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
 		if n := faultRows(t, chk, 30); n != 1 {
@@ -1425,7 +1311,7 @@ func TestFaultShutdown(t *testing.T) {
 func TestCopyFailsMidMessage(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	rc.MustQuery("CREATE TABLE copy_mid(a int)", wire.TxIdle)
 	rc.Send(wire.AppendQuery(nil, "SET search_path TO public; COPY copy_mid FROM STDIN"))
@@ -1440,25 +1326,9 @@ func TestCopyFailsMidMessage(t *testing.T) {
 	}
 	// A bad row, then the first 200 KiB of a 1 MiB CopyData.
 	const body = 1 << 20
-	first := make([]byte, 5, 5+200<<10)
-	first[0] = wire.MsgCopyData
-	binary.BigEndian.PutUint32(first[1:], 4+body)
-	first = append(first, bytes.Repeat([]byte{'y'}, 200<<10)...)
+	first := append(pgtest.Header(wire.MsgCopyData, body), bytes.Repeat([]byte{'y'}, 200<<10)...)
 	rc.Send(append([]byte{wire.MsgCopyData, 0, 0, 0, 6, 'x', '\n'}, first...))
-	var copyErr *wire.ErrorFields
-	for {
-		typ, b, err := rc.Next(10 * time.Second)
-		if err != nil {
-			t.Fatalf("waiting for the COPY's error: %v", err)
-		}
-		if typ == wire.MsgErrorResponse {
-			f := wire.ParseError(b)
-			copyErr = &f
-		}
-		if typ == wire.MsgReadyForQuery {
-			break
-		}
-	}
+	copyErr, _ := rc.UntilReady(10*time.Second, "waiting for the COPY's error")
 	if copyErr == nil || copyErr.Code != "22P02" {
 		t.Fatalf("COPY of a bad row: error %+v, want 22P02", copyErr)
 	}
@@ -1474,17 +1344,4 @@ func TestCopyFailsMidMessage(t *testing.T) {
 		t.Fatalf("SHOW search_path: %+v", f)
 	}
 	rc.MustQuery("SELECT count(*) FROM copy_mid", wire.TxIdle)
-}
-
-// recvWithin returns the error received from ch, failing the test with what if
-// none comes within d.
-func recvWithin(t *testing.T, ch <-chan error, d time.Duration, what string) error {
-	t.Helper()
-	select {
-	case err := <-ch:
-		return err
-	case <-time.After(d):
-		t.Fatalf("%s", what)
-		return nil
-	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -25,36 +26,15 @@ import (
 // loaded CI machine. The measured times are logged.
 const hangSlack = 500 * time.Millisecond
 
-// hangBigSelect streams about 200 MB: far more than the socket buffers hold.
-const hangBigSelect = "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"
-
-// hangStuck logs a raw client in, opens a transaction and starts hangBigSelect
-// without ever reading its answer. It returns once PostgreSQL is blocked writing
-// to the proxy, which means the proxy is blocked writing to the client.
-func hangStuck(t *testing.T, tp *testProxy) (*faultRaw, time.Time) {
+// hangStuck logs a raw client in, opens a transaction and starts a SELECT of
+// about 200 MB without ever reading its answer (pgtest.Raw.Stuck). It returns
+// once PostgreSQL is blocked writing to the proxy, which means the proxy is
+// blocked writing to the client.
+func hangStuck(t *testing.T, tp *testProxy) (*pgtest.Raw, time.Time) {
 	t.Helper()
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(tp.db, "fault_raw")
-	began := time.Now()
-	rc.MustQuery("BEGIN", wire.TxActive)
-	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
-		_ = tcp.SetReadBuffer(64 << 10) // fill up sooner
-	}
-	rc.Send(wire.AppendQuery(nil, hangBigSelect))
-	chk := direct(t, tp.db)
-	eventually(t, 20*time.Second, "the backend blocked writing to the proxy", func() error {
-		var n int
-		err := chk.QueryRow(context.Background(),
-			`SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'ClientWrite' AND query LIKE 'SELECT repeat%'`,
-			tp.db).Scan(&n)
-		if err != nil {
-			return err
-		}
-		if n != 1 {
-			return fmt.Errorf("%d backends in ClientWrite", n)
-		}
-		return nil
-	})
+	began := rc.Stuck(direct(t, tp.db), tp.db)
 	return rc, began
 }
 
@@ -63,25 +43,25 @@ func hangStuck(t *testing.T, tp *testProxy) (*faultRaw, time.Time) {
 func hangEnded(t *testing.T, tp *testProxy, by time.Time) time.Time {
 	t.Helper()
 	p := faultPool(tp)
-	for {
-		now := time.Now()
-		st := p.Stats()
-		if tp.srv.Stats().Clients == 0 && st.InUse == 0 && st.Dialing == 0 {
-			return now
+	var at time.Time
+	if err := pgtest.Poll(time.Until(by), func() error {
+		at = time.Now()
+		if st := p.Stats(); tp.srv.Stats().Clients != 0 || st.InUse != 0 || st.Dialing != 0 {
+			return fmt.Errorf("%d clients, pool %+v", tp.srv.Stats().Clients, st)
 		}
-		if now.After(by) {
-			t.Fatalf("client not ended in time: %d clients, pool %+v", tp.srv.Stats().Clients, st)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatalf("client not ended in time: %v", err)
 	}
+	return at
 }
 
 // hangDrained reads what the proxy sent the stuck client until the proxy closes
 // the connection.
-func hangDrained(t *testing.T, rc *faultRaw) {
+func hangDrained(t *testing.T, rc *pgtest.Raw) {
 	t.Helper()
 	_ = rc.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.Copy(io.Discard, rc.Conn); err != nil && !faultClosed(err) {
+	if _, err := io.Copy(io.Discard, rc.Conn); err != nil && !pgtest.Closed(err) {
 		t.Fatalf("reading the ended client's connection: %v", err)
 	}
 }
@@ -177,7 +157,7 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	}})
 	reg, _ := newObsRegistry(t, tp, obs)
 
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(16 << 10)
@@ -245,7 +225,7 @@ func TestHangStuckClientDoesNotBlockObservers(t *testing.T) {
 	if _, err := admin.Exec(ctx, fmt.Sprintf("KILL_CLIENT %d", rc.PID)); err != nil {
 		t.Fatalf("KILL_CLIENT: %v", err)
 	}
-	eventually(t, time.Second+hangSlack, "stuck client ended", func() error {
+	pgtest.Eventually(t, time.Second+hangSlack, "stuck client ended", func() error {
 		if n := tp.srv.Stats().Clients; n != 1 { // the console
 			return fmt.Errorf("%d clients", n)
 		}

@@ -2,11 +2,11 @@ package proxy_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -172,45 +172,46 @@ func (tp *testProxy) connect(t testing.TB, mode pgx.QueryExecMode) *pgx.Conn {
 // connection is closed at cleanup.
 func (tp *testProxy) tryConnect(t testing.TB, mode pgx.QueryExecMode) (*pgx.Conn, error) {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(tp.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = mode
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c, nil
+	return pgtest.TryConnect(t, tp.URL(), mode, nil)
 }
 
 // direct opens a pgx connection straight to PostgreSQL (for checks and setup).
+// It is not counted as a proxy backend (see proxyBackends): its
+// application_name is directAppName.
 func direct(t testing.TB, db string) *pgx.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cfg, err := pgx.ParseConfig(cluster.URL(db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Not counted as a proxy backend (see serverBackends).
-	cfg.RuntimeParams["application_name"] = directAppName
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("connect directly: %v", err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
+	return pgtest.Connect(t, cluster.URL(db), 0, map[string]string{"application_name": directAppName})
+}
+
+// proxyBackends is the condition on pg_stat_activity of the proxy's backends for
+// the database $1 ($1 is tp.db): every client backend there except the test's
+// direct connections and the querying one.
+const proxyBackends = `datname = $1 AND backend_type = 'client backend' AND application_name <> '` + directAppName + `' AND pid <> pg_backend_pid()`
+
+// countProxyBackends counts the proxy's backends for tp's database on c; it
+// returns errors instead of failing the test, for a goroutine other than the
+// test's.
+func countProxyBackends(ctx context.Context, tp *testProxy, c *pgx.Conn) (int, error) {
+	var n int
+	err := c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE `+proxyBackends, tp.db).Scan(&n)
+	return n, err
+}
+
+// monitorProxyBackends samples how many backends the proxy of tp has in
+// PostgreSQL (countProxyBackends) until the test ends or Finish.
+func monitorProxyBackends(t testing.TB, tp *testProxy) *pgtest.BackendMonitor {
+	t.Helper()
+	return pgtest.MonitorBackends(t, direct(t, tp.db), func(ctx context.Context, c *pgx.Conn) (int, int, error) {
+		n, err := countProxyBackends(ctx, tp, c)
+		return n, 0, err
+	})
 }
 
 // serverBackends counts the proxy's backends in pg_stat_activity, by state.
 func (tp *testProxy) serverBackends(t testing.TB, chk *pgx.Conn) map[string]int {
 	t.Helper()
 	rows, err := chk.Query(context.Background(),
-		`SELECT coalesce(state, ''), count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() GROUP BY 1`, tp.db)
+		`SELECT coalesce(state, ''), count(*) FROM pg_stat_activity WHERE `+proxyBackends+` GROUP BY 1`, tp.db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,19 +230,28 @@ func (tp *testProxy) serverBackends(t testing.TB, chk *pgx.Conn) map[string]int 
 	return out
 }
 
-// eventually polls cond until it returns nil or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	pgtest.Eventually(t, within, what, cond)
+// pgCode is pgtest.SQLState, the SQLSTATE of err or "", under the short name
+// this package's tests use.
+var pgCode = pgtest.SQLState
+
+// workloadDirectEnv names the switch that points the driver workloads (Python,
+// JDBC, node-postgres) at PostgreSQL itself instead of the proxy: with it set
+// to 1 they validate the tests themselves, which must pass that way.
+const workloadDirectEnv = "PGSIDECAR_TEST_DIRECT"
+
+// workloadDirect reports whether workloadDirectEnv is set to a true value.
+func workloadDirect() bool {
+	v, err := strconv.ParseBool(os.Getenv(workloadDirectEnv))
+	return err == nil && v
 }
 
-// pgCode returns the SQLSTATE of err, or "".
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
+// lastBytes returns the last n bytes of s (of a process's output, for a failure
+// message).
+func lastBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return ""
+	return "..." + s[len(s)-n:]
 }
 
 type testWriter struct{ t testing.TB }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -67,17 +68,7 @@ func TestLeakSuspect(t *testing.T) {
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg, err := pgx.ParseConfig(tp.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["application_name"] = "orders-worker"
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	leaky, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer leaky.Close(context.Background())
+	leaky := connectApp(t, tp, "orders-worker")
 	busy := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 
 	tx, err := leaky.Begin(ctx)
@@ -89,23 +80,14 @@ func TestLeakSuspect(t *testing.T) {
 	}
 	start := time.Now()
 	// Another client keeps working meanwhile and is never a suspect.
-	stop := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				done <- nil
-				return
-			default:
-			}
-			if _, err := busy.Exec(ctx, "SELECT 1"); err != nil {
-				done <- err
-				return
-			}
+	other := pgtest.NewCrowd(t, "busy client")
+	other.Go(func(ctx context.Context, _ int) error {
+		if _, err := busy.Exec(ctx, "SELECT 1"); err != nil {
+			return pgtest.Quit(err)
 		}
-	}()
-	eventually(t, 10*time.Second, "leak suspect reported", func() error {
+		return nil
+	})
+	pgtest.Eventually(t, 10*time.Second, "leak suspect reported", func() error {
 		st := tp.srv.LeakStats()
 		if st.Suspects != 1 || st.Detected != 1 {
 			return fmt.Errorf("LeakStats = %+v", st)
@@ -138,15 +120,14 @@ func TestLeakSuspect(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "suspect gone after commit", func() error {
+	pgtest.Eventually(t, 5*time.Second, "suspect gone after commit", func() error {
 		if st := tp.srv.LeakStats(); st.Suspects != 0 || st.OldestIdleTx != 0 {
 			return fmt.Errorf("LeakStats = %+v", st)
 		}
 		return nil
 	})
-	close(stop)
-	if err := <-done; err != nil {
-		t.Fatalf("busy client: %v", err)
+	if other.Finish(t); len(other.Failures()) > 0 {
+		t.FailNow() // Finish reported the busy client's error
 	}
 
 	// Leaving mid-transaction: a forced rollback with its own reason.
@@ -155,7 +136,7 @@ func TestLeakSuspect(t *testing.T) {
 		t.Fatal(err)
 	}
 	gone.PgConn().Conn().Close()
-	eventually(t, 5*time.Second, "forced rollback counted", func() error {
+	pgtest.Eventually(t, 5*time.Second, "forced rollback counted", func() error {
 		if n := tp.srv.LeakStats().ForcedRollbacks["client_disconnect"]; n != 1 {
 			return fmt.Errorf("client_disconnect rollbacks = %d", n)
 		}
@@ -199,7 +180,7 @@ func TestTransactionTimeout(t *testing.T) {
 				_, err = tx.Exec(ctx, tc.then)
 			} else {
 				// Idle until the proxy ends it: the next statement fails.
-				eventually(t, 15*time.Second, "client ended", func() error {
+				pgtest.Eventually(t, 15*time.Second, "client ended", func() error {
 					if c.PgConn().IsClosed() {
 						return nil
 					}
@@ -222,7 +203,7 @@ func TestTransactionTimeout(t *testing.T) {
 			if _, err := other.Exec(ctx, "SELECT 1"); err != nil {
 				t.Fatalf("other client: %v", err)
 			}
-			eventually(t, 10*time.Second, "rolled back", func() error {
+			pgtest.Eventually(t, 10*time.Second, "rolled back", func() error {
 				var n int
 				if err := chk.QueryRow(ctx, "SELECT count(*) FROM tt").Scan(&n); err != nil {
 					return err

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/lib/pq"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -280,7 +281,7 @@ func libpqParamQueries(t *testing.T, url string) *libpqParamResult {
 // there are at most size of them.
 func checkLibPQBackends(t *testing.T, tp *testProxy, chk *pgx.Conn, size int) {
 	t.Helper()
-	eventually(t, 10*time.Second, "proxy backends all idle", func() error {
+	pgtest.Eventually(t, 10*time.Second, "proxy backends all idle", func() error {
 		st := tp.serverBackends(t, chk)
 		total := 0
 		for s, n := range st {

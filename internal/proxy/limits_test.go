@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
@@ -12,19 +11,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
 // What a client may make the proxy buffer (issue 11, points 2 and 3): memory
 // grows only with bytes that arrived, within bounds the proxy chooses.
-
-// limitsHeader is the header of a message of type t whose body has n bytes.
-func limitsHeader(t byte, n int) []byte {
-	b := []byte{t, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(b[1:], uint32(n+4))
-	return b
-}
 
 // limitsBystander checks that another client is answered within 100 ms.
 func limitsBystander(t *testing.T, c *pgx.Conn) {
@@ -41,31 +34,8 @@ func limitsBystander(t *testing.T, c *pgx.Conn) {
 	}
 }
 
-// limitsLiteral streams a Query `SELECT length('xxx...')` whose literal has n
-// bytes, from a small buffer.
-func limitsLiteral(t *testing.T, c net.Conn, n int) {
-	t.Helper()
-	head := "SELECT length('"
-	tail := "')\x00"
-	_ = c.SetWriteDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(append(limitsHeader(wire.MsgQuery, len(head)+n+len(tail)), head...)); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	chunk := bytes.Repeat([]byte("x"), 1<<20)
-	for n > 0 {
-		k := min(n, len(chunk))
-		if _, err := c.Write(chunk[:k]); err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		n -= k
-	}
-	if _, err := c.Write([]byte(tail)); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-}
-
-// limitsResult reads the answer to limitsLiteral: its one value, or the error.
-func limitsResult(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields) {
+// limitsResult reads the answer to a Raw.StreamLiteral: its one value, or the error.
+func limitsResult(rc *pgtest.Raw, within time.Duration) (string, *wire.ErrorFields) {
 	rc.T.Helper()
 	val, ef, err := limitsAnswer(rc, within)
 	if err != nil {
@@ -77,7 +47,7 @@ func limitsResult(rc *faultRaw, within time.Duration) (string, *wire.ErrorFields
 // limitsAnswer reads up to the ReadyForQuery or a FATAL: the value of the one
 // DataRow, the last ErrorResponse, or the read error. It may run in a goroutine
 // other than the test's.
-func limitsAnswer(rc *faultRaw, within time.Duration) (val string, ef *wire.ErrorFields, err error) {
+func limitsAnswer(rc *pgtest.Raw, within time.Duration) (val string, ef *wire.ErrorFields, err error) {
 	for {
 		typ, body, err := rc.Next(within)
 		if err != nil {
@@ -111,12 +81,12 @@ func TestLimitsMessageSize(t *testing.T) {
 	for _, typ := range []byte{wire.MsgQuery, wire.MsgParse, wire.MsgBind, wire.MsgFunctionCall} {
 		t.Run(string(typ), func(t *testing.T) {
 			before := tp.srv.Stats().TooLarge
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			rc.Login(db, "fault_raw")
 			// 13 bytes that claim a gigabyte.
-			rc.Send(append(limitsHeader(typ, 1<<30-5), "SELECT 1"...))
+			rc.Send(append(pgtest.Header(typ, 1<<30-5), "SELECT 1"...))
 			start := time.Now()
-			errs, _, _ := rc.readToClose(5 * time.Second)
+			errs, _, _ := rc.ReadToClose(5 * time.Second)
 			if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded || errs[0].Severity != wire.SeverityFatal {
 				t.Fatalf("got %+v, want one FATAL 54000", errs)
 			}
@@ -136,14 +106,14 @@ func TestLimitsMessageSize(t *testing.T) {
 		if _, err := chk.Exec(context.Background(), "CREATE TABLE limits_copy (t text)"); err != nil {
 			t.Fatal(err)
 		}
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
 		rc.Send(wire.AppendQuery(nil, "COPY limits_copy FROM STDIN"))
 		if typ, _, err := rc.Next(5 * time.Second); err != nil || typ != wire.MsgCopyInResponse {
 			t.Fatalf("COPY: %q, %v", typ, err)
 		}
 		row := append(bytes.Repeat([]byte("y"), 3<<20), '\n') // 3 MiB in one CopyData
-		rc.Send(append(limitsHeader(wire.MsgCopyData, len(row)), row...))
+		rc.Send(append(pgtest.Header(wire.MsgCopyData, len(row)), row...))
 		rc.Send([]byte{wire.MsgCopyDone, 0, 0, 0, 4})
 		if _, ef := limitsResult(rc, 10*time.Second); ef != nil {
 			t.Fatalf("COPY of a 3 MiB row: %+v", ef)
@@ -168,16 +138,16 @@ func TestLimitsMessageMemory(t *testing.T) {
 	const big = 700 << 10 // two do not fit at once
 
 	t.Run("WaitsForRoom", func(t *testing.T) {
-		a := faultDial(t, tp.addr)
+		a := pgtest.Dial(t, tp.addr)
 		a.Login(db, "fault_raw")
-		b := faultDial(t, tp.addr)
+		b := pgtest.Dial(t, tp.addr)
 		b.Login(db, "fault_raw")
 		// a sends its header and part of its text, then stalls: its message holds
 		// the room it claims.
 		head := "SELECT length('"
-		a.Send(append(limitsHeader(wire.MsgQuery, len(head)+big+3), head...))
+		a.Send(append(pgtest.Header(wire.MsgQuery, len(head)+big+3), head...))
 		a.Send(bytes.Repeat([]byte("x"), 1000))
-		eventually(t, 5*time.Second, "a's message reserved", func() error {
+		pgtest.Eventually(t, 5*time.Second, "a's message reserved", func() error {
 			if st := tp.srv.MessageMemory(); st.Used < big {
 				return fmt.Errorf("%+v", st)
 			}
@@ -188,9 +158,11 @@ func TestLimitsMessageMemory(t *testing.T) {
 		var ef *wire.ErrorFields
 		go func() {
 			defer close(done)
-			limitsLiteral(t, b.Conn, big)
+			if err := b.StreamLiteral(big, 60*time.Second); err != nil {
+				t.Errorf("write: %v", err)
+			}
 		}()
-		eventually(t, 5*time.Second, "b waits for room", func() error {
+		pgtest.Eventually(t, 5*time.Second, "b waits for room", func() error {
 			if st := tp.srv.MessageMemory(); st.Waiting != 1 {
 				return fmt.Errorf("%+v", st)
 			}
@@ -206,7 +178,7 @@ func TestLimitsMessageMemory(t *testing.T) {
 		if val, ef = limitsResult(b, 10*time.Second); ef != nil || val != fmt.Sprint(big) {
 			t.Fatalf("b: %q, %+v", val, ef)
 		}
-		eventually(t, 5*time.Second, "the budget released", func() error {
+		pgtest.Eventually(t, 5*time.Second, "the budget released", func() error {
 			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
 				return fmt.Errorf("%+v", st)
 			}
@@ -215,10 +187,10 @@ func TestLimitsMessageMemory(t *testing.T) {
 	})
 
 	t.Run("LargerThanBudget", func(t *testing.T) {
-		rc := faultDial(t, tp.addr)
+		rc := pgtest.Dial(t, tp.addr)
 		rc.Login(db, "fault_raw")
-		rc.Send(append(limitsHeader(wire.MsgQuery, 2*budget), "SELECT 1"...))
-		errs, _, _ := rc.readToClose(5 * time.Second)
+		rc.Send(append(pgtest.Header(wire.MsgQuery, 2*budget), "SELECT 1"...))
+		errs, _, _ := rc.ReadToClose(5 * time.Second)
 		if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded {
 			t.Fatalf("got %+v, want FATAL 54000", errs)
 		}
@@ -227,19 +199,19 @@ func TestLimitsMessageMemory(t *testing.T) {
 
 	t.Run("WaitTimesOut", func(t *testing.T) {
 		before := tp.srv.Stats().OutOfMemory
-		a := faultDial(t, tp.addr)
+		a := pgtest.Dial(t, tp.addr)
 		a.Login(db, "fault_raw")
-		a.Send(append(limitsHeader(wire.MsgQuery, big), "SELECT 1 --"...))
-		eventually(t, 5*time.Second, "a's message reserved", func() error {
+		a.Send(append(pgtest.Header(wire.MsgQuery, big), "SELECT 1 --"...))
+		pgtest.Eventually(t, 5*time.Second, "a's message reserved", func() error {
 			if st := tp.srv.MessageMemory(); st.Used < big {
 				return fmt.Errorf("%+v", st)
 			}
 			return nil
 		})
-		b := faultDial(t, tp.addr)
+		b := pgtest.Dial(t, tp.addr)
 		b.Login(db, "fault_raw")
-		b.Send(append(limitsHeader(wire.MsgParse, big), "\x00SELECT 1 --"...))
-		errs, _, _ := b.readToClose(10 * time.Second)
+		b.Send(append(pgtest.Header(wire.MsgParse, big), "\x00SELECT 1 --"...))
+		errs, _, _ := b.ReadToClose(10 * time.Second)
 		if len(errs) != 1 || errs[0].Code != wire.CodeOutOfMemory || errs[0].Severity != wire.SeverityFatal {
 			t.Fatalf("got %+v, want FATAL 53200", errs)
 		}
@@ -247,7 +219,7 @@ func TestLimitsMessageMemory(t *testing.T) {
 			t.Errorf("Stats.OutOfMemory grew by %d", got)
 		}
 		a.Conn.Close()
-		eventually(t, 5*time.Second, "the budget released when a left", func() error {
+		pgtest.Eventually(t, 5*time.Second, "the budget released when a left", func() error {
 			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
 				return fmt.Errorf("%+v", st)
 			}
@@ -265,29 +237,14 @@ func TestLimitsClientStatements(t *testing.T) {
 	tp := startProxy(t, db, proxyOpts{Opt: proxy.Options{MaxClientStatements: 5, MaxClientStatementBytes: 4096}})
 	for _, inTx := range []bool{false, true} {
 		t.Run(fmt.Sprintf("inTransaction=%v", inTx), func(t *testing.T) {
-			rc := faultDial(t, tp.addr)
+			rc := pgtest.Dial(t, tp.addr)
 			rc.Login(db, "fault_raw")
 			if inTx {
 				rc.MustQuery("BEGIN", wire.TxActive)
 			}
 			// untilReady reads up to the ReadyForQuery: the first error, the status.
 			untilReady := func(what string) (*wire.ErrorFields, byte) {
-				var ef *wire.ErrorFields
-				for {
-					typ, body, err := rc.Next(5 * time.Second)
-					if err != nil {
-						t.Fatalf("%s: %v", what, err)
-					}
-					switch typ {
-					case wire.MsgErrorResponse:
-						if ef == nil {
-							f := wire.ParseError(body)
-							ef = &f
-						}
-					case wire.MsgReadyForQuery:
-						return ef, body[0]
-					}
-				}
+				return rc.UntilReady(5*time.Second, what)
 			}
 			parse := func(name, sql string) *wire.ErrorFields {
 				rc.Send(wire.AppendSync(wire.AppendParse(nil, name, sql)))
@@ -341,7 +298,7 @@ func TestLimitsClientStatements(t *testing.T) {
 func TestLimitsPendingAnswers(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
 		_ = tcp.SetReadBuffer(16 << 10)

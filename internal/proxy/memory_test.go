@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
@@ -98,13 +98,13 @@ func TestMemoryHugeMessages(t *testing.T) {
 
 			var wg sync.WaitGroup
 			for i := 0; i < 20; i++ {
-				rc := faultDial(t, tp.addr)
+				rc := pgtest.Dial(t, tp.addr)
 				rc.Login(db, "fault_raw")
-				rc.Send(append(limitsHeader(wire.MsgQuery, 1<<30-5), "SELECT 1"...))
+				rc.Send(append(pgtest.Header(wire.MsgQuery, 1<<30-5), "SELECT 1"...))
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					errs, _, _ := rc.readToClose(10 * time.Second)
+					errs, _, _ := rc.ReadToClose(10 * time.Second)
 					if len(errs) != 1 || errs[0].Code != wire.CodeProgramLimitExceeded {
 						t.Errorf("1 GiB claim: %+v, want FATAL 54000", errs)
 					}
@@ -113,7 +113,7 @@ func TestMemoryHugeMessages(t *testing.T) {
 			const size = 200_000_000
 			results := make(chan string, 4)
 			for i := 0; i < 4; i++ {
-				rc := faultDial(t, tp.addr)
+				rc := pgtest.Dial(t, tp.addr)
 				rc.Login(db, "fault_raw")
 				wg.Add(1)
 				go func() {
@@ -133,33 +133,21 @@ func TestMemoryHugeMessages(t *testing.T) {
 				}()
 			}
 			limitsBystander(t, by)
-			stop := make(chan struct{})
+			// The bystander's query every 20ms; slowest is read once it has halted.
 			var slowest time.Duration
-			var byErr error
-			byDone := make(chan struct{})
-			go func() {
-				defer close(byDone)
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(20 * time.Millisecond):
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					t0 := time.Now()
-					var n int
-					err := by.QueryRow(ctx, "SELECT 42").Scan(&n)
-					cancel()
-					if err != nil {
-						byErr = err
-						return
-					}
-					slowest = max(slowest, time.Since(t0))
+			bystander := pgtest.NewCrowd(t, "bystander")
+			bystander.Go(func(ctx context.Context, _ int) error {
+				time.Sleep(20 * time.Millisecond)
+				t0 := time.Now()
+				var n int
+				if err := by.QueryRow(ctx, "SELECT 42").Scan(&n); err != nil {
+					return pgtest.Quit(err)
 				}
-			}()
+				slowest = max(slowest, time.Since(t0))
+				return nil
+			})
 			wg.Wait()
-			close(stop)
-			<-byDone
+			bystander.Halt()
 			limitsBystander(t, by)
 			close(results)
 			for r := range results {
@@ -174,8 +162,8 @@ func TestMemoryHugeMessages(t *testing.T) {
 			_, peak := memRSS(t)
 			t.Logf("resident memory: %d MiB at the start, peak %d MiB; bystander's slowest answer %s",
 				start/mib, peak/mib, slowest.Round(time.Millisecond))
-			if byErr != nil {
-				t.Fatalf("bystander: %v", byErr)
+			if fails := bystander.Failures(); len(fails) > 0 {
+				t.Fatalf("bystander: %s", strings.Join(fails, "; "))
 			}
 			if peak > 300*mib {
 				t.Errorf("peak resident memory %d MiB, want under 300", peak/mib)
@@ -192,23 +180,8 @@ func TestMemoryHugeMessages(t *testing.T) {
 
 // memStream sends a Query of size bytes, `SELECT length('xxx...')`, from a
 // small buffer; it stops at the first write error (the proxy refused it).
-func memStream(rc *faultRaw, size int) error {
-	head, tail := "SELECT length('", "')\x00"
-	n := size - len(head) - len(tail) + 1 // the NUL is not counted in size
-	_ = rc.Conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := rc.Conn.Write(append(limitsHeader(wire.MsgQuery, len(head)+n+len(tail)), head...)); err != nil {
-		return err
-	}
-	chunk := bytes.Repeat([]byte("x"), mib)
-	for n > 0 {
-		k := min(n, len(chunk))
-		if _, err := rc.Conn.Write(chunk[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	_, err := rc.Conn.Write([]byte(tail))
-	return err
+func memStream(rc *pgtest.Raw, size int) error {
+	return rc.StreamLiteral(size-len("SELECT length('')"), 2*time.Minute) // the NUL is not counted in size
 }
 
 // A client that sends 200 MB of Parse messages with no Sync, each naming a new
@@ -226,7 +199,7 @@ func TestMemoryPreparedFlood(t *testing.T) {
 	start := memSettled(t)
 	memResetPeak(t)
 
-	rc := faultDial(t, tp.addr)
+	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	filler := strings.Repeat("x", 1000)
 	var batch []byte
@@ -244,20 +217,7 @@ func TestMemoryPreparedFlood(t *testing.T) {
 		sent += len(batch)
 	}
 	rc.Send(wire.AppendSync(nil))
-	var ef *wire.ErrorFields
-	for {
-		typ, body, err := rc.Next(time.Minute)
-		if err != nil {
-			t.Fatalf("reading the answers: %v", err)
-		}
-		if typ == wire.MsgErrorResponse && ef == nil {
-			f := wire.ParseError(body)
-			ef = &f
-		}
-		if typ == wire.MsgReadyForQuery {
-			break
-		}
-	}
+	ef, _ := rc.UntilReady(time.Minute, "reading the answers")
 	if ef == nil || ef.Code != wire.CodeProgramLimitExceeded {
 		t.Fatalf("flood of %d statements: %+v, want 54000", seq, ef)
 	}
@@ -265,7 +225,7 @@ func TestMemoryPreparedFlood(t *testing.T) {
 	_, peak := memRSS(t)
 	during := memSettled(t)
 	rc.Conn.Close()
-	eventually(t, 10*time.Second, "the client gone", func() error {
+	pgtest.Eventually(t, 10*time.Second, "the client gone", func() error {
 		if n := tp.srv.Stats().Clients; n != 1 {
 			return fmt.Errorf("%d clients", n)
 		}

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
@@ -25,32 +25,9 @@ func TestMetricsThroughProxy(t *testing.T) {
 	_, reg := metrics.Handler(metrics.NewCollector(tp.pools, tp.srv), obs)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	gather := func() map[string][]*dto.Metric {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string][]*dto.Metric{}
-		for _, mf := range mfs {
-			out[mf.GetName()] = mf.GetMetric()
-		}
-		return out
-	}
-	label := func(m *dto.Metric, name string) string {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == name {
-				return l.GetValue()
-			}
-		}
-		return ""
-	}
 	gauge := func(name, state string) float64 {
-		for _, m := range gather()[name] {
-			if label(m, "state") == state {
-				return m.GetGauge().GetValue()
-			}
-		}
-		return 0
+		v, _ := pgtest.Gather(t, reg).Value(name, map[string]string{"state": state})
+		return v
 	}
 
 	a := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
@@ -70,7 +47,7 @@ func TestMetricsThroughProxy(t *testing.T) {
 		_, err := b.Exec(ctx, "SELECT 2")
 		done <- err
 	}()
-	eventually(t, 5*time.Second, "b waiting", func() error {
+	pgtest.Eventually(t, 5*time.Second, "b waiting", func() error {
 		if v := gauge("pgsidecar_clients", proxy.StateWaiting); v != 1 {
 			return fmt.Errorf("clients{state=waiting} = %v", v)
 		}
@@ -82,24 +59,12 @@ func TestMetricsThroughProxy(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "histograms", func() error {
-		m := gather()
-		var waits, waitSum float64
-		for _, s := range m["pgsidecar_wait_seconds"] {
-			waits += float64(s.GetHistogram().GetSampleCount())
-			waitSum += s.GetHistogram().GetSampleSum()
-		}
-		var holds, idles float64
-		for _, s := range m["pgsidecar_transaction_hold_seconds"] {
-			holds += float64(s.GetHistogram().GetSampleCount())
-		}
-		for _, s := range m["pgsidecar_idle_transaction_seconds"] {
-			idles += float64(s.GetHistogram().GetSampleCount())
-		}
-		var exhausted float64
-		for _, s := range m["pgsidecar_pool_exhausted_seconds_total"] {
-			exhausted += s.GetCounter().GetValue()
-		}
+	pgtest.Eventually(t, 5*time.Second, "histograms", func() error {
+		m := pgtest.Gather(t, reg)
+		waits, waitSum, _ := m.Histogram("pgsidecar_wait_seconds", nil)
+		holds, _, _ := m.Histogram("pgsidecar_transaction_hold_seconds", nil)
+		idles, _, _ := m.Histogram("pgsidecar_idle_transaction_seconds", nil)
+		exhausted, _ := m.Value("pgsidecar_pool_exhausted_seconds_total", nil)
 		// a: BEGIN...COMMIT is one hold; b: one; the connects' first queries none.
 		if waits < 2 || waitSum <= 0 || holds < 2 || idles < 1 || exhausted <= 0 {
 			return fmt.Errorf("waits %v (sum %v), holds %v, idle episodes %v, exhausted %v s", waits, waitSum, holds, idles, exhausted)
@@ -111,7 +76,7 @@ func TestMetricsThroughProxy(t *testing.T) {
 	if _, err := a.Exec(ctx, "SELECT pg_advisory_lock(7)"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "pinned backend", func() error {
+	pgtest.Eventually(t, 5*time.Second, "pinned backend", func() error {
 		if v := gauge("pgsidecar_server_connections", "pinned"); v != 1 {
 			return fmt.Errorf("server_connections{state=pinned} = %v", v)
 		}
@@ -123,7 +88,7 @@ func TestMetricsThroughProxy(t *testing.T) {
 	if _, err := a.Exec(ctx, "SELECT pg_advisory_unlock(7)"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "unpinned", func() error {
+	pgtest.Eventually(t, 5*time.Second, "unpinned", func() error {
 		if v := gauge("pgsidecar_server_connections", "pinned"); v != 0 {
 			return fmt.Errorf("server_connections{state=pinned} = %v", v)
 		}
@@ -185,10 +150,10 @@ func TestUnknownRouteLeavesNothing(t *testing.T) {
 	found := 0
 	for name, series := range ms {
 		for _, m := range series {
-			if obsMatch(m, map[string]string{"database": db}) {
+			if pgtest.HasLabels(m, map[string]string{"database": db}) {
 				found++
 			}
-			if obsMatch(m, map[string]string{"database": badDB}) || obsMatch(m, map[string]string{"user": badUser}) {
+			if pgtest.HasLabels(m, map[string]string{"database": badDB}) || pgtest.HasLabels(m, map[string]string{"user": badUser}) {
 				t.Errorf("metric %s has a series for a refused route: %v", name, m.GetLabel())
 			}
 		}

@@ -21,8 +21,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/metrics"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
@@ -52,69 +52,9 @@ func newObsRegistry(t *testing.T, tp *testProxy, obs *metrics.Observer) (*obsReg
 	return &obsRegistry{t: t, reg: reg}, col
 }
 
-func (r *obsRegistry) gather() map[string][]*dto.Metric {
+func (r *obsRegistry) gather() pgtest.Metrics {
 	r.t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		r.t.Fatalf("gather: %v", err)
-	}
-	out := map[string][]*dto.Metric{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf.GetMetric()
-	}
-	return out
-}
-
-// obsMatch reports whether m has every label of want.
-func obsMatch(m *dto.Metric, want map[string]string) bool {
-	for k, v := range want {
-		found := false
-		for _, l := range m.GetLabel() {
-			if l.GetName() == k && l.GetValue() == v {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
-
-// obsValue sums the gauge, counter or untyped values of the series of name with
-// the labels of want (all series for nil); n is the number of series summed.
-func obsValue(ms map[string][]*dto.Metric, name string, want map[string]string) (sum float64, n int) {
-	for _, m := range ms[name] {
-		if !obsMatch(m, want) {
-			continue
-		}
-		n++
-		switch {
-		case m.Gauge != nil:
-			sum += m.GetGauge().GetValue()
-		case m.Counter != nil:
-			sum += m.GetCounter().GetValue()
-		case m.Untyped != nil:
-			sum += m.GetUntyped().GetValue()
-		}
-	}
-	return sum, n
-}
-
-// obsHistogram merges the histograms of name: sample count, sum, and the
-// cumulative count of each classic bucket upper bound.
-func obsHistogram(ms map[string][]*dto.Metric, name string) (count uint64, sum float64, buckets map[float64]uint64) {
-	buckets = map[float64]uint64{}
-	for _, m := range ms[name] {
-		h := m.GetHistogram()
-		count += h.GetSampleCount()
-		sum += h.GetSampleSum()
-		for _, b := range h.GetBucket() {
-			buckets[b.GetUpperBound()] += b.GetCumulativeCount()
-		}
-	}
-	return count, sum, buckets
+	return pgtest.Gather(r.t, r.reg)
 }
 
 // pyLeak is a running testdata/leak_session.py.
@@ -187,7 +127,7 @@ func startPyLeak(t *testing.T, ctx context.Context, tp *testProxy, app, marker s
 				p.done <- err
 				outMu.Lock()
 				defer outMu.Unlock()
-				t.Fatalf("leak_session.py ended (%v) before LEAKED\nstdout:\n%s\nstderr:\n%s", err, p.out.String(), pyTail(p.errOut.String(), 4000))
+				t.Fatalf("leak_session.py ended (%v) before LEAKED\nstdout:\n%s\nstderr:\n%s", err, p.out.String(), lastBytes(p.errOut.String(), 4000))
 			}
 			if m := pyLeakedLine.FindStringSubmatch(l); m != nil {
 				p.readyAt = time.Now()
@@ -195,7 +135,7 @@ func startPyLeak(t *testing.T, ctx context.Context, tp *testProxy, app, marker s
 				return p
 			}
 		case <-ctx.Done():
-			t.Fatalf("no LEAKED line from leak_session.py\nstderr:\n%s", pyTail(p.errOut.String(), 4000))
+			t.Fatalf("no LEAKED line from leak_session.py\nstderr:\n%s", lastBytes(p.errOut.String(), 4000))
 		}
 	}
 }
@@ -208,7 +148,7 @@ func (p *pyLeak) finish(t *testing.T) {
 	case err := <-p.done:
 		p.done <- err // for the cleanup
 		if err != nil {
-			t.Logf("leak_session.py exited with %v; stderr:\n%s", err, pyTail(p.errOut.String(), 2000))
+			t.Logf("leak_session.py exited with %v; stderr:\n%s", err, lastBytes(p.errOut.String(), 2000))
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("leak_session.py did not exit after its stdin was closed")
@@ -253,7 +193,7 @@ func TestObservabilityPythonLeak(t *testing.T) {
 		p := startPyLeak(t, ctx, tp, app, marker)
 		var inLog, inConsole, inMetrics time.Duration
 		var logRec, leakRow map[string]string
-		eventually(t, 10*time.Second, "leak suspect in log, SHOW LEAKS and metrics", func() error {
+		pgtest.Eventually(t, 10*time.Second, "leak suspect in log, SHOW LEAKS and metrics", func() error {
 			now := time.Since(p.readyAt)
 			if inLog == 0 {
 				if recs := logs.find("leak suspect"); len(recs) > 0 {
@@ -269,7 +209,7 @@ func TestObservabilityPythonLeak(t *testing.T) {
 			}
 			if inMetrics == 0 {
 				ms := reg.gather()
-				if v, _ := obsValue(ms, "pgsidecar_leak_suspects", nil); v >= 1 {
+				if v, _ := ms.Value("pgsidecar_leak_suspects", nil); v >= 1 {
 					inMetrics = now
 				}
 			}
@@ -310,30 +250,30 @@ func TestObservabilityPythonLeak(t *testing.T) {
 		}
 		// (c) Metrics.
 		ms := reg.gather()
-		if v, n := obsValue(ms, "pgsidecar_leak_suspects", nil); v != 1 || n != 1 {
+		if v, n := ms.Value("pgsidecar_leak_suspects", nil); v != 1 || n != 1 {
 			t.Errorf("pgsidecar_leak_suspects = %v (%d series), want 1", v, n)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_leak_suspects_detected_total", nil); v != 1 {
+		if v, _ := ms.Value("pgsidecar_leak_suspects_detected_total", nil); v != 1 {
 			t.Errorf("pgsidecar_leak_suspects_detected_total = %v, want 1", v)
 		}
-		if v, n := obsValue(ms, "pgsidecar_oldest_idle_transaction_seconds", nil); v < threshold.Seconds() || n != 1 {
+		if v, n := ms.Value("pgsidecar_oldest_idle_transaction_seconds", nil); v < threshold.Seconds() || n != 1 {
 			t.Errorf("pgsidecar_oldest_idle_transaction_seconds = %v (%d series), want >= %v", v, n, threshold.Seconds())
 		}
-		if v, _ := obsValue(ms, "pgsidecar_clients", map[string]string{"state": proxy.StateIdleInTransaction}); v != 1 {
+		if v, _ := ms.Value("pgsidecar_clients", map[string]string{"state": proxy.StateIdleInTransaction}); v != 1 {
 			t.Errorf("pgsidecar_clients{state=idle_in_transaction} = %v, want 1", v)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_clients", map[string]string{"database": db, "state": proxy.StateIdleInTransaction}); v != 1 {
+		if v, _ := ms.Value("pgsidecar_clients", map[string]string{"database": db, "state": proxy.StateIdleInTransaction}); v != 1 {
 			t.Errorf("pgsidecar_clients{database=%q,state=idle_in_transaction} = %v, want 1", db, v)
 		}
 		// Without an idle-transaction timeout the leak goes on until the process
 		// exits; then its transaction is rolled back as a client disconnect.
 		p.finish(t)
-		eventually(t, 10*time.Second, "leak ended by the client's exit", func() error {
+		pgtest.Eventually(t, 10*time.Second, "leak ended by the client's exit", func() error {
 			ms := reg.gather()
-			if v, _ := obsValue(ms, "pgsidecar_leak_suspects", nil); v != 0 {
+			if v, _ := ms.Value("pgsidecar_leak_suspects", nil); v != 0 {
 				return fmt.Errorf("leak_suspects = %v", v)
 			}
-			if v, _ := obsValue(ms, "pgsidecar_forced_rollbacks_total", map[string]string{"reason": "client_disconnect"}); v != 1 {
+			if v, _ := ms.Value("pgsidecar_forced_rollbacks_total", map[string]string{"reason": "client_disconnect"}); v != 1 {
 				return fmt.Errorf("forced_rollbacks_total{reason=client_disconnect} = %v", v)
 			}
 			return nil
@@ -359,11 +299,11 @@ func TestObservabilityPythonLeak(t *testing.T) {
 			t.Errorf("pool while leaked: %+v, want the only backend in use", st)
 		}
 		var freedAfter time.Duration
-		eventually(t, 10*time.Second, "leak ended by the idle-transaction timeout", func() error {
+		pgtest.Eventually(t, 10*time.Second, "leak ended by the idle-transaction timeout", func() error {
 			if st := pl.Stats(); st.InUse != 0 {
 				return fmt.Errorf("pool %+v", st)
 			}
-			v, _ := obsValue(reg.gather(), "pgsidecar_forced_rollbacks_total", map[string]string{"reason": "idle_transaction_timeout"})
+			v, _ := reg.gather().Value("pgsidecar_forced_rollbacks_total", map[string]string{"reason": "idle_transaction_timeout"})
 			if v != 1 {
 				return fmt.Errorf("forced_rollbacks_total{reason=idle_transaction_timeout} = %v", v)
 			}
@@ -394,18 +334,18 @@ func TestObservabilityPythonLeak(t *testing.T) {
 		}
 		ms := reg.gather()
 		for reason, want := range map[string]float64{"idle_transaction_timeout": 1, "client_disconnect": 0, "transaction_timeout": 0, "shutdown": 0} {
-			if v, _ := obsValue(ms, "pgsidecar_forced_rollbacks_total", map[string]string{"reason": reason}); v != want {
+			if v, _ := ms.Value("pgsidecar_forced_rollbacks_total", map[string]string{"reason": reason}); v != want {
 				t.Errorf("pgsidecar_forced_rollbacks_total{reason=%q} = %v, want %v", reason, v, want)
 			}
 		}
-		if v, _ := obsValue(ms, "pgsidecar_idle_transaction_timeouts_total", nil); v != 1 {
+		if v, _ := ms.Value("pgsidecar_idle_transaction_timeouts_total", nil); v != 1 {
 			t.Errorf("pgsidecar_idle_transaction_timeouts_total = %v, want 1", v)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_clients", map[string]string{"state": proxy.StateIdleInTransaction}); v != 0 {
+		if v, _ := ms.Value("pgsidecar_clients", map[string]string{"state": proxy.StateIdleInTransaction}); v != 0 {
 			t.Errorf("pgsidecar_clients{state=idle_in_transaction} = %v after the timeout, want 0", v)
 		}
 		p.finish(t)
-		if v, _ := obsValue(reg.gather(), "pgsidecar_forced_rollbacks_total", map[string]string{"reason": "client_disconnect"}); v != 0 {
+		if v, _ := reg.gather().Value("pgsidecar_forced_rollbacks_total", map[string]string{"reason": "client_disconnect"}); v != 0 {
 			t.Errorf("forced_rollbacks_total{reason=client_disconnect} = %v after the ended client exited, want 0", v)
 		}
 	})
@@ -458,8 +398,8 @@ func TestObservabilitySaturation(t *testing.T) {
 	sampling:
 		for {
 			ms := reg.gather()
-			w, _ := obsValue(ms, "pgsidecar_clients_waiting", map[string]string{"database": db})
-			mw, _ := obsValue(ms, "pgsidecar_pool_maxwait_seconds", map[string]string{"database": db})
+			w, _ := ms.Value("pgsidecar_clients_waiting", map[string]string{"database": db})
+			mw, _ := ms.Value("pgsidecar_pool_maxwait_seconds", map[string]string{"database": db})
 			maxWaiting, maxMaxWait = max(maxWaiting, w), max(maxMaxWait, mw)
 			samples++
 			select {
@@ -483,7 +423,7 @@ func TestObservabilitySaturation(t *testing.T) {
 		}
 
 		ms := reg.gather()
-		count, sum, buckets := obsHistogram(ms, "pgsidecar_wait_seconds")
+		count, sum, buckets := ms.Histogram("pgsidecar_wait_seconds", nil)
 		var le10ms float64 = math.Inf(1) // smallest bucket bound >= 10ms
 		for b := range buckets {
 			if b >= 0.01 && b < le10ms {
@@ -495,20 +435,20 @@ func TestObservabilitySaturation(t *testing.T) {
 			t.Errorf("pgsidecar_wait_seconds: %d samples (want >= %d), sum %v (want > 0), %d above %vs (want > 0); buckets %v",
 				count, total, sum, above, le10ms, buckets)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_transactions_total", map[string]string{"database": db}); v != total {
+		if v, _ := ms.Value("pgsidecar_transactions_total", map[string]string{"database": db}); v != total {
 			t.Errorf("pgsidecar_transactions_total = %v, want %d", v, total)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_pool_exhausted_seconds_total", map[string]string{"database": db}); v <= 0 {
+		if v, _ := ms.Value("pgsidecar_pool_exhausted_seconds_total", map[string]string{"database": db}); v <= 0 {
 			t.Errorf("pgsidecar_pool_exhausted_seconds_total = %v, want > 0", v)
 		}
-		waits, _ := obsValue(ms, "pgsidecar_pool_waits_total", map[string]string{"database": db})
+		waits, _ := ms.Value("pgsidecar_pool_waits_total", map[string]string{"database": db})
 		if waits <= 0 || waits > total {
 			t.Errorf("pgsidecar_pool_waits_total = %v, want 1..%d", waits, total)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_clients_waiting", map[string]string{"database": db}); v != 0 {
+		if v, _ := ms.Value("pgsidecar_clients_waiting", map[string]string{"database": db}); v != 0 {
 			t.Errorf("pgsidecar_clients_waiting = %v after the workload, want 0", v)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_pool_wait_timeouts_total", nil); v != 0 {
+		if v, _ := ms.Value("pgsidecar_pool_wait_timeouts_total", nil); v != 0 {
 			t.Errorf("pgsidecar_pool_wait_timeouts_total = %v, want 0", v)
 		}
 		t.Logf("%d transactions by %d clients over %d backends in %v; max clients_waiting %v, max pool_maxwait %.3fs over %d samples; wait histogram %d samples, mean %.1fms, %d above %vs; %v waits",
@@ -556,10 +496,10 @@ func TestObservabilitySaturation(t *testing.T) {
 			}
 		}
 		ms := reg.gather()
-		if v, _ := obsValue(ms, "pgsidecar_pool_wait_timeouts_total", map[string]string{"database": db, "user": "postgres"}); v != waiters {
+		if v, _ := ms.Value("pgsidecar_pool_wait_timeouts_total", map[string]string{"database": db, "user": "postgres"}); v != waiters {
 			t.Errorf("pgsidecar_pool_wait_timeouts_total = %v, want %d", v, waiters)
 		}
-		if v, _ := obsValue(ms, "pgsidecar_clients_waiting", nil); v != 0 {
+		if v, _ := ms.Value("pgsidecar_clients_waiting", nil); v != 0 {
 			t.Errorf("pgsidecar_clients_waiting = %v after the timeouts, want 0", v)
 		}
 		// The holder is unaffected; once it commits the others are served.
@@ -571,7 +511,7 @@ func TestObservabilitySaturation(t *testing.T) {
 				t.Errorf("client %d after the holder committed: %v", i, err)
 			}
 		}
-		if v, _ := obsValue(reg.gather(), "pgsidecar_pool_wait_timeouts_total", nil); v != waiters {
+		if v, _ := reg.gather().Value("pgsidecar_pool_wait_timeouts_total", nil); v != waiters {
 			t.Errorf("pgsidecar_pool_wait_timeouts_total = %v at the end, want %d", v, waiters)
 		}
 	})
@@ -615,8 +555,8 @@ func TestObservabilityLint(t *testing.T) {
 		_, err := b.Exec(ctx, "SELECT 2")
 		done <- err
 	}()
-	eventually(t, 5*time.Second, "b waiting", func() error {
-		if v, _ := obsValue(reg.gather(), "pgsidecar_clients_waiting", nil); v != 1 {
+	pgtest.Eventually(t, 5*time.Second, "b waiting", func() error {
+		if v, _ := reg.gather().Value("pgsidecar_clients_waiting", nil); v != 1 {
 			return fmt.Errorf("clients_waiting = %v", v)
 		}
 		return nil
@@ -634,7 +574,7 @@ func TestObservabilityLint(t *testing.T) {
 	}
 	ms := reg.gather()
 	for _, name := range []string{"pgsidecar_wait_seconds", "pgsidecar_transaction_hold_seconds", "pgsidecar_idle_transaction_seconds"} {
-		if n, _, _ := obsHistogram(ms, name); n == 0 {
+		if n, _, _ := ms.Histogram(name, nil); n == 0 {
 			t.Errorf("%s has no samples after the traffic", name)
 		}
 	}

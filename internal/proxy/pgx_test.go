@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -138,7 +139,7 @@ func TestPgxTransactionMode(t *testing.T) {
 		})
 	}
 	chk := direct(t, db)
-	eventually(t, 5*time.Second, "proxy backends idle", func() error {
+	pgtest.Eventually(t, 5*time.Second, "proxy backends idle", func() error {
 		b := tp.serverBackends(t, chk)
 		if len(b) != 1 || b["idle"] == 0 || b["idle"] > 2 {
 			return fmt.Errorf("backends by state: %v", b)

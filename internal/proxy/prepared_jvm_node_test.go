@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -36,9 +37,7 @@ import (
 // through pg_prepared_statements that the drivers really use named statements.
 
 const (
-	// prepDirectEnv names the switch that points the workloads at PostgreSQL directly.
-	prepDirectEnv = "PGSIDECAR_TEST_DIRECT"
-	jdbcJar       = "/usr/share/java/postgresql.jar"
+	jdbcJar = "/usr/share/java/postgresql.jar"
 
 	prepClients  = 4
 	prepTxns     = 300
@@ -48,31 +47,16 @@ const (
 	prepTimeout = 30 * time.Second
 )
 
-func prepDirectMode() bool {
-	v, err := strconv.ParseBool(os.Getenv(prepDirectEnv))
-	return err == nil && v
-}
-
-// prepMiss returns t.Skipf, or t.Fatalf in CI (CI=true), where a skip would hide
-// missing coverage.
-func prepMiss(t *testing.T) func(format string, args ...any) {
-	if ci, err := strconv.ParseBool(os.Getenv("CI")); err == nil && ci {
-		return t.Fatalf
-	}
-	return t.Skipf
-}
-
 // needJava returns the java launcher, or skips (fails in CI) without a JDK 11+ (whose
 // jdk.compiler runs single-source-file programs) or Debian's PostgreSQL JDBC driver.
 func needJava(t *testing.T) string {
 	t.Helper()
-	miss := prepMiss(t)
 	java, err := exec.LookPath("java")
 	if err != nil {
-		miss("JDBC tests need java 11+ (Debian: default-jdk-headless): %v", err)
+		pgtest.SkipUnlessCI(t, "JDBC tests need java 11+ (Debian: default-jdk-headless): %v", err)
 	}
 	if _, err := os.Stat(jdbcJar); err != nil {
-		miss("JDBC tests need %s (Debian: libpostgresql-jdbc-java): %v", jdbcJar, err)
+		pgtest.SkipUnlessCI(t, "JDBC tests need %s (Debian: libpostgresql-jdbc-java): %v", jdbcJar, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -84,12 +68,12 @@ func needJava(t *testing.T) string {
 		major, _ = strconv.Atoi(strings.SplitN(f[1], ".", 2)[0])
 	}
 	if major < 11 {
-		miss("JDBC tests need java 11+ to run a source file (Debian: default-jdk-headless); %s --version: %v\n%s", java, err, out)
+		pgtest.SkipUnlessCI(t, "JDBC tests need java 11+ to run a source file (Debian: default-jdk-headless); %s --version: %v\n%s", java, err, out)
 	}
 	// A JRE alone cannot compile the source file.
 	out, err = exec.CommandContext(ctx, java, "--list-modules").CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^jdk\.compiler@`).Match(out) {
-		miss("JDBC tests need a JDK, not only a JRE, to run a source file (Debian: default-jdk-headless); %s --list-modules: %v", java, err)
+		pgtest.SkipUnlessCI(t, "JDBC tests need a JDK, not only a JRE, to run a source file (Debian: default-jdk-headless); %s --list-modules: %v", java, err)
 	}
 	return java
 }
@@ -99,10 +83,9 @@ func needJava(t *testing.T) string {
 // in CI) without node or npm, or when the install fails.
 func needNode(t *testing.T) (node, dir string) {
 	t.Helper()
-	miss := prepMiss(t)
 	node, err := exec.LookPath("node")
 	if err != nil {
-		miss("node-postgres tests need node (Debian: nodejs): %v", err)
+		pgtest.SkipUnlessCI(t, "node-postgres tests need node (Debian: nodejs): %v", err)
 	}
 	dir, err = filepath.Abs(filepath.Join("testdata", "node"))
 	if err != nil {
@@ -113,7 +96,7 @@ func needNode(t *testing.T) (node, dir string) {
 	}
 	npm, err := exec.LookPath("npm")
 	if err != nil {
-		miss("node-postgres tests need npm (Debian: npm) to install pg: %v", err)
+		pgtest.SkipUnlessCI(t, "node-postgres tests need npm (Debian: npm) to install pg: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -122,7 +105,7 @@ func needNode(t *testing.T) (node, dir string) {
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		miss("npm install in %s: %v\n%s", dir, err, out)
+		pgtest.SkipUnlessCI(t, "npm install in %s: %v\n%s", dir, err, out)
 	}
 	t.Logf("npm install in %s (%s): %s", dir, time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
 	return node, dir
@@ -151,11 +134,11 @@ func prepStart(t *testing.T) *prepTarget {
 		t.Fatal(err)
 	}
 	tg := &prepTarget{db: db, chk: chk}
-	if prepDirectMode() {
+	if workloadDirect() {
 		tg.direct = true
 		tg.host, tg.port = cluster.Host, cluster.Port
 		tg.maxBackends = prepClients
-		t.Logf("%s is set: the workload connects to PostgreSQL at %s:%d directly, not through the proxy", prepDirectEnv, tg.host, tg.port)
+		t.Logf("%s is set: the workload connects to PostgreSQL at %s:%d directly, not through the proxy", workloadDirectEnv, tg.host, tg.port)
 		return tg
 	}
 	tg.tp = startProxy(t, db, proxyOpts{PoolSize: prepPoolSize, Mode: proxy.ModeTransaction})
@@ -285,14 +268,14 @@ func prepSchedule(driver string, c, txns int, direct bool) (prepClientSummary, [
 // (today) or is applied to backends as tracked session state (docs/design.md section 6);
 // every connection to the database is a proxy backend (or, direct, a workload
 // connection) either way.
-func prepMonitorBackends(t *testing.T, tg *prepTarget) *backendMonitor {
+func prepMonitorBackends(t *testing.T, tg *prepTarget) *pgtest.BackendMonitor {
 	t.Helper()
 	app := ""
 	if tg.tp != nil {
 		app = tg.tp.appName
 	}
 	chkPID := int32(tg.chk.PgConn().PID())
-	return monitorBackends(t, tg.db, func(ctx context.Context, c *pgx.Conn) (n, nApp int, err error) {
+	return pgtest.MonitorBackends(t, direct(t, tg.db), func(ctx context.Context, c *pgx.Conn) (n, nApp int, err error) {
 		own := []int32{chkPID, int32(c.PgConn().PID())}
 		err = c.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE application_name = $2)
 			FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> ALL($3)`,
@@ -314,22 +297,22 @@ func prepRun(ctx context.Context, t *testing.T, tg *prepTarget, driver string, c
 	start := time.Now()
 	runErr := cmd.Run()
 	elapsed := time.Since(start)
-	mon.finish()
+	seen := mon.Finish()
 	if ctx.Err() != nil {
-		t.Fatalf("%s workload did not finish within %s\nstdout:\n%s\nstderr:\n%s", driver, prepTimeout, prepTail(stdout.String(), 2000), prepTail(stderr.String(), 4000))
+		t.Fatalf("%s workload did not finish within %s\nstdout:\n%s\nstderr:\n%s", driver, prepTimeout, lastBytes(stdout.String(), 2000), lastBytes(stderr.String(), 4000))
 	}
 	m := prepSummaryLine.FindStringSubmatch(stdout.String())
 	var sum prepSummary
 	if m == nil {
 		t.Fatalf("%s workload: %s after %s without a SUMMARY line\nstdout:\n%s\nstderr:\n%s",
-			driver, prepExit(runErr), elapsed.Round(time.Millisecond), prepTail(stdout.String(), 2000), prepTail(stderr.String(), 4000))
+			driver, prepExit(runErr), elapsed.Round(time.Millisecond), lastBytes(stdout.String(), 2000), lastBytes(stderr.String(), 4000))
 	}
 	if err := json.Unmarshal([]byte(m[1]), &sum); err != nil {
 		t.Fatalf("%s workload: bad SUMMARY line %q: %v", driver, m[1], err)
 	}
 	if runErr != nil || sum.Errors != 0 {
 		t.Fatalf("%s workload: %s after %s, %d unexpected errors\nstderr:\n%s\nsummary: %s",
-			driver, prepExit(runErr), elapsed.Round(time.Millisecond), sum.Errors, prepTail(stderr.String(), 8000), m[1])
+			driver, prepExit(runErr), elapsed.Round(time.Millisecond), sum.Errors, lastBytes(stderr.String(), 8000), m[1])
 	}
 
 	// The summary is the schedule's, client by client.
@@ -370,16 +353,16 @@ func prepRun(ctx context.Context, t *testing.T, tg *prepTarget, driver string, c
 
 	// PostgreSQL never saw more connections than the pool (direct: the clients) allows,
 	// and the monitor did sample while the workload ran.
-	if mon.err != nil {
-		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", mon.samples, mon.err)
+	if seen.Err != nil {
+		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", seen.Samples, seen.Err)
 	}
-	if mon.max > tg.maxBackends || mon.busy < 3 {
+	if seen.Max > tg.maxBackends || seen.Busy < 3 {
 		t.Errorf("pg_stat_activity: at most %d connections of the workload seen (%d with the proxy's application_name), want 1..%d; %d of %d samples saw any, want 3 or more",
-			mon.max, mon.maxApp, tg.maxBackends, mon.busy, mon.samples)
+			seen.Max, seen.MaxApp, tg.maxBackends, seen.Busy, seen.Samples)
 	}
 	if tg.tp != nil {
 		// No backend is left inside a transaction.
-		eventually(t, 10*time.Second, "proxy backends all idle", func() error {
+		pgtest.Eventually(t, 10*time.Second, "proxy backends all idle", func() error {
 			var notIdle int
 			err := tg.chk.QueryRow(bg, `SELECT count(*) FROM pg_stat_activity
 				WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'`, tg.db).Scan(&notIdle)
@@ -391,10 +374,10 @@ func prepRun(ctx context.Context, t *testing.T, tg *prepTarget, driver string, c
 	}
 	mode := "directly to PostgreSQL"
 	if tg.tp != nil {
-		mode = fmt.Sprintf("through the proxy (pool of %d; at most %d backends with application_name %s)", prepPoolSize, mon.maxApp, tg.tp.appName)
+		mode = fmt.Sprintf("through the proxy (pool of %d; at most %d backends with application_name %s)", prepPoolSize, seen.MaxApp, tg.tp.appName)
 	}
 	t.Logf("%s: %d clients x %d transactions %s in %s (process included); %d items and %d batch rows; at most %d connections seen over %d samples (%d busy)",
-		driver, prepClients, prepTxns, mode, elapsed.Round(time.Millisecond), len(gotItems), len(gotBatch), mon.max, mon.samples, mon.busy)
+		driver, prepClients, prepTxns, mode, elapsed.Round(time.Millisecond), len(gotItems), len(gotBatch), seen.Max, seen.Samples, seen.Busy)
 }
 
 // prepCompareRows reports the first difference between the rows read back and those
@@ -418,14 +401,6 @@ func prepExit(err error) string {
 		return "exit status 0"
 	}
 	return err.Error()
-}
-
-// prepTail returns the last n bytes of s.
-func prepTail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
 }
 
 // TestPreparedJDBC: pgjdbc (Debian's libpostgresql-jdbc-java) with prepareThreshold=1,

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
@@ -1052,7 +1053,7 @@ func ppxCheckHeld(t *testing.T, st proxy.PreparedStats, hold map[int]int, maxStm
 // ppxWaitReleased waits until the proxy holds no prepared statements.
 func ppxWaitReleased(t *testing.T, tp *testProxy, what string) {
 	t.Helper()
-	eventually(t, 10*time.Second, what, func() error {
+	pgtest.Eventually(t, 10*time.Second, what, func() error {
 		if n := tp.srv.PreparedStats().Statements; n != 0 {
 			return fmt.Errorf("Statements = %d", n)
 		}

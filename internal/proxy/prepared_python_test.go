@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
@@ -27,42 +28,16 @@ import (
 // every result, the exact table contents afterwards (through a direct connection),
 // and that PostgreSQL never saw more than 2 proxy backends.
 //
-// With PGSIDECAR_TEST_DIRECT=1 the workloads connect straight to PostgreSQL instead
-// of the proxy: that validates the tests themselves (they must pass that way).
-
-// preparedDirectEnv names the switch that points the workloads at PostgreSQL.
-const preparedDirectEnv = "PGSIDECAR_TEST_DIRECT"
+// With workloadDirectEnv set (workloadDirect) the workloads connect straight to
+// PostgreSQL instead of the proxy.
 
 const preparedPoolSize = 2
-
-func preparedDirect() bool {
-	v, err := strconv.ParseBool(os.Getenv(preparedDirectEnv))
-	return err == nil && v
-}
-
-// preparedMiss is t.Skipf, or t.Fatalf in CI (CI=true), where a skip would hide
-// missing coverage.
-func preparedMiss(t *testing.T) func(string, ...any) {
-	if ci, err := strconv.ParseBool(os.Getenv("CI")); err == nil && ci {
-		return t.Fatalf
-	}
-	return t.Skipf
-}
 
 // needPyModule skips the test (fails it in CI) when /usr/bin/python3 cannot import
 // module, which Debian package pkg provides.
 func needPyModule(t *testing.T, module, pkg string) {
 	t.Helper()
-	miss := preparedMiss(t)
-	if _, err := os.Stat(pythonBin); err != nil {
-		miss("%s tests need %s: %v", module, pythonBin, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, pythonBin, "-c", "import "+module).CombinedOutput()
-	if err != nil {
-		miss("%s tests need the Python module %s (Debian package %s): %v\n%s", module, module, pkg, err, out)
-	}
+	needPythonImport(t, module+" tests", module, "Debian package "+pkg)
 }
 
 // preparedSchema is the tables the Python workloads write.
@@ -78,7 +53,7 @@ type preparedTarget struct {
 	url string
 	chk *pgx.Conn // direct connection for setup and checks
 	tp  *testProxy
-	mon *backendMonitor
+	mon *pgtest.BackendMonitor
 }
 
 // preparedStart creates a database, runs setup in it directly and starts the proxy
@@ -92,14 +67,14 @@ func preparedStart(t *testing.T, setup string) *preparedTarget {
 			t.Fatalf("setup: %v", err)
 		}
 	}
-	if preparedDirect() {
+	if workloadDirect() {
 		pt.url = cluster.URL(pt.db)
-		t.Logf("%s=1: the workload runs directly against PostgreSQL, not through the proxy", preparedDirectEnv)
+		t.Logf("%s=1: the workload runs directly against PostgreSQL, not through the proxy", workloadDirectEnv)
 		return pt
 	}
 	pt.tp = startProxy(t, pt.db, proxyOpts{PoolSize: preparedPoolSize, Mode: proxy.ModeTransaction})
 	pt.url = pt.tp.URL()
-	pt.mon = pyMonitorBackends(t, pt.tp)
+	pt.mon = monitorProxyBackends(t, pt.tp)
 	return pt
 }
 
@@ -110,13 +85,13 @@ func (pt *preparedTarget) finish(t *testing.T) {
 	if pt.tp == nil {
 		return
 	}
-	pt.mon.finish()
-	if pt.mon.err != nil {
-		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", pt.mon.samples, pt.mon.err)
+	seen := pt.mon.Finish()
+	if seen.Err != nil {
+		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", seen.Samples, seen.Err)
 	}
-	if pt.mon.max > preparedPoolSize || pt.mon.max == 0 || pt.mon.samples < 3 {
+	if seen.Max > preparedPoolSize || seen.Max == 0 || seen.Samples < 3 {
 		t.Errorf("max proxy backends seen in pg_stat_activity = %d over %d samples, want 1..%d over at least 3",
-			pt.mon.max, pt.mon.samples, preparedPoolSize)
+			seen.Max, seen.Samples, preparedPoolSize)
 	}
 	if idle := pyOnlyIdle(t, pt.tp, pt.chk, 10*time.Second); idle > preparedPoolSize {
 		t.Errorf("%d idle proxy backends at the end, want at most %d", idle, preparedPoolSize)
@@ -126,7 +101,7 @@ func (pt *preparedTarget) finish(t *testing.T) {
 		t.Errorf("pool at the end: %+v, want at most %d open and none in use", ps, preparedPoolSize)
 	}
 	t.Logf("max %d proxy backends over %d pg_stat_activity samples; pool: %d acquires, %d waited, %d dials",
-		pt.mon.max, pt.mon.samples, ps.Acquires, ps.Waited, ps.Dials)
+		seen.Max, seen.Samples, ps.Acquires, ps.Waited, ps.Dials)
 }
 
 // preparedSummary is the RESULT line of the Python workloads.
@@ -233,7 +208,7 @@ func (w preparedWorkload) run(t *testing.T, pt *preparedTarget) {
 	if w.rollbacks && w.script == "prepared_psycopg.py" {
 		args = append(args, "--rollbacks")
 	}
-	if preparedDirect() {
+	if workloadDirect() {
 		args = append(args, "--check-server-statements")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -252,7 +227,7 @@ func (w preparedWorkload) run(t *testing.T, pt *preparedTarget) {
 	m := preparedResultLine.FindStringSubmatch(out.String())
 	if m == nil {
 		t.Fatalf("%s: exit %v after %s (context: %v), no RESULT line\nstdout:\n%s%s",
-			w.script, runErr, elapsed.Round(time.Millisecond), ctx.Err(), pyTail(out.String(), 2000), preparedStderr(errOut.String()))
+			w.script, runErr, elapsed.Round(time.Millisecond), ctx.Err(), lastBytes(out.String(), 2000), preparedStderr(errOut.String()))
 	}
 	if err := json.Unmarshal([]byte(m[1]), &got); err != nil {
 		t.Fatalf("%s: RESULT line %q: %v", w.script, m[1], err)
@@ -268,7 +243,7 @@ func (w preparedWorkload) run(t *testing.T, pt *preparedTarget) {
 			want.Clients, want.Transactions, want.RolledBack, want.Checks)
 	}
 	w.checkTables(t, pt.chk)
-	if preparedDirect() {
+	if workloadDirect() {
 		var held []string
 		for _, n := range got.ServerStatements {
 			if n == nil {
@@ -289,7 +264,7 @@ func preparedStderr(s string) string {
 	if s == "" {
 		return ""
 	}
-	return "\nstderr:\n" + pyTail(s, 6000)
+	return "\nstderr:\n" + lastBytes(s, 6000)
 }
 
 // checkTables compares items and copied, read directly, with the rows the workload
@@ -419,7 +394,7 @@ func pgbenchBin(t *testing.T) string {
 	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
 		return p
 	}
-	preparedMiss(t)("pgbench not found next to the server binaries in %s (Debian package postgresql-client-<version>)", cluster.BinDir)
+	pgtest.SkipUnlessCI(t, "pgbench not found next to the server binaries in %s (Debian package postgresql-client-<version>)", cluster.BinDir)
 	return ""
 }
 
@@ -478,7 +453,7 @@ func TestPreparedPgbench(t *testing.T) {
 		errLine := pgbenchError.FindString(out)
 		if err != nil || m == nil || m[1] != strconv.Itoa(want) || m[2] != strconv.Itoa(want) || !failedOK || !pgbenchMode.MatchString(out) || errLine != "" {
 			t.Errorf("pgbench %s: exit %v after %s; want %d/%d transactions processed, 0 failed, query mode prepared, no errors\n%s",
-				strings.Join(args, " "), err, elapsed.Round(time.Millisecond), want, want, pyTail(out, 4000))
+				strings.Join(args, " "), err, elapsed.Round(time.Millisecond), want, want, lastBytes(out, 4000))
 			return
 		}
 		t.Logf("pgbench %s: %s/%s transactions, 0 failed, in %s", strings.Join(args, " "), m[1], m[2], elapsed.Round(time.Millisecond))

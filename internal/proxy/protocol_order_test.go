@@ -9,12 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 )
 
 // TestProtocolOrder sends the same raw frontend message sequences once straight
@@ -56,7 +57,7 @@ func TestProtocolOrder(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			var pid int
-			if err := chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND query = $2
+			if err := chk.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE `+proxyBackends+` AND query = $2
 				ORDER BY query_start DESC LIMIT 1`, tp.db, text).Scan(&pid); err != nil {
 				return "?"
 			}
@@ -1030,19 +1031,12 @@ func sideBySide(an string, a []string, bn string, b []string) string {
 // ---------------------------------------------------------------------------
 // Load: busy clients sharing the pool with the test client
 
+// loadGen is the busy clients: a pgtest.Crowd whose failures name the test
+// client's scenario running at the time (its phase).
 type loadGen struct {
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	txs   atomic.Int64
+	*pgtest.Crowd
 	mu    sync.Mutex
-	errs  map[string]int // by phase, client and message
-	phase string         // the test client's current scenario
-}
-
-func (l *loadGen) fail(client string, err error) {
-	l.mu.Lock()
-	l.errs["during "+l.phase+": "+client+": "+err.Error()]++
-	l.mu.Unlock()
+	phase string // the test client's current scenario
 }
 
 func (l *loadGen) setPhase(p string) {
@@ -1051,61 +1045,57 @@ func (l *loadGen) setPhase(p string) {
 	l.mu.Unlock()
 }
 
-func (l *loadGen) stopped() bool {
-	select {
-	case <-l.stop:
-		return true
-	default:
-		return false
-	}
+// failure is err of the busy client named client, during the current phase.
+func (l *loadGen) failure(client string, err error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Errorf("during %s: %s: %w", l.phase, client, err)
 }
 
 // startLoad runs three clients through the proxy until finish: pgx over the
 // simple protocol holding each transaction open for a few milliseconds, pgx
 // with its statement cache (named statements of its own), and a raw client
 // whose statements have the test client's names (S1, A, B, C) with other
-// texts, checking that it gets its own results.
+// texts, checking that it gets its own results. A client whose transaction
+// fails reconnects.
 func startLoad(t *testing.T, tp *testProxy) *loadGen {
-	l := &loadGen{stop: make(chan struct{}), errs: map[string]int{}, phase: "setup"}
-	pgxClient := func(name string, mode pgx.QueryExecMode, tx func(ctx context.Context, c *pgx.Conn, i int) error) {
-		defer l.wg.Done()
-		var c *pgx.Conn
-		defer func() {
+	// The clients' connections, each used by its client's goroutine only; they
+	// close after the crowd has halted (cleanups run last first).
+	var pgxConns [2]*pgx.Conn
+	var rc *rawConn
+	t.Cleanup(func() {
+		for _, c := range pgxConns {
 			if c != nil {
 				c.Close(context.Background())
 			}
-		}()
-		for i := 0; !l.stopped(); i++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			if c == nil {
+		}
+		rc.close()
+	})
+	l := &loadGen{Crowd: pgtest.NewCrowd(t, "busy clients"), phase: "setup"}
+	pgxClient := func(c **pgx.Conn, name string, mode pgx.QueryExecMode, tx func(ctx context.Context, c *pgx.Conn, i int) error) {
+		l.Go(func(ctx context.Context, i int) error {
+			if *c == nil {
 				cfg, err := pgx.ParseConfig(tp.URL())
 				if err == nil {
 					cfg.DefaultQueryExecMode = mode
-					c, err = pgx.ConnectConfig(ctx, cfg)
+					*c, err = pgx.ConnectConfig(ctx, cfg)
 				}
 				if err != nil {
-					cancel()
-					l.fail(name, err)
-					c = nil
 					time.Sleep(50 * time.Millisecond)
-					continue
+					return l.failure(name, err)
 				}
 			}
-			err := tx(ctx, c, i)
-			cancel()
-			if err != nil {
-				l.fail(name, err)
-				c.Close(context.Background())
-				c = nil
+			if err := tx(ctx, *c, i); err != nil {
+				(*c).Close(context.Background())
+				*c = nil
 				time.Sleep(20 * time.Millisecond)
-				continue
+				return l.failure(name, err)
 			}
-			l.txs.Add(1)
 			time.Sleep(time.Millisecond)
-		}
+			return nil
+		})
 	}
-	l.wg.Add(3)
-	go pgxClient("pgx simple, holding", pgx.QueryExecModeSimpleProtocol, func(ctx context.Context, c *pgx.Conn, i int) error {
+	pgxClient(&pgxConns[0], "pgx simple, holding", pgx.QueryExecModeSimpleProtocol, func(ctx context.Context, c *pgx.Conn, i int) error {
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 			var n int
 			if err := tx.QueryRow(ctx, "select 1").Scan(&n); err != nil {
@@ -1121,7 +1111,7 @@ func startLoad(t *testing.T, tp *testProxy) *loadGen {
 			return nil
 		})
 	})
-	go pgxClient("pgx cached statements", pgx.QueryExecModeCacheStatement, func(ctx context.Context, c *pgx.Conn, i int) error {
+	pgxClient(&pgxConns[1], "pgx cached statements", pgx.QueryExecModeCacheStatement, func(ctx context.Context, c *pgx.Conn, i int) error {
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 			var n int
 			if err := tx.QueryRow(ctx, "select $1::int4 + 1", i).Scan(&n); err != nil {
@@ -1134,19 +1124,17 @@ func startLoad(t *testing.T, tp *testProxy) *loadGen {
 			return tx.QueryRow(ctx, "select $1::text", "x").Scan(&s)
 		})
 	})
-	go l.rawClient(tp)
+	l.rawClient(tp, &rc)
 	t.Logf("load: 3 busy clients through the proxy")
 	return l
 }
 
-// rawClient prepares the test client's statement names with other texts once
-// and then uses them in transactions, some held open briefly.
-func (l *loadGen) rawClient(tp *testProxy) {
-	defer l.wg.Done()
+// rawClient starts a client that prepares the test client's statement names
+// with other texts once and then uses them in transactions, some held open
+// briefly; *rc is its connection.
+func (l *loadGen) rawClient(tp *testProxy, rc **rawConn) {
 	const name = "raw same names"
 	names := []string{"S1", "A", "B", "C"}
-	var rc *rawConn
-	defer func() { rc.close() }()
 	var bindAll, prep []pgproto3.FrontendMessage
 	var want []string
 	for _, n := range names {
@@ -1155,21 +1143,18 @@ func (l *loadGen) rawClient(tp *testProxy) {
 		want = append(want, bc, row("load "+n), tag("SELECT 1"))
 	}
 	prep = append(prep, syncM)
-	for i := 0; !l.stopped(); i++ {
-		if rc == nil {
-			var err error
-			if rc, err = dialRaw(side{name: name, addr: tp.addr, db: tp.db}); err != nil {
-				l.fail(name, err)
-				rc = nil
+	l.Go(func(_ context.Context, i int) error {
+		if *rc == nil {
+			c, err := dialRaw(side{name: name, addr: tp.addr, db: tp.db})
+			if err != nil {
 				time.Sleep(50 * time.Millisecond)
-				continue
+				return l.failure(name, err)
 			}
-			if got := rc.runStep(pstep{msgs: prep}, nil); firstDiff(got, w(pc, pc, pc, pc, rfqI)) >= 0 {
-				l.fail(name, fmt.Errorf("prepare: got %q", got))
-				rc.close()
-				rc = nil
-				continue
+			if got := c.runStep(pstep{msgs: prep}, nil); firstDiff(got, w(pc, pc, pc, pc, rfqI)) >= 0 {
+				c.close()
+				return l.failure(name, fmt.Errorf("prepare: got %q", got))
 			}
+			*rc = c
 		}
 		var steps []pstep
 		if i%4 == 0 {
@@ -1181,48 +1166,27 @@ func (l *loadGen) rawClient(tp *testProxy) {
 		} else {
 			steps = []pstep{{msgs: append(slices.Clone(bindAll), syncM), want: append(slices.Clone(want), rfqI)}}
 		}
-		ok := true
 		for j, st := range steps {
 			if j == 2 {
 				time.Sleep(3 * time.Millisecond) // hold the transaction open
 			}
-			if got := rc.runStep(st, nil); firstDiff(got, st.want) >= 0 {
-				l.fail(name, fmt.Errorf("got %q, want %q", got, st.want))
-				ok = false
-				break
+			if got := (*rc).runStep(st, nil); firstDiff(got, st.want) >= 0 {
+				(*rc).close()
+				*rc = nil
+				time.Sleep(20 * time.Millisecond)
+				return l.failure(name, fmt.Errorf("got %q, want %q", got, st.want))
 			}
 		}
-		if !ok {
-			rc.close()
-			rc = nil
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		l.txs.Add(1)
 		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // finish stops the load and fails the test if a busy client saw an error.
 func (l *loadGen) finish(t *testing.T) {
+	t.Helper()
 	l.setPhase("the end")
-	close(l.stop)
-	l.wg.Wait()
-	t.Logf("load: %d transactions by the busy clients", l.txs.Load())
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.errs) == 0 {
-		return
-	}
-	msgs := make([]string, 0, len(l.errs))
-	for m, n := range l.errs {
-		msgs = append(msgs, fmt.Sprintf("%dx %s", n, m))
-	}
-	slices.Sort(msgs)
-	if len(msgs) > 20 {
-		msgs = append(msgs[:20], fmt.Sprintf("... and %d more distinct errors", len(msgs)-20))
-	}
-	t.Errorf("busy clients failed:\n%s", strings.Join(msgs, "\n"))
+	l.Finish(t)
 }
 
 // checkRotation checks the premise of the proxy half: with the busy clients

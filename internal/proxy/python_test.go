@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
@@ -33,18 +34,22 @@ const pythonBin = "/usr/bin/python3"
 // or fails it in CI (CI=true), where a skip would hide missing coverage.
 func needPython(t *testing.T) {
 	t.Helper()
-	miss := t.Skipf
-	if ci, err := strconv.ParseBool(os.Getenv("CI")); err == nil && ci {
-		miss = t.Fatalf
-	}
+	needPythonImport(t, "python worker tests", "sqlalchemy, psycopg2", "SQLAlchemy and psycopg2: python3-sqlalchemy, python3-psycopg2")
+}
+
+// needPythonImport skips the test (fails it in CI) when /usr/bin/python3 is
+// missing or cannot import the modules of imports (as an import statement lists
+// them); what names the tests, hint where the modules come from.
+func needPythonImport(t *testing.T, what, imports, hint string) {
+	t.Helper()
 	if _, err := os.Stat(pythonBin); err != nil {
-		miss("python worker tests need %s: %v", pythonBin, err)
+		pgtest.SkipUnlessCI(t, "%s need %s: %v", what, pythonBin, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, pythonBin, "-c", "import sqlalchemy, psycopg2").CombinedOutput()
+	out, err := exec.CommandContext(ctx, pythonBin, "-c", "import "+imports).CombinedOutput()
 	if err != nil {
-		miss("python worker tests need SQLAlchemy and psycopg2 (python3-sqlalchemy, python3-psycopg2): %v\n%s", err, out)
+		pgtest.SkipUnlessCI(t, "%s need the Python modules %s (%s): %v\n%s", what, imports, hint, err, out)
 	}
 }
 
@@ -95,20 +100,12 @@ func pyCreateMessages(t *testing.T, db string) *pgx.Conn {
 	return c
 }
 
-// pyBackendCount is serverBackends for a goroutine other than the test's: it returns
-// errors instead of failing the test.
-func pyBackendCount(ctx context.Context, tp *testProxy, c *pgx.Conn) (int, error) {
-	var n int
-	err := c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid()`, tp.db).Scan(&n)
-	return n, err
-}
-
 // pyOnlyIdle waits until every proxy backend is 'idle' (none idle in transaction or
 // active) and returns their count.
 func pyOnlyIdle(t *testing.T, tp *testProxy, chk *pgx.Conn, within time.Duration) int {
 	t.Helper()
 	var idle int
-	eventually(t, within, "proxy backends all idle", func() error {
+	pgtest.Eventually(t, within, "proxy backends all idle", func() error {
 		st := tp.serverBackends(t, chk)
 		for s, n := range st {
 			if s != "idle" && n > 0 {
@@ -119,15 +116,6 @@ func pyOnlyIdle(t *testing.T, tp *testProxy, chk *pgx.Conn, within time.Duration
 		return nil
 	})
 	return idle
-}
-
-// pyMonitorBackends monitors the proxy backends of tp, as pyBackendCount counts them.
-func pyMonitorBackends(t *testing.T, tp *testProxy) *backendMonitor {
-	t.Helper()
-	return monitorBackends(t, tp.db, func(ctx context.Context, c *pgx.Conn) (int, int, error) {
-		n, err := pyBackendCount(ctx, tp, c)
-		return n, 0, err
-	})
 }
 
 // TestPythonWorker runs 4 worker processes of 10 threads each (SQLAlchemy pools of
@@ -146,7 +134,7 @@ func TestPythonWorker(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	mon := pyMonitorBackends(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	start := time.Now()
 
 	type result struct {
@@ -168,7 +156,7 @@ func TestPythonWorker(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	mon.finish()
+	seen := mon.Finish()
 
 	for i, r := range results {
 		want := pyMessagesOf(messages, i, processes)
@@ -176,7 +164,7 @@ func TestPythonWorker(t *testing.T) {
 		processed, errs, retried, ok := pyParseDone(r.out.String())
 		if r.err != nil || !ok || processed != want || errs != 0 || retried != 0 {
 			t.Errorf("worker %d: exit %v after %s, DONE line found %v: processed=%d (want %d) errors=%d retried=%d\nstdout:\n%s\nstderr:\n%s",
-				i, r.err, r.elapsed.Round(time.Millisecond), ok, processed, want, errs, retried, pyTail(r.out.String(), 2000), pyTail(r.errOut.String(), 4000))
+				i, r.err, r.elapsed.Round(time.Millisecond), ok, processed, want, errs, retried, lastBytes(r.out.String(), 2000), lastBytes(r.errOut.String(), 4000))
 		}
 	}
 	if ctx.Err() != nil {
@@ -205,11 +193,11 @@ func TestPythonWorker(t *testing.T) {
 		}
 	}
 
-	if mon.err != nil {
-		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", mon.samples, mon.err)
+	if seen.Err != nil {
+		t.Errorf("pg_stat_activity monitor failed after %d samples: %v", seen.Samples, seen.Err)
 	}
-	if mon.max > poolSize || mon.max == 0 {
-		t.Errorf("max proxy backends seen in pg_stat_activity = %d over %d samples, want 1..%d", mon.max, mon.samples, poolSize)
+	if seen.Max > poolSize || seen.Max == 0 {
+		t.Errorf("max proxy backends seen in pg_stat_activity = %d over %d samples, want 1..%d", seen.Max, seen.Samples, poolSize)
 	}
 	idle := pyOnlyIdle(t, tp, chk, 10*time.Second)
 	if idle > poolSize {
@@ -221,7 +209,7 @@ func TestPythonWorker(t *testing.T) {
 	}
 	st := tp.srv.Stats()
 	t.Logf("%d messages by %d processes in %s (%.0f msg/s); max %d proxy backends over %d samples; pool: %d acquires, %d waited (%s total), %d dials, %d closed; %d clients",
-		messages, processes, elapsed.Round(time.Millisecond), float64(messages)/elapsed.Seconds(), mon.max, mon.samples,
+		messages, processes, elapsed.Round(time.Millisecond), float64(messages)/elapsed.Seconds(), seen.Max, seen.Samples,
 		ps.Acquires, ps.Waited, ps.WaitTime.Round(time.Millisecond), ps.Dials, ps.Closed, st.ClientsTotal)
 }
 
@@ -282,9 +270,9 @@ func TestPythonWorkerLeak(t *testing.T) {
 		unlock()
 		<-blockerDone
 	})
-	eventually(t, 10*time.Second, "a proxy backend waits for the advisory lock", func() error {
+	pgtest.Eventually(t, 10*time.Second, "a proxy backend waits for the advisory lock", func() error {
 		var n int
-		if err := chk.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND application_name <> 'pgsidecar_test_direct' AND pid <> pg_backend_pid() AND wait_event = 'advisory'`, tp.db).Scan(&n); err != nil || n != 1 {
+		if err := chk.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE `+proxyBackends+` AND wait_event = 'advisory'`, tp.db).Scan(&n); err != nil || n != 1 {
 			return fmt.Errorf("%d waiting, %v", n, err)
 		}
 		return nil
@@ -337,7 +325,7 @@ func TestPythonWorkerLeak(t *testing.T) {
 		case l, ok := <-lines:
 			if !ok {
 				err := wait()
-				t.Fatalf("worker ended (%v) before LEAK_READY\nstdout:\n%s\nstderr:\n%s", err, pyTail(out.String(), 2000), pyTail(errOut.String(), 4000))
+				t.Fatalf("worker ended (%v) before LEAK_READY\nstdout:\n%s\nstderr:\n%s", err, lastBytes(out.String(), 2000), lastBytes(errOut.String(), 4000))
 			}
 			if m := pyLeakReadyLine.FindStringSubmatch(l); m != nil {
 				leakedID, _ = strconv.Atoi(m[1])
@@ -345,7 +333,7 @@ func TestPythonWorkerLeak(t *testing.T) {
 			}
 		case <-ctx.Done():
 			_ = wait()
-			t.Fatalf("no LEAK_READY from the worker within the timeout\nstderr:\n%s", pyTail(errOut.String(), 4000))
+			t.Fatalf("no LEAK_READY from the worker within the timeout\nstderr:\n%s", lastBytes(errOut.String(), 4000))
 		}
 	}
 	processedAt := time.Since(start)
@@ -377,16 +365,16 @@ func TestPythonWorkerLeak(t *testing.T) {
 	processed, errs, retried, ok := pyParseDone(stdoutText)
 	if werr != nil || !ok || processed != messages-1 || errs != 0 {
 		t.Errorf("worker: exit %v, DONE line found %v: processed=%d (want %d) errors=%d retried=%d\nstdout:\n%s\nstderr:\n%s",
-			werr, ok, processed, messages-1, errs, retried, pyTail(stdoutText, 2000), pyTail(errOut.String(), 4000))
+			werr, ok, processed, messages-1, errs, retried, lastBytes(stdoutText, 2000), lastBytes(errOut.String(), 4000))
 	}
 	// A handler descheduled for longer than the timeout inside its transaction (a
 	// loaded machine) is legitimately ended too; the worker then retries its message.
 	// Every lost connection must be such an idle-transaction kill.
 	if n := tp.srv.Stats().IdleTxKilled; n != uint64(1+retried) {
 		t.Errorf("IdleTxKilled = %d, want 1 (the leaked session) + %d (handlers retried after losing their connection)\nstderr:\n%s",
-			n, retried, pyTail(errOut.String(), 4000))
+			n, retried, lastBytes(errOut.String(), 4000))
 	} else if retried > 0 {
-		t.Logf("%d handlers were idle in transaction past the timeout (machine load) and retried:\n%s", retried, pyTail(errOut.String(), 2000))
+		t.Logf("%d handlers were idle in transaction past the timeout (machine load) and retried:\n%s", retried, lastBytes(errOut.String(), 2000))
 	}
 	if m := pyLeakLine.FindStringSubmatch(stdoutText); m == nil || m[1] != "failed" {
 		t.Errorf("commit of the leaked session after the idle-transaction timeout: %q, want it to fail", m)
@@ -440,12 +428,4 @@ func TestPythonWorkerLeak(t *testing.T) {
 	}
 	t.Logf("leaked message %d on backend %d; other %d messages processed in %s; backends now %v; pool: %d acquires, %d waited, %d dials",
 		leakedID, leakedPID, messages-1, processedAt.Round(time.Millisecond), pids, ps.Acquires, ps.Waited, ps.Dials)
-}
-
-// pyTail returns the last n bytes of s.
-func pyTail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
 }

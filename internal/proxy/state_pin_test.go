@@ -8,14 +8,12 @@ package proxy_test
 // client's state and never lands on its backend.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,61 +21,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
 )
 
 const spSimple = pgx.QueryExecModeSimpleProtocol
-
-// spLog captures the proxy's log (Info and up) so that tests can count the
-// "client pinned" / "client unpinned" lines of one client.
-type spLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *spLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *spLog) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-// count returns the number of log lines that contain every one of subs.
-func (l *spLog) count(subs ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		ok := line != ""
-		for _, s := range subs {
-			if !strings.Contains(line, s) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
-}
-
-// lines returns the log lines that contain sub (for failure messages).
-func (l *spLog) lines(sub string) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		if strings.Contains(line, sub) {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "\n")
-}
 
 const (
 	spPinnedMsg   = `msg="client pinned to its server connection"`
@@ -89,11 +38,12 @@ func spClient(c *pgx.Conn) string {
 	return "client=" + c.PgConn().Conn().LocalAddr().String() + " "
 }
 
-// spStart starts a proxy logging to a capture.
-func spStart(t *testing.T, db string, o proxyOpts) (*testProxy, *spLog) {
+// spStart starts a proxy logging (Info and up) to a capture, so that tests can
+// count the "client pinned" / "client unpinned" lines of one client.
+func spStart(t *testing.T, db string, o proxyOpts) (*testProxy, *pgtest.LogBuffer) {
 	t.Helper()
-	logs := &spLog{}
-	o.Opt.Logger = logs.logger()
+	logs := &pgtest.LogBuffer{}
+	o.Opt.Logger = logs.Logger(slog.LevelInfo)
 	return startProxy(t, db, o), logs
 }
 
@@ -168,69 +118,35 @@ func spAdvisoryHolders(ctx context.Context, d *pgx.Conn, key int) ([]int32, erro
 // ---------------------------------------------------------------------------
 // The crowd
 
-// spCrowd is a set of clients running short transactions until stopped. Each
-// transaction is BEGIN; SELECT pg_backend_pid(); check; COMMIT, and must not
-// leave a notification behind on the client.
-type spCrowd struct {
-	stopc    chan struct{}
-	once     sync.Once
-	wg       sync.WaitGroup
-	txs      atomic.Int64
-	waits    atomic.Int64 // tolerated failures (query_wait_timeout)
-	mu       sync.Mutex
-	errs     []string
-	tolerate func(error) bool
-}
-
+// spCheck is what a crowd client checks inside each of its transactions, on
+// backend pid.
 type spCheck func(ctx context.Context, c *pgx.Conn, id int, pid int32) error
 
-// spStartCrowd connects n clients and starts their transactions. tolerate, if
-// not nil, says which errors of a transaction are expected (they are counted,
-// not reported).
-func spStartCrowd(t *testing.T, tp *testProxy, n int, check spCheck, tolerate func(error) bool) *spCrowd {
+// spStartCrowd connects n clients and starts their short transactions: each is
+// BEGIN; SELECT pg_backend_pid(); check; COMMIT, and must not leave a
+// notification behind on the client. tolerate, if not nil, says which errors of
+// a transaction are expected (they are counted, not reported).
+func spStartCrowd(t *testing.T, tp *testProxy, n int, check spCheck, tolerate func(error) bool) *pgtest.Crowd {
 	t.Helper()
-	cr := &spCrowd{stopc: make(chan struct{}), tolerate: tolerate}
 	conns := make([]*pgx.Conn, n)
 	for i := range conns {
 		conns[i] = tp.connect(t, spSimple)
 	}
-	t.Cleanup(cr.halt) // before the connections close (cleanups run last first)
-	for i, c := range conns {
-		cr.wg.Add(1)
-		go func() {
-			defer cr.wg.Done()
-			cr.loop(i, c, check)
-		}()
+	cr := pgtest.NewCrowd(t, "crowd") // halts before the connections close
+	cr.Tolerate = tolerate
+	for id, c := range conns {
+		cr.Go(func(ctx context.Context, _ int) error {
+			if err := spCrowdTx(ctx, c, id, check); err != nil {
+				err = fmt.Errorf("crowd client %d: %w", id, err)
+				if c.IsClosed() {
+					return pgtest.Quit(err)
+				}
+				return err
+			}
+			return nil
+		})
 	}
 	return cr
-}
-
-func (cr *spCrowd) loop(id int, c *pgx.Conn, check spCheck) {
-	for {
-		select {
-		case <-cr.stopc:
-			return
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		err := spCrowdTx(ctx, c, id, check)
-		cancel()
-		switch {
-		case err == nil:
-			cr.txs.Add(1)
-		case cr.tolerate != nil && cr.tolerate(err):
-			cr.waits.Add(1)
-		default:
-			cr.mu.Lock()
-			if len(cr.errs) < 20 {
-				cr.errs = append(cr.errs, fmt.Sprintf("crowd client %d: %v", id, err))
-			}
-			cr.mu.Unlock()
-			if c.IsClosed() {
-				return
-			}
-		}
-	}
 }
 
 func spCrowdTx(ctx context.Context, c *pgx.Conn, id int, check spCheck) error {
@@ -259,36 +175,10 @@ func spCrowdTx(ctx context.Context, c *pgx.Conn, id int, check spCheck) error {
 	return nil
 }
 
-// progress waits until the crowd has completed n more transactions.
-func (cr *spCrowd) progress(t *testing.T, n int64) {
+// spProgress waits until the crowd has completed n more transactions.
+func spProgress(t *testing.T, cr *pgtest.Crowd, n int64) {
 	t.Helper()
-	from := cr.txs.Load()
-	eventually(t, 10*time.Second, "crowd progress", func() error {
-		if got := cr.txs.Load() - from; got < n {
-			return fmt.Errorf("%d of %d transactions", got, n)
-		}
-		return nil
-	})
-}
-
-func (cr *spCrowd) halt() {
-	cr.once.Do(func() { close(cr.stopc) })
-	cr.wg.Wait()
-}
-
-// finish stops the crowd and reports what went wrong in it.
-func (cr *spCrowd) finish(t *testing.T) {
-	t.Helper()
-	cr.halt()
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	for _, e := range cr.errs {
-		t.Error(e)
-	}
-	if cr.txs.Load() == 0 {
-		t.Error("the crowd completed no transaction")
-	}
-	t.Logf("crowd: %d transactions, %d tolerated waits", cr.txs.Load(), cr.waits.Load())
+	cr.Progress(t, "crowd progress", n, 10*time.Second)
 }
 
 // spNotOn is a crowd check: the transaction is not on the pinned backend.
@@ -312,66 +202,18 @@ func spAll(checks ...spCheck) spCheck {
 	}
 }
 
-// spMonitor samples pg_stat_activity until the test ends and reports the most
-// proxy backends seen at once for the test's database.
-type spMonitor struct {
-	max     atomic.Int64
-	samples atomic.Int64
-	stopc   chan struct{}
-	done    chan struct{}
-	err     atomic.Value
-}
-
-func spStartMonitor(t *testing.T, tp *testProxy) *spMonitor {
+// spMonitorCheck stops the pg_stat_activity monitor and checks that it never
+// saw more proxy backends at once for the test database than the pool size.
+func spMonitorCheck(t *testing.T, mon *pgtest.BackendMonitor, limit int) {
 	t.Helper()
-	d := direct(t, tp.db)
-	m := &spMonitor{stopc: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		for {
-			select {
-			case <-m.stopc:
-				return
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			var n int64
-			err := d.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1
-				AND backend_type = 'client backend' AND application_name <> $2 AND pid <> pg_backend_pid()`,
-				tp.db, directAppName).Scan(&n)
-			cancel()
-			if err != nil {
-				m.err.Store(err.Error())
-				return
-			}
-			m.samples.Add(1)
-			for {
-				old := m.max.Load()
-				if n <= old || m.max.CompareAndSwap(old, n) {
-					break
-				}
-			}
-			select {
-			case <-m.stopc:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(m.stopc) }); <-m.done })
-	return m
-}
-
-func (m *spMonitor) check(t *testing.T, limit int64) {
-	t.Helper()
-	if e, ok := m.err.Load().(string); ok {
-		t.Errorf("pg_stat_activity monitor: %s", e)
+	seen := mon.Finish()
+	if seen.Err != nil {
+		t.Errorf("pg_stat_activity monitor: %v", seen.Err)
 	}
-	if got := m.max.Load(); got > limit {
-		t.Errorf("pg_stat_activity showed %d proxy backends at once for the test database, pool size %d", got, limit)
+	if seen.Max > limit {
+		t.Errorf("pg_stat_activity showed %d proxy backends at once for the test database, pool size %d", seen.Max, limit)
 	}
-	t.Logf("pg_stat_activity: at most %d proxy backends in %d samples", m.max.Load(), m.samples.Load())
+	t.Logf("pg_stat_activity: at most %d proxy backends in %d samples", seen.Max, seen.Samples)
 }
 
 // spBothBackends shows that no client holds a backend between transactions:
@@ -405,7 +247,7 @@ func spBothBackends(t *testing.T, tp *testProxy) {
 func spPidChanges(t *testing.T, c *pgx.Conn, pid int32) {
 	t.Helper()
 	ctx := spCtx(t, 15*time.Second)
-	eventually(t, 10*time.Second, "the client's backend changes across transactions", func() error {
+	pgtest.Eventually(t, 10*time.Second, "the client's backend changes across transactions", func() error {
 		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
 			return err
 		}
@@ -425,11 +267,11 @@ func spPidChanges(t *testing.T, c *pgx.Conn, pid int32) {
 }
 
 // spWaitLog waits for n log lines containing every one of subs.
-func spWaitLog(t *testing.T, logs *spLog, n int, subs ...string) {
+func spWaitLog(t *testing.T, logs *pgtest.LogBuffer, n int, subs ...string) {
 	t.Helper()
-	eventually(t, 5*time.Second, fmt.Sprintf("%d log line(s) with %q", n, subs), func() error {
-		if got := logs.count(subs...); got != n {
-			return fmt.Errorf("%d lines:\n%s", got, logs.lines("pinned"))
+	pgtest.Eventually(t, 5*time.Second, fmt.Sprintf("%d log line(s) with %q", n, subs), func() error {
+		if got := logs.Count(subs...); got != n {
+			return fmt.Errorf("%d lines:\n%s", got, logs.Lines("pinned"))
 		}
 		return nil
 	})
@@ -441,7 +283,7 @@ func spWaitLog(t *testing.T, logs *spLog, n int, subs ...string) {
 func TestStatePinListen(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 	a := tp.connect(t, spSimple)
@@ -494,7 +336,7 @@ func TestStatePinListen(t *testing.T) {
 		}
 		spExec(t, ctx, a, "COMMIT")
 		// Spread over time: let the crowd run a few transactions, A idle meanwhile.
-		cr.progress(t, 3)
+		spProgress(t, cr, 3)
 	}
 	t.Logf("slowest notification: %s", worst)
 	if n := spPending(a); n != nil {
@@ -516,14 +358,14 @@ func TestStatePinListen(t *testing.T) {
 	}
 	cancel()
 	spPinsAtLeast(t, tp, "listen", 1)
-	cr.finish(t)
-	eventually(t, 5*time.Second, "every backend idle in the pool", func() error {
+	cr.Finish(t)
+	pgtest.Eventually(t, 5*time.Second, "every backend idle in the pool", func() error {
 		if st := spPool(t, tp).Stats(); st.InUse != 0 || st.Idle != st.Open {
 			return fmt.Errorf("%+v", st)
 		}
 		return nil
 	})
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -532,7 +374,7 @@ func TestStatePinListen(t *testing.T) {
 func TestStatePinAdvisoryLock(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 	a := tp.connect(t, spSimple)
@@ -601,7 +443,7 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 		if !slices.Equal(holders, []int32{pid}) {
 			t.Fatalf("transaction %d: advisory lock 42 held by %v, want [%d]", i, holders, pid)
 		}
-		cr.progress(t, 2)
+		spProgress(t, cr, 2)
 	}
 	spWaitLog(t, logs, 1, spPinnedMsg, aLog, "reason=advisory_lock")
 
@@ -612,7 +454,7 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 	}
 	// A crowd transaction that began before phaseUnlocking may still hold it for
 	// a moment (a transaction-level lock); A's session lock would stay.
-	eventually(t, 5*time.Second, "advisory lock 42 free after pg_advisory_unlock", func() error {
+	pgtest.Eventually(t, 5*time.Second, "advisory lock 42 free after pg_advisory_unlock", func() error {
 		holders, err := spAdvisoryHolders(ctx, d, 42)
 		if err != nil {
 			t.Fatal(err)
@@ -624,7 +466,7 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 	})
 	phase.Store(phaseReleased)
 	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=advisory_lock")
-	eventually(t, 10*time.Second, "a crowd client takes advisory lock 42", func() error {
+	pgtest.Eventually(t, 10*time.Second, "a crowd client takes advisory lock 42", func() error {
 		if gotAfter.Load() == 0 {
 			return errors.New("none yet")
 		}
@@ -644,12 +486,12 @@ func TestStatePinAdvisoryLock(t *testing.T) {
 	}
 	spBothBackends(t, tp) // X does not keep its backend
 	spPidChanges(t, x, xpid)
-	if n := logs.count(spPinnedMsg, spClient(x)); n != 0 {
-		t.Errorf("pg_advisory_xact_lock pinned its client:\n%s", logs.lines(spClient(x)))
+	if n := logs.Count(spPinnedMsg, spClient(x)); n != 0 {
+		t.Errorf("pg_advisory_xact_lock pinned its client:\n%s", logs.Lines(spClient(x)))
 	}
-	cr.finish(t)
+	cr.Finish(t)
 	spPinsAtLeast(t, tp, "advisory_lock", 1)
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // A statement that would pin but leaves nothing behind (a pg_try_advisory_lock
@@ -702,9 +544,9 @@ func TestStatePinNoStateLeft(t *testing.T) {
 				}
 				return
 			}
-			eventually(t, 2*time.Second, "the client's backend back in the pool", func() error {
+			pgtest.Eventually(t, 2*time.Second, "the client's backend back in the pool", func() error {
 				if st := spPool(t, tp).Stats(); st.InUse != 0 {
-					return fmt.Errorf("%d backend(s) in use by an idle client; proxy log:\n%s", st.InUse, logs.lines(spClient(c)))
+					return fmt.Errorf("%d backend(s) in use by an idle client; proxy log:\n%s", st.InUse, logs.Lines(spClient(c)))
 				}
 				return nil
 			})
@@ -718,7 +560,7 @@ func TestStatePinNoStateLeft(t *testing.T) {
 func TestStatePinTempTable(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 	a := tp.connect(t, spSimple)
@@ -744,14 +586,14 @@ func TestStatePinTempTable(t *testing.T) {
 		spExec(t, ctx, a, "CREATE TEMP TABLE "+tbl+"(x int)")
 		pid := spPid(t, ctx, a)
 		pinned.Store(pid)
-		cr.progress(t, 3)
+		spProgress(t, cr, 3)
 		spExec(t, ctx, a, "BEGIN")
 		spExec(t, ctx, a, "INSERT INTO "+tbl+" VALUES (1), (2)")
 		if got := spPid(t, ctx, a); got != pid {
 			t.Fatalf("INSERT transaction on backend %d, want the pinned %d", got, pid)
 		}
 		spExec(t, ctx, a, "COMMIT")
-		cr.progress(t, 3)
+		spProgress(t, cr, 3)
 		spExec(t, ctx, a, "BEGIN")
 		if got := spInt(t, ctx, a, "SELECT sum(x) FROM "+tbl); got != 3 {
 			t.Fatalf("SELECT sum(x) FROM %s = %d, want 3", tbl, got)
@@ -760,7 +602,7 @@ func TestStatePinTempTable(t *testing.T) {
 		if n := tempTables(); n != 1 {
 			t.Fatalf("%d temporary tables in the database, want 1", n)
 		}
-		cr.progress(t, 3)
+		spProgress(t, cr, 3)
 		return pid
 	}
 
@@ -788,9 +630,9 @@ func TestStatePinTempTable(t *testing.T) {
 	spBothBackends(t, tp)
 	spPidChanges(t, a, pid)
 
-	cr.finish(t)
+	cr.Finish(t)
 	spPinsAtLeast(t, tp, "temp_table", 2)
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -799,7 +641,7 @@ func TestStatePinTempTable(t *testing.T) {
 func TestStatePinHoldCursor(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	a := tp.connect(t, spSimple)
 	aLog := spClient(a)
@@ -818,7 +660,7 @@ func TestStatePinHoldCursor(t *testing.T) {
 	pinned.Store(pid)
 	next := 1
 	for i := 0; i < 5; i++ {
-		cr.progress(t, 3)
+		spProgress(t, cr, 3)
 		spBeginOn(t, ctx, a, pid, fmt.Sprintf("transaction %d: A", i))
 		rows, err := a.Query(ctx, "FETCH 10 FROM c")
 		if err != nil {
@@ -845,9 +687,9 @@ func TestStatePinHoldCursor(t *testing.T) {
 	spWaitLog(t, logs, 1, spUnpinnedMsg, aLog, "reason=hold_cursor")
 	spBothBackends(t, tp)
 	spPidChanges(t, a, pid)
-	cr.finish(t)
+	cr.Finish(t)
 	spPinsAtLeast(t, tp, "hold_cursor", 1)
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -856,7 +698,7 @@ func TestStatePinHoldCursor(t *testing.T) {
 func TestStatePinPoolBound(t *testing.T) {
 	db := newDatabase(t)
 	tp, _ := spStart(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{QueryWaitTimeout: time.Second}})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 	p1 := tp.connect(t, spSimple)
@@ -871,7 +713,7 @@ func TestStatePinPoolBound(t *testing.T) {
 	// wait its turn (or time out after 1s and be retried).
 	pinWith := func(c *pgx.Conn, key int, into *atomic.Int32) {
 		t.Helper()
-		eventually(t, 10*time.Second, fmt.Sprintf("pg_advisory_lock(%d)", key), func() error {
+		pgtest.Eventually(t, 10*time.Second, fmt.Sprintf("pg_advisory_lock(%d)", key), func() error {
 			_, err := c.Exec(ctx, fmt.Sprintf("SELECT pg_advisory_lock(%d)", key))
 			if err != nil && !waitTimeout(err) {
 				t.Fatalf("pg_advisory_lock(%d): %v", key, err)
@@ -886,9 +728,9 @@ func TestStatePinPoolBound(t *testing.T) {
 		t.Fatalf("both pinned clients on backend %d", pin1.Load())
 	}
 	// The crowd is now starved: it only sees query_wait_timeout.
-	w0 := cr.waits.Load()
-	eventually(t, 5*time.Second, "the crowd waits out query_wait_timeout", func() error {
-		if cr.waits.Load()-w0 < 2 {
+	w0 := cr.Tolerated()
+	pgtest.Eventually(t, 5*time.Second, "the crowd waits out query_wait_timeout", func() error {
+		if cr.Tolerated()-w0 < 2 {
 			return errors.New("no timeouts yet")
 		}
 		return nil
@@ -916,7 +758,7 @@ func TestStatePinPoolBound(t *testing.T) {
 	if err := p1.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "advisory lock 1 released after its client left", func() error {
+	pgtest.Eventually(t, 5*time.Second, "advisory lock 1 released after its client left", func() error {
 		h, err := spAdvisoryHolders(ctx, d, 1)
 		if err != nil {
 			t.Fatal(err)
@@ -926,7 +768,7 @@ func TestStatePinPoolBound(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, "the third client gets a backend", func() error {
+	pgtest.Eventually(t, 10*time.Second, "the third client gets a backend", func() error {
 		var pid int32
 		err := third.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
 		if err != nil {
@@ -946,13 +788,13 @@ func TestStatePinPoolBound(t *testing.T) {
 	if h, err := spAdvisoryHolders(ctx, d, 2); err != nil || len(h) != 1 || h[0] != pin2.Load() {
 		t.Fatalf("lock 2 held by %v (%v), want [%d]", h, err, pin2.Load())
 	}
-	cr.progress(t, 5)
-	cr.finish(t)
+	spProgress(t, cr, 5)
+	cr.Finish(t)
 	spPinsAtLeast(t, tp, "advisory_lock", 2)
 	if n := tp.serverBackends(t, d); n["active"]+n["idle"]+n["idle in transaction"] > 2 {
 		t.Errorf("proxy backends now: %v", n)
 	}
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -961,7 +803,7 @@ func TestStatePinPoolBound(t *testing.T) {
 func TestStatePinRefuse(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2, Opt: proxy.Options{PinPolicy: proxy.PinPolicyRefuse}})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 	a := tp.connect(t, spSimple)
@@ -1039,7 +881,7 @@ func TestStatePinRefuse(t *testing.T) {
 			t.Fatalf("after ROLLBACK the transaction status is %q", st)
 		}
 		nothingExecuted("inside a transaction: " + tc.sql)
-		cr.progress(t, 2)
+		spProgress(t, cr, 2)
 	}
 
 	// Several statements in one Query, the pinning one not first.
@@ -1065,14 +907,14 @@ func TestStatePinRefuse(t *testing.T) {
 	}
 	spBothBackends(t, tp)
 
-	cr.finish(t)
+	cr.Finish(t)
 	if pins := tp.srv.Pins(); len(pins) != 0 {
 		t.Errorf("Pins() = %v under --pin-policy refuse, want none", pins)
 	}
-	if n := logs.count(spPinnedMsg); n != 0 {
-		t.Errorf("clients pinned under --pin-policy refuse:\n%s", logs.lines("pinned"))
+	if n := logs.Count(spPinnedMsg); n != 0 {
+		t.Errorf("clients pinned under --pin-policy refuse:\n%s", logs.Lines("pinned"))
 	}
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -1081,7 +923,7 @@ func TestStatePinRefuse(t *testing.T) {
 func TestStatePinListenDisconnect(t *testing.T) {
 	db := newDatabase(t)
 	tp, logs := spStart(t, db, proxyOpts{PoolSize: 2})
-	mon := spStartMonitor(t, tp)
+	mon := monitorProxyBackends(t, tp)
 	ctx := spCtx(t, 60*time.Second)
 	d := direct(t, db)
 
@@ -1107,7 +949,7 @@ func TestStatePinListenDisconnect(t *testing.T) {
 		t.Fatalf("the listener did not get its notification: %v %v", n, err)
 	}
 	spWaitLog(t, logs, 1, spPinnedMsg, spClient(l), "reason=listen")
-	cr.progress(t, 5)
+	spProgress(t, cr, 5)
 
 	oldPid.Store(pid)
 	pinned.Store(0) // the crowd may land on it as soon as the listener is gone
@@ -1115,7 +957,7 @@ func TestStatePinListenDisconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Its backend is reused, not closed: the crowd lands on it.
-	eventually(t, 10*time.Second, "a crowd transaction on the old listener's backend", func() error {
+	pgtest.Eventually(t, 10*time.Second, "a crowd transaction on the old listener's backend", func() error {
 		if onOld.Load() == 0 {
 			return fmt.Errorf("none yet on backend %d", pid)
 		}
@@ -1144,9 +986,9 @@ func TestStatePinListenDisconnect(t *testing.T) {
 	if !landed {
 		t.Errorf("the new client never landed on the old listener's backend %d", pid)
 	}
-	cr.progress(t, 5)
-	cr.finish(t)
-	eventually(t, 5*time.Second, "the backend idle in the pool", func() error {
+	spProgress(t, cr, 5)
+	cr.Finish(t)
+	pgtest.Eventually(t, 5*time.Second, "the backend idle in the pool", func() error {
 		st := spPool(t, tp).Stats()
 		if st.InUse != 0 || st.Idle != st.Open {
 			return fmt.Errorf("%+v", st)
@@ -1160,7 +1002,7 @@ func TestStatePinListenDisconnect(t *testing.T) {
 		}
 		return nil
 	})
-	mon.check(t, 2)
+	spMonitorCheck(t, mon, 2)
 }
 
 // spNoListen is a crowd check: the backend listens on no channel.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 )
 
 // Tests of settings tracking in transaction mode (docs/design.md section 6): every
@@ -167,28 +169,6 @@ func clusterDefaults(t *testing.T, db string) gucView {
 	return v
 }
 
-// connectWith opens a pgx connection to url with startup parameters params
-// ("options" among them); it is closed at cleanup.
-func connectWith(t testing.TB, url string, mode pgx.QueryExecMode, params map[string]string) *pgx.Conn {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DefaultQueryExecMode = mode
-	for k, v := range params {
-		cfg.RuntimeParams[k] = v
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", url, err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
-
 // directWith is direct with startup parameters: the reference for a proxied
 // client with the same ones. Its application_name is directAppName unless params
 // give one.
@@ -198,20 +178,15 @@ func directWith(t testing.TB, db string, params map[string]string) *pgx.Conn {
 	for k, v := range params {
 		p[k] = v
 	}
-	return connectWith(t, cluster.URL(db), pgx.QueryExecModeSimpleProtocol, p)
+	return pgtest.Connect(t, cluster.URL(db), pgx.QueryExecModeSimpleProtocol, p)
 }
 
 // crowd is a group of clients without settings running short transactions
-// through the proxy, each checking that it sees the cluster's defaults.
+// through the proxy, each checking that it sees the cluster's defaults. Its
+// transactions are the checks it made.
 type crowd struct {
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	checks  atomic.Int64
-	sleeps  atomic.Int64
-	mu      sync.Mutex
-	errs    []string
-	nErrs   int
-	stopped bool
+	*pgtest.Crowd
+	sleeps atomic.Int64
 }
 
 // startCrowd starts n clients (alternately simple protocol and pgx's Exec mode)
@@ -220,7 +195,6 @@ type crowd struct {
 // pg_sleep(0.2) is not cut short by someone else's statement_timeout.
 func startCrowd(t *testing.T, tp *testProxy, n int, want gucView, forbidApps []string, sleepEvery int) *crowd {
 	t.Helper()
-	cr := &crowd{stop: make(chan struct{})}
 	conns := make([]*pgx.Conn, n)
 	for i := range conns {
 		mode := pgx.QueryExecModeSimpleProtocol
@@ -229,101 +203,62 @@ func startCrowd(t *testing.T, tp *testProxy, n int, want gucView, forbidApps []s
 		}
 		conns[i] = tp.connect(t, mode)
 	}
+	cr := &crowd{Crowd: pgtest.NewCrowd(t, "crowd")}
 	for i, c := range conns {
-		cr.wg.Add(1)
-		go func() {
-			defer cr.wg.Done()
-			for it := 0; ; it++ {
-				select {
-				case <-cr.stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-				cr.check(ctx, c, i, it, want, forbidApps, sleepEvery)
-				cancel()
-			}
-		}()
+		cr.Go(func(ctx context.Context, it int) error {
+			return cr.check(ctx, c, i, it, want, forbidApps, sleepEvery)
+		})
 	}
-	t.Cleanup(func() { cr.halt() })
 	return cr
 }
 
-func (cr *crowd) fail(format string, args ...any) {
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	cr.nErrs++
-	if len(cr.errs) < 10 {
-		cr.errs = append(cr.errs, fmt.Sprintf(format, args...))
-	}
-}
-
-func (cr *crowd) check(ctx context.Context, c *pgx.Conn, id, it int, want gucView, forbidApps []string, sleepEvery int) {
+// check is one transaction of crowd client id: a failed read is its error; what
+// it sees wrong is recorded and still counts as a check.
+func (cr *crowd) check(ctx context.Context, c *pgx.Conn, id, it int, want gucView, forbidApps []string, sleepEvery int) error {
 	variant := id + it
 	v, err := readView(ctx, c, variant)
 	if err != nil {
-		cr.fail("crowd client %d, check %d (variant %d): %v", id, it, variant%viewVariants, err)
-		return
+		return fmt.Errorf("crowd client %d, check %d (variant %d): %v", id, it, variant%viewVariants, err)
 	}
 	if !v.sameSettings(want) {
-		cr.fail("crowd client %d, check %d (variant %d): sees %v, want the defaults %v", id, it, variant%viewVariants, v, want)
+		cr.Failf("crowd client %d, check %d (variant %d): sees %v, want the defaults %v", id, it, variant%viewVariants, v, want)
 	}
 	for _, app := range forbidApps {
 		if v.AppName == app {
-			cr.fail("crowd client %d, check %d: sees another client's application_name %q", id, it, app)
+			cr.Failf("crowd client %d, check %d: sees another client's application_name %q", id, it, app)
 		}
 	}
 	// What the proxy told it at login must not have changed either.
 	if got := c.PgConn().ParameterStatus("TimeZone"); got != want.TimeZone {
-		cr.fail("crowd client %d: ParameterStatus TimeZone = %q, want %q", id, got, want.TimeZone)
+		cr.Failf("crowd client %d: ParameterStatus TimeZone = %q, want %q", id, got, want.TimeZone)
 	}
 	for _, app := range forbidApps {
 		if c.PgConn().ParameterStatus("application_name") == app {
-			cr.fail("crowd client %d: ParameterStatus application_name = %q (another client's)", id, app)
+			cr.Failf("crowd client %d: ParameterStatus application_name = %q (another client's)", id, app)
 		}
 	}
-	cr.checks.Add(1)
 	if sleepEvery > 0 && it%sleepEvery == sleepEvery-1 {
 		if _, err := c.Exec(ctx, "SELECT pg_sleep(0.2)"); err != nil {
-			cr.fail("crowd client %d: pg_sleep(0.2): %v (SQLSTATE %s)", id, err, pgCode(err))
-			return
+			cr.Failf("crowd client %d: pg_sleep(0.2): %v (SQLSTATE %s)", id, err, pgCode(err))
+			return nil // the check itself was made
 		}
 		cr.sleeps.Add(1)
 	}
-}
-
-func (cr *crowd) halt() {
-	cr.mu.Lock()
-	if cr.stopped {
-		cr.mu.Unlock()
-		return
-	}
-	cr.stopped = true
-	cr.mu.Unlock()
-	close(cr.stop)
-	cr.wg.Wait()
+	return nil
 }
 
 // finish waits until the crowd made at least minChecks checks (and minSleeps
 // sleeps), stops it and reports what it saw.
 func (cr *crowd) finish(t *testing.T, minChecks, minSleeps int64) {
 	t.Helper()
-	eventually(t, 20*time.Second, "crowd checks", func() error {
-		if n, s := cr.checks.Load(), cr.sleeps.Load(); n < minChecks || s < minSleeps {
+	pgtest.Eventually(t, 20*time.Second, "crowd checks", func() error {
+		if n, s := cr.Done(), cr.sleeps.Load(); n < minChecks || s < minSleeps {
 			return fmt.Errorf("%d checks, %d sleeps", n, s)
 		}
 		return nil
 	})
-	cr.halt()
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	t.Logf("crowd: %d checks, %d sleeps, %d failures", cr.checks.Load(), cr.sleeps.Load(), cr.nErrs)
-	for _, e := range cr.errs {
-		t.Error(e)
-	}
-	if cr.nErrs > len(cr.errs) {
-		t.Errorf("... and %d more crowd failures", cr.nErrs-len(cr.errs))
-	}
+	cr.Finish(t)
+	t.Logf("crowd: %d sleeps", cr.sleeps.Load())
 }
 
 // setupSchemaAndRole creates a_schema in db and the cluster-wide role app_role,
@@ -456,7 +391,7 @@ func TestStateSettingsStartup(t *testing.T) {
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
 		t.Run(mode.String(), func(t *testing.T) {
 			ctx := ctxT(t)
-			c := connectWith(t, tp.URL(), mode, startupParams())
+			c := pgtest.Connect(t, tp.URL(), mode, startupParams())
 			for _, k := range []string{"TimeZone", "application_name"} {
 				if got, w := c.PgConn().ParameterStatus(k), map[string]string{"TimeZone": "UTC", "application_name": "myapp"}[k]; got != w {
 					t.Errorf("ParameterStatus %s at login = %q, want %q", k, got, w)
@@ -609,7 +544,7 @@ func TestStateSettingsReset(t *testing.T) {
 				})
 			}
 
-			c2 := connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, startupParams())
+			c2 := pgtest.Connect(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, startupParams())
 			ref2 := directWith(t, db, startupParams())
 			for round := range 3 {
 				l := fmt.Sprintf("round %d", round)
@@ -820,7 +755,7 @@ func TestStateSettingsAffinity(t *testing.T) {
 		// Two get the setting at startup, two with SET: the same value either way.
 		var c *pgx.Conn
 		if i < 2 {
-			c = connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, map[string]string{"options": "-c statement_timeout=7s"})
+			c = pgtest.Connect(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, map[string]string{"options": "-c statement_timeout=7s"})
 		} else {
 			c = tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 			if _, err := c.Exec(ctx, "SET statement_timeout = '7s'"); err != nil {
@@ -1053,5 +988,5 @@ func eachProto(t *testing.T, tp *testProxy, db string, f func(t *testing.T, p pr
 func startupTimeoutPair(t *testing.T, tp *testProxy, db string) (c, ref *pgx.Conn) {
 	t.Helper()
 	opts := map[string]string{"options": "-c statement_timeout=1234"}
-	return connectWith(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts), directWith(t, db, opts)
+	return pgtest.Connect(t, tp.URL(), pgx.QueryExecModeSimpleProtocol, opts), directWith(t, db, opts)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 )
 
 func write(t *testing.T, path, s string) {
@@ -136,13 +137,12 @@ func TestWatchSymlinkSwap(t *testing.T) {
 
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; reloads %d", what, r.Stats().Successes)
+		pgtest.Eventually(t, 5*time.Second, what, func() error {
+			if !cond() {
+				return fmt.Errorf("reloads %d", r.Stats().Successes)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	// The watch is set up asynchronously: keep swapping until it is seen.
 	waitFor("first reload", func() bool {
@@ -178,11 +178,5 @@ func TestWatchPoll(t *testing.T) {
 	go func() { r.Watch(ctx, WatchOptions{Debounce: time.Hour, Poll: 20 * time.Millisecond}); close(done) }()
 	defer func() { cancel(); <-done }()
 	write(t, path, "pool-size = 6\n")
-	deadline := time.Now().Add(5 * time.Second)
-	for r.Current().PoolSize != 6 {
-		if time.Now().After(deadline) {
-			t.Fatal("poll did not reload")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	pgtest.EventuallyTrue(t, 5*time.Second, "the poll reloads", func() bool { return r.Current().PoolSize == 6 })
 }

@@ -38,17 +38,18 @@ func Goroutines(substrs ...string) map[string]string {
 // (none: no leak). Goroutines that end asynchronously after a Close get the time
 // to do so without a sleep standing in for the condition.
 func LeftGoroutines(before map[string]string, within time.Duration, substrs ...string) []string {
-	deadline := time.Now().Add(within)
-	for {
-		var left []string
+	var left []string
+	_ = Poll(within, func() error {
+		left = left[:0]
 		for id, stack := range Goroutines(substrs...) {
 			if _, old := before[id]; !old {
 				left = append(left, stack)
 			}
 		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			return left
+		if len(left) > 0 {
+			return errNotYet
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return left
 }

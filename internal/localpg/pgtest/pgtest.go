@@ -1,28 +1,3 @@
-// Package pgtest adapts localpg to tests: it starts throwaway PostgreSQL
-// clusters, skips when the server binaries are not installed on a developer
-// machine, and fails instead when running in CI (CI=true), where a skipped
-// integration test would silently hide missing coverage.
-//
-// Typical per-test use:
-//
-//	c := pgtest.Start(t, localpg.Options{})
-//	conn, err := pgconn.Connect(ctx, c.URL("postgres"))
-//
-// Typical shared use from TestMain:
-//
-//	var cluster *localpg.Cluster // nil: tests call t.Skip
-//
-//	func TestMain(m *testing.M) {
-//		c, stop, err := pgtest.Main(localpg.Options{})
-//		if err != nil {
-//			fmt.Fprintln(os.Stderr, err)
-//			os.Exit(1)
-//		}
-//		cluster = c
-//		code := m.Run()
-//		stop() // os.Exit skips deferred calls
-//		os.Exit(code)
-//	}
 package pgtest
 
 import (
@@ -43,11 +18,36 @@ const startTimeout = 2 * time.Minute
 // logTailLines is how much server log is printed when a test fails.
 const logTailLines = 50
 
-// inCI reports whether the CI environment variable is set to a true value
-// ("true", "1", ...).
-func inCI() bool {
+// InCI reports whether the tests run in CI: the CI environment variable set to
+// a true value ("true", "1", ...). There what a test needs must be installed,
+// since a skipped test would silently hide missing coverage.
+func InCI() bool {
 	ci, err := strconv.ParseBool(os.Getenv("CI"))
 	return err == nil && ci
+}
+
+// SkipUnlessCI is what a test does when something it needs (a program, a
+// module, the PostgreSQL binaries) is missing: it skips the test, or fails it
+// when InCI.
+func SkipUnlessCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf(format+" (CI=true: not skipping)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// NeedBinaries skips the test (fails it in CI) when PostgreSQL's server
+// binaries cannot be found, for a test that starts no cluster through Start
+// but needs them (a process that starts its own).
+func NeedBinaries(t testing.TB) {
+	t.Helper()
+	if _, err := localpg.FindBinDir(); err != nil {
+		if !errors.Is(err, localpg.ErrNoBinaries) {
+			t.Fatal(err)
+		}
+		SkipUnlessCI(t, "pgtest: PostgreSQL not available (set PG_BIN): %v", err)
+	}
 }
 
 // Start starts a cluster for a test or TestMain user and registers
@@ -60,7 +60,7 @@ func Start(tb testing.TB, opts localpg.Options) *localpg.Cluster {
 	defer cancel()
 	c, err := localpg.Start(ctx, opts)
 	if err != nil {
-		if errors.Is(err, localpg.ErrNoBinaries) && !inCI() {
+		if errors.Is(err, localpg.ErrNoBinaries) && !InCI() {
 			tb.Skipf("pgtest: skipping, PostgreSQL not available (set PG_BIN): %v", err)
 		}
 		tb.Fatalf("pgtest: start PostgreSQL: %v", err)
@@ -87,7 +87,7 @@ func Main(opts localpg.Options) (*localpg.Cluster, func(), error) {
 	defer cancel()
 	c, err := localpg.Start(ctx, opts)
 	if err != nil {
-		if errors.Is(err, localpg.ErrNoBinaries) && !inCI() {
+		if errors.Is(err, localpg.ErrNoBinaries) && !InCI() {
 			fmt.Fprintf(os.Stderr, "pgtest: PostgreSQL not available, integration tests will skip: %v\n", err)
 			return nil, noop, nil
 		}

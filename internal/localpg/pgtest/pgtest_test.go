@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +73,45 @@ func TestStartRegistersCleanup(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("cluster dir %s still exists after the test's cleanup (err=%v)", dir, err)
+	}
+}
+
+// pgtestPath is this package's import path.
+const pgtestPath = "github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
+
+// nonTestImporters reads the output of go list -f '{{.ImportPath}}{{range
+// .Imports}} {{.}}{{end}}' (a package and its non-test imports a line) and
+// returns the packages other than pgtest itself that import pgtest.
+func nonTestImporters(list string) []string {
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && f[0] != pgtestPath && slices.Contains(f[1:], pgtestPath) {
+			out = append(out, f[0])
+		}
+	}
+	return out
+}
+
+// pgtest is the test harness: only tests may import it (doc.go), never a
+// package's own files, which would put test helpers in a binary.
+func TestOnlyTestsImportPgtest(t *testing.T) {
+	if got := nonTestImporters("a/b x " + pgtestPath + "\n" + pgtestPath + " " + pgtestPath + "\nc/d x y"); !slices.Equal(got, []string{"a/b"}) {
+		t.Fatalf("nonTestImporters of a made-up listing = %q, want [a/b]", got)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to list the packages with")
+	}
+	out, err := exec.Command(goBin, "list", "-e", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}",
+		"github.com/pgsidecar/pgsidecar/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if !strings.Contains(string(out), "github.com/pgsidecar/pgsidecar/internal/proxy ") {
+		t.Fatalf("go list did not list internal/proxy:\n%s", out)
+	}
+	if bad := nonTestImporters(string(out)); len(bad) > 0 {
+		t.Errorf("packages that import %s from non-test files: %q", pgtestPath, bad)
 	}
 }

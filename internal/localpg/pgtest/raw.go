@@ -2,12 +2,17 @@ package pgtest
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
@@ -100,11 +105,19 @@ func (rc *Raw) Login(db, app string) {
 func (rc *Raw) Query(sql string) (*wire.ErrorFields, byte) {
 	rc.T.Helper()
 	rc.Send(wire.AppendQuery(nil, sql))
+	return rc.UntilReady(10*time.Second, fmt.Sprintf("raw query %q", sql))
+}
+
+// UntilReady reads messages up to the next ReadyForQuery, each within d; it
+// returns the first ErrorResponse (nil if none) and the transaction status. A
+// read error fails the test, with what naming the wait.
+func (rc *Raw) UntilReady(d time.Duration, what string) (*wire.ErrorFields, byte) {
+	rc.T.Helper()
 	var first *wire.ErrorFields
 	for {
-		typ, body, err := rc.Next(10 * time.Second)
+		typ, body, err := rc.Next(d)
 		if err != nil {
-			rc.T.Fatalf("raw query %q: %v", sql, err)
+			rc.T.Fatalf("%s: %v", what, err)
 		}
 		switch typ {
 		case wire.MsgErrorResponse:
@@ -114,7 +127,7 @@ func (rc *Raw) Query(sql string) (*wire.ErrorFields, byte) {
 			}
 		case wire.MsgReadyForQuery:
 			if len(body) != 1 {
-				rc.T.Fatalf("raw query %q: bad ReadyForQuery %v", sql, body)
+				rc.T.Fatalf("%s: bad ReadyForQuery %v", what, body)
 			}
 			return first, body[0]
 		}
@@ -129,20 +142,108 @@ func (rc *Raw) MustQuery(sql string, wantTx byte) {
 	}
 }
 
-// Eventually calls cond every 10 ms until it returns nil, and fails the test
-// with cond's last error when that has not happened within the given time. It
-// is what a test does instead of sleeping for a condition.
-func Eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s: %v", what, within, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+// Header is the header of a message of type typ whose body has n bytes: what
+// a client claims, whether or not it sends the body.
+func Header(typ byte, n int) []byte {
+	b := []byte{typ, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[1:], uint32(n+4))
+	return b
+}
+
+// literalHead and literalTail are the text around the literal of StreamLiteral's query.
+const literalHead, literalTail = "SELECT length('", "')\x00"
+
+// StreamLiteral sends a Query `SELECT length('xxx...')` whose literal has n
+// bytes, from a 1 MiB buffer, writing for at most within; it returns the first
+// write error (the peer refused it, say). The answer is n.
+func (rc *Raw) StreamLiteral(n int, within time.Duration) error {
+	_ = rc.Conn.SetWriteDeadline(time.Now().Add(within))
+	if _, err := rc.Conn.Write(append(Header(wire.MsgQuery, len(literalHead)+n+len(literalTail)), literalHead...)); err != nil {
+		return err
 	}
+	chunk := bytes.Repeat([]byte("x"), min(n, 1<<20))
+	for n > 0 {
+		k := min(n, len(chunk))
+		if _, err := rc.Conn.Write(chunk[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	_, err := rc.Conn.Write([]byte(literalTail))
+	return err
+}
+
+// Closed reports whether err, of a read or a write, says that the peer closed
+// the connection.
+func Closed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// ReadToClose reads messages until the peer closes the connection, which must
+// happen within d. It returns the ErrorResponses seen, the arrival time of the
+// first one, and the types of the other messages.
+func (rc *Raw) ReadToClose(d time.Duration) (errs []wire.ErrorFields, firstAt time.Time, others []byte) {
+	rc.T.Helper()
+	_ = rc.Conn.SetReadDeadline(time.Now().Add(d))
+	for i := 0; ; i++ {
+		typ, body, err := rc.Read()
+		if err != nil {
+			if Closed(err) {
+				return errs, firstAt, others
+			}
+			rc.T.Fatalf("connection not closed within %s: %v (errors so far: %+v, other messages %q)", d, err, errs, others)
+		}
+		if i > 1000 {
+			rc.T.Fatalf("the peer keeps sending messages, types %q", others)
+		}
+		if typ == wire.MsgErrorResponse {
+			if errs == nil {
+				firstAt = time.Now()
+			}
+			errs = append(errs, wire.ParseError(body))
+		} else {
+			others = append(others, typ)
+		}
+	}
+}
+
+// ExpectFatal reads to the end of the connection (within d) and checks that the
+// peer sent exactly one ErrorResponse, FATAL with SQLSTATE code. It returns when
+// the error arrived.
+func (rc *Raw) ExpectFatal(code string, d time.Duration) time.Time {
+	rc.T.Helper()
+	errs, at, others := rc.ReadToClose(d)
+	if len(errs) != 1 {
+		rc.T.Fatalf("got %d ErrorResponses %+v (other messages %q), want one FATAL %s", len(errs), errs, others, code)
+	}
+	if errs[0].Severity != wire.SeverityFatal || errs[0].Code != code {
+		rc.T.Fatalf("got error %+v, want severity FATAL, SQLSTATE %s", errs[0], code)
+	}
+	return at
+}
+
+// BigSelect streams about 200 MB: far more than the socket buffers hold.
+const BigSelect = "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"
+
+// Stuck makes rc, logged in to database db, a client that does not read: it
+// opens a transaction, starts BigSelect and never reads the answer. It returns
+// once PostgreSQL, as chk (a direct connection) sees it, is blocked writing:
+// the proxy in between is then blocked writing to rc. began is when the
+// transaction began.
+func (rc *Raw) Stuck(chk *pgx.Conn, db string) (began time.Time) {
+	rc.T.Helper()
+	began = time.Now()
+	rc.MustQuery("BEGIN", wire.TxActive)
+	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(64 << 10) // fill up sooner
+	}
+	rc.Send(wire.AppendQuery(nil, BigSelect))
+	Eventually(rc.T, 20*time.Second, "the backend blocked writing to the proxy", func() error {
+		n, err := Int(chk, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'ClientWrite' AND query = $2`, db, BigSelect)
+		if err == nil && n != 1 {
+			err = fmt.Errorf("%d backends in ClientWrite", n)
+		}
+		return err
+	})
+	return began
 }
