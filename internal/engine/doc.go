@@ -4,10 +4,16 @@
 // the current time, and returns decisions and bytes to send.
 //
 // Built so far: [Effect], what a statement does to session state (settings to
-// read back, resets, what pins a client, refusals), and the settings tracker's
-// pieces ([Settings], [ParseOptions], [SettingsKey], quoting for replay
-// queries). The answer queue, the statement registry and the transaction-boundary
+// read back, resets, what pins a client, refusals); [QueryEffect] and
+// [ClassifyQuery], what a simple Query does to prepared statements; the
+// statement types of the registry ([Statement], a client's [Registration], a
+// server connection's [ServerStatements]); and the settings tracker's pieces
+// ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries). The
+// answer queue, the registry's bookkeeping and the transaction-boundary
 // decisions follow.
+//
+// The interning of statements shared by every client stays outside, behind a
+// lock of its caller: Statement.Refs is counted under it.
 //
 // It imports internal/wire (framing, the messages it writes), internal/sqlscan
 // (statement classification) and the standard library, never internal/proxy,

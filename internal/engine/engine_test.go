@@ -105,3 +105,29 @@ func TestQuote(t *testing.T) {
 		t.Errorf("session_authorization must be set first (it resets role): %v", names)
 	}
 }
+
+func TestAppendParse(t *testing.T) {
+	// A client's Parse body: the query, its terminator, and no parameter types.
+	got := AppendParse([]byte("x"), StatementPrefix+"1", "SELECT 1\x00\x00\x00")
+	want := append([]byte("x"), wire.AppendParse(nil, StatementPrefix+"1", "SELECT 1")...)
+	if string(got) != string(want) {
+		t.Errorf("AppendParse:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestClassifyQuery(t *testing.T) {
+	e := ClassifyQuery([]byte("PREPARE a AS SELECT 1; DEALLOCATE b; SET x.y = 1"))
+	if e.Single || e.First != sqlscan.KindPrepare || !slices.Equal(e.Prepare, []string{"a"}) ||
+		!slices.Equal(e.Dealloc, []string{"b"}) || e.DropAll || !slices.Equal(e.State.Dirty, []string{"x.y"}) || e.State.Pin != "sql_prepare" {
+		t.Errorf("got %+v", e)
+	}
+	if e := ClassifyQuery([]byte("DEALLOCATE ALL")); !e.Single || !e.DropAll || e.First != sqlscan.KindDeallocateAll {
+		t.Errorf("DEALLOCATE ALL: %+v", e)
+	}
+	if e := ClassifyQuery([]byte("DISCARD ALL")); !e.DropAll || !e.State.ResetAll {
+		t.Errorf("DISCARD ALL: %+v", e)
+	}
+	if e := ClassifyQuery([]byte("SELECT 1")); !e.Single || e.State.Changes() || e.Name != "" {
+		t.Errorf("SELECT: %+v", e)
+	}
+}

@@ -2,13 +2,11 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/binary"
 	"strconv"
 	"sync"
 	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
-	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
 // Named prepared statements in transaction mode (docs/design.md section 5).
@@ -27,84 +25,56 @@ import (
 // the client sees exactly the answers to what it sent, in the protocol's order, and
 // registry changes of messages the backend skipped after an error are undone.
 
-// stmt is one distinct prepared statement.
-type stmt struct {
-	name  string // server-side name
-	key   string // the Parse body after the statement name: query and parameter types
-	parse []byte // the Parse message with the server-side name
-	// gen grows when the statement's plans became invalid ("cached plan must not
-	// change result type"): backends holding an older generation prepare it anew.
-	gen  atomic.Uint32
-	refs int // client registrations, under stmtRegistry.mu
-	// effect is what executing it does to session state (nil: nothing).
-	effect *engine.Effect
-}
-
-// reg is one of a client's names for a statement.
-type reg struct {
-	name string
-	st   *stmt
-	// gen is the statement generation the client saw: a Bind of an older one gets
-	// "cached plan must not change result type" once, as from PostgreSQL.
-	gen uint32
-	// unconfirmed: the client's Parse was answered without a backend and no
-	// backend has parsed the statement yet.
-	unconfirmed bool
-}
-
 // stmtRegistry interns statements: one *stmt per distinct query text and parameter
 // types among the clients connected now.
 type stmtRegistry struct {
 	mu    sync.Mutex
-	byKey map[string]*stmt
+	byKey map[string]*engine.Statement
 	seq   uint64
 }
 
-// stmtPrefix starts every server-side statement name the proxy makes.
-const stmtPrefix = "pgsidecar_"
-
 // intern returns the statement for the Parse body after the name, counting one
 // more registration.
-func (r *stmtRegistry) intern(body []byte) *stmt {
+func (r *stmtRegistry) intern(body []byte) *engine.Statement {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st, ok := r.byKey[string(body)]; ok {
-		st.refs++
+		st.Refs++
 		return st
 	}
 	if r.byKey == nil {
-		r.byKey = make(map[string]*stmt)
+		r.byKey = make(map[string]*engine.Statement)
 	}
 	r.seq++
-	st := &stmt{name: stmtPrefix + strconv.FormatUint(r.seq, 36), key: string(body), refs: 1}
+	st := &engine.Statement{Name: engine.StatementPrefix + strconv.FormatUint(r.seq, 36), Key: string(body), Refs: 1}
 	if i := bytes.IndexByte(body, 0); i >= 0 {
-		if e := classifyText(body[:i]).state; e.Changes() {
-			st.effect = &e
+		if e := engine.ClassifyQuery(body[:i]).State; e.Changes() {
+			st.Effect = &e
 		}
 	}
-	st.gen.Store(1)
-	st.parse = appendParseBody(make([]byte, 0, 5+len(st.name)+1+len(body)), st.name, st.key)
-	r.byKey[st.key] = st
+	st.Gen.Store(1)
+	st.Parse = engine.AppendParse(make([]byte, 0, 5+len(st.Name)+1+len(body)), st.Name, st.Key)
+	r.byKey[st.Key] = st
 	return st
 }
 
 // acquire counts one more registration of st (an undone Close).
-func (r *stmtRegistry) acquire(st *stmt) {
+func (r *stmtRegistry) acquire(st *engine.Statement) {
 	r.mu.Lock()
-	st.refs++
-	if _, ok := r.byKey[st.key]; !ok {
-		r.byKey[st.key] = st
+	st.Refs++
+	if _, ok := r.byKey[st.Key]; !ok {
+		r.byKey[st.Key] = st
 	}
 	r.mu.Unlock()
 }
 
 // release drops one registration; a statement no client has any more leaves the
 // registry (backends keep it until evicted).
-func (r *stmtRegistry) release(st *stmt) {
+func (r *stmtRegistry) release(st *engine.Statement) {
 	r.mu.Lock()
-	st.refs--
-	if st.refs <= 0 && r.byKey[st.key] == st {
-		delete(r.byKey, st.key)
+	st.Refs--
+	if st.Refs <= 0 && r.byKey[st.Key] == st {
+		delete(r.byKey, st.Key)
 	}
 	r.mu.Unlock()
 }
@@ -114,39 +84,6 @@ func (r *stmtRegistry) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.byKey)
-}
-
-// appendParseBody appends a Parse of statement name whose body (query and
-// parameter types, what follows the name in a client's Parse) is body.
-func appendParseBody(dst []byte, name, body string) []byte {
-	start := len(dst)
-	dst = append(dst, wire.MsgParse, 0, 0, 0, 0)
-	dst = append(dst, name...)
-	dst = append(dst, 0)
-	dst = append(dst, body...)
-	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
-	return dst
-}
-
-// backendStmts is what one backend has prepared. Only the session holding the
-// backend touches it, under its mu.
-type backendStmts struct {
-	m    map[*stmt]stmtSlot
-	tick uint64
-	// dirty: a client ran DISCARD ALL / DEALLOCATE ALL here, which may have dropped
-	// them: close every remembered one before relying on m again.
-	dirty bool
-	// gucs are the settings the proxy left on the backend (see session_state.go).
-	gucs engine.Settings
-}
-
-type stmtSlot struct {
-	used uint64
-	gen  uint32
-	// seg is 1 + the number of Syncs the client had sent when the proxy sent the
-	// statement's Parse, until the backend answers it (then 0). A later batch
-	// (after a Sync) cannot count on it: an error before it skips it.
-	seg uint32
 }
 
 // respKind is a message sent to a backend that gets an answer.
@@ -191,9 +128,9 @@ type pending struct {
 	// ubig: a Parse of the unnamed statement too large for the client reader;
 	// without ubuf it has no replay copy (see sendParse).
 	ubig bool
-	st   *stmt        // the statement a Bind or Describe used (cached-plan errors)
-	rg   *reg         // the client's name for st: errors that name st get it back
-	x    *pendingUndo // rarely set
+	st   *engine.Statement    // the statement a Bind or Describe used (cached-plan errors)
+	rg   *engine.Registration // the client's name for st: errors that name st get it back
+	x    *pendingUndo         // rarely set
 }
 
 // pendingUndo holds what a pending message changed in the registries, taken back
@@ -203,7 +140,7 @@ type pendingUndo struct {
 	ops     []undoOp
 	// check is an unconfirmed registration this Parse confirms, or drops when it
 	// fails.
-	check *reg
+	check *engine.Registration
 	// fatal: an error answering this (swallowed) Query means the client cannot
 	// have its session state on this backend.
 	fatal bool
@@ -223,8 +160,8 @@ const (
 
 type undoOp struct {
 	kind undoKind
-	rg   *reg
-	st   *stmt
+	rg   *engine.Registration
+	st   *engine.Statement
 	// seg is the stmtSlot.seg an undoCached op set: a later Parse of the same
 	// statement owns the slot, and it is not dropped.
 	seg uint32

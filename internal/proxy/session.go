@@ -124,23 +124,23 @@ type session struct {
 	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
-	unnamed        []byte              // the client's last answered Parse of the unnamed statement
-	unnamedValid   bool                // ... which PostgreSQL holds for it
-	unnamedHere    bool                // ... and which the attached backend has
-	unnamedNext    []byte              // the client goroutine reads the next one here
-	unnamedSpare   []byte              // a buffer for the one after
-	unnamedFlight  int                 // the client's Parses and Closes of it not yet answered
-	unnamedEpoch   uint32              // grows when a simple query drops it
-	syncs          uint32              // Syncs sent (under mu): see stmtSlot.seg
-	owed           []*reg              // named Parses taken without a backend, not answered yet
-	held           []byte              // a client message too big for r, read whole and not yet sent
-	unnamedTag     []byte              // the unnamed statement stands in for a DEALLOCATE: its answer
-	unnamedEffect  *engine.Effect      // what executing the unnamed statement does to session state
-	execFixup      []string            // settings to give their startup values after the next Execute
-	portalTag      []byte              // ... and so does the unnamed portal
-	sqlNames       map[string]struct{} // statements of SQL PREPARE (the client is pinned)
-	inj            []byte              // messages the proxy sends ahead of the client's
-	scratch        []byte              // a whole client message
+	unnamed        []byte                 // the client's last answered Parse of the unnamed statement
+	unnamedValid   bool                   // ... which PostgreSQL holds for it
+	unnamedHere    bool                   // ... and which the attached backend has
+	unnamedNext    []byte                 // the client goroutine reads the next one here
+	unnamedSpare   []byte                 // a buffer for the one after
+	unnamedFlight  int                    // the client's Parses and Closes of it not yet answered
+	unnamedEpoch   uint32                 // grows when a simple query drops it
+	syncs          uint32                 // Syncs sent (under mu): see stmtSlot.seg
+	owed           []*engine.Registration // named Parses taken without a backend, not answered yet
+	held           []byte                 // a client message too big for r, read whole and not yet sent
+	unnamedTag     []byte                 // the unnamed statement stands in for a DEALLOCATE: its answer
+	unnamedEffect  *engine.Effect         // what executing the unnamed statement does to session state
+	execFixup      []string               // settings to give their startup values after the next Execute
+	portalTag      []byte                 // ... and so does the unnamed portal
+	sqlNames       map[string]struct{}    // statements of SQL PREPARE (the client is pinned)
+	inj            []byte                 // messages the proxy sends ahead of the client's
+	scratch        []byte                 // a whole client message
 	swallow        atomic.Bool
 	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
 	fatalForwarded atomic.Bool
@@ -162,18 +162,18 @@ type session struct {
 	mu             sync.Mutex
 	cond           sync.Cond
 	be             *pool.Backend
-	reader         bool            // a server goroutine reads be
-	writing        bool            // the client goroutine is sending be a message that does not hold it (see attach)
-	pendingBody    int             // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool            // ... which are dropped rather than forwarded
-	outstanding    int             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool            // extended-protocol messages sent since the last Sync
-	syncsAfterExec int             // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              respQueue       // answers due from be
-	stmts          map[string]*reg // the client's named statements (transaction mode)
-	bstmts         *backendStmts   // be's prepared statements
-	tx             byte            // transaction status of the last ReadyForQuery
-	gone           bool            // the client left; the server goroutine cleans up and releases
+	reader         bool                            // a server goroutine reads be
+	writing        bool                            // the client goroutine is sending be a message that does not hold it (see attach)
+	pendingBody    int                             // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool                            // ... which are dropped rather than forwarded
+	outstanding    int                             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool                            // extended-protocol messages sent since the last Sync
+	syncsAfterExec int                             // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	q              respQueue                       // answers due from be
+	stmts          map[string]*engine.Registration // the client's named statements (transaction mode)
+	bstmts         *engine.ServerStatements        // be's prepared statements
+	tx             byte                            // transaction status of the last ReadyForQuery
+	gone           bool                            // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
 	pin            string              // why the client keeps its backend between transactions
@@ -600,7 +600,7 @@ func (ss *session) run() {
 				continue
 			}
 		}
-		var eff sqlEffect
+		var eff engine.QueryEffect
 		if h.Type == wire.MsgQuery && ss.pooled {
 			if eff, err = ss.classifyQuery(h); err != nil {
 				ss.end(err)
@@ -609,7 +609,7 @@ func (ss *session) run() {
 			if ss.track && ss.answerLocally(&eff, h) {
 				continue
 			}
-			if eff.state.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
+			if eff.State.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse && ss.refuseLocally(&eff, h) {
 				continue
 			}
 		}

@@ -188,8 +188,8 @@ func (ss *session) leave() (settled bool) {
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
 			if ss.bstmts != nil {
-				ss.bstmts.dirty = true // DISCARD ALL dropped the proxy's statements too
-				ss.bstmts.gucs = nil   // ... and reset every setting
+				ss.bstmts.Dirty = true   // DISCARD ALL dropped the proxy's statements too
+				ss.bstmts.Settings = nil // ... and reset every setting
 				be.StateKey = 0
 			}
 		} else if len(ss.dirty) > 0 {
@@ -198,7 +198,7 @@ func (ss *session) leave() (settled bool) {
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
 			if ss.bstmts != nil {
-				ss.bstmts.gucs = nil
+				ss.bstmts.Settings = nil
 				be.StateKey = 0
 			}
 		}

@@ -15,7 +15,7 @@ import (
 )
 
 // throwawayName names a statement the proxy prepares and closes at once.
-const throwawayName = stmtPrefix + "throwaway"
+const throwawayName = engine.StatementPrefix + "throwaway"
 
 // Messages the proxy sends on its own.
 var (
@@ -24,7 +24,7 @@ var (
 	// fails only at analysis (an unknown column), which PostgreSQL does after it
 	// refuses anything in a failed transaction: there the client gets
 	// PostgreSQL's 25P02, as it would for its own message.
-	failParse = wire.AppendParse(nil, stmtPrefix+"fail", "select pgsidecar_failed_on_purpose")
+	failParse = wire.AppendParse(nil, engine.StatementPrefix+"fail", "select pgsidecar_failed_on_purpose")
 	// noopParseClose closes the statement the proxy parses under throwawayName.
 	noopParseClose = wire.AppendClose(nil, 'S', throwawayName)
 	// parseComplete is a ParseComplete message.
@@ -103,7 +103,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 		return true, nil
 	}
 	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
-	rg.unconfirmed = true
+	rg.Unconfirmed = true
 	ss.owed = append(ss.owed, rg) // bounded by the client's statement bounds
 	ss.mu.Unlock()
 	return true, nil
@@ -117,7 +117,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 // goroutine attaches.
 func (ss *session) sendOwedLocked() {
 	for i, rg := range ss.owed {
-		rg.unconfirmed = false // confirmed by the answer, or dropped with the error
+		rg.Unconfirmed = false // confirmed by the answer, or dropped with the error
 		ss.bw.Write(ss.prepareLocked(rg, true))
 		ss.owed[i] = nil
 	}
@@ -201,10 +201,10 @@ func parseQuery(msg []byte) []byte {
 }
 
 // stmtsOf returns the prepared-statement record of a backend.
-func stmtsOf(be *pool.Backend) *backendStmts {
-	bs, _ := be.Ext.(*backendStmts)
+func stmtsOf(be *pool.Backend) *engine.ServerStatements {
+	bs, _ := be.Ext.(*engine.ServerStatements)
 	if bs == nil {
-		bs = &backendStmts{m: make(map[*stmt]stmtSlot)}
+		bs = &engine.ServerStatements{Slots: make(map[*engine.Statement]engine.StatementSlot)}
 		be.Ext = bs
 	}
 	return bs
@@ -279,7 +279,7 @@ func (ss *session) sendParse(h wire.Header) error {
 	}
 	if unnamed := head[wire.HeaderLen] == 0; unnamed || !ss.track {
 		var msg []byte
-		var e sqlEffect
+		var e engine.QueryEffect
 		if unnamed {
 			// Kept, so that a Bind in a later batch can find it on any backend.
 			if msg, err = ss.readInto(&ss.unnamedNext, h); err != nil {
@@ -288,8 +288,8 @@ func (ss *session) sendParse(h wire.Header) error {
 			ss.unnamedTag = nil
 			ss.unnamedEffect = nil
 			if ss.pooled {
-				e = classifyText(parseQuery(msg))
-				if st := &e.state; st.Changes() {
+				e = engine.ClassifyQuery(parseQuery(msg))
+				if st := &e.State; st.Changes() {
 					eff := *st              // allocated only here: most statements change nothing
 					ss.unnamedEffect = &eff // applies when the statement is bound
 				}
@@ -301,7 +301,7 @@ func (ss *session) sendParse(h wire.Header) error {
 			// stands in for it and its Execute gets the answer.
 			ss.dropLocked(&e)
 			msg = wire.AppendParse(msg[:0], "", "")
-			ss.unnamedTag = e.localTag
+			ss.unnamedTag = e.LocalTag
 		} else if ss.track {
 			ss.applyLocked(&e)
 		}
@@ -364,16 +364,16 @@ func (ss *session) sendParse(h wire.Header) error {
 }
 
 // registerLocked records the client's name for st. ss.mu is held.
-func (ss *session) registerLocked(name string, st *stmt) *reg {
+func (ss *session) registerLocked(name string, st *engine.Statement) *engine.Registration {
 	if ss.stmts == nil {
-		ss.stmts = make(map[string]*reg)
+		ss.stmts = make(map[string]*engine.Registration)
 	}
-	rg := &reg{name: name, st: st, gen: st.gen.Load()}
+	rg := &engine.Registration{Name: name, Stmt: st, Gen: st.Gen.Load()}
 	if old := ss.stmts[name]; old != nil {
-		ss.stmtBytes -= int64(len(old.st.key))
+		ss.stmtBytes -= int64(len(old.Stmt.Key))
 	}
 	ss.stmts[name] = rg
-	ss.stmtBytes += int64(len(st.key))
+	ss.stmtBytes += int64(len(st.Key))
 	return rg
 }
 
@@ -424,23 +424,23 @@ func (ss *session) stmtLimitError(n int64) []byte {
 // returning the messages to send for it and queueing their answers. parse says
 // this is the client's own Parse, which gets a ParseComplete either way. ss.mu is
 // held.
-func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
-	st := rg.st
+func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
+	st := rg.Stmt
 	bs := ss.bstmts
 	inj := ss.inj[:0]
-	if bs.dirty {
-		for s := range bs.m {
+	if bs.Dirty {
+		for s := range bs.Slots {
 			inj = ss.closeOnBackendLocked(inj, s)
 		}
-		bs.dirty = false
+		bs.Dirty = false
 	}
-	bs.tick++
-	gen := st.gen.Load()
-	slot, ok := bs.m[st]
+	bs.Tick++
+	gen := st.Gen.Load()
+	slot, ok := bs.Slots[st]
 	// Usable: its plans are current, and its Parse was answered or went out after
 	// the client's last Sync (an error before that Sync would skip it).
-	if ok && slot.gen == gen && (slot.seg == 0 || slot.seg == ss.syncs+1) {
-		bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: slot.seg}
+	if ok && slot.Gen == gen && (slot.Seg == 0 || slot.Seg == ss.syncs+1) {
+		bs.Slots[st] = engine.StatementSlot{Used: bs.Tick, Gen: gen, Seg: slot.Seg}
 		ss.srv.prep.hits.Add(1)
 		if parse {
 			// The backend has it: the client's ParseComplete is that of the same
@@ -448,7 +448,7 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 			// transaction refuses that Parse exactly when it would refuse the
 			// client's own (25P02 unless it is COMMIT or ROLLBACK, and then the
 			// rest of the batch is skipped).
-			inj = appendParseBody(inj, throwawayName, st.key)
+			inj = engine.AppendParse(inj, throwawayName, st.Key)
 			ss.q.push(pending{kind: rkParse, action: actForward, x: &pendingUndo{
 				ops: []undoOp{{kind: undoRegister, rg: rg}}}})
 			inj = append(inj, noopParseClose...)
@@ -462,30 +462,30 @@ func (ss *session) prepareLocked(rg *reg, parse bool) []byte {
 		// may still skip: prepare it anew, closed first in case it is there.
 		inj = ss.closeOnBackendLocked(inj, st)
 	}
-	for len(bs.m) >= ss.srv.options().MaxPreparedStatements {
-		var victim *stmt
+	for len(bs.Slots) >= ss.srv.options().MaxPreparedStatements {
+		var victim *engine.Statement
 		var oldest uint64
-		for s, sl := range bs.m {
-			if victim == nil || sl.used < oldest {
-				victim, oldest = s, sl.used
+		for s, sl := range bs.Slots {
+			if victim == nil || sl.Used < oldest {
+				victim, oldest = s, sl.Used
 			}
 		}
 		inj = ss.closeOnBackendLocked(inj, victim)
 		ss.srv.prep.evictions.Add(1)
 	}
-	inj = append(inj, st.parse...)
+	inj = append(inj, st.Parse...)
 	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st, seg: ss.syncs + 1}}}
 	act := actSwallow
 	if parse {
 		act = actForward
 		x.ops = append(x.ops, undoOp{kind: undoRegister, rg: rg})
-	} else if rg.unconfirmed {
+	} else if rg.Unconfirmed {
 		// The client's Parse was answered without a backend: if this one fails, the
 		// name was never valid.
 		x.check = rg
 	}
 	ss.q.push(pending{kind: rkParse, action: act, x: x})
-	bs.m[st] = stmtSlot{used: bs.tick, gen: gen, seg: ss.syncs + 1}
+	bs.Slots[st] = engine.StatementSlot{Used: bs.Tick, Gen: gen, Seg: ss.syncs + 1}
 	ss.srv.prep.serverParses.Add(1)
 	ss.inj = inj
 	return inj
@@ -505,10 +505,10 @@ func (ss *session) failInsteadLocked(x *pendingUndo) error {
 // closeOnBackendLocked appends a Close of s to inj, answered to nobody, and
 // forgets that the backend has s (should the Close be skipped, an undo remembers
 // that it may). ss.mu is held.
-func (ss *session) closeOnBackendLocked(inj []byte, s *stmt) []byte {
-	inj = wire.AppendClose(inj, 'S', s.name)
+func (ss *session) closeOnBackendLocked(inj []byte, s *engine.Statement) []byte {
+	inj = wire.AppendClose(inj, 'S', s.Name)
 	ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
-	delete(ss.bstmts.m, s)
+	delete(ss.bstmts.Slots, s)
 	return inj
 }
 
@@ -599,23 +599,23 @@ func (ss *session) sendUse(h wire.Header) error {
 		ss.mu.Unlock()
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
-	st := rg.st
-	if kind == rkBind && st.effect != nil {
+	st := rg.Stmt
+	if kind == rkBind && st.Effect != nil {
 		ss.mu.Unlock()
-		if refused, err := ss.bindEffect(st.effect, h); refused || err != nil {
+		if refused, err := ss.bindEffect(st.Effect, h); refused || err != nil {
 			return err
 		}
 		ss.mu.Lock()
-		if ss.stmts[rg.name] != rg {
+		if ss.stmts[rg.Name] != rg {
 			ss.mu.Unlock()
 			return fmt.Errorf("%w: statement registry changed under a Bind", errProtocol)
 		}
 	}
-	if kind == rkBind && rg.gen != st.gen.Load() {
+	if kind == rkBind && rg.Gen != st.Gen.Load() {
 		// The statement's result type changed since the client prepared it: like
 		// PostgreSQL, the client's next Bind fails (and the one after works). A
 		// failing Parse in the Bind's place makes the backend skip the batch.
-		rg.gen = st.gen.Load()
+		rg.Gen = st.Gen.Load()
 		if err := ss.failInsteadLocked(&pendingUndo{replace: errCachedPlan}); err != nil {
 			return err
 		}
@@ -624,7 +624,7 @@ func (ss *session) sendUse(h wire.Header) error {
 	inj := ss.prepareLocked(rg, false)
 	ss.q.push(pending{kind: kind, st: st, rg: rg})
 	if kind == rkBind {
-		q := st.key
+		q := st.Key
 		if i := strings.IndexByte(q, 0); i >= 0 {
 			q = q[:i]
 		}
@@ -635,10 +635,10 @@ func (ss *session) sendUse(h wire.Header) error {
 		return err
 	}
 	// The message again, with the server-side name.
-	n := h.Len - (ne - ns) + len(st.name)
+	n := h.Len - (ne - ns) + len(st.Name)
 	ss.bw.Write([]byte{h.Type, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 	ss.bw.Write(p[wire.HeaderLen:ns])
-	ss.bw.WriteString(st.name)
+	ss.bw.WriteString(st.Name)
 	if _, err := ss.r.Discard(ne); err != nil {
 		return err
 	}
@@ -663,9 +663,9 @@ func (ss *session) sendClose(h wire.Header) error {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
 			if rg := ss.stmts[string(name)]; rg != nil {
-				delete(ss.stmts, rg.name)
-				ss.stmtBytes -= int64(len(rg.st.key))
-				ss.srv.stmts.release(rg.st)
+				delete(ss.stmts, rg.Name)
+				ss.stmtBytes -= int64(len(rg.Stmt.Key))
+				ss.srv.stmts.release(rg.Stmt)
 				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, rg: rg}}}
 			}
 			ss.mu.Unlock()
@@ -684,7 +684,7 @@ func (ss *session) sendClose(h wire.Header) error {
 func (ss *session) releaseStmts() {
 	ss.mu.Lock()
 	for _, rg := range ss.stmts {
-		ss.srv.stmts.release(rg.st)
+		ss.srv.stmts.release(rg.Stmt)
 	}
 	ss.stmts = nil
 	ss.stmtBytes = 0
@@ -746,7 +746,7 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 		repl = p.x.replace
 	}
 	if p.x != nil && p.x.check != nil {
-		p.x.check.unconfirmed = false // its statement is valid after all
+		p.x.check.Unconfirmed = false // its statement is valid after all
 	}
 	if p.unnamed == unnamedOwn {
 		ss.unnamedAnsweredLocked(p)
@@ -755,9 +755,9 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 		// The backend has the statement now, whatever comes after.
 		for _, op := range p.x.ops {
 			if op.kind == undoCached {
-				if sl, ok := ss.bstmts.m[op.st]; ok && sl.seg == op.seg {
-					sl.seg = 0
-					ss.bstmts.m[op.st] = sl
+				if sl, ok := ss.bstmts.Slots[op.st]; ok && sl.Seg == op.seg {
+					sl.Seg = 0
+					ss.bstmts.Slots[op.st] = sl
 				}
 			}
 		}
@@ -820,10 +820,10 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 		act, repl = actReplace, p.x.replace
 	} else if p.action == actReplace {
 		// failParse in a failed transaction: PostgreSQL's 25P02 stands.
-	} else if p.rg != nil && p.st != nil && msg != nil && p.rg.name != p.st.name {
+	} else if p.rg != nil && p.st != nil && msg != nil && p.rg.Name != p.st.Name {
 		// The backend knows the statement by the proxy's name: the client gets an
 		// error that names it by its own.
-		if m := wire.RewriteErrorText(msg, `"`+p.st.name+`"`, `"`+p.rg.name+`"`); m != nil {
+		if m := wire.RewriteErrorText(msg, `"`+p.st.Name+`"`, `"`+p.rg.Name+`"`); m != nil {
 			act, repl = actReplace, m
 		}
 	}
@@ -832,14 +832,14 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 		// so the client's next execution works. Other clients that prepared it
 		// before get the same error once (stale registration) instead of rows of
 		// another type.
-		gen := p.st.gen.Add(1)
+		gen := p.st.Gen.Add(1)
 		for _, rg := range ss.stmts {
-			if rg.st == p.st {
-				rg.gen = gen
+			if rg.Stmt == p.st {
+				rg.Gen = gen
 			}
 		}
 	}
-	if p.x != nil && p.x.check != nil && p.x.check.unconfirmed && !notStatements {
+	if p.x != nil && p.x.check != nil && p.x.check.Unconfirmed && !notStatements {
 		// The statement of a Parse answered without a backend does not parse: as
 		// with PostgreSQL, the name does not exist. (Refused because the
 		// transaction had failed, the statement is still the client's: PostgreSQL
@@ -984,11 +984,11 @@ func (ss *session) popReadyLocked() {
 }
 
 // unregisterLocked drops the client's registration rg if it is still current.
-func (ss *session) unregisterLocked(rg *reg) {
-	if ss.stmts[rg.name] == rg {
-		delete(ss.stmts, rg.name)
-		ss.stmtBytes -= int64(len(rg.st.key))
-		ss.srv.stmts.release(rg.st)
+func (ss *session) unregisterLocked(rg *engine.Registration) {
+	if ss.stmts[rg.Name] == rg {
+		delete(ss.stmts, rg.Name)
+		ss.stmtBytes -= int64(len(rg.Stmt.Key))
+		ss.srv.stmts.release(rg.Stmt)
 	}
 }
 
@@ -1000,37 +1000,24 @@ func (ss *session) undoLocked(ops []undoOp) {
 		case undoRegister:
 			ss.unregisterLocked(op.rg)
 		case undoUnregister:
-			if _, taken := ss.stmts[op.rg.name]; !taken && ss.stmts != nil {
-				ss.stmts[op.rg.name] = op.rg
-				ss.stmtBytes += int64(len(op.rg.st.key))
-				ss.srv.stmts.acquire(op.rg.st)
+			if _, taken := ss.stmts[op.rg.Name]; !taken && ss.stmts != nil {
+				ss.stmts[op.rg.Name] = op.rg
+				ss.stmtBytes += int64(len(op.rg.Stmt.Key))
+				ss.srv.stmts.acquire(op.rg.Stmt)
 			}
 		case undoCached:
 			if ss.bstmts != nil {
-				if sl, ok := ss.bstmts.m[op.st]; ok && (op.seg == 0 || sl.seg == op.seg) {
-					delete(ss.bstmts.m, op.st)
+				if sl, ok := ss.bstmts.Slots[op.st]; ok && (op.seg == 0 || sl.Seg == op.seg) {
+					delete(ss.bstmts.Slots, op.st)
 				}
 			}
 		case undoUncached:
 			if ss.bstmts != nil {
 				// Maybe still there: remembered as stale, closed before next use.
-				ss.bstmts.m[op.st] = stmtSlot{}
+				ss.bstmts.Slots[op.st] = engine.StatementSlot{}
 			}
 		}
 	}
-}
-
-// sqlEffect is what a simple Query does to prepared statements.
-type sqlEffect struct {
-	single   bool         // one statement
-	first    sqlscan.Kind // its kind
-	name     string       // its name (DEALLOCATE)
-	prepare  []string     // names of SQL PREPARE
-	dealloc  []string     // names of SQL DEALLOCATE
-	dropAll  bool         // DEALLOCATE ALL or DISCARD ALL
-	localTag []byte       // the proxy answers the query with this CommandComplete
-	state    engine.Effect
-	refuse   []byte // --pin-policy refuse: the ErrorResponse the client gets instead
 }
 
 // emptyQuery stands in for a statement the proxy answers itself while the client
@@ -1040,19 +1027,19 @@ var emptyQuery = wire.AppendQuery(nil, "")
 // classifyQuery finds the statements of the client's Query with header h that
 // affect prepared statements. A Query too big for the client reader is read
 // whole into ss.held.
-func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
+func (ss *session) classifyQuery(h wire.Header) (engine.QueryEffect, error) {
 	var msg []byte
 	n := 1 + h.Len
 	if n <= ss.r.Size() {
 		p, err := ss.r.Peek(n)
 		if err != nil {
-			return sqlEffect{}, midMessage(err)
+			return engine.QueryEffect{}, midMessage(err)
 		}
 		msg = p
 	} else {
 		m, err := ss.readBig(n)
 		if err != nil {
-			return sqlEffect{}, err
+			return engine.QueryEffect{}, err
 		}
 		ss.held = m // in ss.big: released before the next message
 		msg = m
@@ -1061,40 +1048,14 @@ func (ss *session) classifyQuery(h wire.Header) (sqlEffect, error) {
 	if len(q) > 0 && q[len(q)-1] == 0 {
 		q = q[:len(q)-1]
 	}
-	return classifyText(q), nil
-}
-
-// classifyText finds the statements of q that affect prepared statements.
-func classifyText(q []byte) sqlEffect {
-	var sc sqlscan.Scanner
-	sc.Reset(q)
-	var e sqlEffect
-	n := 0
-	for sc.Next() {
-		st := sc.Statement()
-		n++
-		if n == 1 {
-			e.first, e.name = st.Kind, st.Name
-		}
-		e.state.Note(st)
-		switch st.Kind {
-		case sqlscan.KindPrepare:
-			e.prepare = append(e.prepare, st.Name)
-		case sqlscan.KindDeallocate:
-			e.dealloc = append(e.dealloc, st.Name)
-		case sqlscan.KindDeallocateAll, sqlscan.KindDiscardAll:
-			e.dropAll = true
-		}
-	}
-	e.single = n == 1
-	return e
+	return engine.ClassifyQuery(q), nil
 }
 
 // answerLocally answers DEALLOCATE of the client's protocol-level statements
 // (psycopg deallocates with SQL): they exist only in the proxy's registry. It
 // reports whether the query was answered and consumed; with a backend attached
 // it leaves e.localTag for sendQuery instead.
-func (ss *session) answerLocally(e *sqlEffect, h wire.Header) bool {
+func (ss *session) answerLocally(e *engine.QueryEffect, h wire.Header) bool {
 	ss.mu.Lock()
 	if !ss.localTagLocked(e) || ss.be != nil {
 		ss.mu.Unlock()
@@ -1108,7 +1069,7 @@ func (ss *session) answerLocally(e *sqlEffect, h wire.Header) bool {
 		return false
 	}
 	ss.payOwed()
-	ss.w.Write(e.localTag)
+	ss.w.Write(e.LocalTag)
 	ss.w.Write(readyIdle)
 	ss.w.Flush()
 	return true
@@ -1116,15 +1077,15 @@ func (ss *session) answerLocally(e *sqlEffect, h wire.Header) bool {
 
 // localTagLocked decides whether the proxy answers e itself (DEALLOCATE of
 // statements only its registry holds) and sets e.localTag. ss.mu is held.
-func (ss *session) localTagLocked(e *sqlEffect) bool {
-	if !e.single || (ss.be != nil && ss.tx == wire.TxFailed) { // PostgreSQL refuses it in a failed transaction
+func (ss *session) localTagLocked(e *engine.QueryEffect) bool {
+	if !e.Single || (ss.be != nil && ss.tx == wire.TxFailed) { // PostgreSQL refuses it in a failed transaction
 		return false
 	}
 	switch {
-	case e.first == sqlscan.KindDeallocate && ss.stmts[e.name] != nil && len(ss.sqlNames) == 0:
-		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
-	case e.first == sqlscan.KindDeallocateAll && len(ss.sqlNames) == 0:
-		e.localTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
+	case e.First == sqlscan.KindDeallocate && ss.stmts[e.Name] != nil && len(ss.sqlNames) == 0:
+		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
+	case e.First == sqlscan.KindDeallocateAll && len(ss.sqlNames) == 0:
+		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
 	default:
 		return false
 	}
@@ -1133,9 +1094,9 @@ func (ss *session) localTagLocked(e *sqlEffect) bool {
 
 // dropLocked forgets the statements a DEALLOCATE names (all of them for
 // DEALLOCATE ALL).
-func (ss *session) dropLocked(e *sqlEffect) {
-	if e.first == sqlscan.KindDeallocate {
-		if rg := ss.stmts[e.name]; rg != nil {
+func (ss *session) dropLocked(e *engine.QueryEffect) {
+	if e.First == sqlscan.KindDeallocate {
+		if rg := ss.stmts[e.Name]; rg != nil {
 			ss.unregisterLocked(rg)
 		}
 		return
@@ -1150,7 +1111,7 @@ func (ss *session) dropLocked(e *sqlEffect) {
 // PREPARE pins the client to its backend until its statements are deallocated;
 // DEALLOCATE ALL and DISCARD ALL drop the client's statements and may drop the
 // proxy's on the backend.
-func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
+func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	ss.mu.Lock()
 	ss.droppedUnnamedLocked()
 	if ss.held != nil {
@@ -1158,10 +1119,10 @@ func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 	} else if p, err := ss.r.Peek(min(1+h.Len, wire.HeaderLen+len(ss.lastStmt))); err == nil {
 		ss.noteStmtLocked(p[wire.HeaderLen:])
 	}
-	if e.localTag != nil {
+	if e.LocalTag != nil {
 		ss.dropLocked(&e)
 		if b := ss.q.back(); b != nil && b.kind == rkQuery {
-			b.action, b.x = actReplace, &pendingUndo{replace: e.localTag}
+			b.action, b.x = actReplace, &pendingUndo{replace: e.LocalTag}
 		}
 		ss.mu.Unlock()
 		if ss.held != nil {
@@ -1172,9 +1133,9 @@ func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 		_, err := ss.bw.Write(emptyQuery)
 		return err
 	}
-	if e.refuse != nil {
+	if e.Refuse != nil {
 		if b := ss.q.back(); b != nil && b.kind == rkQuery {
-			b.action, b.x = actReplace, &pendingUndo{replace: e.refuse}
+			b.action, b.x = actReplace, &pendingUndo{replace: e.Refuse}
 		}
 		ss.mu.Unlock()
 		if ss.held != nil {
@@ -1188,8 +1149,8 @@ func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 	if ss.track {
 		ss.applyLocked(&e)
 	}
-	ss.applyStateLocked(&e.state)
-	fix := ss.fixupQuery(&e.state)
+	ss.applyStateLocked(&e.State)
+	fix := ss.fixupQuery(&e.State)
 	if fix != nil {
 		ss.outstanding++
 		ss.pushSwallowedLocked(nil)
@@ -1210,25 +1171,25 @@ func (ss *session) sendQuery(e sqlEffect, h wire.Header) error {
 
 // applyLocked applies what a forwarded statement does to prepared statements.
 // ss.mu is held.
-func (ss *session) applyLocked(e *sqlEffect) {
-	for _, n := range e.prepare {
+func (ss *session) applyLocked(e *engine.QueryEffect) {
+	for _, n := range e.Prepare {
 		if ss.sqlNames == nil {
 			ss.sqlNames = make(map[string]struct{})
 		}
 		ss.sqlNames[n] = struct{}{}
 		ss.pinLocked("sql_prepare")
 	}
-	for _, n := range e.dealloc {
+	for _, n := range e.Dealloc {
 		delete(ss.sqlNames, n)
 	}
-	if e.dropAll {
-		ss.dropLocked(&sqlEffect{first: sqlscan.KindDeallocateAll})
+	if e.DropAll {
+		ss.dropLocked(&engine.QueryEffect{First: sqlscan.KindDeallocateAll})
 		ss.sqlNames = nil
 		if ss.bstmts != nil {
-			ss.bstmts.dirty = true
+			ss.bstmts.Dirty = true
 		}
 	}
-	if ss.pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.dealloc) > 0 || e.dropAll) {
+	if ss.pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.Dealloc) > 0 || e.DropAll) {
 		ss.pin = ""
 		ss.sqlNames = nil
 	}
@@ -1273,7 +1234,7 @@ func (ss *session) sendExecFixup() error {
 	ss.execFixup = nil
 	sql := ss.fixupSQL(names)
 	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
-	const name = stmtPrefix + "fixup"
+	const name = engine.StatementPrefix + "fixup"
 	b := wire.AppendParse(nil, name, do)
 	b = wire.AppendBind(b, name, name)
 	b = wire.AppendExecute(b, name)

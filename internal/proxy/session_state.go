@@ -64,20 +64,20 @@ func (ss *session) initSettings(st *wire.Startup) {
 // held.
 func (ss *session) replayLocked(be *pool.Backend) []byte {
 	bs := ss.bstmts
-	if bs.gucs == nil {
-		bs.gucs = engine.Settings{}
+	if bs.Settings == nil {
+		bs.Settings = engine.Settings{}
 	}
-	if be.StateKey == ss.wantKey && len(bs.gucs) == len(ss.want) {
+	if be.StateKey == ss.wantKey && len(bs.Settings) == len(ss.want) {
 		return nil
 	}
 	var resets, sets []string
-	for k := range bs.gucs {
+	for k := range bs.Settings {
 		if _, ok := ss.want[k]; !ok {
 			resets = append(resets, k)
 		}
 	}
 	for k, v := range ss.want {
-		if have, ok := bs.gucs[k]; !ok || have != v {
+		if have, ok := bs.Settings[k]; !ok || have != v {
 			sets = append(sets, k)
 		}
 	}
@@ -92,7 +92,7 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 		q.WriteString("RESET ")
 		q.WriteString(engine.QuoteIdent(k))
 		q.WriteString(";")
-		delete(bs.gucs, k)
+		delete(bs.Settings, k)
 	}
 	if len(sets) > 0 {
 		q.WriteString("SELECT ")
@@ -101,7 +101,7 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 				q.WriteString(", ")
 			}
 			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", engine.QuoteLiteral(k), engine.QuoteLiteral(ss.want[k]))
-			bs.gucs[k] = ss.want[k]
+			bs.Settings[k] = ss.want[k]
 		}
 	}
 	be.StateKey = ss.wantKey
@@ -132,7 +132,7 @@ func (ss *session) applyStateLocked(e *engine.Effect) {
 			ss.dirty[n] = struct{}{}
 		}
 		if ss.bstmts != nil {
-			for n := range ss.bstmts.gucs {
+			for n := range ss.bstmts.Settings {
 				ss.dirty[n] = struct{}{}
 			}
 		}
@@ -331,23 +331,23 @@ func (ss *session) probe(be *pool.Backend) error {
 		if row[i] == nil {
 			delete(ss.want, n)
 			if bs != nil {
-				delete(bs.gucs, n)
+				delete(bs.Settings, n)
 			}
 			continue
 		}
 		v := string(row[i])
 		ss.want[n] = v
 		if bs != nil {
-			if bs.gucs == nil {
-				bs.gucs = engine.Settings{}
+			if bs.Settings == nil {
+				bs.Settings = engine.Settings{}
 			}
-			bs.gucs[n] = v
+			bs.Settings[n] = v
 		}
 	}
 	if len(names) > 0 {
 		ss.wantKey = engine.SettingsKey(ss.want)
 		if bs != nil {
-			be.StateKey = engine.SettingsKey(bs.gucs)
+			be.StateKey = engine.SettingsKey(bs.Settings)
 			if be.StateKey != ss.wantKey {
 				be.StateKey = 0 // not a state any client asks for by key
 			}
@@ -469,8 +469,8 @@ func (ss *session) settle(be *pool.Backend, act readyAction, async bool) readyAc
 
 // refuseLocally answers a statement --pin-policy refuse turns away while no
 // backend is attached. With one attached, it leaves e.refuse for sendQuery.
-func (ss *session) refuseLocally(e *sqlEffect, h wire.Header) bool {
-	e.refuse = engine.Refusal(e.state.PinKind)
+func (ss *session) refuseLocally(e *engine.QueryEffect, h wire.Header) bool {
+	e.Refuse = engine.Refusal(e.State.PinKind)
 	ss.mu.Lock()
 	attached := ss.be != nil
 	ss.mu.Unlock()
@@ -483,7 +483,7 @@ func (ss *session) refuseLocally(e *sqlEffect, h wire.Header) bool {
 		return false
 	}
 	ss.payOwed()
-	ss.w.Write(e.refuse)
+	ss.w.Write(e.Refuse)
 	ss.w.Write(readyIdle)
 	ss.w.Flush()
 	return true

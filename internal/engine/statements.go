@@ -1,0 +1,114 @@
+package engine
+
+import (
+	"encoding/binary"
+	"sync/atomic"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// Named prepared statements in transaction mode (docs/design.md section 5): a
+// client's names map to interned statements, each with a server-side name of its
+// own; each server connection remembers which it has prepared.
+
+// Statement is one distinct prepared statement.
+type Statement struct {
+	Name  string // server-side name
+	Key   string // the Parse body after the statement name: query and parameter types
+	Parse []byte // the Parse message with the server-side name
+	// Gen grows when the statement's plans became invalid ("cached plan must not
+	// change result type"): backends holding an older generation prepare it anew.
+	Gen  atomic.Uint32
+	Refs int // client registrations, kept by the registry that interned it (under its lock)
+	// Effect is what executing it does to session state (nil: nothing).
+	Effect *Effect
+}
+
+// Registration is one of a client's names for a statement.
+type Registration struct {
+	Name string
+	Stmt *Statement
+	// Gen is the statement generation the client saw: a Bind of an older one gets
+	// "cached plan must not change result type" once, as from PostgreSQL.
+	Gen uint32
+	// Unconfirmed: the client's Parse was answered without a backend and no
+	// backend has parsed the statement yet.
+	Unconfirmed bool
+}
+
+// StatementPrefix starts every server-side statement name the proxy makes.
+const StatementPrefix = "pgsidecar_"
+
+// AppendParse appends a Parse of statement name whose body (query and
+// parameter types, what follows the name in a client's Parse) is body.
+func AppendParse(dst []byte, name, body string) []byte {
+	start := len(dst)
+	dst = append(dst, wire.MsgParse, 0, 0, 0, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, body...)
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// ServerStatements is what one server connection has prepared. Only the client
+// holding the connection touches it.
+type ServerStatements struct {
+	Slots map[*Statement]StatementSlot
+	Tick  uint64
+	// Dirty: a client ran DISCARD ALL / DEALLOCATE ALL here, which may have dropped
+	// them: close every remembered one before relying on Slots again.
+	Dirty bool
+	// Settings are the settings the proxy left on the server connection.
+	Settings Settings
+}
+
+// StatementSlot is one statement a server connection has prepared.
+type StatementSlot struct {
+	Used uint64
+	Gen  uint32
+	// Seg is 1 + the number of Syncs the client had sent when the proxy sent the
+	// statement's Parse, until the backend answers it (then 0). A later batch
+	// (after a Sync) cannot count on it: an error before it skips it.
+	Seg uint32
+}
+
+// QueryEffect is what a simple Query does to prepared statements.
+type QueryEffect struct {
+	Single   bool         // one statement
+	First    sqlscan.Kind // its kind
+	Name     string       // its name (DEALLOCATE)
+	Prepare  []string     // names of SQL PREPARE
+	Dealloc  []string     // names of SQL DEALLOCATE
+	DropAll  bool         // DEALLOCATE ALL or DISCARD ALL
+	LocalTag []byte       // the proxy answers the query with this CommandComplete
+	State    Effect
+	Refuse   []byte // --pin-policy refuse: the ErrorResponse the client gets instead
+}
+
+// ClassifyQuery finds the statements of q that affect prepared statements.
+func ClassifyQuery(q []byte) QueryEffect {
+	var sc sqlscan.Scanner
+	sc.Reset(q)
+	var e QueryEffect
+	n := 0
+	for sc.Next() {
+		st := sc.Statement()
+		n++
+		if n == 1 {
+			e.First, e.Name = st.Kind, st.Name
+		}
+		e.State.Note(st)
+		switch st.Kind {
+		case sqlscan.KindPrepare:
+			e.Prepare = append(e.Prepare, st.Name)
+		case sqlscan.KindDeallocate:
+			e.Dealloc = append(e.Dealloc, st.Name)
+		case sqlscan.KindDeallocateAll, sqlscan.KindDiscardAll:
+			e.DropAll = true
+		}
+	}
+	e.Single = n == 1
+	return e
+}
