@@ -169,7 +169,7 @@ type session struct {
 	outstanding    int                             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	partial        bool                            // extended-protocol messages sent since the last Sync
 	syncsAfterExec int                             // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              respQueue                       // answers due from be
+	q              engine.AnswerQueue              // answers due from be
 	stmts          map[string]*engine.Registration // the client's named statements (transaction mode)
 	bstmts         *engine.ServerStatements        // be's prepared statements
 	tx             byte                            // transaction status of the last ReadyForQuery
@@ -882,7 +882,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
-	if be != nil && ss.q.n >= maxPending {
+	if be != nil && ss.q.Len() >= maxPending {
 		// Backpressure: the client sends faster than its answers are read.
 		if err := ss.awaitAnswersLocked(be); err != nil {
 			ss.mu.Unlock()
@@ -945,7 +945,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		if q := ss.replayLocked(be); q != nil {
 			// The client's settings first; an error means it cannot have them here.
 			ss.outstanding++
-			ss.pushSwallowedLocked(&pendingUndo{fatal: true})
+			ss.pushSwallowedLocked(&engine.Undo{Fatal: true})
 			ss.bw.Write(q)
 		}
 		// Parses taken without a backend go first; the client gets its answers.
@@ -961,25 +961,25 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec = 0
-		ss.q.push(pending{kind: rkQuery})
+		ss.q.Push(engine.Pending{Kind: engine.ExpectQuery})
 		ss.obs.Query()
 	case wire.MsgSync:
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec++
 		ss.syncs++
-		ss.q.push(pending{kind: rkSync})
+		ss.q.Push(engine.Pending{Kind: engine.ExpectSync})
 	case wire.MsgExecute:
 		ss.partial = true
 		ss.syncsAfterExec = 0
-		ss.q.push(pending{kind: rkExecute})
+		ss.q.Push(engine.Pending{Kind: engine.ExpectExecute})
 		ss.obs.Query()
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
 		ss.outstanding -= ss.syncsAfterExec
 		for ; ss.syncsAfterExec > 0; ss.syncsAfterExec-- {
-			if b := ss.q.back(); b != nil && b.kind == rkSync {
-				ss.q.popBack()
+			if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectSync {
+				ss.q.PopBack()
 			}
 		}
 	case wire.MsgCopyData, wire.MsgFlush:
@@ -1030,7 +1030,7 @@ func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
 		ss.startReaderLocked(be)
 	}
 	ss.backpressured = true
-	for ss.be == be && ss.q.n >= resumePending && ss.kill == killNone {
+	for ss.be == be && ss.q.Len() >= resumePending && ss.kill == killNone {
 		ss.cond.Wait()
 	}
 	ss.backpressured = false
@@ -1043,7 +1043,7 @@ func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
 // answersDrainedLocked wakes a client goroutine held back by
 // awaitAnswersLocked once few enough answers are due. ss.mu is held.
 func (ss *session) answersDrainedLocked() {
-	if ss.backpressured && ss.q.n < resumePending {
+	if ss.backpressured && ss.q.Len() < resumePending {
 		ss.cond.Broadcast()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
@@ -207,7 +208,7 @@ func (ss *session) leave() (settled bool) {
 			// goroutine releases the backend.
 			q = wire.AppendSync(q)
 			ss.outstanding++
-			ss.q.push(pending{kind: rkSync, action: actSwallow})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
 		}
 		ss.swallow.Store(true)
 	}

@@ -234,8 +234,8 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 		if ss.portalTag != nil {
 			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil && p[wire.HeaderLen] == 0 {
 				ss.mu.Lock()
-				if b := ss.q.back(); b != nil && b.kind == rkExecute {
-					b.action, b.x = actReplace, &pendingUndo{replace: ss.portalTag}
+				if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectExecute {
+					b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: ss.portalTag}
 				}
 				ss.mu.Unlock()
 			}
@@ -310,23 +310,23 @@ func (ss *session) sendParse(h wire.Header) error {
 		}
 		if unnamed {
 			ss.unnamedFlight++
-			p := pending{kind: rkParse, unnamed: unnamedOwn, epoch: ss.unnamedEpoch, ubuf: msg}
+			p := engine.Pending{Kind: engine.ExpectParse, Unnamed: engine.UnnamedOwn, Epoch: ss.unnamedEpoch, UnnamedParse: msg}
 			if ss.big != nil && 1+h.Len > ss.r.Size() {
 				// msg is in the message budget's buffer, released before the next
 				// message: the replay copy is the heap's, within the client's
 				// statement bytes and one in flight at a time, or there is none (a
 				// Bind in a later transaction on another backend then gets 26000).
-				p.ubuf, p.ubig = nil, true
+				p.UnnamedParse, p.UnnamedBig = nil, true
 				if !ss.bigUnnamedInFlightLocked() &&
 					ss.stmtBytes+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
-					p.ubuf = append([]byte(nil), msg...)
+					p.UnnamedParse = append([]byte(nil), msg...)
 				}
 			} else {
 				ss.unnamedNext, ss.unnamedSpare = ss.unnamedSpare, nil // msg is the entry's now
 			}
-			ss.q.push(p)
+			ss.q.Push(p)
 		} else {
-			ss.q.push(pending{kind: rkParse})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectParse})
 		}
 		ss.mu.Unlock()
 		if msg == nil {
@@ -338,7 +338,7 @@ func (ss *session) sendParse(h wire.Header) error {
 	if lim := ss.srv.options().MaxClientStatementBytes; int64(h.Len) > lim+4 {
 		// Its text alone is over the bound: refused before it is read.
 		ss.mu.Lock()
-		if err := ss.failInsteadLocked(&pendingUndo{replace: ss.stmtLimitError(int64(h.Len))}); err != nil {
+		if err := ss.failInsteadLocked(&engine.Undo{Replace: ss.stmtLimitError(int64(h.Len))}); err != nil {
 			return err
 		}
 		return wire.Skip(ss.r, 1+h.Len)
@@ -349,12 +349,12 @@ func (ss *session) sendParse(h wire.Header) error {
 	}
 	ss.mu.Lock()
 	if _, dup := ss.stmts[string(name)]; dup {
-		x := &pendingUndo{replace: wire.AppendError(nil, wire.SeverityError, "42P05",
+		x := &engine.Undo{Replace: wire.AppendError(nil, wire.SeverityError, "42P05",
 			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
 		return ss.failInsteadLocked(x)
 	}
 	if refusal := ss.stmtRoomLocked(len(body)); refusal != nil {
-		return ss.failInsteadLocked(&pendingUndo{replace: refusal})
+		return ss.failInsteadLocked(&engine.Undo{Replace: refusal})
 	}
 	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
 	inj := ss.prepareLocked(rg, true)
@@ -449,10 +449,10 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 			// client's own (25P02 unless it is COMMIT or ROLLBACK, and then the
 			// rest of the batch is skipped).
 			inj = engine.AppendParse(inj, throwawayName, st.Key)
-			ss.q.push(pending{kind: rkParse, action: actForward, x: &pendingUndo{
-				ops: []undoOp{{kind: undoRegister, rg: rg}}}})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Forward, Undo: &engine.Undo{
+				Ops: []engine.UndoOp{{Kind: engine.UndoRegister, Reg: rg}}}})
 			inj = append(inj, noopParseClose...)
-			ss.q.push(pending{kind: rkClose, action: actSwallow})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Action: engine.Swallow})
 		}
 		ss.inj = inj
 		return inj
@@ -474,17 +474,17 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 		ss.srv.prep.evictions.Add(1)
 	}
 	inj = append(inj, st.Parse...)
-	x := &pendingUndo{ops: []undoOp{{kind: undoCached, st: st, seg: ss.syncs + 1}}}
-	act := actSwallow
+	x := &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoCached, Stmt: st, Seg: ss.syncs + 1}}}
+	act := engine.Swallow
 	if parse {
-		act = actForward
-		x.ops = append(x.ops, undoOp{kind: undoRegister, rg: rg})
+		act = engine.Forward
+		x.Ops = append(x.Ops, engine.UndoOp{Kind: engine.UndoRegister, Reg: rg})
 	} else if rg.Unconfirmed {
 		// The client's Parse was answered without a backend: if this one fails, the
 		// name was never valid.
-		x.check = rg
+		x.Check = rg
 	}
-	ss.q.push(pending{kind: rkParse, action: act, x: x})
+	ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: act, Undo: x})
 	bs.Slots[st] = engine.StatementSlot{Used: bs.Tick, Gen: gen, Seg: ss.syncs + 1}
 	ss.srv.prep.serverParses.Add(1)
 	ss.inj = inj
@@ -495,8 +495,8 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 // answer becomes x.replace (PostgreSQL's own 25P02 in a failed transaction, unless
 // x.beforeAbort): the backend then skips the rest of the batch as PostgreSQL would
 // after that error. ss.mu is held; it is released.
-func (ss *session) failInsteadLocked(x *pendingUndo) error {
-	ss.q.push(pending{kind: rkParse, action: actReplace, x: x})
+func (ss *session) failInsteadLocked(x *engine.Undo) error {
+	ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Replace, Undo: x})
 	ss.mu.Unlock()
 	_, err := ss.bw.Write(failParse)
 	return err
@@ -507,7 +507,7 @@ func (ss *session) failInsteadLocked(x *pendingUndo) error {
 // that it may). ss.mu is held.
 func (ss *session) closeOnBackendLocked(inj []byte, s *engine.Statement) []byte {
 	inj = wire.AppendClose(inj, 'S', s.Name)
-	ss.q.push(pending{kind: rkClose, action: actSwallow, x: &pendingUndo{ops: []undoOp{{kind: undoUncached, st: s}}}})
+	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Action: engine.Swallow, Undo: &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUncached, Stmt: s}}}})
 	delete(ss.bstmts.Slots, s)
 	return inj
 }
@@ -519,11 +519,11 @@ func (ss *session) sendUse(h wire.Header) error {
 	if err != nil {
 		return err
 	}
-	var kind respKind
+	var kind engine.Expected
 	var ns, ne int // the statement name is p[ns:ne]
 	body := p[wire.HeaderLen:]
 	if h.Type == wire.MsgBind {
-		kind = rkBind
+		kind = engine.ExpectBind
 		i := bytes.IndexByte(body, 0)
 		if i < 0 {
 			return fmt.Errorf("%w: Bind message names too long", errProtocol)
@@ -540,11 +540,11 @@ func (ss *session) sendUse(h wire.Header) error {
 		}
 		if body[0] != 'S' {
 			ss.mu.Lock()
-			ss.q.push(pending{kind: rkDescribePortal})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectDescribePortal})
 			ss.mu.Unlock()
 			return wire.Forward(ss.bw, ss.r, 1+h.Len)
 		}
-		kind = rkDescribeStmt
+		kind = engine.ExpectDescribeStatement
 		j := bytes.IndexByte(body[1:], 0)
 		if j < 0 {
 			return fmt.Errorf("%w: Describe message name too long", errProtocol)
@@ -552,7 +552,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		ns = wire.HeaderLen + 1
 		ne = ns + j
 	}
-	if kind == rkBind && ns == wire.HeaderLen+1 { // the unnamed portal
+	if kind == engine.ExpectBind && ns == wire.HeaderLen+1 { // the unnamed portal
 		ss.portalTag = nil
 		if ns == ne {
 			ss.portalTag = ss.unnamedTag
@@ -561,7 +561,7 @@ func (ss *session) sendUse(h wire.Header) error {
 	if ns == ne {
 		// The unnamed statement: a backend other than the one the client parsed it
 		// on gets the client's last Parse of it first.
-		if kind == rkBind && ss.unnamedEffect != nil {
+		if kind == engine.ExpectBind && ss.unnamedEffect != nil {
 			if refused, err := ss.bindEffect(ss.unnamedEffect, h); refused || err != nil {
 				return err
 			}
@@ -570,7 +570,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		replay := ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0
 		u := ss.unnamed
 		if replay {
-			ss.q.push(pending{kind: rkParse, action: actSwallow, unnamed: unnamedReplay})
+			ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Swallow, Unnamed: engine.UnnamedReplay})
 			ss.unnamedHere = true
 		} else if !ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0 && ss.pooled {
 			// The client has no unnamed statement, but the backend may hold another
@@ -581,7 +581,7 @@ func (ss *session) sendUse(h wire.Header) error {
 			}
 			return wire.Skip(ss.r, 1+h.Len)
 		}
-		ss.q.push(pending{kind: kind})
+		ss.q.Push(engine.Pending{Kind: kind})
 		ss.mu.Unlock()
 		if replay {
 			if _, err := ss.bw.Write(u); err != nil {
@@ -595,12 +595,12 @@ func (ss *session) sendUse(h wire.Header) error {
 	if rg == nil || !ss.track {
 		// Not one of the client's named statements: PostgreSQL answers for it (with
 		// "does not exist" in transaction mode).
-		ss.q.push(pending{kind: kind})
+		ss.q.Push(engine.Pending{Kind: kind})
 		ss.mu.Unlock()
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
 	st := rg.Stmt
-	if kind == rkBind && st.Effect != nil {
+	if kind == engine.ExpectBind && st.Effect != nil {
 		ss.mu.Unlock()
 		if refused, err := ss.bindEffect(st.Effect, h); refused || err != nil {
 			return err
@@ -611,19 +611,19 @@ func (ss *session) sendUse(h wire.Header) error {
 			return fmt.Errorf("%w: statement registry changed under a Bind", errProtocol)
 		}
 	}
-	if kind == rkBind && rg.Gen != st.Gen.Load() {
+	if kind == engine.ExpectBind && rg.Gen != st.Gen.Load() {
 		// The statement's result type changed since the client prepared it: like
 		// PostgreSQL, the client's next Bind fails (and the one after works). A
 		// failing Parse in the Bind's place makes the backend skip the batch.
 		rg.Gen = st.Gen.Load()
-		if err := ss.failInsteadLocked(&pendingUndo{replace: errCachedPlan}); err != nil {
+		if err := ss.failInsteadLocked(&engine.Undo{Replace: errCachedPlan}); err != nil {
 			return err
 		}
 		return wire.Skip(ss.r, 1+h.Len)
 	}
 	inj := ss.prepareLocked(rg, false)
-	ss.q.push(pending{kind: kind, st: st, rg: rg})
-	if kind == rkBind {
+	ss.q.Push(engine.Pending{Kind: kind, Stmt: st, Reg: rg})
+	if kind == engine.ExpectBind {
 		q := st.Key
 		if i := strings.IndexByte(q, 0); i >= 0 {
 			q = q[:i]
@@ -654,11 +654,11 @@ func (ss *session) sendClose(h wire.Header) error {
 		return err
 	}
 	body := p[wire.HeaderLen:]
-	var x *pendingUndo
+	var x *engine.Undo
 	var un uint8
 	if len(body) >= 2 && body[0] == 'S' {
 		if body[1] == 0 {
-			un = unnamedOwn
+			un = engine.UnnamedOwn
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
@@ -666,7 +666,7 @@ func (ss *session) sendClose(h wire.Header) error {
 				delete(ss.stmts, rg.Name)
 				ss.stmtBytes -= int64(len(rg.Stmt.Key))
 				ss.srv.stmts.release(rg.Stmt)
-				x = &pendingUndo{ops: []undoOp{{kind: undoUnregister, rg: rg}}}
+				x = &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUnregister, Reg: rg}}}
 			}
 			ss.mu.Unlock()
 		}
@@ -675,7 +675,7 @@ func (ss *session) sendClose(h wire.Header) error {
 	if un != 0 {
 		ss.unnamedFlight++
 	}
-	ss.q.push(pending{kind: rkClose, x: x, unnamed: un, epoch: ss.unnamedEpoch})
+	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Undo: x, Unnamed: un, Epoch: ss.unnamedEpoch})
 	ss.mu.Unlock()
 	return wire.Forward(ss.bw, ss.r, 1+h.Len)
 }
@@ -699,14 +699,14 @@ func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, e
 	act, repl := ss.route(r, h)
 	if ss.swallow.Load() || ss.dying.Load() {
 		// The client left, or the proxy ends it: nothing more but the FATAL.
-		act = actSwallow
+		act = engine.Swallow
 	}
 	n := 1 + h.Len
 	switch act {
-	case actForward:
+	case engine.Forward:
 		rest, err = wire.ForwardRest(ss.w, r, n)
 		return rest, false, err
-	case actReplace:
+	case engine.Replace:
 		ss.w.Write(repl)
 	}
 	d, err := r.Discard(n)
@@ -714,9 +714,9 @@ func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, e
 }
 
 // route matches a backend message with the pending answers.
-func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
+func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
 	if ss.routeSwallowed(r, h) {
-		return actSwallow, nil
+		return engine.Swallow, nil
 	}
 	switch h.Type {
 	case wire.MsgErrorResponse:
@@ -724,63 +724,63 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (respAction, []byte) {
 	case wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
 		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
 	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
-		return actForward, nil
+		return engine.Forward, nil
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.q.front()
+	p := ss.q.Front()
 	if p == nil {
-		return actForward, nil
+		return engine.Forward, nil
 	}
-	if h.Type == wire.MsgEmptyQuery && p.kind == rkQuery && p.action == actReplace {
+	if h.Type == wire.MsgEmptyQuery && p.Kind == engine.ExpectQuery && p.Action == engine.Replace {
 		// The empty query that stands in for a statement the proxy answered.
-		return actReplace, p.x.replace
+		return engine.Replace, p.Undo.Replace
 	}
-	if !answers(h.Type, p.kind) {
+	if !answers(h.Type, p.Kind) {
 		// Part of a simple query's answer (or an answer nothing waits for).
-		return actForward, nil
+		return engine.Forward, nil
 	}
-	act := p.action
+	act := p.Action
 	var repl []byte
-	if act == actReplace {
-		repl = p.x.replace
+	if act == engine.Replace {
+		repl = p.Undo.Replace
 	}
-	if p.x != nil && p.x.check != nil {
-		p.x.check.Unconfirmed = false // its statement is valid after all
+	if p.Undo != nil && p.Undo.Check != nil {
+		p.Undo.Check.Unconfirmed = false // its statement is valid after all
 	}
-	if p.unnamed == unnamedOwn {
+	if p.Unnamed == engine.UnnamedOwn {
 		ss.unnamedAnsweredLocked(p)
 	}
-	if p.kind == rkParse && p.x != nil && ss.bstmts != nil {
+	if p.Kind == engine.ExpectParse && p.Undo != nil && ss.bstmts != nil {
 		// The backend has the statement now, whatever comes after.
-		for _, op := range p.x.ops {
-			if op.kind == undoCached {
-				if sl, ok := ss.bstmts.Slots[op.st]; ok && sl.Seg == op.seg {
+		for _, op := range p.Undo.Ops {
+			if op.Kind == engine.UndoCached {
+				if sl, ok := ss.bstmts.Slots[op.Stmt]; ok && sl.Seg == op.Seg {
 					sl.Seg = 0
-					ss.bstmts.Slots[op.st] = sl
+					ss.bstmts.Slots[op.Stmt] = sl
 				}
 			}
 		}
 	}
-	ss.q.pop()
+	ss.q.Pop()
 	ss.answersDrainedLocked()
 	return act, repl
 }
 
 // answers reports whether a backend message of type t completes the answer to a
 // message of kind k.
-func answers(t byte, k respKind) bool {
+func answers(t byte, k engine.Expected) bool {
 	switch t {
 	case wire.MsgParseComplete:
-		return k == rkParse
+		return k == engine.ExpectParse
 	case wire.MsgBindComplete:
-		return k == rkBind
+		return k == engine.ExpectBind
 	case wire.MsgCloseComplete:
-		return k == rkClose
+		return k == engine.ExpectClose
 	case wire.MsgRowDescription, wire.MsgNoData:
-		return k == rkDescribeStmt || k == rkDescribePortal
+		return k == engine.ExpectDescribeStatement || k == engine.ExpectDescribePortal
 	case wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
-		return k == rkExecute
+		return k == engine.ExpectExecute
 	}
 	return false
 }
@@ -788,7 +788,7 @@ func answers(t byte, k respKind) bool {
 // routeError handles an ErrorResponse: in the extended protocol the backend skips
 // everything up to the next Sync, so what the failed message and the skipped ones
 // changed in the registries is taken back.
-func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byte) {
+func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
 	var cachedPlan bool
 	// notStatements: the error says nothing about the failed message's statement.
 	notStatements := false
@@ -808,63 +808,63 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.q.front()
-	if p != nil && p.kind == rkQuery && p.action == actReplace && p.x != nil {
-		return actReplace, p.x.replace // a refused statement
+	p := ss.q.Front()
+	if p != nil && p.Kind == engine.ExpectQuery && p.Action == engine.Replace && p.Undo != nil {
+		return engine.Replace, p.Undo.Replace // a refused statement
 	}
-	if p == nil || p.kind == rkSync || p.kind == rkQuery {
-		return actForward, nil
+	if p == nil || p.Kind == engine.ExpectSync || p.Kind == engine.ExpectQuery {
+		return engine.Forward, nil
 	}
-	act, repl := actForward, []byte(nil)
-	if p.action == actReplace && (!abortedTx || p.x.beforeAbort) {
-		act, repl = actReplace, p.x.replace
-	} else if p.action == actReplace {
+	act, repl := engine.Forward, []byte(nil)
+	if p.Action == engine.Replace && (!abortedTx || p.Undo.BeforeAbort) {
+		act, repl = engine.Replace, p.Undo.Replace
+	} else if p.Action == engine.Replace {
 		// failParse in a failed transaction: PostgreSQL's 25P02 stands.
-	} else if p.rg != nil && p.st != nil && msg != nil && p.rg.Name != p.st.Name {
+	} else if p.Reg != nil && p.Stmt != nil && msg != nil && p.Reg.Name != p.Stmt.Name {
 		// The backend knows the statement by the proxy's name: the client gets an
 		// error that names it by its own.
-		if m := wire.RewriteErrorText(msg, `"`+p.st.Name+`"`, `"`+p.rg.Name+`"`); m != nil {
-			act, repl = actReplace, m
+		if m := wire.RewriteErrorText(msg, `"`+p.Stmt.Name+`"`, `"`+p.Reg.Name+`"`); m != nil {
+			act, repl = engine.Replace, m
 		}
 	}
-	if cachedPlan && p.st != nil {
+	if cachedPlan && p.Stmt != nil {
 		// Its plans are stale on every backend: each prepares it anew on next use,
 		// so the client's next execution works. Other clients that prepared it
 		// before get the same error once (stale registration) instead of rows of
 		// another type.
-		gen := p.st.Gen.Add(1)
+		gen := p.Stmt.Gen.Add(1)
 		for _, rg := range ss.stmts {
-			if rg.Stmt == p.st {
+			if rg.Stmt == p.Stmt {
 				rg.Gen = gen
 			}
 		}
 	}
-	if p.x != nil && p.x.check != nil && p.x.check.Unconfirmed && !notStatements {
+	if p.Undo != nil && p.Undo.Check != nil && p.Undo.Check.Unconfirmed && !notStatements {
 		// The statement of a Parse answered without a backend does not parse: as
 		// with PostgreSQL, the name does not exist. (Refused because the
 		// transaction had failed, the statement is still the client's: PostgreSQL
 		// parsed it back when the client sent it.)
-		ss.unregisterLocked(p.x.check)
+		ss.unregisterLocked(p.Undo.Check)
 	}
-	ss.unnamedFailedLocked(p, p.kind == rkClose) // a Close that failed closed nothing
+	ss.unnamedFailedLocked(p, p.Kind == engine.ExpectClose) // a Close that failed closed nothing
 	end := 0
-	for end < ss.q.n && ss.q.at(end).kind != rkSync {
+	for end < ss.q.Len() && ss.q.At(end).Kind != engine.ExpectSync {
 		end++
 	}
 	for i := end - 1; i >= 0; i-- {
-		e := ss.q.at(i)
-		if e.x != nil {
-			ss.undoLocked(e.x.ops)
+		e := ss.q.At(i)
+		if e.Undo != nil {
+			ss.undoLocked(e.Undo.Ops)
 		}
 		if i > 0 {
 			ss.unnamedFailedLocked(e, true)
 		}
-		if i > 0 && e.kind == rkQuery {
+		if i > 0 && e.Kind == engine.ExpectQuery {
 			ss.outstanding-- // skipped: no ReadyForQuery comes for it
 		}
 	}
 	for ; end > 0; end-- {
-		ss.q.pop()
+		ss.q.Pop()
 	}
 	ss.answersDrainedLocked()
 	return act, repl
@@ -872,7 +872,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (respAction, []byt
 
 // errNoUnnamed is what a client gets for a Bind or Describe of the unnamed
 // statement it does not have.
-var errNoUnnamed = &pendingUndo{beforeAbort: true, replace: wire.AppendError(nil, wire.SeverityError, "26000",
+var errNoUnnamed = &engine.Undo{BeforeAbort: true, Replace: wire.AppendError(nil, wire.SeverityError, "26000",
 	"unnamed prepared statement does not exist", "")}
 
 // droppedUnnamedLocked accounts for a simple query, which drops the unnamed
@@ -886,24 +886,24 @@ func (ss *session) droppedUnnamedLocked() {
 // unnamedAnsweredLocked accounts for the answer to the client's Parse (p.ubuf)
 // or Close of the unnamed statement: the statement is now that one, or none.
 // ss.mu is held.
-func (ss *session) unnamedAnsweredLocked(p *pending) {
+func (ss *session) unnamedAnsweredLocked(p *engine.Pending) {
 	ss.unnamedFlight--
-	if p.epoch != ss.unnamedEpoch {
-		ss.spareUnnamedLocked(p.ubuf)
+	if p.Epoch != ss.unnamedEpoch {
+		ss.spareUnnamedLocked(p.UnnamedParse)
 		return
 	}
-	if p.ubuf == nil && p.ubig {
+	if p.UnnamedParse == nil && p.UnnamedBig {
 		// A large statement kept without a replay copy: usable where it is.
 		ss.unnamed = nil
 		ss.unnamedValid, ss.unnamedHere = false, true
 		return
 	}
-	if p.ubuf == nil {
+	if p.UnnamedParse == nil {
 		ss.unnamedValid, ss.unnamedHere = false, false
 		return
 	}
 	ss.spareUnnamedLocked(ss.unnamed)
-	ss.unnamed, p.ubuf = p.ubuf, nil
+	ss.unnamed, p.UnnamedParse = p.UnnamedParse, nil
 	ss.unnamedValid, ss.unnamedHere = true, true
 }
 
@@ -913,16 +913,16 @@ func (ss *session) unnamedAnsweredLocked(p *pending) {
 // statement before it parses a new one, so a failed Parse leaves none; a skipped
 // one leaves it as it was. A replay that did not succeed leaves the backend's
 // unknown: it is replayed again. ss.mu is held.
-func (ss *session) unnamedFailedLocked(p *pending, skipped bool) {
-	switch p.unnamed {
-	case unnamedOwn:
+func (ss *session) unnamedFailedLocked(p *engine.Pending, skipped bool) {
+	switch p.Unnamed {
+	case engine.UnnamedOwn:
 		ss.unnamedFlight--
-		if !skipped && (p.ubuf != nil || p.ubig) && p.epoch == ss.unnamedEpoch {
+		if !skipped && (p.UnnamedParse != nil || p.UnnamedBig) && p.Epoch == ss.unnamedEpoch {
 			ss.unnamedValid, ss.unnamedHere = false, false
 		}
-		ss.spareUnnamedLocked(p.ubuf)
-		p.ubuf = nil
-	case unnamedReplay:
+		ss.spareUnnamedLocked(p.UnnamedParse)
+		p.UnnamedParse = nil
+	case engine.UnnamedReplay:
 		ss.unnamedHere = false
 	}
 }
@@ -931,8 +931,8 @@ func (ss *session) unnamedFailedLocked(p *pending, skipped bool) {
 // statement (one read through the message budget) awaits its answer. ss.mu is
 // held.
 func (ss *session) bigUnnamedInFlightLocked() bool {
-	for i := 0; i < ss.q.n; i++ {
-		if p := ss.q.at(i); p.ubig && p.ubuf != nil {
+	for i := 0; i < ss.q.Len(); i++ {
+		if p := ss.q.At(i); p.UnnamedBig && p.UnnamedParse != nil {
 			return true
 		}
 	}
@@ -965,17 +965,17 @@ func notAboutStatement(code string) bool {
 
 // popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
 func (ss *session) popReadyLocked() {
-	for ss.q.n > 0 {
-		p := ss.q.front()
-		k := p.kind
-		if k != rkSync && k != rkQuery && p.x != nil {
-			ss.undoLocked(p.x.ops) // got no answer: skipped
+	for ss.q.Len() > 0 {
+		p := ss.q.Front()
+		k := p.Kind
+		if k != engine.ExpectSync && k != engine.ExpectQuery && p.Undo != nil {
+			ss.undoLocked(p.Undo.Ops) // got no answer: skipped
 		}
-		if k == rkQuery && p.action == actSwallow {
+		if k == engine.ExpectQuery && p.Action == engine.Swallow {
 			ss.swallowing.Add(-1)
 		}
-		ss.q.pop()
-		if k == rkSync || k == rkQuery {
+		ss.q.Pop()
+		if k == engine.ExpectSync || k == engine.ExpectQuery {
 			ss.answersDrainedLocked()
 			return
 		}
@@ -993,28 +993,28 @@ func (ss *session) unregisterLocked(rg *engine.Registration) {
 }
 
 // undoLocked takes back registry changes, newest first.
-func (ss *session) undoLocked(ops []undoOp) {
+func (ss *session) undoLocked(ops []engine.UndoOp) {
 	for i := len(ops) - 1; i >= 0; i-- {
 		op := ops[i]
-		switch op.kind {
-		case undoRegister:
-			ss.unregisterLocked(op.rg)
-		case undoUnregister:
-			if _, taken := ss.stmts[op.rg.Name]; !taken && ss.stmts != nil {
-				ss.stmts[op.rg.Name] = op.rg
-				ss.stmtBytes += int64(len(op.rg.Stmt.Key))
-				ss.srv.stmts.acquire(op.rg.Stmt)
+		switch op.Kind {
+		case engine.UndoRegister:
+			ss.unregisterLocked(op.Reg)
+		case engine.UndoUnregister:
+			if _, taken := ss.stmts[op.Reg.Name]; !taken && ss.stmts != nil {
+				ss.stmts[op.Reg.Name] = op.Reg
+				ss.stmtBytes += int64(len(op.Reg.Stmt.Key))
+				ss.srv.stmts.acquire(op.Reg.Stmt)
 			}
-		case undoCached:
+		case engine.UndoCached:
 			if ss.bstmts != nil {
-				if sl, ok := ss.bstmts.Slots[op.st]; ok && (op.seg == 0 || sl.Seg == op.seg) {
-					delete(ss.bstmts.Slots, op.st)
+				if sl, ok := ss.bstmts.Slots[op.Stmt]; ok && (op.Seg == 0 || sl.Seg == op.Seg) {
+					delete(ss.bstmts.Slots, op.Stmt)
 				}
 			}
-		case undoUncached:
+		case engine.UndoUncached:
 			if ss.bstmts != nil {
 				// Maybe still there: remembered as stale, closed before next use.
-				ss.bstmts.Slots[op.st] = engine.StatementSlot{}
+				ss.bstmts.Slots[op.Stmt] = engine.StatementSlot{}
 			}
 		}
 	}
@@ -1121,8 +1121,8 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	}
 	if e.LocalTag != nil {
 		ss.dropLocked(&e)
-		if b := ss.q.back(); b != nil && b.kind == rkQuery {
-			b.action, b.x = actReplace, &pendingUndo{replace: e.LocalTag}
+		if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectQuery {
+			b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: e.LocalTag}
 		}
 		ss.mu.Unlock()
 		if ss.held != nil {
@@ -1134,8 +1134,8 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 		return err
 	}
 	if e.Refuse != nil {
-		if b := ss.q.back(); b != nil && b.kind == rkQuery {
-			b.action, b.x = actReplace, &pendingUndo{replace: e.Refuse}
+		if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectQuery {
+			b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: e.Refuse}
 		}
 		ss.mu.Unlock()
 		if ss.held != nil {
@@ -1213,7 +1213,7 @@ func (ss *session) pinLocked(reason string) {
 func (ss *session) bindEffect(e *engine.Effect, h wire.Header) (refused bool, err error) {
 	ss.mu.Lock()
 	if e.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse {
-		if err := ss.failInsteadLocked(&pendingUndo{replace: engine.Refusal(e.PinKind)}); err != nil {
+		if err := ss.failInsteadLocked(&engine.Undo{Replace: engine.Refusal(e.PinKind)}); err != nil {
 			return true, err
 		}
 		return true, wire.Skip(ss.r, 1+h.Len)
@@ -1241,8 +1241,8 @@ func (ss *session) sendExecFixup() error {
 	b = wire.AppendClose(b, 'P', name)
 	b = wire.AppendClose(b, 'S', name)
 	ss.mu.Lock()
-	for _, k := range []respKind{rkParse, rkBind, rkExecute, rkClose, rkClose} {
-		ss.q.push(pending{kind: k, action: actSwallow})
+	for _, k := range []engine.Expected{engine.ExpectParse, engine.ExpectBind, engine.ExpectExecute, engine.ExpectClose, engine.ExpectClose} {
+		ss.q.Push(engine.Pending{Kind: k, Action: engine.Swallow})
 	}
 	ss.mu.Unlock()
 	_, err := ss.bw.Write(b)

@@ -388,17 +388,15 @@ func parseDataRow(b []byte) [][]byte {
 
 // pushSwallowedLocked queues a Query the proxy sends on its own: all of its
 // answer is dropped. ss.mu is held.
-func (ss *session) pushSwallowedLocked(x *pendingUndo) {
-	ss.q.push(pending{kind: rkQuery, action: actSwallow, x: x})
+func (ss *session) pushSwallowedLocked(x *engine.Undo) {
+	ss.q.Push(engine.Pending{Kind: engine.ExpectQuery, Action: engine.Swallow, Undo: x})
 	ss.swallowing.Add(1)
 }
 
 // resetQueueLocked empties the answer queue. ss.mu is held.
 func (ss *session) resetQueueLocked() {
-	ss.q.reset()
-	if len(ss.q.buf) > 256 {
-		ss.q.buf = nil // a burst's queue is not kept while the client is idle
-	}
+	ss.q.Reset()
+	ss.q.Trim(256) // a burst's queue is not kept while the client is idle
 	ss.swallowing.Store(0)
 }
 
@@ -410,8 +408,8 @@ func (ss *session) frontSwallowed() bool {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.q.front()
-	return p != nil && p.kind == rkQuery && p.action == actSwallow
+	p := ss.q.Front()
+	return p != nil && p.Kind == engine.ExpectQuery && p.Action == engine.Swallow
 }
 
 // routeSwallowed drops every message of the answer to a Query the proxy sent on
@@ -425,12 +423,12 @@ func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
 		return false
 	}
 	ss.mu.Lock()
-	p := ss.q.front()
-	if p == nil || p.kind != rkQuery || p.action != actSwallow {
+	p := ss.q.Front()
+	if p == nil || p.Kind != engine.ExpectQuery || p.Action != engine.Swallow {
 		ss.mu.Unlock()
 		return false
 	}
-	if h.Type != wire.MsgErrorResponse || p.x == nil || !p.x.fatal {
+	if h.Type != wire.MsgErrorResponse || p.Undo == nil || !p.Undo.Fatal {
 		ss.mu.Unlock()
 		return true
 	}

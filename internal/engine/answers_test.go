@@ -1,0 +1,82 @@
+package engine
+
+import "testing"
+
+func TestAnswerQueue(t *testing.T) {
+	var q AnswerQueue
+	if q.Front() != nil || q.Back() != nil || q.Len() != 0 {
+		t.Fatal("empty queue not empty")
+	}
+	// Interleave pushes and pops so the ring wraps around while it grows.
+	next, want := uint32(0), uint32(0)
+	for round := range 50 {
+		for range round % 7 * 5 {
+			q.Push(Pending{Kind: ExpectExecute, Epoch: next})
+			next++
+		}
+		for range round % 5 * 4 {
+			if q.Len() == 0 {
+				break
+			}
+			if got := q.Front().Epoch; got != want {
+				t.Fatalf("round %d: front %d, want %d", round, got, want)
+			}
+			q.Pop()
+			want++
+		}
+		if q.Len() != int(next-want) {
+			t.Fatalf("round %d: Len %d, want %d", round, q.Len(), next-want)
+		}
+		for i := range q.Len() {
+			if got := q.At(i).Epoch; got != want+uint32(i) {
+				t.Fatalf("round %d: At(%d) = %d, want %d", round, i, got, want+uint32(i))
+			}
+		}
+		if q.Len() > 0 && q.Back().Epoch != next-1 {
+			t.Fatalf("round %d: back %d, want %d", round, q.Back().Epoch, next-1)
+		}
+	}
+	// PopBack takes back the newest.
+	q.Push(Pending{Kind: ExpectSync, Epoch: next})
+	q.PopBack()
+	if q.Len() > 0 && q.Back().Epoch != next-1 {
+		t.Fatalf("PopBack left %d", q.Back().Epoch)
+	}
+	// A popped slot keeps no references (the statement could not be freed).
+	q.Reset()
+	for i := range q.buf {
+		if q.buf[i].Stmt != nil || q.buf[i].Kind != 0 {
+			t.Fatalf("slot %d not cleared", i)
+		}
+	}
+	// Trim frees a large buffer of an empty queue only.
+	for range 300 {
+		q.Push(Pending{})
+	}
+	q.Trim(256)
+	if q.buf == nil {
+		t.Fatal("Trim freed the buffer of a non-empty queue")
+	}
+	q.Reset()
+	q.Trim(256)
+	if q.buf != nil {
+		t.Fatal("Trim kept a large buffer")
+	}
+}
+
+func TestAnswerQueueAllocs(t *testing.T) {
+	var q AnswerQueue
+	q.Push(Pending{})
+	q.Pop()
+	allocs := testing.AllocsPerRun(100, func() {
+		for range 8 {
+			q.Push(Pending{Kind: ExpectBind})
+		}
+		for q.Len() > 0 {
+			q.Pop()
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per batch in steady state", allocs)
+	}
+}
