@@ -3,7 +3,8 @@
 // socket, a goroutine, a timer or a lock: it takes statement text, messages and
 // the current time, and returns decisions and bytes to send.
 //
-// Built so far: the [AnswerQueue] of [Pending] answers a server connection
+// Built so far: the transaction-boundary decision ([Decide] on a [Boundary]:
+// keep reading, probe session state, stay attached, release); the [AnswerQueue] of [Pending] answers a server connection
 // owes, each with its [Action] and what to [Undo] when the server skips it;
 // [Effect], what a statement does to session state (settings to
 // read back, resets, what pins a client, refusals); [QueryEffect] and
@@ -11,8 +12,7 @@
 // statement types of the registry ([Statement], a client's [Registration], a
 // server connection's [ServerStatements]); and the settings tracker's pieces
 // ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries). The
-// registry's bookkeeping, the routing of answers through the queue and the
-// transaction-boundary decisions follow.
+// registry's bookkeeping and the routing of answers through the queue follow.
 //
 // The interning of statements shared by every client stays outside, behind a
 // lock of its caller: Statement.Refs is counted under it.

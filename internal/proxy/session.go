@@ -1199,18 +1199,20 @@ func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction 
 // (probeNow: the caller runs probe and decides again) or releases it. ss.mu is
 // held; it is released.
 func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
-	status := ss.tx
 	for {
 		if ss.doomed {
 			// Closed under us: the next read fails and destroys it.
 			ss.mu.Unlock()
 			return keepReading
 		}
-		if ss.outstanding > 0 || ss.partial {
+		// What to do is the engine's decision; waiting until it can be carried
+		// out (a flush, a write in progress, a cancel on its way) is ours.
+		d := engine.Decide(ss.boundaryLocked())
+		switch d {
+		case engine.KeepReading:
 			ss.mu.Unlock()
 			return keepReading
-		}
-		if status == wire.TxIdle && ss.probeDueLocked() {
+		case engine.Probe:
 			if ss.w.Buffered() > 0 {
 				ss.mu.Unlock()
 				ss.w.Flush()
@@ -1226,14 +1228,12 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 			ss.probing = true // the client goroutine waits in attach until probe is done
 			ss.mu.Unlock()
 			return probeNow
-		}
-		session := ss.srv.options().Mode == ModeSession && !ss.gone
-		if status != wire.TxIdle || session || (ss.pin != "" && !ss.gone) {
-			if status != wire.TxIdle {
+		case engine.Stay, engine.StayListening:
+			if ss.tx != wire.TxIdle {
 				ss.armIdleLocked()
 			}
 			if async {
-				if session || (ss.pinListen && status == wire.TxIdle && !ss.gone) {
+				if d == engine.StayListening {
 					ss.mu.Unlock()
 					return keepReading
 				}
@@ -1248,6 +1248,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 			ss.mu.Unlock()
 			return stopReading
 		}
+		// engine.Release.
 		if ss.cancels > 0 {
 			// A CancelRequest for this backend is on its way: keep the backend until it
 			// has been delivered, so that it cannot hit another client's query.
@@ -1285,6 +1286,23 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 		ss.terminate(killShutdown)
 	}
 	return released
+}
+
+// boundaryLocked is what the engine's transaction-boundary decision needs to
+// know of the client now. ss.mu is held.
+func (ss *session) boundaryLocked() engine.Boundary {
+	return engine.Boundary{
+		Status:        ss.tx,
+		Outstanding:   ss.outstanding,
+		Partial:       ss.partial,
+		SessionMode:   ss.srv.options().Mode == ModeSession,
+		Gone:          ss.gone,
+		Pinned:        ss.pin != "",
+		PinListen:     ss.pinListen,
+		PinPermanent:  ss.pinPermanent,
+		DirtySettings: len(ss.dirty) > 0,
+		PinCheck:      ss.pinCheck,
+	}
 }
 
 // serverFailed handles a backend that broke while attached: it is destroyed, and a

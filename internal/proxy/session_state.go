@@ -205,7 +205,7 @@ func (ss *session) fixupSQL(names []string) string {
 // probeDueLocked reports whether the backend must be asked about session state
 // before it is released (or the client unpinned). ss.mu is held.
 func (ss *session) probeDueLocked() bool {
-	return !ss.gone && ss.srv.options().Mode == ModeTransaction && (len(ss.dirty) > 0 || (ss.pinCheck && !ss.pinPermanent))
+	return ss.boundaryLocked().ProbeDue()
 }
 
 // pinLeftQuery counts what still pins a backend to its client.
