@@ -3,7 +3,9 @@
 // socket, a goroutine, a timer or a lock: it takes statement text, messages and
 // the current time, and returns decisions and bytes to send.
 //
-// Built so far: the transaction-boundary decision ([Decide] on a [Boundary]:
+// Built so far: the client's session [State] (settings it wants, what changed,
+// what pins it; replay, fix-up and probe queries and their answers); the
+// transaction-boundary decision ([Decide] on a [Boundary]:
 // keep reading, probe session state, stay attached, release); the [AnswerQueue] of [Pending] answers a server connection
 // owes, each with its [Action] and what to [Undo] when the server skips it;
 // [Effect], what a statement does to session state (settings to

@@ -176,17 +176,9 @@ type session struct {
 	gone           bool                            // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
-	pin            string              // why the client keeps its backend between transactions
-	pinListen      bool                // ... and it listens: notifications reach it while idle
-	pinPermanent   bool                // ... and nothing can undo it (LOAD)
-	pinCheck       bool                // a statement may have removed what pins it: ask the backend
-	probing        bool                // the backend is being asked (see probe); attach waits
-	startupSet     engine.Settings     // the client's startup parameters
-	want           engine.Settings     // the client's settings (see session_state.go)
-	wantKey        uint64              // settingsKey(want)
-	dirty          map[string]struct{} // settings changed since the backend was attached
-	resetNames     []string            // settings RESET since: back to the client's startup values
-	doomed         bool                // the backend is being closed: never release it
+	state          engine.State // settings and pins (session_state.go)
+	probing        bool         // the backend is being asked (see probe); attach waits
+	doomed         bool         // the backend is being closed: never release it
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
@@ -334,7 +326,7 @@ func (ss *session) protocolViolation(msg string) {
 func (ss *session) login(st *wire.Startup) bool {
 	ss.pooled = ss.srv.options().Mode == ModeTransaction
 	ss.track = ss.pooled && ss.srv.options().MaxPreparedStatements > 0
-	ss.initSettings(st)
+	ss.state.Init(st)
 	ss.user = st.Param("user")
 	ss.db = st.Param("database")
 	ss.app = st.Param("application_name")
@@ -385,7 +377,7 @@ func (ss *session) login(st *wire.Startup) bool {
 	sort.Strings(names)
 	for _, k := range names {
 		v := params[k]
-		if own, ok := ss.startupSet[strings.ToLower(k)]; ok {
+		if own, ok := ss.state.Startup[strings.ToLower(k)]; ok {
 			v = own // the client's own value, which the proxy gives it on every backend
 		} else if k == "application_name" {
 			v = ""
@@ -758,7 +750,7 @@ func (ss *session) syncRead(be *pool.Backend, flush bool) {
 			case stopReading:
 				ss.w.Flush()
 				ss.mu.Lock()
-				if ss.pinListen && ss.be == be && !ss.reader {
+				if ss.state.PinListen && ss.be == be && !ss.reader {
 					ss.startReaderLocked(be) // notifications reach the idle client
 				}
 				ss.mu.Unlock()
@@ -908,7 +900,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.mu.Unlock()
 			return nil, errDraining
 		}
-		key := ss.wantKey
+		key := ss.state.WantKey
 		ss.mu.Unlock()
 		var err error
 		var at time.Time
@@ -941,7 +933,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.bw.Reset(&ss.bout)
 		ss.pendingBody = 0
-		ss.dirty = nil
+		ss.state.Dirty = nil
 		if q := ss.replayLocked(be); q != nil {
 			// The client's settings first; an error means it cannot have them here.
 			ss.outstanding++
@@ -1297,11 +1289,11 @@ func (ss *session) boundaryLocked() engine.Boundary {
 		Partial:       ss.partial,
 		SessionMode:   ss.srv.options().Mode == ModeSession,
 		Gone:          ss.gone,
-		Pinned:        ss.pin != "",
-		PinListen:     ss.pinListen,
-		PinPermanent:  ss.pinPermanent,
-		DirtySettings: len(ss.dirty) > 0,
-		PinCheck:      ss.pinCheck,
+		Pinned:        ss.state.Pin != "",
+		PinListen:     ss.state.PinListen,
+		PinPermanent:  ss.state.PinPermanent,
+		DirtySettings: len(ss.state.Dirty) > 0,
+		PinCheck:      ss.state.PinCheck,
 	}
 }
 

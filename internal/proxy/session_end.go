@@ -184,7 +184,7 @@ func (ss *session) leave() (settled bool) {
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
 		}
-		if ss.srv.options().Mode == ModeSession || ss.pin != "" {
+		if ss.srv.options().Mode == ModeSession || ss.state.Pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
@@ -193,7 +193,7 @@ func (ss *session) leave() (settled bool) {
 				ss.bstmts.Settings = nil // ... and reset every setting
 				be.StateKey = 0
 			}
-		} else if len(ss.dirty) > 0 {
+		} else if len(ss.state.Dirty) > 0 {
 			// Settings changed and not read back: back to the backend's defaults.
 			q = wire.AppendQuery(q, "RESET ALL")
 			ss.outstanding++

@@ -1150,7 +1150,7 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 		ss.applyLocked(&e)
 	}
 	ss.applyStateLocked(&e.State)
-	fix := ss.fixupQuery(&e.State)
+	fix := ss.state.FixupQuery(&e.State)
 	if fix != nil {
 		ss.outstanding++
 		ss.pushSwallowedLocked(nil)
@@ -1189,8 +1189,8 @@ func (ss *session) applyLocked(e *engine.QueryEffect) {
 			ss.bstmts.Dirty = true
 		}
 	}
-	if ss.pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.Dealloc) > 0 || e.DropAll) {
-		ss.pin = ""
+	if ss.state.Pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.Dealloc) > 0 || e.DropAll) {
+		ss.state.Pin = ""
 		ss.sqlNames = nil
 	}
 }
@@ -1198,10 +1198,14 @@ func (ss *session) applyLocked(e *engine.QueryEffect) {
 // pinLocked keeps the client on its backend between transactions (state that
 // cannot move to another backend). ss.mu is held.
 func (ss *session) pinLocked(reason string) {
-	if ss.pin != "" {
-		return
+	if ss.state.PinFor(reason) != "" {
+		ss.notePinnedLocked(reason)
 	}
-	ss.pin = reason
+}
+
+// notePinnedLocked counts and logs that the client was just pinned for reason.
+// ss.mu is held.
+func (ss *session) notePinnedLocked(reason string) {
 	ss.srv.countPin(reason)
 	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
 		"database", ss.db, "application_name", ss.app, "reason", reason)
@@ -1220,19 +1224,19 @@ func (ss *session) bindEffect(e *engine.Effect, h wire.Header) (refused bool, er
 	}
 	ss.applyStateLocked(e)
 	ss.mu.Unlock()
-	if names := ss.fixupNames(e); len(names) > 0 {
+	if names := ss.state.FixupNames(e); len(names) > 0 {
 		ss.execFixup = names // sent after the statement's Execute
 	}
 	return false, nil
 }
 
 // sendExecFixup sends, after the Execute of a RESET through the extended
-// protocol, what puts the client's startup values back (see fixupQuery), as
+// protocol, what puts the client's startup values back (see engine.State.FixupQuery), as
 // extended-protocol messages whose answers the client never sees.
 func (ss *session) sendExecFixup() error {
 	names := ss.execFixup
 	ss.execFixup = nil
-	sql := ss.fixupSQL(names)
+	sql := ss.state.FixupSQL(names)
 	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
 	const name = engine.StatementPrefix + "fixup"
 	b := wire.AppendParse(nil, name, do)

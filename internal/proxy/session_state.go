@@ -3,11 +3,7 @@ package proxy
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"maps"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
@@ -42,164 +38,27 @@ const (
 	PinPolicyRefuse
 )
 
-// initSettings records the client's startup parameters as its settings.
-func (ss *session) initSettings(st *wire.Startup) {
-	ss.startupSet = engine.Settings{}
-	for _, p := range st.Params {
-		n := strings.ToLower(p.Name)
-		if engine.NotSettings[n] || strings.HasPrefix(n, "_pq_.") {
-			continue
-		}
-		ss.startupSet[n] = p.Value
-	}
-	for _, kv := range engine.ParseOptions(st.Param("options")) {
-		ss.startupSet[strings.ToLower(kv[0])] = kv[1]
-	}
-	ss.want = maps.Clone(ss.startupSet)
-	ss.wantKey = engine.SettingsKey(ss.want)
-}
-
 // replayLocked returns the Query that gives the attached backend the client's
 // settings (nil when they match) and records them as the backend's. ss.mu is
 // held.
 func (ss *session) replayLocked(be *pool.Backend) []byte {
-	bs := ss.bstmts
-	if bs.Settings == nil {
-		bs.Settings = engine.Settings{}
+	q := ss.state.Replay(&ss.bstmts.Settings, be.StateKey)
+	be.StateKey = ss.state.WantKey
+	if q != nil {
+		ss.srv.replays.Add(1)
 	}
-	if be.StateKey == ss.wantKey && len(bs.Settings) == len(ss.want) {
-		return nil
-	}
-	var resets, sets []string
-	for k := range bs.Settings {
-		if _, ok := ss.want[k]; !ok {
-			resets = append(resets, k)
-		}
-	}
-	for k, v := range ss.want {
-		if have, ok := bs.Settings[k]; !ok || have != v {
-			sets = append(sets, k)
-		}
-	}
-	if len(resets) == 0 && len(sets) == 0 {
-		be.StateKey = ss.wantKey
-		return nil
-	}
-	slices.Sort(resets)
-	slices.SortFunc(sets, func(a, b string) int { return strings.Compare(engine.SetOrder(a), engine.SetOrder(b)) })
-	var q strings.Builder
-	for _, k := range resets {
-		q.WriteString("RESET ")
-		q.WriteString(engine.QuoteIdent(k))
-		q.WriteString(";")
-		delete(bs.Settings, k)
-	}
-	if len(sets) > 0 {
-		q.WriteString("SELECT ")
-		for i, k := range sets {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", engine.QuoteLiteral(k), engine.QuoteLiteral(ss.want[k]))
-			bs.Settings[k] = ss.want[k]
-		}
-	}
-	be.StateKey = ss.wantKey
-	ss.srv.replays.Add(1)
-	return wire.AppendQuery(nil, q.String())
+	return q
 }
 
 // applyStateLocked records a forwarded statement's effect. ss.mu is held.
 func (ss *session) applyStateLocked(e *engine.Effect) {
-	if ss.dirty == nil && (len(e.Dirty) > 0 || e.ResetAll) {
-		ss.dirty = map[string]struct{}{}
+	var server engine.Settings
+	if ss.bstmts != nil {
+		server = ss.bstmts.Settings
 	}
-	for _, n := range e.Dirty {
-		ss.dirty[n] = struct{}{}
+	if reason := ss.state.Apply(e, server); reason != "" {
+		ss.notePinnedLocked(reason)
 	}
-	for _, n := range e.Resets {
-		if _, ok := ss.startupSet[n]; ok {
-			ss.resetNames = append(ss.resetNames, n)
-		}
-	}
-	if e.ResetAll {
-		for n := range ss.startupSet {
-			ss.resetNames = append(ss.resetNames, n)
-		}
-	}
-	if e.ResetAll {
-		for n := range ss.want {
-			ss.dirty[n] = struct{}{}
-		}
-		if ss.bstmts != nil {
-			for n := range ss.bstmts.Settings {
-				ss.dirty[n] = struct{}{}
-			}
-		}
-	}
-	if e.Pin != "" {
-		// Ask the backend at the end of the transaction: a try-lock that failed, a
-		// LISTEN rolled back, an error leave nothing to pin for.
-		ss.pinCheck = true
-		ss.pinLocked(e.Pin)
-		if e.Listen {
-			ss.pinListen = true
-		}
-		if e.Permanent {
-			ss.pinPermanent = true
-		}
-	}
-	if e.UnpinCheck && ss.pin != "" {
-		ss.pinCheck = true
-	}
-}
-
-// fixupQuery returns the Query that puts the client's own startup values back
-// after a RESET (the backend's defaults are not the client's), or nil.
-func (ss *session) fixupQuery(e *engine.Effect) []byte {
-	names := ss.fixupNames(e)
-	if len(names) == 0 {
-		return nil
-	}
-	return wire.AppendQuery(nil, ss.fixupSQL(names))
-}
-
-// fixupNames are the settings e resets that have startup values.
-func (ss *session) fixupNames(e *engine.Effect) []string {
-	var names []string
-	if e.ResetAll {
-		for n := range ss.startupSet {
-			names = append(names, n)
-		}
-	} else {
-		for _, n := range e.Resets {
-			if _, ok := ss.startupSet[n]; ok {
-				names = append(names, n)
-			}
-		}
-	}
-	return names
-}
-
-// fixupSQL sets the named settings to the client's startup values where the
-// session no longer sets them (a RESET took effect; one that failed or was
-// rolled back leaves source = 'session').
-func (ss *session) fixupSQL(names []string) string {
-	slices.Sort(names)
-	var q strings.Builder
-	q.WriteString("SELECT pg_catalog.set_config(name, CASE lower(name)")
-	for _, n := range names {
-		fmt.Fprintf(&q, " WHEN %s THEN %s", engine.QuoteLiteral(n), engine.QuoteLiteral(ss.startupSet[n]))
-	}
-	q.WriteString(" END, false) FROM pg_catalog.pg_settings WHERE source <> 'session' AND lower(name) IN (")
-	for i, n := range names {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString(engine.QuoteLiteral(n))
-	}
-	q.WriteString(")")
-	return q.String()
 }
 
 // probeDueLocked reports whether the backend must be asked about session state
@@ -208,15 +67,6 @@ func (ss *session) probeDueLocked() bool {
 	return ss.boundaryLocked().ProbeDue()
 }
 
-// pinLeftQuery counts what still pins a backend to its client.
-const pinLeftQuery = "(SELECT count(*) FROM pg_catalog.pg_listening_channels())" +
-	" + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())" +
-	" + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())" +
-	" + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)" +
-	" + (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)"
-
-var errProbe = errors.New("session state probe failed")
-
 // probe asks the backend, between transactions, for the current values of the
 // settings the client's last transaction touched and, for a pinned client,
 // whether anything still pins it; it records the answers. The caller reads be
@@ -224,20 +74,7 @@ var errProbe = errors.New("session state probe failed")
 // goroutine waits in attach meanwhile.
 func (ss *session) probe(be *pool.Backend) error {
 	ss.mu.Lock()
-	names := make([]string, 0, len(ss.dirty))
-	for n := range ss.dirty {
-		names = append(names, n)
-	}
-	check := ss.pin != "" && ss.pinCheck && !ss.pinPermanent
-	resets := ss.resetNames
-	ss.resetNames = nil
-	for _, n := range resets {
-		if _, ok := ss.dirty[n]; !ok {
-			names = append(names, n) // read back what the fix-up set
-		}
-	}
-	ss.dirty = nil
-	ss.pinCheck = false
+	pr := ss.state.StartProbe()
 	ss.probing = true
 	ss.mu.Unlock()
 	defer func() {
@@ -246,30 +83,9 @@ func (ss *session) probe(be *pool.Backend) error {
 		ss.cond.Broadcast()
 		ss.mu.Unlock()
 	}()
-	slices.Sort(names)
-	var q strings.Builder
-	if len(resets) > 0 {
-		// A RESET returns to the client's startup value, not the backend's.
-		slices.Sort(resets)
-		q.WriteString(ss.fixupSQL(slices.Compact(resets)))
-		q.WriteString("; ")
-	}
-	q.WriteString("SELECT ")
-	for i, n := range names {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		fmt.Fprintf(&q, "pg_catalog.current_setting(%s, true)", engine.QuoteLiteral(n))
-	}
-	if check {
-		if len(names) > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString(pinLeftQuery)
-	}
 	_ = be.Conn.SetDeadline(time.Now().Add(cleanupTimeout))
 	defer be.Conn.SetDeadline(time.Time{})
-	if _, err := be.Conn.Write(wire.AppendQuery(nil, q.String())); err != nil {
+	if _, err := be.Conn.Write(pr.Query); err != nil {
 		return err
 	}
 	var row [][]byte
@@ -292,7 +108,7 @@ func (ss *session) probe(be *pool.Backend) error {
 			row = parseDataRow(msg[wire.HeaderLen:])
 		case wire.MsgErrorResponse:
 			f := wire.ParseError(msg[wire.HeaderLen:])
-			failed = fmt.Errorf("%w: %s (%s)", errProbe, f.Message, f.Code)
+			failed = fmt.Errorf("%w: %s (%s)", engine.ErrProbe, f.Message, f.Code)
 		case wire.MsgNotification:
 			// A notification for a listening client that the backend sent before
 			// the probe's ReadyForQuery: it is the client's, not the probe's. The
@@ -317,46 +133,23 @@ func (ss *session) probe(be *pool.Backend) error {
 	if failed != nil {
 		return failed
 	}
-	want := len(names)
-	if check {
-		want++
-	}
-	if len(row) != want {
-		return fmt.Errorf("%w: %d values for %d settings", errProbe, len(row), len(names))
-	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	bs := ss.bstmts
-	for i, n := range names {
-		if row[i] == nil {
-			delete(ss.want, n)
-			if bs != nil {
-				delete(bs.Settings, n)
-			}
-			continue
-		}
-		v := string(row[i])
-		ss.want[n] = v
-		if bs != nil {
-			if bs.Settings == nil {
-				bs.Settings = engine.Settings{}
-			}
-			bs.Settings[n] = v
-		}
+	var server *engine.Settings
+	if ss.bstmts != nil {
+		server = &ss.bstmts.Settings
 	}
-	if len(names) > 0 {
-		ss.wantKey = engine.SettingsKey(ss.want)
-		if bs != nil {
-			be.StateKey = engine.SettingsKey(bs.Settings)
-			if be.StateKey != ss.wantKey {
-				be.StateKey = 0 // not a state any client asks for by key
-			}
-		}
+	pin := ss.state.Pin
+	key, keyChanged, unpinned, err := ss.state.FinishProbe(pr, row, server)
+	if err != nil {
+		return err
 	}
-	if check && string(row[len(row)-1]) == "0" {
+	if keyChanged {
+		be.StateKey = key
+	}
+	if unpinned {
 		ss.srv.log.Info("client unpinned from its server connection", "client", ss.addr, "user", ss.user,
-			"database", ss.db, "application_name", ss.app, "reason", ss.pin)
-		ss.pin, ss.pinListen = "", false
+			"database", ss.db, "application_name", ss.app, "reason", pin)
 		ss.sqlNames = nil
 	}
 	return nil
