@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -66,13 +67,25 @@ func (s *Server) LeakStats() LeakStats {
 	return st
 }
 
+// activityLocked is what the engine's leak and timeout bookkeeping needs to
+// know of the client now. ss.mu is held.
+func (ss *session) activityLocked() engine.Activity {
+	return engine.Activity{
+		Attached:    ss.be != nil,
+		Status:      ss.tx,
+		Outstanding: ss.outstanding,
+		Partial:     ss.partial,
+		Gone:        ss.gone,
+		Ending:      ss.kill != killNone,
+		IdleSince:   ss.idleSince,
+		TxStart:     ss.txStart,
+	}
+}
+
 // idleInTxLocked reports whether the client is idle inside a transaction, and
 // since when. ss.mu is held.
 func (ss *session) idleInTxLocked() (bool, time.Time) {
-	if ss.be == nil || ss.outstanding > 0 || ss.partial || ss.tx == wire.TxIdle || ss.gone || ss.idleSince.IsZero() {
-		return false, time.Time{}
-	}
-	return true, ss.idleSince
+	return ss.activityLocked().IdleInTransaction()
 }
 
 // watchLeaks logs each leak suspect once per idle episode and ends transactions
@@ -123,9 +136,8 @@ func watchPeriod(opt *Options) time.Duration {
 // transaction longer than the threshold and was not reported in this episode.
 func (ss *session) reportLeak(now time.Time) {
 	ss.mu.Lock()
-	idle, since := ss.idleInTxLocked()
-	age := now.Sub(since)
-	if !idle || ss.leakReported || age < ss.srv.options().LeakThreshold {
+	suspect, age := ss.activityLocked().LeakSuspect(now, ss.srv.options().LeakThreshold, ss.leakReported)
+	if !suspect {
 		ss.mu.Unlock()
 		return
 	}
@@ -152,12 +164,11 @@ func (ss *session) reportLeak(now time.Time) {
 func (ss *session) checkTxTimeout(now time.Time) {
 	d := ss.srv.options().TransactionTimeout
 	ss.mu.Lock()
-	inTx := ss.be != nil && (ss.tx != wire.TxIdle || ss.outstanding > 0 || ss.partial)
-	expired := inTx && !ss.gone && ss.kill == killNone && now.Sub(ss.txStart) >= d && ss.srv.options().Mode == ModeTransaction
+	expired, age := ss.activityLocked().TransactionTimedOut(now, d)
+	expired = expired && ss.srv.options().Mode == ModeTransaction
 	if expired {
 		ss.kill = killTxTimeout // under attach's lock: no message of the client goes out any more
 	}
-	age := now.Sub(ss.txStart)
 	ss.mu.Unlock()
 	if expired {
 		ss.srv.log.Warn("transaction too long, closing the client and rolling back",

@@ -1350,8 +1350,7 @@ func (ss *session) armIdleLocked() {
 func (ss *session) idleTimeout() {
 	d := ss.srv.options().IdleTransactionTimeout
 	ss.mu.Lock()
-	expired := ss.be != nil && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle &&
-		time.Since(ss.idleSince) >= d && !ss.gone && ss.kill == killNone
+	expired := ss.activityLocked().IdleTimedOut(time.Now(), d)
 	if expired {
 		// Decided under the same lock that attach takes: a message the client sends
 		// from now on is refused, so the client cannot be ended halfway through it.
