@@ -13,8 +13,9 @@
 // [Effect], what a statement does to session state (settings to
 // read back, resets, what pins a client, refusals); [QueryEffect] and
 // [ClassifyQuery], what a simple Query does to prepared statements; the
-// statement types of the registry ([Statement], a client's [Registration], a
-// server connection's [ServerStatements]); and the settings tracker's pieces
+// statement types of the registry ([Statement], a client's [Registration] and
+// its [ClientStatements] with their byte count, a server connection's
+// [ServerStatements]); and the settings tracker's pieces
 // ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries). The
 // registry's bookkeeping and the routing of answers through the queue follow.
 //

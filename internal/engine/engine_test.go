@@ -131,3 +131,40 @@ func TestClassifyQuery(t *testing.T) {
 		t.Errorf("SELECT: %+v", e)
 	}
 }
+
+func TestClientStatements(t *testing.T) {
+	var c ClientStatements
+	a := &Statement{Name: StatementPrefix + "1", Key: "SELECT 1\x00\x00\x00"}
+	b := &Statement{Name: StatementPrefix + "2", Key: "SELECT 22\x00\x00\x00"}
+	a.Gen.Store(3)
+	if c.Has([]byte("s")) || c.Get("s") != nil || c.Len() != 0 || c.Restore(&Registration{Name: "s", Stmt: a}) {
+		t.Fatal("empty set not empty, or restored into a cleared set")
+	}
+	ra := c.Register("s", a)
+	if ra.Gen != 3 || c.Get("s") != ra || !c.Has([]byte("s")) || c.Bytes() != int64(len(a.Key)) {
+		t.Fatalf("after Register: %+v bytes %d", ra, c.Bytes())
+	}
+	rb := c.Register("s", b) // same name: replaces
+	if c.Len() != 1 || c.Bytes() != int64(len(b.Key)) || c.Remove(ra) {
+		t.Fatalf("replace: len %d bytes %d", c.Len(), c.Bytes())
+	}
+	if !c.Remove(rb) || c.Len() != 0 || c.Bytes() != 0 {
+		t.Fatal("Remove")
+	}
+	if !c.Restore(rb) || c.Get("s") != rb || c.Bytes() != int64(len(b.Key)) {
+		t.Fatal("Restore of a free name")
+	}
+	c.Register("t", a)
+	if c.Restore(&Registration{Name: "t", Stmt: b}) {
+		t.Fatal("Restore over a taken name")
+	}
+	n := 0
+	c.All(func(*Registration) { n++ })
+	if n != 2 {
+		t.Fatalf("All visited %d", n)
+	}
+	c.Clear()
+	if c.Len() != 0 || c.Bytes() != 0 || c.Restore(rb) {
+		t.Fatal("Clear")
+	}
+}

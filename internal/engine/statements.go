@@ -112,3 +112,81 @@ func ClassifyQuery(q []byte) QueryEffect {
 	e.Single = n == 1
 	return e
 }
+
+// ClientStatements are one client's named prepared statements: its names, and
+// the bytes of their text, which --max-client-prepared-bytes bounds.
+type ClientStatements struct {
+	byName map[string]*Registration
+	bytes  int64
+}
+
+// Get returns the client's statement named name, or nil.
+func (c *ClientStatements) Get(name string) *Registration { return c.byName[name] }
+
+// Has reports whether the client has a statement named name (the name as
+// bytes: the lookup does not allocate).
+func (c *ClientStatements) Has(name []byte) bool {
+	_, ok := c.byName[string(name)]
+	return ok
+}
+
+// Len is the number of the client's statements.
+func (c *ClientStatements) Len() int { return len(c.byName) }
+
+// Bytes is the text size of the client's statements (query and parameter
+// types).
+func (c *ClientStatements) Bytes() int64 { return c.bytes }
+
+// Register names st for the client, replacing a registration of the same name
+// (whose statement the caller releases), and returns the new registration.
+func (c *ClientStatements) Register(name string, st *Statement) *Registration {
+	if c.byName == nil {
+		c.byName = make(map[string]*Registration)
+	}
+	rg := &Registration{Name: name, Stmt: st, Gen: st.Gen.Load()}
+	if old := c.byName[name]; old != nil {
+		c.bytes -= int64(len(old.Stmt.Key))
+	}
+	c.byName[name] = rg
+	c.bytes += int64(len(st.Key))
+	return rg
+}
+
+// Remove drops rg if it is still the client's registration of its name, and
+// reports whether it did (the caller then releases rg.Stmt).
+func (c *ClientStatements) Remove(rg *Registration) bool {
+	if c.byName[rg.Name] != rg {
+		return false
+	}
+	delete(c.byName, rg.Name)
+	c.bytes -= int64(len(rg.Stmt.Key))
+	return true
+}
+
+// Restore puts back rg, taken by a Close the server then skipped, unless its
+// name was taken since or every statement was dropped (the client left); it
+// reports whether it did (the caller then acquires rg.Stmt again).
+func (c *ClientStatements) Restore(rg *Registration) bool {
+	if c.byName == nil {
+		return false
+	}
+	if _, taken := c.byName[rg.Name]; taken {
+		return false
+	}
+	c.byName[rg.Name] = rg
+	c.bytes += int64(len(rg.Stmt.Key))
+	return true
+}
+
+// All calls fn for each of the client's registrations, in no order. fn must
+// not register or remove statements.
+func (c *ClientStatements) All(fn func(*Registration)) {
+	for _, rg := range c.byName {
+		fn(rg)
+	}
+}
+
+// Clear forgets every statement (the caller releases them first).
+func (c *ClientStatements) Clear() {
+	c.byName, c.bytes = nil, 0
+}

@@ -153,7 +153,6 @@ type session struct {
 	// session's buffers are not reused (see leave).
 	unsettled bool
 	big       *bigMsg // the message read whole outside r (msgmem.go), until the next one
-	stmtBytes int64   // bytes of the statements in stmts (their keys)
 	// stmtLimitLogged: the client's first refusal by the statement bounds was logged.
 	stmtLimitLogged bool
 	// backpressured: the client goroutine waits for answers to drain (awaitAnswers).
@@ -162,18 +161,18 @@ type session struct {
 	mu             sync.Mutex
 	cond           sync.Cond
 	be             *pool.Backend
-	reader         bool                            // a server goroutine reads be
-	writing        bool                            // the client goroutine is sending be a message that does not hold it (see attach)
-	pendingBody    int                             // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool                            // ... which are dropped rather than forwarded
-	outstanding    int                             // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool                            // extended-protocol messages sent since the last Sync
-	syncsAfterExec int                             // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              engine.AnswerQueue              // answers due from be
-	stmts          map[string]*engine.Registration // the client's named statements (transaction mode)
-	bstmts         *engine.ServerStatements        // be's prepared statements
-	tx             byte                            // transaction status of the last ReadyForQuery
-	gone           bool                            // the client left; the server goroutine cleans up and releases
+	reader         bool                     // a server goroutine reads be
+	writing        bool                     // the client goroutine is sending be a message that does not hold it (see attach)
+	pendingBody    int                      // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool                     // ... which are dropped rather than forwarded
+	outstanding    int                      // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool                     // extended-protocol messages sent since the last Sync
+	syncsAfterExec int                      // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	q              engine.AnswerQueue       // answers due from be
+	stmts          engine.ClientStatements  // the client's named statements (transaction mode)
+	bstmts         *engine.ServerStatements // be's prepared statements
+	tx             byte                     // transaction status of the last ReadyForQuery
+	gone           bool                     // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
 	state          engine.State // settings and pins (session_state.go)

@@ -69,7 +69,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	ss.mu.Lock()
 	free := ss.be == nil && ss.kill == killNone
 	if again != nil {
-		_, dup := ss.stmts[string(again)]
+		dup := ss.stmts.Has(again)
 		free = free && !dup
 	}
 	ss.mu.Unlock()
@@ -89,7 +89,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 		return false, err
 	}
 	ss.mu.Lock()
-	if _, dup := ss.stmts[string(name)]; dup {
+	if ss.stmts.Has(name) {
 		ss.mu.Unlock()
 		// Written without the lock: a client that does not read must not hold up
 		// anyone who needs it (metrics, SHOW CLIENTS, the leak watcher).
@@ -318,7 +318,7 @@ func (ss *session) sendParse(h wire.Header) error {
 				// Bind in a later transaction on another backend then gets 26000).
 				p.UnnamedParse, p.UnnamedBig = nil, true
 				if !ss.bigUnnamedInFlightLocked() &&
-					ss.stmtBytes+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
+					ss.stmts.Bytes()+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
 					p.UnnamedParse = append([]byte(nil), msg...)
 				}
 			} else {
@@ -348,7 +348,7 @@ func (ss *session) sendParse(h wire.Header) error {
 		return err
 	}
 	ss.mu.Lock()
-	if _, dup := ss.stmts[string(name)]; dup {
+	if ss.stmts.Has(name) {
 		x := &engine.Undo{Replace: wire.AppendError(nil, wire.SeverityError, "42P05",
 			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
 		return ss.failInsteadLocked(x)
@@ -365,16 +365,7 @@ func (ss *session) sendParse(h wire.Header) error {
 
 // registerLocked records the client's name for st. ss.mu is held.
 func (ss *session) registerLocked(name string, st *engine.Statement) *engine.Registration {
-	if ss.stmts == nil {
-		ss.stmts = make(map[string]*engine.Registration)
-	}
-	rg := &engine.Registration{Name: name, Stmt: st, Gen: st.Gen.Load()}
-	if old := ss.stmts[name]; old != nil {
-		ss.stmtBytes -= int64(len(old.Stmt.Key))
-	}
-	ss.stmts[name] = rg
-	ss.stmtBytes += int64(len(st.Key))
-	return rg
+	return ss.stmts.Register(name, st)
 }
 
 // stmtRoomLocked returns nil when the client may register one more statement
@@ -383,13 +374,13 @@ func (ss *session) registerLocked(name string, st *engine.Statement) *engine.Reg
 // (MaxClientStatements) and in bytes (MaxClientStatementBytes, the unnamed
 // statement's replay copy included). ss.mu is held.
 func (ss *session) stmtRoomLocked(n int) []byte {
-	if len(ss.stmts) >= ss.srv.options().MaxClientStatements {
+	if ss.stmts.Len() >= ss.srv.options().MaxClientStatements {
 		ss.noteStmtLimitLocked()
 		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
-			len(ss.stmts)), "Close or DEALLOCATE statements that are no longer used.")
+			ss.stmts.Len()), "Close or DEALLOCATE statements that are no longer used.")
 	}
-	if ss.stmtBytes+int64(len(ss.unnamed))+int64(n) > ss.srv.options().MaxClientStatementBytes {
+	if ss.stmts.Bytes()+int64(len(ss.unnamed))+int64(n) > ss.srv.options().MaxClientStatementBytes {
 		return ss.stmtLimitError(int64(n))
 	}
 	return nil
@@ -407,7 +398,7 @@ func (ss *session) noteStmtLimitLocked() {
 	ss.stmtLimitLogged = true
 	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
 		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
-		"statements", len(ss.stmts), "bytes", ss.stmtBytes,
+		"statements", ss.stmts.Len(), "bytes", ss.stmts.Bytes(),
 		"max_statements", ss.srv.options().MaxClientStatements, "max_bytes", ss.srv.options().MaxClientStatementBytes)
 }
 
@@ -591,7 +582,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
 	ss.mu.Lock()
-	rg := ss.stmts[string(p[ns:ne])]
+	rg := ss.stmts.Get(string(p[ns:ne]))
 	if rg == nil || !ss.track {
 		// Not one of the client's named statements: PostgreSQL answers for it (with
 		// "does not exist" in transaction mode).
@@ -606,7 +597,7 @@ func (ss *session) sendUse(h wire.Header) error {
 			return err
 		}
 		ss.mu.Lock()
-		if ss.stmts[rg.Name] != rg {
+		if ss.stmts.Get(rg.Name) != rg {
 			ss.mu.Unlock()
 			return fmt.Errorf("%w: statement registry changed under a Bind", errProtocol)
 		}
@@ -662,9 +653,8 @@ func (ss *session) sendClose(h wire.Header) error {
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
-			if rg := ss.stmts[string(name)]; rg != nil {
-				delete(ss.stmts, rg.Name)
-				ss.stmtBytes -= int64(len(rg.Stmt.Key))
+			if rg := ss.stmts.Get(string(name)); rg != nil {
+				ss.stmts.Remove(rg)
 				ss.srv.stmts.release(rg.Stmt)
 				x = &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUnregister, Reg: rg}}}
 			}
@@ -683,11 +673,8 @@ func (ss *session) sendClose(h wire.Header) error {
 // releaseStmts drops the client's registrations when it leaves.
 func (ss *session) releaseStmts() {
 	ss.mu.Lock()
-	for _, rg := range ss.stmts {
-		ss.srv.stmts.release(rg.Stmt)
-	}
-	ss.stmts = nil
-	ss.stmtBytes = 0
+	ss.stmts.All(func(rg *engine.Registration) { ss.srv.stmts.release(rg.Stmt) })
+	ss.stmts.Clear()
 	ss.mu.Unlock()
 }
 
@@ -833,11 +820,11 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 		// before get the same error once (stale registration) instead of rows of
 		// another type.
 		gen := p.Stmt.Gen.Add(1)
-		for _, rg := range ss.stmts {
+		ss.stmts.All(func(rg *engine.Registration) {
 			if rg.Stmt == p.Stmt {
 				rg.Gen = gen
 			}
-		}
+		})
 	}
 	if p.Undo != nil && p.Undo.Check != nil && p.Undo.Check.Unconfirmed && !notStatements {
 		// The statement of a Parse answered without a backend does not parse: as
@@ -985,9 +972,7 @@ func (ss *session) popReadyLocked() {
 
 // unregisterLocked drops the client's registration rg if it is still current.
 func (ss *session) unregisterLocked(rg *engine.Registration) {
-	if ss.stmts[rg.Name] == rg {
-		delete(ss.stmts, rg.Name)
-		ss.stmtBytes -= int64(len(rg.Stmt.Key))
+	if ss.stmts.Remove(rg) {
 		ss.srv.stmts.release(rg.Stmt)
 	}
 }
@@ -1000,9 +985,7 @@ func (ss *session) undoLocked(ops []engine.UndoOp) {
 		case engine.UndoRegister:
 			ss.unregisterLocked(op.Reg)
 		case engine.UndoUnregister:
-			if _, taken := ss.stmts[op.Reg.Name]; !taken && ss.stmts != nil {
-				ss.stmts[op.Reg.Name] = op.Reg
-				ss.stmtBytes += int64(len(op.Reg.Stmt.Key))
+			if ss.stmts.Restore(op.Reg) {
 				ss.srv.stmts.acquire(op.Reg.Stmt)
 			}
 		case engine.UndoCached:
@@ -1082,7 +1065,7 @@ func (ss *session) localTagLocked(e *engine.QueryEffect) bool {
 		return false
 	}
 	switch {
-	case e.First == sqlscan.KindDeallocate && ss.stmts[e.Name] != nil && len(ss.sqlNames) == 0:
+	case e.First == sqlscan.KindDeallocate && ss.stmts.Get(e.Name) != nil && len(ss.sqlNames) == 0:
 		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
 	case e.First == sqlscan.KindDeallocateAll && len(ss.sqlNames) == 0:
 		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
@@ -1096,12 +1079,14 @@ func (ss *session) localTagLocked(e *engine.QueryEffect) bool {
 // DEALLOCATE ALL).
 func (ss *session) dropLocked(e *engine.QueryEffect) {
 	if e.First == sqlscan.KindDeallocate {
-		if rg := ss.stmts[e.Name]; rg != nil {
+		if rg := ss.stmts.Get(e.Name); rg != nil {
 			ss.unregisterLocked(rg)
 		}
 		return
 	}
-	for _, rg := range ss.stmts {
+	var all []*engine.Registration
+	ss.stmts.All(func(rg *engine.Registration) { all = append(all, rg) })
+	for _, rg := range all {
 		ss.unregisterLocked(rg)
 	}
 }
