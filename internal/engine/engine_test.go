@@ -168,3 +168,54 @@ func TestClientStatements(t *testing.T) {
 		t.Fatal("Clear")
 	}
 }
+
+func TestServerStatements(t *testing.T) {
+	s := NewServerStatements()
+	a, b, c := &Statement{Name: "a"}, &Statement{Name: "b"}, &Statement{Name: "c"}
+	if usable, present := s.Use(a, 1, 1); usable || present || s.Oldest() != nil {
+		t.Fatal("empty set has a statement")
+	}
+	// a's Parse goes out in batch 1: usable in batch 1, not in batch 2 until answered.
+	s.Add(a, 1, 1)
+	if usable, _ := s.Use(a, 1, 1); !usable {
+		t.Fatal("not usable in the batch of its Parse")
+	}
+	if usable, present := s.Use(a, 1, 2); usable || !present {
+		t.Fatal("usable in a later batch before its Parse was answered")
+	}
+	s.Parsed(a, 1)
+	if usable, _ := s.Use(a, 1, 5); !usable {
+		t.Fatal("not usable after its Parse was answered")
+	}
+	if usable, present := s.Use(a, 2, 5); usable || !present {
+		t.Fatal("a stale generation is usable")
+	}
+	// Least recently used: b, then c used, then a used again: b is the oldest.
+	s.Add(b, 1, 0)
+	s.Add(c, 1, 0)
+	s.Use(c, 1, 9)
+	s.Use(a, 1, 9)
+	if s.Oldest() != b || s.Len() != 3 {
+		t.Fatalf("oldest %v, len %d", s.Oldest().Name, s.Len())
+	}
+	// Forget with a batch drops only that batch's slot.
+	s.Add(b, 1, 7)
+	s.Forget(b, 6)
+	if _, present := s.Use(b, 1, 7); !present {
+		t.Fatal("a later Parse's slot was dropped")
+	}
+	s.Forget(b, 7)
+	if _, present := s.Use(b, 1, 7); present {
+		t.Fatal("Forget(seg) kept its own slot")
+	}
+	// A skipped Close: present, never usable until prepared anew.
+	s.MarkStale(c)
+	if usable, present := s.Use(c, 1, 9); usable || !present {
+		t.Fatal("a stale statement is usable, or forgotten")
+	}
+	n := 0
+	s.All(func(st *Statement) { s.Forget(st, 0); n++ })
+	if n != 2 || s.Len() != 0 {
+		t.Fatalf("All/Forget: %d visited, %d left", n, s.Len())
+	}
+}

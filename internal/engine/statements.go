@@ -52,13 +52,14 @@ func AppendParse(dst []byte, name, body string) []byte {
 	return dst
 }
 
-// ServerStatements is what one server connection has prepared. Only the client
-// holding the connection touches it.
+// ServerStatements is what one server connection has prepared, bounded and
+// least recently used first out. Only the client holding the connection
+// touches it.
 type ServerStatements struct {
-	Slots map[*Statement]StatementSlot
-	Tick  uint64
+	slots map[*Statement]StatementSlot
+	tick  uint64
 	// Dirty: a client ran DISCARD ALL / DEALLOCATE ALL here, which may have dropped
-	// them: close every remembered one before relying on Slots again.
+	// them: close every remembered one before relying on the set again.
 	Dirty bool
 	// Settings are the settings the proxy left on the server connection.
 	Settings Settings
@@ -66,12 +67,85 @@ type ServerStatements struct {
 
 // StatementSlot is one statement a server connection has prepared.
 type StatementSlot struct {
-	Used uint64
-	Gen  uint32
+	Used uint64 // when it was last used, for least-recently-used eviction
+	Gen  uint32 // the statement generation prepared there
 	// Seg is 1 + the number of Syncs the client had sent when the proxy sent the
-	// statement's Parse, until the backend answers it (then 0). A later batch
+	// statement's Parse, until the server answers it (then 0). A later batch
 	// (after a Sync) cannot count on it: an error before it skips it.
 	Seg uint32
+}
+
+// NewServerStatements returns an empty set.
+func NewServerStatements() *ServerStatements {
+	return &ServerStatements{slots: make(map[*Statement]StatementSlot)}
+}
+
+// Len is the number of statements the connection has (or may have).
+func (s *ServerStatements) Len() int { return len(s.slots) }
+
+// All calls fn for every statement remembered; fn may Forget it.
+func (s *ServerStatements) All(fn func(*Statement)) {
+	for st := range s.slots {
+		fn(st)
+	}
+}
+
+// Use looks st up for a use in the client's batch seg (1 + the Syncs it has
+// sent). usable: the connection has st at generation gen, and its Parse was
+// answered or went out in this batch (an error earlier in the batch would
+// skip it); it is marked used then. present: the connection has st in some
+// state (to be closed before it is prepared anew).
+func (s *ServerStatements) Use(st *Statement, gen, seg uint32) (usable, present bool) {
+	s.tick++
+	sl, ok := s.slots[st]
+	if ok && sl.Gen == gen && (sl.Seg == 0 || sl.Seg == seg) {
+		sl.Used = s.tick
+		s.slots[st] = sl
+		return true, true
+	}
+	return false, ok
+}
+
+// Oldest is the least recently used statement, the one to evict; nil when
+// there is none.
+func (s *ServerStatements) Oldest() *Statement {
+	var victim *Statement
+	var oldest uint64
+	for st, sl := range s.slots {
+		if victim == nil || sl.Used < oldest {
+			victim, oldest = st, sl.Used
+		}
+	}
+	return victim
+}
+
+// Add records that st's Parse (generation gen) went out in batch seg.
+func (s *ServerStatements) Add(st *Statement, gen, seg uint32) {
+	s.slots[st] = StatementSlot{Used: s.tick, Gen: gen, Seg: seg}
+}
+
+// Parsed records that the server answered the Parse of st sent in batch seg:
+// later batches can count on it.
+func (s *ServerStatements) Parsed(st *Statement, seg uint32) {
+	if sl, ok := s.slots[st]; ok && sl.Seg == seg {
+		sl.Seg = 0
+		s.slots[st] = sl
+	}
+}
+
+// Forget drops st (closed, or its Parse failed). With seg > 0 it drops st only
+// if the slot is still that batch's: a later Parse of the same statement owns
+// it.
+func (s *ServerStatements) Forget(st *Statement, seg uint32) {
+	if sl, ok := s.slots[st]; ok && (seg == 0 || sl.Seg == seg) {
+		delete(s.slots, st)
+	}
+}
+
+// MarkStale records that st may still be on the connection though its Close
+// was skipped: it is closed before its next use.
+func (s *ServerStatements) MarkStale(st *Statement) {
+	s.slots[st] = StatementSlot{}
 }
 
 // QueryEffect is what a simple Query does to prepared statements.

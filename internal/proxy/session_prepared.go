@@ -204,7 +204,7 @@ func parseQuery(msg []byte) []byte {
 func stmtsOf(be *pool.Backend) *engine.ServerStatements {
 	bs, _ := be.Ext.(*engine.ServerStatements)
 	if bs == nil {
-		bs = &engine.ServerStatements{Slots: make(map[*engine.Statement]engine.StatementSlot)}
+		bs = engine.NewServerStatements()
 		be.Ext = bs
 	}
 	return bs
@@ -420,18 +420,14 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 	bs := ss.bstmts
 	inj := ss.inj[:0]
 	if bs.Dirty {
-		for s := range bs.Slots {
-			inj = ss.closeOnBackendLocked(inj, s)
-		}
+		bs.All(func(s *engine.Statement) { inj = ss.closeOnBackendLocked(inj, s) })
 		bs.Dirty = false
 	}
-	bs.Tick++
 	gen := st.Gen.Load()
-	slot, ok := bs.Slots[st]
 	// Usable: its plans are current, and its Parse was answered or went out after
 	// the client's last Sync (an error before that Sync would skip it).
-	if ok && slot.Gen == gen && (slot.Seg == 0 || slot.Seg == ss.syncs+1) {
-		bs.Slots[st] = engine.StatementSlot{Used: bs.Tick, Gen: gen, Seg: slot.Seg}
+	usable, ok := bs.Use(st, gen, ss.syncs+1)
+	if usable {
 		ss.srv.prep.hits.Add(1)
 		if parse {
 			// The backend has it: the client's ParseComplete is that of the same
@@ -453,15 +449,8 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 		// may still skip: prepare it anew, closed first in case it is there.
 		inj = ss.closeOnBackendLocked(inj, st)
 	}
-	for len(bs.Slots) >= ss.srv.options().MaxPreparedStatements {
-		var victim *engine.Statement
-		var oldest uint64
-		for s, sl := range bs.Slots {
-			if victim == nil || sl.Used < oldest {
-				victim, oldest = s, sl.Used
-			}
-		}
-		inj = ss.closeOnBackendLocked(inj, victim)
+	for bs.Len() >= ss.srv.options().MaxPreparedStatements {
+		inj = ss.closeOnBackendLocked(inj, bs.Oldest())
 		ss.srv.prep.evictions.Add(1)
 	}
 	inj = append(inj, st.Parse...)
@@ -476,7 +465,7 @@ func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
 		x.Check = rg
 	}
 	ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: act, Undo: x})
-	bs.Slots[st] = engine.StatementSlot{Used: bs.Tick, Gen: gen, Seg: ss.syncs + 1}
+	bs.Add(st, gen, ss.syncs+1)
 	ss.srv.prep.serverParses.Add(1)
 	ss.inj = inj
 	return inj
@@ -499,7 +488,7 @@ func (ss *session) failInsteadLocked(x *engine.Undo) error {
 func (ss *session) closeOnBackendLocked(inj []byte, s *engine.Statement) []byte {
 	inj = wire.AppendClose(inj, 'S', s.Name)
 	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Action: engine.Swallow, Undo: &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUncached, Stmt: s}}}})
-	delete(ss.bstmts.Slots, s)
+	ss.bstmts.Forget(s, 0)
 	return inj
 }
 
@@ -742,10 +731,7 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 		// The backend has the statement now, whatever comes after.
 		for _, op := range p.Undo.Ops {
 			if op.Kind == engine.UndoCached {
-				if sl, ok := ss.bstmts.Slots[op.Stmt]; ok && sl.Seg == op.Seg {
-					sl.Seg = 0
-					ss.bstmts.Slots[op.Stmt] = sl
-				}
+				ss.bstmts.Parsed(op.Stmt, op.Seg)
 			}
 		}
 	}
@@ -990,14 +976,12 @@ func (ss *session) undoLocked(ops []engine.UndoOp) {
 			}
 		case engine.UndoCached:
 			if ss.bstmts != nil {
-				if sl, ok := ss.bstmts.Slots[op.Stmt]; ok && (op.Seg == 0 || sl.Seg == op.Seg) {
-					delete(ss.bstmts.Slots, op.Stmt)
-				}
+				ss.bstmts.Forget(op.Stmt, op.Seg)
 			}
 		case engine.UndoUncached:
 			if ss.bstmts != nil {
 				// Maybe still there: remembered as stale, closed before next use.
-				ss.bstmts.Slots[op.Stmt] = engine.StatementSlot{}
+				ss.bstmts.MarkStale(op.Stmt)
 			}
 		}
 	}
