@@ -13,14 +13,15 @@
 // [Effect], what a statement does to session state (settings to
 // read back, resets, what pins a client, refusals); [QueryEffect] and
 // [ClassifyQuery], what a simple Query does to prepared statements; the
-// statement types of the registry ([Statement], a client's [Registration] and
+// [StatementRegistry] that interns statements ([Statement]), a client's [Registration] and
 // its [ClientStatements] with their byte count, a server connection's
 // [ServerStatements]); and the settings tracker's pieces
 // ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries). The
 // registry's bookkeeping and the routing of answers through the queue follow.
 //
-// The interning of statements shared by every client stays outside, behind a
-// lock of its caller: Statement.Refs is counted under it.
+// The [StatementRegistry] is shared by every client: it takes no lock itself,
+// and its caller serialises its use (Statement.Refs is counted under that
+// lock).
 //
 // It imports internal/wire (framing, the messages it writes), internal/sqlscan
 // (statement classification) and the standard library, never internal/proxy,

@@ -219,3 +219,38 @@ func TestServerStatements(t *testing.T) {
 		t.Fatalf("All/Forget: %d visited, %d left", n, s.Len())
 	}
 }
+
+func TestStatementRegistry(t *testing.T) {
+	var r StatementRegistry
+	body := []byte("SELECT $1\x00\x00\x01\x00\x00\x00\x17")
+	a := r.Intern(body)
+	if a.Refs != 1 || a.Gen.Load() != 1 || !strings.HasPrefix(a.Name, StatementPrefix) || a.Effect != nil {
+		t.Fatalf("interned %+v", a)
+	}
+	if string(a.Parse) != string(AppendParse(nil, a.Name, string(body))) {
+		t.Fatal("the server Parse is not the client's body under the server name")
+	}
+	if b := r.Intern(body); b != a || a.Refs != 2 || r.Len() != 1 {
+		t.Fatal("the same text interned twice")
+	}
+	other := r.Intern([]byte("LISTEN x\x00\x00\x00"))
+	if other == a || other.Name == a.Name || other.Effect == nil || other.Effect.Pin != "listen" {
+		t.Fatalf("second statement %+v", other)
+	}
+	r.Release(a)
+	r.Release(a)
+	if r.Len() != 1 || a.Refs != 0 {
+		t.Fatalf("released statement kept: len %d refs %d", r.Len(), a.Refs)
+	}
+	// An undone Close brings it back under its old name.
+	r.Acquire(a)
+	if r.Len() != 2 || r.Intern(body) != a {
+		t.Fatal("Acquire did not bring the statement back")
+	}
+	// Server-side names are never reused.
+	r.Release(a)
+	r.Release(a)
+	if c := r.Intern(body); c == a || c.Name == a.Name || c.Name == other.Name {
+		t.Fatalf("a name was reused: %s", c.Name)
+	}
+}

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
@@ -264,3 +266,58 @@ func (c *ClientStatements) All(fn func(*Registration)) {
 func (c *ClientStatements) Clear() {
 	c.byName, c.bytes = nil, 0
 }
+
+// StatementRegistry interns statements: one *Statement per distinct query text
+// and parameter types among the clients connected now, each with a server-side
+// name of its own. It is not safe for concurrent use: shared by every client,
+// it is used under its caller's lock.
+type StatementRegistry struct {
+	byKey map[string]*Statement
+	seq   uint64
+}
+
+// Intern returns the statement for a client Parse's body after the statement
+// name (query and parameter types), counting one more registration.
+func (r *StatementRegistry) Intern(body []byte) *Statement {
+	if st, ok := r.byKey[string(body)]; ok {
+		st.Refs++
+		return st
+	}
+	if r.byKey == nil {
+		r.byKey = make(map[string]*Statement)
+	}
+	r.seq++
+	st := &Statement{Name: StatementPrefix + strconv.FormatUint(r.seq, 36), Key: string(body), Refs: 1}
+	if i := bytes.IndexByte(body, 0); i >= 0 {
+		if e := ClassifyQuery(body[:i]).State; e.Changes() {
+			st.Effect = &e
+		}
+	}
+	st.Gen.Store(1)
+	st.Parse = AppendParse(make([]byte, 0, 5+len(st.Name)+1+len(body)), st.Name, st.Key)
+	r.byKey[st.Key] = st
+	return st
+}
+
+// Acquire counts one more registration of st (an undone Close).
+func (r *StatementRegistry) Acquire(st *Statement) {
+	st.Refs++
+	if r.byKey == nil {
+		r.byKey = make(map[string]*Statement)
+	}
+	if _, ok := r.byKey[st.Key]; !ok {
+		r.byKey[st.Key] = st
+	}
+}
+
+// Release drops one registration; a statement no client has any more leaves
+// the registry (server connections keep it until evicted).
+func (r *StatementRegistry) Release(st *Statement) {
+	st.Refs--
+	if st.Refs <= 0 && r.byKey[st.Key] == st {
+		delete(r.byKey, st.Key)
+	}
+}
+
+// Len is the number of interned statements.
+func (r *StatementRegistry) Len() int { return len(r.byKey) }

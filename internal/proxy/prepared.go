@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -25,65 +23,35 @@ import (
 // the client sees exactly the answers to what it sent, in the protocol's order, and
 // registry changes of messages the backend skipped after an error are undone.
 
-// stmtRegistry interns statements: one *stmt per distinct query text and parameter
-// types among the clients connected now.
+// stmtRegistry is the engine's StatementRegistry, shared by every client,
+// behind the lock the engine does not take.
 type stmtRegistry struct {
-	mu    sync.Mutex
-	byKey map[string]*engine.Statement
-	seq   uint64
+	mu sync.Mutex
+	r  engine.StatementRegistry
 }
 
-// intern returns the statement for the Parse body after the name, counting one
-// more registration.
 func (r *stmtRegistry) intern(body []byte) *engine.Statement {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st, ok := r.byKey[string(body)]; ok {
-		st.Refs++
-		return st
-	}
-	if r.byKey == nil {
-		r.byKey = make(map[string]*engine.Statement)
-	}
-	r.seq++
-	st := &engine.Statement{Name: engine.StatementPrefix + strconv.FormatUint(r.seq, 36), Key: string(body), Refs: 1}
-	if i := bytes.IndexByte(body, 0); i >= 0 {
-		if e := engine.ClassifyQuery(body[:i]).State; e.Changes() {
-			st.Effect = &e
-		}
-	}
-	st.Gen.Store(1)
-	st.Parse = engine.AppendParse(make([]byte, 0, 5+len(st.Name)+1+len(body)), st.Name, st.Key)
-	r.byKey[st.Key] = st
-	return st
+	return r.r.Intern(body)
 }
 
-// acquire counts one more registration of st (an undone Close).
 func (r *stmtRegistry) acquire(st *engine.Statement) {
 	r.mu.Lock()
-	st.Refs++
-	if _, ok := r.byKey[st.Key]; !ok {
-		r.byKey[st.Key] = st
-	}
+	r.r.Acquire(st)
 	r.mu.Unlock()
 }
 
-// release drops one registration; a statement no client has any more leaves the
-// registry (backends keep it until evicted).
 func (r *stmtRegistry) release(st *engine.Statement) {
 	r.mu.Lock()
-	st.Refs--
-	if st.Refs <= 0 && r.byKey[st.Key] == st {
-		delete(r.byKey, st.Key)
-	}
+	r.r.Release(st)
 	r.mu.Unlock()
 }
 
-// len is the number of interned statements.
 func (r *stmtRegistry) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.byKey)
+	return r.r.Len()
 }
 
 // PreparedStats counts the work of the prepared-statement layer.
