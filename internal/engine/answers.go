@@ -1,5 +1,7 @@
 package engine
 
+import "github.com/pgsidecar/pgsidecar/internal/wire"
+
 // The answer queue (docs/design.md section 5): every message sent to a server
 // connection that gets an answer is queued with what to do with that answer
 // (forward it, swallow it because the proxy sent the message, replace it), so
@@ -20,6 +22,25 @@ const (
 	ExpectSync
 	ExpectQuery // a simple Query or FunctionCall: answered up to its ReadyForQuery
 )
+
+// AnsweredBy reports whether a server message of type t completes the answer
+// to a message of kind k. (A simple Query's answer ends with its
+// ReadyForQuery, which the caller counts.)
+func (k Expected) AnsweredBy(t byte) bool {
+	switch t {
+	case wire.MsgParseComplete:
+		return k == ExpectParse
+	case wire.MsgBindComplete:
+		return k == ExpectBind
+	case wire.MsgCloseComplete:
+		return k == ExpectClose
+	case wire.MsgRowDescription, wire.MsgNoData:
+		return k == ExpectDescribeStatement || k == ExpectDescribePortal
+	case wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
+		return k == ExpectExecute
+	}
+	return false
+}
 
 // Action is what happens to an answer.
 type Action uint8

@@ -1,6 +1,11 @@
 package engine
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
 
 func TestAnswerQueue(t *testing.T) {
 	var q AnswerQueue
@@ -78,5 +83,29 @@ func TestAnswerQueueAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per batch in steady state", allocs)
+	}
+}
+
+func TestAnsweredBy(t *testing.T) {
+	cases := map[Expected][]byte{
+		ExpectParse:             {wire.MsgParseComplete},
+		ExpectBind:              {wire.MsgBindComplete},
+		ExpectClose:             {wire.MsgCloseComplete},
+		ExpectDescribeStatement: {wire.MsgRowDescription, wire.MsgNoData},
+		ExpectDescribePortal:    {wire.MsgRowDescription, wire.MsgNoData},
+		ExpectExecute:           {wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended},
+		ExpectSync:              {},
+		ExpectQuery:             {},
+	}
+	all := []byte{wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
+		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended, wire.MsgDataRow,
+		wire.MsgReadyForQuery, wire.MsgErrorResponse, wire.MsgNotification}
+	for k, yes := range cases {
+		for _, m := range all {
+			want := bytes.IndexByte(yes, m) >= 0
+			if got := k.AnsweredBy(m); got != want {
+				t.Errorf("kind %d, message %q: %v, want %v", k, m, got, want)
+			}
+		}
 	}
 }

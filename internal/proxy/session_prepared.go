@@ -712,7 +712,7 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 		// The empty query that stands in for a statement the proxy answered.
 		return engine.Replace, p.Undo.Replace
 	}
-	if !answers(h.Type, p.Kind) {
+	if !p.Kind.AnsweredBy(h.Type) {
 		// Part of a simple query's answer (or an answer nothing waits for).
 		return engine.Forward, nil
 	}
@@ -738,24 +738,6 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 	ss.q.Pop()
 	ss.answersDrainedLocked()
 	return act, repl
-}
-
-// answers reports whether a backend message of type t completes the answer to a
-// message of kind k.
-func answers(t byte, k engine.Expected) bool {
-	switch t {
-	case wire.MsgParseComplete:
-		return k == engine.ExpectParse
-	case wire.MsgBindComplete:
-		return k == engine.ExpectBind
-	case wire.MsgCloseComplete:
-		return k == engine.ExpectClose
-	case wire.MsgRowDescription, wire.MsgNoData:
-		return k == engine.ExpectDescribeStatement || k == engine.ExpectDescribePortal
-	case wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
-		return k == engine.ExpectExecute
-	}
-	return false
 }
 
 // routeError handles an ErrorResponse: in the extended protocol the backend skips
