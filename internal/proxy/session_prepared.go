@@ -744,45 +744,23 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 // everything up to the next Sync, so what the failed message and the skipped ones
 // changed in the registries is taken back.
 func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
-	var cachedPlan bool
-	// notStatements: the error says nothing about the failed message's statement.
-	notStatements := false
-	abortedTx := false // the backend refused the message: the transaction had failed
-	var msg []byte
-	if h.Len < 4096 { // errors the proxy looks at are short
-		var err error
-		if msg, err = wire.PeekMessage(r, h); err == nil {
-			f := wire.ParseError(msg[wire.HeaderLen:])
-			if f.Severity == wire.SeverityFatal || f.Severity == "PANIC" {
-				ss.fatalForwarded.Store(true)
-			}
-			cachedPlan = f.Code == wire.CodeFeatureNotSupported && f.Message == "cached plan must not change result type"
-			notStatements = notAboutStatement(f.Code)
-			abortedTx = f.Code == "25P02"
+	var e engine.ServerError
+	if h.Len < engine.MaxErrorInspect { // a long one is not read: forwarded as it is
+		if msg, err := wire.PeekMessage(r, h); err == nil {
+			e = engine.ReadServerError(msg)
 		}
+	}
+	if e.Fatal {
+		ss.fatalForwarded.Store(true)
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	p := ss.q.Front()
-	if p != nil && p.Kind == engine.ExpectQuery && p.Action == engine.Replace && p.Undo != nil {
-		return engine.Replace, p.Undo.Replace // a refused statement
+	act, repl, skip := engine.ErrorAnswer(p, e)
+	if !skip {
+		return act, repl
 	}
-	if p == nil || p.Kind == engine.ExpectSync || p.Kind == engine.ExpectQuery {
-		return engine.Forward, nil
-	}
-	act, repl := engine.Forward, []byte(nil)
-	if p.Action == engine.Replace && (!abortedTx || p.Undo.BeforeAbort) {
-		act, repl = engine.Replace, p.Undo.Replace
-	} else if p.Action == engine.Replace {
-		// failParse in a failed transaction: PostgreSQL's 25P02 stands.
-	} else if p.Reg != nil && p.Stmt != nil && msg != nil && p.Reg.Name != p.Stmt.Name {
-		// The backend knows the statement by the proxy's name: the client gets an
-		// error that names it by its own.
-		if m := wire.RewriteErrorText(msg, `"`+p.Stmt.Name+`"`, `"`+p.Reg.Name+`"`); m != nil {
-			act, repl = engine.Replace, m
-		}
-	}
-	if cachedPlan && p.Stmt != nil {
+	if e.CachedPlan && p.Stmt != nil {
 		// Its plans are stale on every backend: each prepares it anew on next use,
 		// so the client's next execution works. Other clients that prepared it
 		// before get the same error once (stale registration) instead of rows of
@@ -794,7 +772,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 			}
 		})
 	}
-	if p.Undo != nil && p.Undo.Check != nil && p.Undo.Check.Unconfirmed && !notStatements {
+	if p.Undo != nil && p.Undo.Check != nil && p.Undo.Check.Unconfirmed && !e.NotAboutStatement {
 		// The statement of a Parse answered without a backend does not parse: as
 		// with PostgreSQL, the name does not exist. (Refused because the
 		// transaction had failed, the statement is still the client's: PostgreSQL
@@ -802,10 +780,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 		ss.unregisterLocked(p.Undo.Check)
 	}
 	ss.unnamedFailedLocked(p, p.Kind == engine.ExpectClose) // a Close that failed closed nothing
-	end := 0
-	for end < ss.q.Len() && ss.q.At(end).Kind != engine.ExpectSync {
-		end++
-	}
+	end := ss.q.SkippedBySync()
 	for i := end - 1; i >= 0; i-- {
 		e := ss.q.At(i)
 		if e.Undo != nil {
@@ -899,23 +874,6 @@ func (ss *session) spareUnnamedLocked(b []byte) {
 	if b != nil && ss.unnamedSpare == nil && cap(b) <= 64*1024 {
 		ss.unnamedSpare = b[:0]
 	}
-}
-
-// notAboutStatement reports whether an error with SQLSTATE code refused a message
-// for a reason other than its statement: a failed transaction (25P02) or a
-// condition of the server or the connection (classes 08, 53, 57, 58, XX).
-func notAboutStatement(code string) bool {
-	if code == "25P02" {
-		return true
-	}
-	if len(code) != 5 {
-		return false
-	}
-	switch code[:2] {
-	case "08", "53", "57", "58", "XX":
-		return true
-	}
-	return false
 }
 
 // popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
