@@ -42,6 +42,30 @@ func (k Expected) AnsweredBy(t byte) bool {
 	return false
 }
 
+// Answer matches a server message of type t (other than ErrorResponse, see
+// ErrorAnswer) against the oldest pending answer p. act and repl say what the
+// client gets; done says t completes p, which the caller pops once it has
+// recorded what the answer confirms (a statement now parsed, the unnamed
+// statement now the client's).
+func (q *AnswerQueue) Answer(t byte) (p *Pending, act Action, repl []byte, done bool) {
+	p = q.Front()
+	if p == nil {
+		return nil, Forward, nil, false
+	}
+	if t == wire.MsgEmptyQuery && p.Kind == ExpectQuery && p.Action == Replace {
+		// The empty query that stands in for a statement the proxy answered.
+		return p, Replace, p.Undo.Replace, false
+	}
+	if !p.Kind.AnsweredBy(t) {
+		// Part of a simple query's answer (or an answer nothing waits for).
+		return p, Forward, nil, false
+	}
+	if p.Action == Replace {
+		repl = p.Undo.Replace
+	}
+	return p, p.Action, repl, true
+}
+
 // Action is what happens to an answer.
 type Action uint8
 

@@ -109,3 +109,28 @@ func TestAnsweredBy(t *testing.T) {
 		}
 	}
 }
+
+func TestAnswer(t *testing.T) {
+	var q AnswerQueue
+	if p, act, _, done := q.Answer(wire.MsgParseComplete); p != nil || act != Forward || done {
+		t.Fatal("an answer matched an empty queue")
+	}
+	q.Push(Pending{Kind: ExpectParse, Action: Swallow})
+	q.Push(Pending{Kind: ExpectBind, Action: Replace, Undo: &Undo{Replace: []byte("r")}})
+	q.Push(Pending{Kind: ExpectQuery, Action: Replace, Undo: &Undo{Replace: []byte("tag")}})
+	if _, act, _, done := q.Answer(wire.MsgDataRow); act != Forward || done {
+		t.Fatal("a DataRow completed a Parse")
+	}
+	if _, act, _, done := q.Answer(wire.MsgParseComplete); act != Swallow || !done {
+		t.Fatal("ParseComplete of the proxy's Parse not swallowed")
+	}
+	q.Pop()
+	if _, act, repl, done := q.Answer(wire.MsgBindComplete); act != Replace || string(repl) != "r" || !done {
+		t.Fatal("BindComplete not replaced")
+	}
+	q.Pop()
+	// The empty query standing in for a statement the proxy answered itself.
+	if _, act, repl, done := q.Answer(wire.MsgEmptyQuery); act != Replace || string(repl) != "tag" || done {
+		t.Fatalf("stand-in empty query: %v %q %v", act, repl, done)
+	}
+}

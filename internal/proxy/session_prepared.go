@@ -704,22 +704,9 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.q.Front()
-	if p == nil {
-		return engine.Forward, nil
-	}
-	if h.Type == wire.MsgEmptyQuery && p.Kind == engine.ExpectQuery && p.Action == engine.Replace {
-		// The empty query that stands in for a statement the proxy answered.
-		return engine.Replace, p.Undo.Replace
-	}
-	if !p.Kind.AnsweredBy(h.Type) {
-		// Part of a simple query's answer (or an answer nothing waits for).
-		return engine.Forward, nil
-	}
-	act := p.Action
-	var repl []byte
-	if act == engine.Replace {
-		repl = p.Undo.Replace
+	p, act, repl, done := ss.q.Answer(h.Type)
+	if !done {
+		return act, repl
 	}
 	if p.Undo != nil && p.Undo.Check != nil {
 		p.Undo.Check.Unconfirmed = false // its statement is valid after all
