@@ -134,3 +134,65 @@ func TestAnswer(t *testing.T) {
 		t.Fatalf("stand-in empty query: %v %q %v", act, repl, done)
 	}
 }
+
+func TestUnnamed(t *testing.T) {
+	var u Unnamed
+	parse := func(b string) *Pending {
+		u.Flight++
+		return &Pending{Kind: ExpectParse, Unnamed: UnnamedOwn, UnnamedParse: []byte(b), Epoch: u.Epoch}
+	}
+	// An answered Parse becomes the client's unnamed statement, here and valid.
+	p := parse("P1")
+	u.Answered(p)
+	if string(u.Parse) != "P1" || !u.Valid || !u.Here || u.Flight != 0 || p.UnnamedParse != nil {
+		t.Fatalf("after answer: %+v", u)
+	}
+	// A simple query in between drops it: the old Parse's answer no longer counts.
+	p = parse("P2")
+	u.Dropped()
+	u.Answered(p)
+	if string(u.Parse) != "P1" || u.Valid || u.Here {
+		t.Fatalf("answer after a drop: %+v", u)
+	}
+	// A failed Parse leaves none; a skipped one leaves it as it was.
+	u.Answered(parse("P3"))
+	u.Failed(parse("P4"), true)
+	if !u.Valid || string(u.Parse) != "P3" {
+		t.Fatalf("skipped Parse changed it: %+v", u)
+	}
+	u.Failed(parse("P5"), false)
+	if u.Valid || u.Here || u.Flight != 0 {
+		t.Fatalf("failed Parse left it: %+v", u)
+	}
+	// A failed replay leaves the server's unknown.
+	u.Here = true
+	u.Failed(&Pending{Unnamed: UnnamedReplay}, false)
+	if u.Here {
+		t.Fatal("failed replay left it here")
+	}
+	// A big Parse without a copy is usable only where it is.
+	u.Flight++
+	u.Answered(&Pending{Unnamed: UnnamedOwn, UnnamedBig: true, Epoch: u.Epoch})
+	if u.Parse != nil || u.Valid || !u.Here {
+		t.Fatalf("big Parse: %+v", u)
+	}
+	// Spare buffers: small ones are kept once, large ones never.
+	u.Spare = nil
+	u.KeepSpare(make([]byte, 10, maxSpareUnnamed+1))
+	if u.Spare != nil {
+		t.Fatal("kept a large spare")
+	}
+	u.KeepSpare(make([]byte, 10))
+	if u.Spare == nil || len(u.Spare) != 0 {
+		t.Fatal("small spare not kept empty")
+	}
+	var q AnswerQueue
+	q.Push(Pending{UnnamedBig: true})
+	if q.BigInFlight() {
+		t.Fatal("a big Parse without a copy counts as in flight")
+	}
+	q.Push(Pending{UnnamedBig: true, UnnamedParse: []byte("x")})
+	if !q.BigInFlight() {
+		t.Fatal("a big Parse with its copy not in flight")
+	}
+}

@@ -124,13 +124,7 @@ type session struct {
 	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
-	unnamed        []byte                 // the client's last answered Parse of the unnamed statement
-	unnamedValid   bool                   // ... which PostgreSQL holds for it
-	unnamedHere    bool                   // ... and which the attached backend has
-	unnamedNext    []byte                 // the client goroutine reads the next one here
-	unnamedSpare   []byte                 // a buffer for the one after
-	unnamedFlight  int                    // the client's Parses and Closes of it not yet answered
-	unnamedEpoch   uint32                 // grows when a simple query drops it
+	un             engine.Unnamed         // the client's unnamed statement (engine/unnamed.go)
 	syncs          uint32                 // Syncs sent (under mu): see stmtSlot.seg
 	owed           []*engine.Registration // named Parses taken without a backend, not answered yet
 	held           []byte                 // a client message too big for r, read whole and not yet sent
@@ -920,8 +914,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
 		ss.resetQueueLocked()
 		ss.bstmts = stmtsOf(be)
-		ss.unnamedHere = false
-		ss.unnamedFlight = 0
+		ss.un.Here = false
+		ss.un.Flight = 0
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)

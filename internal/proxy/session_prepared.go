@@ -222,7 +222,7 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 		return ss.sendClose(h)
 	case wire.MsgQuery:
 		ss.mu.Lock()
-		ss.droppedUnnamedLocked()
+		ss.un.Dropped()
 		ss.mu.Unlock()
 	case wire.MsgExecute:
 		if ss.execFixup != nil {
@@ -282,7 +282,7 @@ func (ss *session) sendParse(h wire.Header) error {
 		var e engine.QueryEffect
 		if unnamed {
 			// Kept, so that a Bind in a later batch can find it on any backend.
-			if msg, err = ss.readInto(&ss.unnamedNext, h); err != nil {
+			if msg, err = ss.readInto(&ss.un.Next, h); err != nil {
 				return err
 			}
 			ss.unnamedTag = nil
@@ -309,20 +309,20 @@ func (ss *session) sendParse(h wire.Header) error {
 			ss.noteStmtLocked(parseQuery(msg))
 		}
 		if unnamed {
-			ss.unnamedFlight++
-			p := engine.Pending{Kind: engine.ExpectParse, Unnamed: engine.UnnamedOwn, Epoch: ss.unnamedEpoch, UnnamedParse: msg}
+			ss.un.Flight++
+			p := engine.Pending{Kind: engine.ExpectParse, Unnamed: engine.UnnamedOwn, Epoch: ss.un.Epoch, UnnamedParse: msg}
 			if ss.big != nil && 1+h.Len > ss.r.Size() {
 				// msg is in the message budget's buffer, released before the next
 				// message: the replay copy is the heap's, within the client's
 				// statement bytes and one in flight at a time, or there is none (a
 				// Bind in a later transaction on another backend then gets 26000).
 				p.UnnamedParse, p.UnnamedBig = nil, true
-				if !ss.bigUnnamedInFlightLocked() &&
-					ss.stmts.Bytes()+int64(len(ss.unnamed))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
+				if !ss.q.BigInFlight() &&
+					ss.stmts.Bytes()+int64(len(ss.un.Parse))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
 					p.UnnamedParse = append([]byte(nil), msg...)
 				}
 			} else {
-				ss.unnamedNext, ss.unnamedSpare = ss.unnamedSpare, nil // msg is the entry's now
+				ss.un.Next, ss.un.Spare = ss.un.Spare, nil // msg is the entry's now
 			}
 			ss.q.Push(p)
 		} else {
@@ -380,7 +380,7 @@ func (ss *session) stmtRoomLocked(n int) []byte {
 			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
 			ss.stmts.Len()), "Close or DEALLOCATE statements that are no longer used.")
 	}
-	if ss.stmts.Bytes()+int64(len(ss.unnamed))+int64(n) > ss.srv.options().MaxClientStatementBytes {
+	if ss.stmts.Bytes()+int64(len(ss.un.Parse))+int64(n) > ss.srv.options().MaxClientStatementBytes {
 		return ss.stmtLimitError(int64(n))
 	}
 	return nil
@@ -547,12 +547,12 @@ func (ss *session) sendUse(h wire.Header) error {
 			}
 		}
 		ss.mu.Lock()
-		replay := ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0
-		u := ss.unnamed
+		replay := ss.un.Valid && !ss.un.Here && ss.un.Flight == 0
+		u := ss.un.Parse
 		if replay {
 			ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Swallow, Unnamed: engine.UnnamedReplay})
-			ss.unnamedHere = true
-		} else if !ss.unnamedValid && !ss.unnamedHere && ss.unnamedFlight == 0 && ss.pooled {
+			ss.un.Here = true
+		} else if !ss.un.Valid && !ss.un.Here && ss.un.Flight == 0 && ss.pooled {
 			// The client has no unnamed statement, but the backend may hold another
 			// client's: answer as PostgreSQL would for this client, and make the
 			// backend skip to the Sync.
@@ -652,9 +652,9 @@ func (ss *session) sendClose(h wire.Header) error {
 	}
 	ss.mu.Lock()
 	if un != 0 {
-		ss.unnamedFlight++
+		ss.un.Flight++
 	}
-	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Undo: x, Unnamed: un, Epoch: ss.unnamedEpoch})
+	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Undo: x, Unnamed: un, Epoch: ss.un.Epoch})
 	ss.mu.Unlock()
 	return wire.Forward(ss.bw, ss.r, 1+h.Len)
 }
@@ -712,7 +712,7 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 		p.Undo.Check.Unconfirmed = false // its statement is valid after all
 	}
 	if p.Unnamed == engine.UnnamedOwn {
-		ss.unnamedAnsweredLocked(p)
+		ss.un.Answered(p)
 	}
 	if p.Kind == engine.ExpectParse && p.Undo != nil && ss.bstmts != nil {
 		// The backend has the statement now, whatever comes after.
@@ -766,7 +766,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 		// parsed it back when the client sent it.)
 		ss.unregisterLocked(p.Undo.Check)
 	}
-	ss.unnamedFailedLocked(p, p.Kind == engine.ExpectClose) // a Close that failed closed nothing
+	ss.un.Failed(p, p.Kind == engine.ExpectClose) // a Close that failed closed nothing
 	end := ss.q.SkippedBySync()
 	for i := end - 1; i >= 0; i-- {
 		e := ss.q.At(i)
@@ -774,7 +774,7 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 			ss.undoLocked(e.Undo.Ops)
 		}
 		if i > 0 {
-			ss.unnamedFailedLocked(e, true)
+			ss.un.Failed(e, true)
 		}
 		if i > 0 && e.Kind == engine.ExpectQuery {
 			ss.outstanding-- // skipped: no ReadyForQuery comes for it
@@ -791,77 +791,6 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 // statement it does not have.
 var errNoUnnamed = &engine.Undo{BeforeAbort: true, Replace: wire.AppendError(nil, wire.SeverityError, "26000",
 	"unnamed prepared statement does not exist", "")}
-
-// droppedUnnamedLocked accounts for a simple query, which drops the unnamed
-// statement: answers to earlier Parses of it no longer make it the client's.
-// ss.mu is held.
-func (ss *session) droppedUnnamedLocked() {
-	ss.unnamedEpoch++
-	ss.unnamedValid, ss.unnamedHere = false, false
-}
-
-// unnamedAnsweredLocked accounts for the answer to the client's Parse (p.ubuf)
-// or Close of the unnamed statement: the statement is now that one, or none.
-// ss.mu is held.
-func (ss *session) unnamedAnsweredLocked(p *engine.Pending) {
-	ss.unnamedFlight--
-	if p.Epoch != ss.unnamedEpoch {
-		ss.spareUnnamedLocked(p.UnnamedParse)
-		return
-	}
-	if p.UnnamedParse == nil && p.UnnamedBig {
-		// A large statement kept without a replay copy: usable where it is.
-		ss.unnamed = nil
-		ss.unnamedValid, ss.unnamedHere = false, true
-		return
-	}
-	if p.UnnamedParse == nil {
-		ss.unnamedValid, ss.unnamedHere = false, false
-		return
-	}
-	ss.spareUnnamedLocked(ss.unnamed)
-	ss.unnamed, p.UnnamedParse = p.UnnamedParse, nil
-	ss.unnamedValid, ss.unnamedHere = true, true
-}
-
-// unnamedFailedLocked accounts for a message of p's kind that failed or, with
-// skipped, was skipped after an earlier error (it may be no Parse or Close of the
-// unnamed statement: then nothing happens). PostgreSQL drops its unnamed
-// statement before it parses a new one, so a failed Parse leaves none; a skipped
-// one leaves it as it was. A replay that did not succeed leaves the backend's
-// unknown: it is replayed again. ss.mu is held.
-func (ss *session) unnamedFailedLocked(p *engine.Pending, skipped bool) {
-	switch p.Unnamed {
-	case engine.UnnamedOwn:
-		ss.unnamedFlight--
-		if !skipped && (p.UnnamedParse != nil || p.UnnamedBig) && p.Epoch == ss.unnamedEpoch {
-			ss.unnamedValid, ss.unnamedHere = false, false
-		}
-		ss.spareUnnamedLocked(p.UnnamedParse)
-		p.UnnamedParse = nil
-	case engine.UnnamedReplay:
-		ss.unnamedHere = false
-	}
-}
-
-// bigUnnamedInFlightLocked reports whether a large Parse of the unnamed
-// statement (one read through the message budget) awaits its answer. ss.mu is
-// held.
-func (ss *session) bigUnnamedInFlightLocked() bool {
-	for i := 0; i < ss.q.Len(); i++ {
-		if p := ss.q.At(i); p.UnnamedBig && p.UnnamedParse != nil {
-			return true
-		}
-	}
-	return false
-}
-
-// spareUnnamedLocked keeps b for reading a later Parse of the unnamed statement.
-func (ss *session) spareUnnamedLocked(b []byte) {
-	if b != nil && ss.unnamedSpare == nil && cap(b) <= 64*1024 {
-		ss.unnamedSpare = b[:0]
-	}
-}
 
 // popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
 func (ss *session) popReadyLocked() {
@@ -1009,7 +938,7 @@ func (ss *session) dropLocked(e *engine.QueryEffect) {
 // proxy's on the backend.
 func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	ss.mu.Lock()
-	ss.droppedUnnamedLocked()
+	ss.un.Dropped()
 	if ss.held != nil {
 		ss.noteStmtLocked(ss.held[wire.HeaderLen:])
 	} else if p, err := ss.r.Peek(min(1+h.Len, wire.HeaderLen+len(ss.lastStmt))); err == nil {
