@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"maps"
 	"slices"
 	"strings"
@@ -31,6 +32,9 @@ type State struct {
 	// statement may have removed what pins it, so ask the server.
 	Pin                               string
 	PinListen, PinPermanent, PinCheck bool
+	// SQLNames are the statements of the client's SQL PREPAREs: they live on
+	// its server connection only, so they pin it (reason "sql_prepare").
+	SQLNames map[string]struct{}
 }
 
 // Init records the client's startup parameters (and the "-c" items of its
@@ -304,7 +308,58 @@ func (s *State) FinishProbe(p StateProbe, row [][]byte, server *Settings) (serve
 	}
 	if p.check && string(row[len(row)-1]) == "0" {
 		s.Pin, s.PinListen = "", false
+		s.SQLNames = nil
 		unpinned = true
 	}
 	return serverKey, keyChanged, unpinned, nil
+}
+
+// LocalDeallocate reports whether the proxy answers e itself: a lone
+// DEALLOCATE of one of the client's protocol-level statements (known says
+// the client has one by that name), or DEALLOCATE ALL, while the client has no
+// SQL PREPAREd statement, which only the server could drop. In a failed
+// transaction (failedTx) PostgreSQL refuses it, and so does the server. It
+// sets e.LocalTag to the answer.
+func (s *State) LocalDeallocate(e *QueryEffect, known, failedTx bool) bool {
+	if !e.Single || failedTx || len(s.SQLNames) > 0 {
+		return false
+	}
+	switch {
+	case e.First == sqlscan.KindDeallocate && known:
+		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
+	case e.First == sqlscan.KindDeallocateAll:
+		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
+	default:
+		return false
+	}
+	return true
+}
+
+// ApplySQLPrepare records the SQL PREPAREs and DEALLOCATEs of a forwarded
+// query. pinned is the reason the client is pinned now if this query pinned it
+// ("" otherwise); dropAll says it dropped every prepared statement (DEALLOCATE
+// ALL, DISCARD ALL), so the caller forgets the client's protocol-level ones
+// and those of the server connection. The last SQL statement deallocated
+// unpins a client pinned for them.
+func (s *State) ApplySQLPrepare(e *QueryEffect) (pinned string, dropAll bool) {
+	for _, n := range e.Prepare {
+		if s.SQLNames == nil {
+			s.SQLNames = make(map[string]struct{})
+		}
+		s.SQLNames[n] = struct{}{}
+		if p := s.PinFor("sql_prepare"); p != "" {
+			pinned = p
+		}
+	}
+	for _, n := range e.Dealloc {
+		delete(s.SQLNames, n)
+	}
+	if e.DropAll {
+		s.SQLNames = nil
+	}
+	if s.Pin == "sql_prepare" && len(s.SQLNames) == 0 && (len(e.Dealloc) > 0 || e.DropAll) {
+		s.Pin = ""
+		s.SQLNames = nil
+	}
+	return pinned, e.DropAll
 }

@@ -121,3 +121,48 @@ func TestStateApplyProbeUnpin(t *testing.T) {
 }
 
 func ptr(e Effect) *Effect { return &e }
+
+func TestStateSQLPrepare(t *testing.T) {
+	s := newState()
+	e := ClassifyQuery([]byte("PREPARE a AS SELECT 1"))
+	if p, all := s.ApplySQLPrepare(&e); p != "sql_prepare" || all || s.Pin != "sql_prepare" {
+		t.Fatalf("PREPARE: pinned %q all %v pin %q", p, all, s.Pin)
+	}
+	e = ClassifyQuery([]byte("PREPARE b AS SELECT 2"))
+	if p, _ := s.ApplySQLPrepare(&e); p != "" {
+		t.Fatal("pinned twice")
+	}
+	// DEALLOCATE of a SQL statement goes to the server, not answered locally.
+	d := ClassifyQuery([]byte("DEALLOCATE a"))
+	if s.LocalDeallocate(&d, true, false) {
+		t.Fatal("answered a DEALLOCATE locally while SQL statements exist")
+	}
+	s.ApplySQLPrepare(&d)
+	if s.Pin != "sql_prepare" {
+		t.Fatal("unpinned with a SQL statement left")
+	}
+	d = ClassifyQuery([]byte("DEALLOCATE b"))
+	s.ApplySQLPrepare(&d)
+	if s.Pin != "" || len(s.SQLNames) != 0 {
+		t.Fatalf("not unpinned after the last DEALLOCATE: %q %v", s.Pin, s.SQLNames)
+	}
+	// Now a DEALLOCATE of a protocol-level statement is the proxy's to answer.
+	d = ClassifyQuery([]byte("DEALLOCATE p1"))
+	if !s.LocalDeallocate(&d, true, false) || string(d.LocalTag) != string(wire.AppendCommandComplete(nil, "DEALLOCATE")) {
+		t.Fatal("DEALLOCATE of a protocol statement not answered locally")
+	}
+	if d2 := ClassifyQuery([]byte("DEALLOCATE p1")); s.LocalDeallocate(&d2, false, false) || s.LocalDeallocate(&d2, true, true) {
+		t.Fatal("answered an unknown name, or in a failed transaction")
+	}
+	all := ClassifyQuery([]byte("DEALLOCATE ALL"))
+	if !s.LocalDeallocate(&all, false, false) {
+		t.Fatal("DEALLOCATE ALL not answered locally")
+	}
+	// DISCARD ALL drops everything and unpins a client pinned by SQL PREPARE.
+	e = ClassifyQuery([]byte("PREPARE c AS SELECT 3"))
+	s.ApplySQLPrepare(&e)
+	disc := ClassifyQuery([]byte("DISCARD ALL"))
+	if _, dropAll := s.ApplySQLPrepare(&disc); !dropAll || s.Pin != "" || s.SQLNames != nil {
+		t.Fatalf("DISCARD ALL: dropAll %v pin %q names %v", dropAll, s.Pin, s.SQLNames)
+	}
+}

@@ -132,7 +132,6 @@ type session struct {
 	unnamedEffect  *engine.Effect         // what executing the unnamed statement does to session state
 	execFixup      []string               // settings to give their startup values after the next Execute
 	portalTag      []byte                 // ... and so does the unnamed portal
-	sqlNames       map[string]struct{}    // statements of SQL PREPARE (the client is pinned)
 	inj            []byte                 // messages the proxy sends ahead of the client's
 	scratch        []byte                 // a whole client message
 	swallow        atomic.Bool

@@ -901,18 +901,7 @@ func (ss *session) answerLocally(e *engine.QueryEffect, h wire.Header) bool {
 // localTagLocked decides whether the proxy answers e itself (DEALLOCATE of
 // statements only its registry holds) and sets e.localTag. ss.mu is held.
 func (ss *session) localTagLocked(e *engine.QueryEffect) bool {
-	if !e.Single || (ss.be != nil && ss.tx == wire.TxFailed) { // PostgreSQL refuses it in a failed transaction
-		return false
-	}
-	switch {
-	case e.First == sqlscan.KindDeallocate && ss.stmts.Get(e.Name) != nil && len(ss.sqlNames) == 0:
-		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE")
-	case e.First == sqlscan.KindDeallocateAll && len(ss.sqlNames) == 0:
-		e.LocalTag = wire.AppendCommandComplete(nil, "DEALLOCATE ALL")
-	default:
-		return false
-	}
-	return true
+	return ss.state.LocalDeallocate(e, ss.stmts.Get(e.Name) != nil, ss.be != nil && ss.tx == wire.TxFailed)
 }
 
 // dropLocked forgets the statements a DEALLOCATE names (all of them for
@@ -997,39 +986,21 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 // applyLocked applies what a forwarded statement does to prepared statements.
 // ss.mu is held.
 func (ss *session) applyLocked(e *engine.QueryEffect) {
-	for _, n := range e.Prepare {
-		if ss.sqlNames == nil {
-			ss.sqlNames = make(map[string]struct{})
-		}
-		ss.sqlNames[n] = struct{}{}
-		ss.pinLocked("sql_prepare")
+	pinned, dropAll := ss.state.ApplySQLPrepare(e)
+	if pinned != "" {
+		ss.notePinnedLocked(pinned)
 	}
-	for _, n := range e.Dealloc {
-		delete(ss.sqlNames, n)
-	}
-	if e.DropAll {
+	if dropAll {
 		ss.dropLocked(&engine.QueryEffect{First: sqlscan.KindDeallocateAll})
-		ss.sqlNames = nil
 		if ss.bstmts != nil {
 			ss.bstmts.Dirty = true
 		}
 	}
-	if ss.state.Pin == "sql_prepare" && len(ss.sqlNames) == 0 && (len(e.Dealloc) > 0 || e.DropAll) {
-		ss.state.Pin = ""
-		ss.sqlNames = nil
-	}
 }
 
-// pinLocked keeps the client on its backend between transactions (state that
-// cannot move to another backend). ss.mu is held.
-func (ss *session) pinLocked(reason string) {
-	if ss.state.PinFor(reason) != "" {
-		ss.notePinnedLocked(reason)
-	}
-}
-
-// notePinnedLocked counts and logs that the client was just pinned for reason.
-// ss.mu is held.
+// notePinnedLocked counts and logs that the client was just pinned for reason
+// (engine.State decides it: state that cannot move to another server
+// connection). ss.mu is held.
 func (ss *session) notePinnedLocked(reason string) {
 	ss.srv.countPin(reason)
 	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,

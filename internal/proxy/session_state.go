@@ -150,7 +150,6 @@ func (ss *session) probe(be *pool.Backend) error {
 	if unpinned {
 		ss.srv.log.Info("client unpinned from its server connection", "client", ss.addr, "user", ss.user,
 			"database", ss.db, "application_name", ss.app, "reason", pin)
-		ss.sqlNames = nil
 	}
 	return nil
 }
