@@ -206,3 +206,38 @@ func (q *AnswerQueue) Reset() {
 	}
 	q.head = 0
 }
+
+// Refs counts the registrations of shared statements (the StatementRegistry,
+// behind its caller's lock).
+type Refs interface {
+	Acquire(*Statement)
+	Release(*Statement)
+}
+
+// TakeBack undoes ops, newest first: what messages the server skipped or
+// failed changed in the client's statements, in the server connection's (nil
+// when none is attached) and in the shared counts.
+func TakeBack(ops []UndoOp, client *ClientStatements, server *ServerStatements, refs Refs) {
+	for i := len(ops) - 1; i >= 0; i-- {
+		op := ops[i]
+		switch op.Kind {
+		case UndoRegister:
+			if client.Remove(op.Reg) {
+				refs.Release(op.Reg.Stmt)
+			}
+		case UndoUnregister:
+			if client.Restore(op.Reg) {
+				refs.Acquire(op.Reg.Stmt)
+			}
+		case UndoCached:
+			if server != nil {
+				server.Forget(op.Stmt, op.Seg)
+			}
+		case UndoUncached:
+			if server != nil {
+				// Maybe still there: remembered as stale, closed before next use.
+				server.MarkStale(op.Stmt)
+			}
+		}
+	}
+}

@@ -196,3 +196,45 @@ func TestUnnamed(t *testing.T) {
 		t.Fatal("a big Parse with its copy not in flight")
 	}
 }
+
+// countRefs is a Refs that counts.
+type countRefs map[*Statement]int
+
+func (c countRefs) Acquire(st *Statement) { c[st]++ }
+func (c countRefs) Release(st *Statement) { c[st]-- }
+
+func TestTakeBack(t *testing.T) {
+	var client ClientStatements
+	server := NewServerStatements()
+	refs := countRefs{}
+	a, b := &Statement{Name: "a", Key: "A"}, &Statement{Name: "b", Key: "B"}
+	ra := client.Register("x", a) // the failed Parse registered x
+	rb := client.Register("y", b) // a Close dropped y, then was skipped
+	client.Remove(rb)
+	server.Add(a, 1, 3) // the Parse went to the server in batch 3
+	server.Add(b, 1, 0)
+	server.Forget(b, 0) // the skipped Close of b on the server
+	TakeBack([]UndoOp{
+		{Kind: UndoRegister, Reg: ra},
+		{Kind: UndoCached, Stmt: a, Seg: 3},
+		{Kind: UndoUnregister, Reg: rb},
+		{Kind: UndoUncached, Stmt: b},
+	}, &client, server, refs)
+	if client.Get("x") != nil || client.Get("y") != rb {
+		t.Fatalf("client statements: x %v y %v", client.Get("x"), client.Get("y"))
+	}
+	if refs[a] != -1 || refs[b] != 1 {
+		t.Fatalf("shared counts: %v", refs)
+	}
+	if _, present := server.Use(a, 1, 3); present {
+		t.Fatal("the failed Parse's statement is still on the server")
+	}
+	if usable, present := server.Use(b, 1, 3); usable || !present {
+		t.Fatal("the skipped Close's statement is not remembered as stale")
+	}
+	// No server connection attached: only the client's side changes.
+	TakeBack([]UndoOp{{Kind: UndoCached, Stmt: a}, {Kind: UndoRegister, Reg: rb}}, &client, nil, refs)
+	if client.Get("y") != nil || refs[b] != 0 {
+		t.Fatal("undo without a server connection")
+	}
+}

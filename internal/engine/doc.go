@@ -3,7 +3,8 @@
 // socket, a goroutine, a timer or a lock: it takes statement text, messages and
 // the current time, and returns decisions and bytes to send.
 //
-// Built so far: the client's [Unnamed] statement (kept for replay where its
+// Built so far: taking back what skipped or failed messages changed in the
+// statement registries ([TakeBack]); the client's [Unnamed] statement (kept for replay where its
 // Bind lands); what the client gets for each server answer
 // ([AnswerQueue.Answer]) and for a server error ([ErrorAnswer] on a
 // [ServerError]) and how much of the batch it takes back; the leak and timeout bookkeeping on a client's [Activity]

@@ -36,13 +36,16 @@ func (r *stmtRegistry) intern(body []byte) *engine.Statement {
 	return r.r.Intern(body)
 }
 
-func (r *stmtRegistry) acquire(st *engine.Statement) {
+// Acquire counts one more registration of st; with Release it makes the
+// registry the engine's Refs.
+func (r *stmtRegistry) Acquire(st *engine.Statement) {
 	r.mu.Lock()
 	r.r.Acquire(st)
 	r.mu.Unlock()
 }
 
-func (r *stmtRegistry) release(st *engine.Statement) {
+// Release drops one registration of st.
+func (r *stmtRegistry) Release(st *engine.Statement) {
 	r.mu.Lock()
 	r.r.Release(st)
 	r.mu.Unlock()

@@ -644,7 +644,7 @@ func (ss *session) sendClose(h wire.Header) error {
 			ss.mu.Lock()
 			if rg := ss.stmts.Get(string(name)); rg != nil {
 				ss.stmts.Remove(rg)
-				ss.srv.stmts.release(rg.Stmt)
+				ss.srv.stmts.Release(rg.Stmt)
 				x = &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUnregister, Reg: rg}}}
 			}
 			ss.mu.Unlock()
@@ -662,7 +662,7 @@ func (ss *session) sendClose(h wire.Header) error {
 // releaseStmts drops the client's registrations when it leaves.
 func (ss *session) releaseStmts() {
 	ss.mu.Lock()
-	ss.stmts.All(func(rg *engine.Registration) { ss.srv.stmts.release(rg.Stmt) })
+	ss.stmts.All(func(rg *engine.Registration) { ss.srv.stmts.Release(rg.Stmt) })
 	ss.stmts.Clear()
 	ss.mu.Unlock()
 }
@@ -815,32 +815,13 @@ func (ss *session) popReadyLocked() {
 // unregisterLocked drops the client's registration rg if it is still current.
 func (ss *session) unregisterLocked(rg *engine.Registration) {
 	if ss.stmts.Remove(rg) {
-		ss.srv.stmts.release(rg.Stmt)
+		ss.srv.stmts.Release(rg.Stmt)
 	}
 }
 
 // undoLocked takes back registry changes, newest first.
 func (ss *session) undoLocked(ops []engine.UndoOp) {
-	for i := len(ops) - 1; i >= 0; i-- {
-		op := ops[i]
-		switch op.Kind {
-		case engine.UndoRegister:
-			ss.unregisterLocked(op.Reg)
-		case engine.UndoUnregister:
-			if ss.stmts.Restore(op.Reg) {
-				ss.srv.stmts.acquire(op.Reg.Stmt)
-			}
-		case engine.UndoCached:
-			if ss.bstmts != nil {
-				ss.bstmts.Forget(op.Stmt, op.Seg)
-			}
-		case engine.UndoUncached:
-			if ss.bstmts != nil {
-				// Maybe still there: remembered as stale, closed before next use.
-				ss.bstmts.MarkStale(op.Stmt)
-			}
-		}
-	}
+	engine.TakeBack(ops, &ss.stmts, ss.bstmts, &ss.srv.stmts)
 }
 
 // emptyQuery stands in for a statement the proxy answers itself while the client
