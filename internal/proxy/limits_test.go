@@ -298,6 +298,29 @@ func TestLimitsClientStatements(t *testing.T) {
 func TestLimitsPendingAnswers(t *testing.T) {
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1})
+	// Whether the answers due reach the bound before the TCP buffers between
+	// the proxy and PostgreSQL fill depends on how fast PostgreSQL drains them
+	// (on a loaded 2-core host, sometimes not): the bound must never be
+	// exceeded in any attempt, and must be reached in one of three.
+	reached := 0
+	for attempt := 1; attempt <= 3 && reached < proxy.MaxPending/2; attempt++ {
+		most := pendingAnswersAttempt(t, tp, db)
+		t.Logf("attempt %d: at most %d answers due (bound %d)", attempt, most, proxy.MaxPending)
+		if most > proxy.MaxPending+4 {
+			t.Fatalf("%d answers due to one client, bound %d", most, proxy.MaxPending)
+		}
+		reached = max(reached, most)
+	}
+	if reached < proxy.MaxPending/2 {
+		t.Fatalf("only %d answers were ever due in 3 attempts: the test did not reach the bound", reached)
+	}
+}
+
+// pendingAnswersAttempt pipelines Bind/Execute pairs from a client that never
+// reads until its writes block, samples the most answers due to it, then
+// checks that the stuck client's leaving frees the server connection.
+func pendingAnswersAttempt(t *testing.T, tp *testProxy, db string) int {
+	t.Helper()
 	rc := pgtest.Dial(t, tp.addr)
 	rc.Login(db, "fault_raw")
 	if tcp, ok := rc.Conn.(*net.TCPConn); ok {
@@ -334,15 +357,9 @@ func TestLimitsPendingAnswers(t *testing.T) {
 		}
 	}
 	most = max(most, tp.srv.PendingAnswers())
-	t.Logf("at most %d answers due (bound %d)", most, proxy.MaxPending)
-	if most > proxy.MaxPending+4 {
-		t.Fatalf("%d answers due to one client, bound %d", most, proxy.MaxPending)
-	}
-	if most < proxy.MaxPending/2 {
-		t.Fatalf("only %d answers were ever due: the test did not reach the bound", most)
-	}
 	// A stuck client that leaves frees its server connection.
 	rc.Conn.Close()
 	hangEnded(t, tp, time.Now().Add(5*time.Second))
 	hangPoolUsable(t, tp)
+	return most
 }
