@@ -75,11 +75,11 @@ func ParseArgs(fs *flag.FlagSet, args []string) (positional []string, help bool,
 			}
 		}
 		if err := fs.Set(name, value); err != nil {
-			if isSecret(name) {
-				errs = append(errs, fmt.Errorf("--%s: invalid value: %w", name, err))
-			} else {
-				errs = append(errs, fmt.Errorf("--%s: invalid value %q: %w", name, value, err))
+			s := lookupSpec(name)
+			if s == nil { // a flag of fs that is not in the table
+				s = &spec{name: name}
 			}
+			errs = append(errs, invalidValue(s, "--"+name, value, err))
 		}
 	}
 	return positional, help, errors.Join(errs...)
@@ -101,15 +101,4 @@ func unknownFlag(fs *flag.FlagSet, name string) (suggestion *flag.Flag, err erro
 func isBoolFlag(f *flag.Flag) bool {
 	bf, ok := f.Value.(interface{ IsBoolFlag() bool })
 	return ok && bf.IsBoolFlag()
-}
-
-// isSecret reports whether the flag named name is a table flag whose values
-// must not be echoed.
-func isSecret(name string) bool {
-	for _, s := range specs {
-		if s.name == name {
-			return s.secret
-		}
-	}
-	return false
 }

@@ -425,15 +425,26 @@ func Bind(fs *flag.FlagSet, cfg *Config) (applyEnv func(getenv func(string) stri
 				continue
 			}
 			if err := values[i].Set(val); err != nil {
-				if s.secret {
-					errs = append(errs, fmt.Errorf("%s: invalid value for --%s: %w", env, s.name, err))
-				} else {
-					errs = append(errs, fmt.Errorf("%s: invalid value %q for --%s: %w", env, val, s.name, err))
-				}
+				errs = append(errs, invalidValue(&s, env, val, err))
 			}
 		}
 		return errors.Join(errs...)
 	}
+}
+
+// invalidValue is the error for val, which the flag of s rejected with err,
+// given as where: "--name" on the command line, or the environment variable.
+// A secret value is not repeated.
+func invalidValue(s *spec, where, val string, err error) error {
+	switch onCommandLine := where == "--"+s.name; {
+	case onCommandLine && s.secret:
+		return fmt.Errorf("%s: invalid value: %w", where, err)
+	case onCommandLine:
+		return fmt.Errorf("%s: invalid value %q: %w", where, val, err)
+	case s.secret:
+		return fmt.Errorf("%s: invalid value for --%s: %w", where, s.name, err)
+	}
+	return fmt.Errorf("%s: invalid value %q for --%s: %w", where, val, s.name, err)
 }
 
 // FlagUsage writes help text for the flags of fs to w: first every flag

@@ -226,16 +226,7 @@ func Load(src Sources) (Loaded, error) {
 		}
 		l.Origin[s.name] = origin
 		if err := s.value(&l.Config).Set(val); err != nil {
-			switch {
-			case origin == OriginCommandLine && s.secret:
-				errs = append(errs, fmt.Errorf("--%s: invalid value: %w", s.name, err))
-			case origin == OriginCommandLine:
-				errs = append(errs, fmt.Errorf("--%s: invalid value %q: %w", s.name, val, err))
-			case s.secret:
-				errs = append(errs, fmt.Errorf("%s: invalid value for --%s: %w", where, s.name, err))
-			default:
-				errs = append(errs, fmt.Errorf("%s: invalid value %q for --%s: %w", where, val, s.name, err))
-			}
+			errs = append(errs, invalidValue(&s, where, val, err))
 		}
 	}
 
