@@ -334,7 +334,6 @@ func parseUpstream(cfg config.Config) (*pgconn.Config, error) {
 	if _, ok := up.RuntimeParams["application_name"]; !ok {
 		up.RuntimeParams["application_name"] = "pgsidecar"
 	}
-	up.ConnectTimeout = cfg.ServerConnectTimeout
 	return up, nil
 }
 
@@ -422,12 +421,11 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	srv := proxy.NewServer(opts, pools)
 
 	rl.Register(reload.Component{Name: "upstream", Prepare: func(prev, next config.Loaded) (func(), error) {
+		// The connect timeout is not the upstream's: poolConfig takes it from
+		// the configuration in force.
 		changed := false
 		for _, c := range config.Changes(prev.Config, next.Config) {
-			switch c.Name {
-			case "upstream", "server-connect-timeout":
-				changed = true
-			}
+			changed = changed || c.Name == "upstream"
 		}
 		if !changed {
 			return nil, nil
