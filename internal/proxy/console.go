@@ -349,7 +349,7 @@ func (s *Server) showPools() ([]consoleCol, [][]any) {
 		if st == StateWaiting && !ss.waitSince.IsZero() {
 			rc.oldest = max(rc.oldest, now.Sub(ss.waitSince))
 		}
-		if ss.be != nil && ss.state.Pin != "" {
+		if ss.be != nil && ss.e.State.Pin != "" {
 			pinned[k]++
 		}
 		ss.mu.Unlock()
@@ -389,7 +389,7 @@ func (s *Server) showClients(self *session) ([]consoleCol, [][]any) {
 		} else {
 			ss.mu.Lock()
 			state = ss.stateLocked()
-			pin = ss.state.Pin
+			pin = ss.e.State.Pin
 			if ss.be != nil {
 				spid = int64(ss.be.PID)
 			}
@@ -413,7 +413,7 @@ func (s *Server) showServers() ([]consoleCol, [][]any) {
 		ss.mu.Lock()
 		if ss.be != nil {
 			st := "active"
-			if ss.state.Pin != "" {
+			if ss.e.State.Pin != "" {
 				st = "pinned"
 			}
 			list = append(list, row{ss.user, ss.db, st, ss.be.PID, ss.pid})

@@ -6,7 +6,7 @@ func (s *Server) PendingAnswers() int {
 	most := 0
 	for _, ss := range s.snapshot() {
 		ss.mu.Lock()
-		most = max(most, ss.q.Len())
+		most = max(most, ss.e.Q.Len())
 		ss.mu.Unlock()
 	}
 	return most

@@ -71,7 +71,7 @@ func (s *Server) PinnedServers() map[[2]string]int {
 	out := map[[2]string]int{}
 	for _, ss := range s.snapshot() {
 		ss.mu.Lock()
-		if ss.be != nil && ss.state.Pin != "" {
+		if ss.be != nil && ss.e.State.Pin != "" {
 			out[[2]string{ss.db, ss.user}]++
 		}
 		ss.mu.Unlock()

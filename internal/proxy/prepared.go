@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"sync"
-	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
 )
@@ -30,7 +29,8 @@ type stmtRegistry struct {
 	r  engine.StatementRegistry
 }
 
-func (r *stmtRegistry) intern(body []byte) *engine.Statement {
+// Intern returns the statement of a Parse body, shared by every client.
+func (r *stmtRegistry) Intern(body []byte) *engine.Statement {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.r.Intern(body)
@@ -64,8 +64,4 @@ type PreparedStats struct {
 	CacheHits    uint64 // statements a backend already had when a client needed them
 	Evictions    uint64 // statements closed on a backend to stay within its bound
 	Statements   int    // distinct named statements of the connected clients
-}
-
-type preparedCounters struct {
-	clientParses, serverParses, hits, evictions atomic.Uint64
 }

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
@@ -152,12 +153,11 @@ type Server struct {
 	idleKill atomic.Uint64
 
 	stmts  stmtRegistry
-	prep   preparedCounters
-	msgMem msgMemory // buffers of client messages read whole (msgmem.go)
+	prep   engine.Counters // prepared statements, for every client
+	msgMem msgMemory       // buffers of client messages read whole (msgmem.go)
 
 	tooLarge   atomic.Uint64 // clients closed for a message over MaxMessageSize or the message memory
 	memTimeout atomic.Uint64 // clients closed for want of message memory
-	stmtLimit  atomic.Uint64 // Parses refused by the per-client statement bounds
 	replays    atomic.Uint64 // settings given to a backend for a client
 
 	leaksDetected atomic.Uint64
@@ -297,6 +297,12 @@ func withDefaults(opt Options) Options {
 	return opt
 }
 
+// limits are the bounds the protocol engine enforces.
+func (o *Options) limits() engine.Limits {
+	return engine.Limits{MaxPreparedStatements: o.MaxPreparedStatements,
+		MaxClientStatements: o.MaxClientStatements, MaxClientStatementBytes: o.MaxClientStatementBytes}
+}
+
 // options returns the options in force. Read them once per decision: a
 // reload may replace them at any time.
 func (s *Server) options() *Options { return s.opt.Load() }
@@ -332,7 +338,7 @@ func (s *Server) Stats() Stats {
 		IdleTxKilled:   s.idleKill.Load(),
 		TooLarge:       s.tooLarge.Load(),
 		OutOfMemory:    s.memTimeout.Load(),
-		StatementLimit: s.stmtLimit.Load(),
+		StatementLimit: s.prep.StatementLimit.Load(),
 	}
 }
 
@@ -343,10 +349,10 @@ func (s *Server) MessageMemory() MessageMemory { return s.msgMem.stats() }
 // PreparedStats returns the prepared-statement layer's counts.
 func (s *Server) PreparedStats() PreparedStats {
 	return PreparedStats{
-		ClientParses: s.prep.clientParses.Load(),
-		ServerParses: s.prep.serverParses.Load(),
-		CacheHits:    s.prep.hits.Load(),
-		Evictions:    s.prep.evictions.Load(),
+		ClientParses: s.prep.ClientParses.Load(),
+		ServerParses: s.prep.ServerParses.Load(),
+		CacheHits:    s.prep.Hits.Load(),
+		Evictions:    s.prep.Evictions.Load(),
 		Statements:   s.stmts.len(),
 	}
 }

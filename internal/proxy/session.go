@@ -124,8 +124,6 @@ type session struct {
 	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
-	un             engine.Unnamed         // the client's unnamed statement (engine/unnamed.go)
-	syncs          uint32                 // Syncs sent (under mu): see stmtSlot.seg
 	owed           []*engine.Registration // named Parses taken without a backend, not answered yet
 	held           []byte                 // a client message too big for r, read whole and not yet sent
 	unnamedTag     []byte                 // the unnamed statement stands in for a DEALLOCATE: its answer
@@ -146,31 +144,28 @@ type session struct {
 	// session's buffers are not reused (see leave).
 	unsettled bool
 	big       *bigMsg // the message read whole outside r (msgmem.go), until the next one
-	// stmtLimitLogged: the client's first refusal by the statement bounds was logged.
-	stmtLimitLogged bool
 	// backpressured: the client goroutine waits for answers to drain (awaitAnswers).
 	backpressured bool
 
-	mu             sync.Mutex
+	mu sync.Mutex
+	// e is the client's protocol state: settings and pins, its statements, the
+	// answers due from be and be's statements (internal/engine). Under mu.
+	e              engine.Session
 	cond           sync.Cond
 	be             *pool.Backend
-	reader         bool                     // a server goroutine reads be
-	writing        bool                     // the client goroutine is sending be a message that does not hold it (see attach)
-	pendingBody    int                      // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool                     // ... which are dropped rather than forwarded
-	outstanding    int                      // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool                     // extended-protocol messages sent since the last Sync
-	syncsAfterExec int                      // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	q              engine.AnswerQueue       // answers due from be
-	stmts          engine.ClientStatements  // the client's named statements (transaction mode)
-	bstmts         *engine.ServerStatements // be's prepared statements
-	tx             byte                     // transaction status of the last ReadyForQuery
-	gone           bool                     // the client left; the server goroutine cleans up and releases
+	reader         bool // a server goroutine reads be
+	writing        bool // the client goroutine is sending be a message that does not hold it (see attach)
+	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip    bool // ... which are dropped rather than forwarded
+	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	partial        bool // extended-protocol messages sent since the last Sync
+	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
+	tx             byte // transaction status of the last ReadyForQuery
+	gone           bool // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
-	state          engine.State // settings and pins (session_state.go)
-	probing        bool         // the backend is being asked (see probe); attach waits
-	doomed         bool         // the backend is being closed: never release it
+	probing        bool // the backend is being asked (see probe); attach waits
+	doomed         bool // the backend is being closed: never release it
 	cancels        int
 	idleSince      time.Time
 	idleTimer      *time.Timer
@@ -318,7 +313,8 @@ func (ss *session) protocolViolation(msg string) {
 func (ss *session) login(st *wire.Startup) bool {
 	ss.pooled = ss.srv.options().Mode == ModeTransaction
 	ss.track = ss.pooled && ss.srv.options().MaxPreparedStatements > 0
-	ss.state.Init(st)
+	ss.e.State.Init(st)
+	ss.initEngine()
 	ss.user = st.Param("user")
 	ss.db = st.Param("database")
 	ss.app = st.Param("application_name")
@@ -369,7 +365,7 @@ func (ss *session) login(st *wire.Startup) bool {
 	sort.Strings(names)
 	for _, k := range names {
 		v := params[k]
-		if own, ok := ss.state.Startup[strings.ToLower(k)]; ok {
+		if own, ok := ss.e.State.Startup[strings.ToLower(k)]; ok {
 			v = own // the client's own value, which the proxy gives it on every backend
 		} else if k == "application_name" {
 			v = ""
@@ -541,10 +537,12 @@ func (ss *session) run() {
 			ss.end(err)
 			return
 		}
-		if h.Len > ss.srv.options().MaxMessageSize && h.Type != wire.MsgCopyData {
+		opt := ss.srv.options()
+		ss.e.Limits = opt.limits() // a reload may have changed them
+		if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
 			// COPY data is streamed through: only its rate is bounded.
 			ss.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
-				errMsgTooBig, h.Type, 1+h.Len, ss.srv.options().MaxMessageSize))
+				errMsgTooBig, h.Type, 1+h.Len, opt.MaxMessageSize))
 			return
 		}
 		switch h.Type {
@@ -742,7 +740,7 @@ func (ss *session) syncRead(be *pool.Backend, flush bool) {
 			case stopReading:
 				ss.w.Flush()
 				ss.mu.Lock()
-				if ss.state.PinListen && ss.be == be && !ss.reader {
+				if ss.e.State.PinListen && ss.be == be && !ss.reader {
 					ss.startReaderLocked(be) // notifications reach the idle client
 				}
 				ss.mu.Unlock()
@@ -866,7 +864,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		return nil, errKilled
 	}
 	be := ss.be
-	if be != nil && ss.q.Len() >= maxPending {
+	if be != nil && ss.e.Q.Len() >= maxPending {
 		// Backpressure: the client sends faster than its answers are read.
 		if err := ss.awaitAnswersLocked(be); err != nil {
 			ss.mu.Unlock()
@@ -892,7 +890,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.mu.Unlock()
 			return nil, errDraining
 		}
-		key := ss.state.WantKey
+		key := ss.e.State.WantKey
 		ss.mu.Unlock()
 		var err error
 		var at time.Time
@@ -911,10 +909,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.attachedAt = at
 		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
-		ss.resetQueueLocked()
-		ss.bstmts = stmtsOf(be)
-		ss.un.Here = false
-		ss.un.Flight = 0
+		ss.e.Attached(stmtsOf(be))
+		ss.swallowing.Store(0)
 		ss.doomed = false
 		ss.swallow.Store(false)
 		ss.fatalForwarded.Store(false)
@@ -925,7 +921,6 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		ss.bw.Reset(&ss.bout)
 		ss.pendingBody = 0
-		ss.state.Dirty = nil
 		if q := ss.replayLocked(be); q != nil {
 			// The client's settings first; an error means it cannot have them here.
 			ss.outstanding++
@@ -945,25 +940,25 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec = 0
-		ss.q.Push(engine.Pending{Kind: engine.ExpectQuery})
+		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectQuery})
 		ss.obs.Query()
 	case wire.MsgSync:
 		ss.outstanding++
 		ss.partial = false
 		ss.syncsAfterExec++
-		ss.syncs++
-		ss.q.Push(engine.Pending{Kind: engine.ExpectSync})
+		ss.e.Syncs++
+		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync})
 	case wire.MsgExecute:
 		ss.partial = true
 		ss.syncsAfterExec = 0
-		ss.q.Push(engine.Pending{Kind: engine.ExpectExecute})
+		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectExecute})
 		ss.obs.Query()
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
 		ss.outstanding -= ss.syncsAfterExec
 		for ; ss.syncsAfterExec > 0; ss.syncsAfterExec-- {
-			if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectSync {
-				ss.q.PopBack()
+			if b := ss.e.Q.Back(); b != nil && b.Kind == engine.ExpectSync {
+				ss.e.Q.PopBack()
 			}
 		}
 	case wire.MsgCopyData, wire.MsgFlush:
@@ -1014,7 +1009,7 @@ func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
 		ss.startReaderLocked(be)
 	}
 	ss.backpressured = true
-	for ss.be == be && ss.q.Len() >= resumePending && ss.kill == killNone {
+	for ss.be == be && ss.e.Q.Len() >= resumePending && ss.kill == killNone {
 		ss.cond.Wait()
 	}
 	ss.backpressured = false
@@ -1027,7 +1022,7 @@ func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
 // answersDrainedLocked wakes a client goroutine held back by
 // awaitAnswersLocked once few enough answers are due. ss.mu is held.
 func (ss *session) answersDrainedLocked() {
-	if ss.backpressured && ss.q.Len() < resumePending {
+	if ss.backpressured && ss.e.Q.Len() < resumePending {
 		ss.cond.Broadcast()
 	}
 }
@@ -1255,7 +1250,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 		break
 	}
 	ss.be = nil
-	ss.bstmts = nil
+	ss.e.Server = nil
 	ss.outstanding = 0
 	ss.resetQueueLocked()
 	if async {
@@ -1281,11 +1276,11 @@ func (ss *session) boundaryLocked() engine.Boundary {
 		Partial:       ss.partial,
 		SessionMode:   ss.srv.options().Mode == ModeSession,
 		Gone:          ss.gone,
-		Pinned:        ss.state.Pin != "",
-		PinListen:     ss.state.PinListen,
-		PinPermanent:  ss.state.PinPermanent,
-		DirtySettings: len(ss.state.Dirty) > 0,
-		PinCheck:      ss.state.PinCheck,
+		Pinned:        ss.e.State.Pin != "",
+		PinListen:     ss.e.State.PinListen,
+		PinPermanent:  ss.e.State.PinPermanent,
+		DirtySettings: len(ss.e.State.Dirty) > 0,
+		PinCheck:      ss.e.State.PinCheck,
 	}
 }
 
@@ -1302,7 +1297,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 	gone := ss.gone
 	if ss.be == be {
 		ss.be = nil
-		ss.bstmts = nil
+		ss.e.Server = nil
 	}
 	ss.outstanding, ss.partial = 0, false
 	ss.resetQueueLocked()

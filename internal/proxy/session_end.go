@@ -184,22 +184,22 @@ func (ss *session) leave() (settled bool) {
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
 		}
-		if ss.srv.options().Mode == ModeSession || ss.state.Pin != "" {
+		if ss.srv.options().Mode == ModeSession || ss.e.State.Pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
-			if ss.bstmts != nil {
-				ss.bstmts.Dirty = true   // DISCARD ALL dropped the proxy's statements too
-				ss.bstmts.Settings = nil // ... and reset every setting
+			if ss.e.Server != nil {
+				ss.e.Server.Dirty = true   // DISCARD ALL dropped the proxy's statements too
+				ss.e.Server.Settings = nil // ... and reset every setting
 				be.StateKey = 0
 			}
-		} else if len(ss.state.Dirty) > 0 {
+		} else if len(ss.e.State.Dirty) > 0 {
 			// Settings changed and not read back: back to the backend's defaults.
 			q = wire.AppendQuery(q, "RESET ALL")
 			ss.outstanding++
 			ss.pushSwallowedLocked(nil)
-			if ss.bstmts != nil {
-				ss.bstmts.Settings = nil
+			if ss.e.Server != nil {
+				ss.e.Server.Settings = nil
 				be.StateKey = 0
 			}
 		}
@@ -208,7 +208,7 @@ func (ss *session) leave() (settled bool) {
 			// goroutine releases the backend.
 			q = wire.AppendSync(q)
 			ss.outstanding++
-			ss.q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
+			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
 		}
 		ss.swallow.Store(true)
 	}

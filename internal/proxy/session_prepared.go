@@ -10,28 +10,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
-	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
-)
-
-// throwawayName names a statement the proxy prepares and closes at once.
-const throwawayName = engine.StatementPrefix + "throwaway"
-
-// Messages the proxy sends on its own.
-var (
-	// failParse fails, so that the backend skips the rest of the batch as it
-	// would after the error the proxy reports in its place. Its text parses and
-	// fails only at analysis (an unknown column), which PostgreSQL does after it
-	// refuses anything in a failed transaction: there the client gets
-	// PostgreSQL's 25P02, as it would for its own message.
-	failParse = wire.AppendParse(nil, engine.StatementPrefix+"fail", "select pgsidecar_failed_on_purpose")
-	// noopParseClose closes the statement the proxy parses under throwawayName.
-	noopParseClose = wire.AppendClose(nil, 'S', throwawayName)
-	// parseComplete is a ParseComplete message.
-	parseComplete = []byte{wire.MsgParseComplete, 0, 0, 0, 4}
-	// errCachedPlan is PostgreSQL's error for a statement whose result type changed.
-	errCachedPlan = wire.AppendError(nil, wire.SeverityError, wire.CodeFeatureNotSupported,
-		"cached plan must not change result type", "")
 )
 
 // deferParse takes a client's Parse of a named statement while it holds no
@@ -69,19 +48,19 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 	ss.mu.Lock()
 	free := ss.be == nil && ss.kill == killNone
 	if again != nil {
-		dup := ss.stmts.Has(again)
+		dup := ss.e.Stmts.Has(again)
 		free = free && !dup
 	}
 	ss.mu.Unlock()
 	if !free {
 		return false, nil
 	}
-	if lim := ss.srv.options().MaxClientStatementBytes; int64(h.Len) > lim+4 {
+	if ss.e.TooLong(h.Len) {
 		// Its text alone is over the bound: refused before it is read.
 		if err := wire.Skip(ss.r, 1+h.Len); err != nil {
 			return false, err
 		}
-		ss.failDeferred(ss.stmtLimitError(int64(h.Len)))
+		ss.failDeferred(ss.e.LimitError(int64(h.Len)))
 		return true, nil
 	}
 	name, body, err := ss.readNamedParse(h)
@@ -89,20 +68,19 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 		return false, err
 	}
 	ss.mu.Lock()
-	if ss.stmts.Has(name) {
+	if ss.e.Stmts.Has(name) {
 		ss.mu.Unlock()
 		// Written without the lock: a client that does not read must not hold up
 		// anyone who needs it (metrics, SHOW CLIENTS, the leak watcher).
-		ss.failDeferred(wire.AppendError(nil, wire.SeverityError, "42P05",
-			fmt.Sprintf("prepared statement \"%s\" already exists", name), ""))
+		ss.failDeferred(engine.AlreadyExists(name))
 		return true, nil
 	}
-	if refusal := ss.stmtRoomLocked(len(body)); refusal != nil {
+	if refusal := ss.e.Room(len(body)); refusal != nil {
 		ss.mu.Unlock()
 		ss.failDeferred(refusal)
 		return true, nil
 	}
-	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
+	rg := ss.e.Register(string(name), ss.srv.stmts.Intern(body))
 	rg.Unconfirmed = true
 	ss.owed = append(ss.owed, rg) // bounded by the client's statement bounds
 	ss.mu.Unlock()
@@ -118,7 +96,7 @@ func (ss *session) deferParse(h wire.Header) (bool, error) {
 func (ss *session) sendOwedLocked() {
 	for i, rg := range ss.owed {
 		rg.Unconfirmed = false // confirmed by the answer, or dropped with the error
-		ss.bw.Write(ss.prepareLocked(rg, true))
+		ss.bw.Write(ss.e.Prepare(rg, true))
 		ss.owed[i] = nil
 	}
 	ss.clearOwed()
@@ -168,7 +146,7 @@ func (ss *session) readNamedParse(h wire.Header) (name, body []byte, err error) 
 	if i < 0 {
 		return nil, nil, fmt.Errorf("%w: Parse message without a statement name", errProtocol)
 	}
-	ss.srv.prep.clientParses.Add(1)
+	ss.srv.prep.ClientParses.Add(1)
 	return msg[wire.HeaderLen : wire.HeaderLen+i], msg[wire.HeaderLen+i+1:], nil
 }
 
@@ -180,7 +158,7 @@ func (ss *session) payOwed() {
 		return
 	}
 	for i := range ss.owed {
-		ss.w.Write(parseComplete)
+		ss.w.Write(engine.ParseComplete)
 		ss.owed[i] = nil
 	}
 	ss.clearOwed()
@@ -222,7 +200,7 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 		return ss.sendClose(h)
 	case wire.MsgQuery:
 		ss.mu.Lock()
-		ss.un.Dropped()
+		ss.e.Un.Dropped()
 		ss.mu.Unlock()
 	case wire.MsgExecute:
 		if ss.execFixup != nil {
@@ -234,7 +212,7 @@ func (ss *session) send(be *pool.Backend, h wire.Header) error {
 		if ss.portalTag != nil {
 			if p, err := ss.r.Peek(wire.HeaderLen + 1); err == nil && p[wire.HeaderLen] == 0 {
 				ss.mu.Lock()
-				if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectExecute {
+				if b := ss.e.Q.Back(); b != nil && b.Kind == engine.ExpectExecute {
 					b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: ss.portalTag}
 				}
 				ss.mu.Unlock()
@@ -282,7 +260,7 @@ func (ss *session) sendParse(h wire.Header) error {
 		var e engine.QueryEffect
 		if unnamed {
 			// Kept, so that a Bind in a later batch can find it on any backend.
-			if msg, err = ss.readInto(&ss.un.Next, h); err != nil {
+			if msg, err = ss.readInto(&ss.e.Un.Next, h); err != nil {
 				return err
 			}
 			ss.unnamedTag = nil
@@ -296,37 +274,37 @@ func (ss *session) sendParse(h wire.Header) error {
 			}
 		}
 		ss.mu.Lock()
-		if ss.localTagLocked(&e) {
+		if ss.e.LocalTag(&e, ss.be != nil, ss.tx == wire.TxFailed) {
 			// DEALLOCATE through the extended protocol (psycopg): an empty statement
 			// stands in for it and its Execute gets the answer.
-			ss.dropLocked(&e)
+			ss.e.Drop(&e)
 			msg = wire.AppendParse(msg[:0], "", "")
 			ss.unnamedTag = e.LocalTag
 		} else if ss.track {
-			ss.applyLocked(&e)
+			ss.e.ApplySQL(&e)
 		}
 		if msg != nil {
 			ss.noteStmtLocked(parseQuery(msg))
 		}
 		if unnamed {
-			ss.un.Flight++
-			p := engine.Pending{Kind: engine.ExpectParse, Unnamed: engine.UnnamedOwn, Epoch: ss.un.Epoch, UnnamedParse: msg}
+			ss.e.Un.Flight++
+			p := engine.Pending{Kind: engine.ExpectParse, Unnamed: engine.UnnamedOwn, Epoch: ss.e.Un.Epoch, UnnamedParse: msg}
 			if ss.big != nil && 1+h.Len > ss.r.Size() {
 				// msg is in the message budget's buffer, released before the next
 				// message: the replay copy is the heap's, within the client's
 				// statement bytes and one in flight at a time, or there is none (a
 				// Bind in a later transaction on another backend then gets 26000).
 				p.UnnamedParse, p.UnnamedBig = nil, true
-				if !ss.q.BigInFlight() &&
-					ss.stmts.Bytes()+int64(len(ss.un.Parse))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
+				if !ss.e.Q.BigInFlight() &&
+					ss.e.Stmts.Bytes()+int64(len(ss.e.Un.Parse))+int64(len(msg)) <= ss.srv.options().MaxClientStatementBytes {
 					p.UnnamedParse = append([]byte(nil), msg...)
 				}
 			} else {
-				ss.un.Next, ss.un.Spare = ss.un.Spare, nil // msg is the entry's now
+				ss.e.Un.Next, ss.e.Un.Spare = ss.e.Un.Spare, nil // msg is the entry's now
 			}
-			ss.q.Push(p)
+			ss.e.Q.Push(p)
 		} else {
-			ss.q.Push(engine.Pending{Kind: engine.ExpectParse})
+			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectParse})
 		}
 		ss.mu.Unlock()
 		if msg == nil {
@@ -335,10 +313,10 @@ func (ss *session) sendParse(h wire.Header) error {
 		_, err = ss.bw.Write(msg)
 		return err
 	}
-	if lim := ss.srv.options().MaxClientStatementBytes; int64(h.Len) > lim+4 {
+	if ss.e.TooLong(h.Len) {
 		// Its text alone is over the bound: refused before it is read.
 		ss.mu.Lock()
-		if err := ss.failInsteadLocked(&engine.Undo{Replace: ss.stmtLimitError(int64(h.Len))}); err != nil {
+		if err := ss.failInsteadLocked(&engine.Undo{Replace: ss.e.LimitError(int64(h.Len))}); err != nil {
 			return err
 		}
 		return wire.Skip(ss.r, 1+h.Len)
@@ -348,148 +326,29 @@ func (ss *session) sendParse(h wire.Header) error {
 		return err
 	}
 	ss.mu.Lock()
-	if ss.stmts.Has(name) {
-		x := &engine.Undo{Replace: wire.AppendError(nil, wire.SeverityError, "42P05",
-			fmt.Sprintf("prepared statement \"%s\" already exists", name), "")}
+	if ss.e.Stmts.Has(name) {
+		x := &engine.Undo{Replace: engine.AlreadyExists(name)}
 		return ss.failInsteadLocked(x)
 	}
-	if refusal := ss.stmtRoomLocked(len(body)); refusal != nil {
+	if refusal := ss.e.Room(len(body)); refusal != nil {
 		return ss.failInsteadLocked(&engine.Undo{Replace: refusal})
 	}
-	rg := ss.registerLocked(string(name), ss.srv.stmts.intern(body))
-	inj := ss.prepareLocked(rg, true)
+	rg := ss.e.Register(string(name), ss.srv.stmts.Intern(body))
+	inj := ss.e.Prepare(rg, true)
 	ss.mu.Unlock()
 	_, err = ss.bw.Write(inj)
 	return err
 }
 
-// registerLocked records the client's name for st. ss.mu is held.
-func (ss *session) registerLocked(name string, st *engine.Statement) *engine.Registration {
-	return ss.stmts.Register(name, st)
-}
-
-// stmtRoomLocked returns nil when the client may register one more statement
-// whose Parse body (text and parameter types) has n bytes, else the
-// ErrorResponse (54000) it gets: its statements are bounded in number
-// (MaxClientStatements) and in bytes (MaxClientStatementBytes, the unnamed
-// statement's replay copy included). ss.mu is held.
-func (ss *session) stmtRoomLocked(n int) []byte {
-	if ss.stmts.Len() >= ss.srv.options().MaxClientStatements {
-		ss.noteStmtLimitLocked()
-		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
-			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
-			ss.stmts.Len()), "Close or DEALLOCATE statements that are no longer used.")
-	}
-	if ss.stmts.Bytes()+int64(len(ss.un.Parse))+int64(n) > ss.srv.options().MaxClientStatementBytes {
-		return ss.stmtLimitError(int64(n))
-	}
-	return nil
-}
-
-// noteStmtLimitLocked counts a Parse refused by the per-client statement bounds
-// and logs the first of the client: a client that keeps preparing new statements
-// is usually an application that leaks them. ss.mu is held or not needed (the
-// fields are the client goroutine's).
-func (ss *session) noteStmtLimitLocked() {
-	ss.srv.stmtLimit.Add(1)
-	if ss.stmtLimitLogged {
-		return
-	}
-	ss.stmtLimitLogged = true
-	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
-		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
-		"statements", ss.stmts.Len(), "bytes", ss.stmts.Bytes(),
-		"max_statements", ss.srv.options().MaxClientStatements, "max_bytes", ss.srv.options().MaxClientStatementBytes)
-}
-
-// stmtLimitError is the ErrorResponse (54000) of a statement of n bytes over
-// MaxClientStatementBytes; it counts the refusal.
-func (ss *session) stmtLimitError(n int64) []byte {
-	ss.noteStmtLimitLocked()
-	return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
-		"pgsidecar: prepared statements of this connection would take more than %d bytes with this one of %d bytes (--max-client-prepared-bytes)",
-		ss.srv.options().MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
-}
-
-// prepareLocked makes sure the attached backend has the statement of rg,
-// returning the messages to send for it and queueing their answers. parse says
-// this is the client's own Parse, which gets a ParseComplete either way. ss.mu is
-// held.
-func (ss *session) prepareLocked(rg *engine.Registration, parse bool) []byte {
-	st := rg.Stmt
-	bs := ss.bstmts
-	inj := ss.inj[:0]
-	if bs.Dirty {
-		bs.All(func(s *engine.Statement) { inj = ss.closeOnBackendLocked(inj, s) })
-		bs.Dirty = false
-	}
-	gen := st.Gen.Load()
-	// Usable: its plans are current, and its Parse was answered or went out after
-	// the client's last Sync (an error before that Sync would skip it).
-	usable, ok := bs.Use(st, gen, ss.syncs+1)
-	if usable {
-		ss.srv.prep.hits.Add(1)
-		if parse {
-			// The backend has it: the client's ParseComplete is that of the same
-			// text under a throwaway name, closed again at once. A failed
-			// transaction refuses that Parse exactly when it would refuse the
-			// client's own (25P02 unless it is COMMIT or ROLLBACK, and then the
-			// rest of the batch is skipped).
-			inj = engine.AppendParse(inj, throwawayName, st.Key)
-			ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Forward, Undo: &engine.Undo{
-				Ops: []engine.UndoOp{{Kind: engine.UndoRegister, Reg: rg}}}})
-			inj = append(inj, noopParseClose...)
-			ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Action: engine.Swallow})
-		}
-		ss.inj = inj
-		return inj
-	}
-	if ok {
-		// An older generation whose plans went stale, or a Parse that an error
-		// may still skip: prepare it anew, closed first in case it is there.
-		inj = ss.closeOnBackendLocked(inj, st)
-	}
-	for bs.Len() >= ss.srv.options().MaxPreparedStatements {
-		inj = ss.closeOnBackendLocked(inj, bs.Oldest())
-		ss.srv.prep.evictions.Add(1)
-	}
-	inj = append(inj, st.Parse...)
-	x := &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoCached, Stmt: st, Seg: ss.syncs + 1}}}
-	act := engine.Swallow
-	if parse {
-		act = engine.Forward
-		x.Ops = append(x.Ops, engine.UndoOp{Kind: engine.UndoRegister, Reg: rg})
-	} else if rg.Unconfirmed {
-		// The client's Parse was answered without a backend: if this one fails, the
-		// name was never valid.
-		x.Check = rg
-	}
-	ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: act, Undo: x})
-	bs.Add(st, gen, ss.syncs+1)
-	ss.srv.prep.serverParses.Add(1)
-	ss.inj = inj
-	return inj
-}
-
-// failInsteadLocked sends failParse in place of the client's message, whose
+// failInsteadLocked sends engine.FailParse in place of the client's message, whose
 // answer becomes x.replace (PostgreSQL's own 25P02 in a failed transaction, unless
 // x.beforeAbort): the backend then skips the rest of the batch as PostgreSQL would
 // after that error. ss.mu is held; it is released.
 func (ss *session) failInsteadLocked(x *engine.Undo) error {
-	ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Replace, Undo: x})
+	b := ss.e.FailInstead(x)
 	ss.mu.Unlock()
-	_, err := ss.bw.Write(failParse)
+	_, err := ss.bw.Write(b)
 	return err
-}
-
-// closeOnBackendLocked appends a Close of s to inj, answered to nobody, and
-// forgets that the backend has s (should the Close be skipped, an undo remembers
-// that it may). ss.mu is held.
-func (ss *session) closeOnBackendLocked(inj []byte, s *engine.Statement) []byte {
-	inj = wire.AppendClose(inj, 'S', s.Name)
-	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Action: engine.Swallow, Undo: &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUncached, Stmt: s}}}})
-	ss.bstmts.Forget(s, 0)
-	return inj
 }
 
 // sendUse sends a Bind or Describe, preparing its statement on the backend first
@@ -520,7 +379,7 @@ func (ss *session) sendUse(h wire.Header) error {
 		}
 		if body[0] != 'S' {
 			ss.mu.Lock()
-			ss.q.Push(engine.Pending{Kind: engine.ExpectDescribePortal})
+			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectDescribePortal})
 			ss.mu.Unlock()
 			return wire.Forward(ss.bw, ss.r, 1+h.Len)
 		}
@@ -547,12 +406,12 @@ func (ss *session) sendUse(h wire.Header) error {
 			}
 		}
 		ss.mu.Lock()
-		replay := ss.un.Valid && !ss.un.Here && ss.un.Flight == 0
-		u := ss.un.Parse
+		replay := ss.e.Un.Valid && !ss.e.Un.Here && ss.e.Un.Flight == 0
+		u := ss.e.Un.Parse
 		if replay {
-			ss.q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Swallow, Unnamed: engine.UnnamedReplay})
-			ss.un.Here = true
-		} else if !ss.un.Valid && !ss.un.Here && ss.un.Flight == 0 && ss.pooled {
+			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectParse, Action: engine.Swallow, Unnamed: engine.UnnamedReplay})
+			ss.e.Un.Here = true
+		} else if !ss.e.Un.Valid && !ss.e.Un.Here && ss.e.Un.Flight == 0 && ss.pooled {
 			// The client has no unnamed statement, but the backend may hold another
 			// client's: answer as PostgreSQL would for this client, and make the
 			// backend skip to the Sync.
@@ -561,7 +420,7 @@ func (ss *session) sendUse(h wire.Header) error {
 			}
 			return wire.Skip(ss.r, 1+h.Len)
 		}
-		ss.q.Push(engine.Pending{Kind: kind})
+		ss.e.Q.Push(engine.Pending{Kind: kind})
 		ss.mu.Unlock()
 		if replay {
 			if _, err := ss.bw.Write(u); err != nil {
@@ -571,11 +430,11 @@ func (ss *session) sendUse(h wire.Header) error {
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
 	ss.mu.Lock()
-	rg := ss.stmts.Get(string(p[ns:ne]))
+	rg := ss.e.Stmts.Get(string(p[ns:ne]))
 	if rg == nil || !ss.track {
 		// Not one of the client's named statements: PostgreSQL answers for it (with
 		// "does not exist" in transaction mode).
-		ss.q.Push(engine.Pending{Kind: kind})
+		ss.e.Q.Push(engine.Pending{Kind: kind})
 		ss.mu.Unlock()
 		return wire.Forward(ss.bw, ss.r, 1+h.Len)
 	}
@@ -586,7 +445,7 @@ func (ss *session) sendUse(h wire.Header) error {
 			return err
 		}
 		ss.mu.Lock()
-		if ss.stmts.Get(rg.Name) != rg {
+		if ss.e.Stmts.Get(rg.Name) != rg {
 			ss.mu.Unlock()
 			return fmt.Errorf("%w: statement registry changed under a Bind", errProtocol)
 		}
@@ -596,13 +455,13 @@ func (ss *session) sendUse(h wire.Header) error {
 		// PostgreSQL, the client's next Bind fails (and the one after works). A
 		// failing Parse in the Bind's place makes the backend skip the batch.
 		rg.Gen = st.Gen.Load()
-		if err := ss.failInsteadLocked(&engine.Undo{Replace: errCachedPlan}); err != nil {
+		if err := ss.failInsteadLocked(&engine.Undo{Replace: engine.CachedPlanError}); err != nil {
 			return err
 		}
 		return wire.Skip(ss.r, 1+h.Len)
 	}
-	inj := ss.prepareLocked(rg, false)
-	ss.q.Push(engine.Pending{Kind: kind, Stmt: st, Reg: rg})
+	inj := ss.e.Prepare(rg, false)
+	ss.e.Q.Push(engine.Pending{Kind: kind, Stmt: st, Reg: rg})
 	if kind == engine.ExpectBind {
 		q := st.Key
 		if i := strings.IndexByte(q, 0); i >= 0 {
@@ -642,9 +501,9 @@ func (ss *session) sendClose(h wire.Header) error {
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && ss.track {
 			name := body[1 : 1+j]
 			ss.mu.Lock()
-			if rg := ss.stmts.Get(string(name)); rg != nil {
-				ss.stmts.Remove(rg)
-				ss.srv.stmts.Release(rg.Stmt)
+			if rg := ss.e.Stmts.Get(string(name)); rg != nil {
+				ss.e.Stmts.Remove(rg)
+				ss.e.Registry.Release(rg.Stmt)
 				x = &engine.Undo{Ops: []engine.UndoOp{{Kind: engine.UndoUnregister, Reg: rg}}}
 			}
 			ss.mu.Unlock()
@@ -652,9 +511,9 @@ func (ss *session) sendClose(h wire.Header) error {
 	}
 	ss.mu.Lock()
 	if un != 0 {
-		ss.un.Flight++
+		ss.e.Un.Flight++
 	}
-	ss.q.Push(engine.Pending{Kind: engine.ExpectClose, Undo: x, Unnamed: un, Epoch: ss.un.Epoch})
+	ss.e.Q.Push(engine.Pending{Kind: engine.ExpectClose, Undo: x, Unnamed: un, Epoch: ss.e.Un.Epoch})
 	ss.mu.Unlock()
 	return wire.Forward(ss.bw, ss.r, 1+h.Len)
 }
@@ -662,8 +521,7 @@ func (ss *session) sendClose(h wire.Header) error {
 // releaseStmts drops the client's registrations when it leaves.
 func (ss *session) releaseStmts() {
 	ss.mu.Lock()
-	ss.stmts.All(func(rg *engine.Registration) { ss.srv.stmts.Release(rg.Stmt) })
-	ss.stmts.Clear()
+	ss.e.ReleaseAll()
 	ss.mu.Unlock()
 }
 
@@ -694,42 +552,17 @@ func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte)
 	if ss.routeSwallowed(r, h) {
 		return engine.Swallow, nil
 	}
-	switch h.Type {
-	case wire.MsgErrorResponse:
+	if h.Type == wire.MsgErrorResponse {
 		return ss.routeError(r, h)
-	case wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
-		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
-	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
-		return engine.Forward, nil
 	}
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	p, act, repl, done := ss.q.Answer(h.Type)
-	if !done {
-		return act, repl
-	}
-	if p.Undo != nil && p.Undo.Check != nil {
-		p.Undo.Check.Unconfirmed = false // its statement is valid after all
-	}
-	if p.Unnamed == engine.UnnamedOwn {
-		ss.un.Answered(p)
-	}
-	if p.Kind == engine.ExpectParse && p.Undo != nil && ss.bstmts != nil {
-		// The backend has the statement now, whatever comes after.
-		for _, op := range p.Undo.Ops {
-			if op.Kind == engine.UndoCached {
-				ss.bstmts.Parsed(op.Stmt, op.Seg)
-			}
-		}
-	}
-	ss.q.Pop()
+	act, repl := ss.e.Answer(h.Type)
 	ss.answersDrainedLocked()
+	ss.mu.Unlock()
 	return act, repl
 }
 
-// routeError handles an ErrorResponse: in the extended protocol the backend skips
-// everything up to the next Sync, so what the failed message and the skipped ones
-// changed in the registries is taken back.
+// routeError handles an ErrorResponse (engine.Session.AnswerError).
 func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
 	var e engine.ServerError
 	if h.Len < engine.MaxErrorInspect { // a long one is not read: forwarded as it is
@@ -741,49 +574,10 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 		ss.fatalForwarded.Store(true)
 	}
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	p := ss.q.Front()
-	act, repl, skip := engine.ErrorAnswer(p, e)
-	if !skip {
-		return act, repl
-	}
-	if e.CachedPlan && p.Stmt != nil {
-		// Its plans are stale on every backend: each prepares it anew on next use,
-		// so the client's next execution works. Other clients that prepared it
-		// before get the same error once (stale registration) instead of rows of
-		// another type.
-		gen := p.Stmt.Gen.Add(1)
-		ss.stmts.All(func(rg *engine.Registration) {
-			if rg.Stmt == p.Stmt {
-				rg.Gen = gen
-			}
-		})
-	}
-	if p.Undo != nil && p.Undo.Check != nil && p.Undo.Check.Unconfirmed && !e.NotAboutStatement {
-		// The statement of a Parse answered without a backend does not parse: as
-		// with PostgreSQL, the name does not exist. (Refused because the
-		// transaction had failed, the statement is still the client's: PostgreSQL
-		// parsed it back when the client sent it.)
-		ss.unregisterLocked(p.Undo.Check)
-	}
-	ss.un.Failed(p, p.Kind == engine.ExpectClose) // a Close that failed closed nothing
-	end := ss.q.SkippedBySync()
-	for i := end - 1; i >= 0; i-- {
-		e := ss.q.At(i)
-		if e.Undo != nil {
-			ss.undoLocked(e.Undo.Ops)
-		}
-		if i > 0 {
-			ss.un.Failed(e, true)
-		}
-		if i > 0 && e.Kind == engine.ExpectQuery {
-			ss.outstanding-- // skipped: no ReadyForQuery comes for it
-		}
-	}
-	for ; end > 0; end-- {
-		ss.q.Pop()
-	}
+	act, repl, skipped := ss.e.AnswerError(e)
+	ss.outstanding -= skipped // no ReadyForQuery comes for them
 	ss.answersDrainedLocked()
+	ss.mu.Unlock()
 	return act, repl
 }
 
@@ -794,34 +588,10 @@ var errNoUnnamed = &engine.Undo{BeforeAbort: true, Replace: wire.AppendError(nil
 
 // popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
 func (ss *session) popReadyLocked() {
-	for ss.q.Len() > 0 {
-		p := ss.q.Front()
-		k := p.Kind
-		if k != engine.ExpectSync && k != engine.ExpectQuery && p.Undo != nil {
-			ss.undoLocked(p.Undo.Ops) // got no answer: skipped
-		}
-		if k == engine.ExpectQuery && p.Action == engine.Swallow {
-			ss.swallowing.Add(-1)
-		}
-		ss.q.Pop()
-		if k == engine.ExpectSync || k == engine.ExpectQuery {
-			ss.answersDrainedLocked()
-			return
-		}
+	if ss.e.Ready() {
+		ss.swallowing.Add(-1)
 	}
 	ss.answersDrainedLocked()
-}
-
-// unregisterLocked drops the client's registration rg if it is still current.
-func (ss *session) unregisterLocked(rg *engine.Registration) {
-	if ss.stmts.Remove(rg) {
-		ss.srv.stmts.Release(rg.Stmt)
-	}
-}
-
-// undoLocked takes back registry changes, newest first.
-func (ss *session) undoLocked(ops []engine.UndoOp) {
-	engine.TakeBack(ops, &ss.stmts, ss.bstmts, &ss.srv.stmts)
 }
 
 // emptyQuery stands in for a statement the proxy answers itself while the client
@@ -861,11 +631,11 @@ func (ss *session) classifyQuery(h wire.Header) (engine.QueryEffect, error) {
 // it leaves e.localTag for sendQuery instead.
 func (ss *session) answerLocally(e *engine.QueryEffect, h wire.Header) bool {
 	ss.mu.Lock()
-	if !ss.localTagLocked(e) || ss.be != nil {
+	if !ss.e.LocalTag(e, ss.be != nil, ss.tx == wire.TxFailed) || ss.be != nil {
 		ss.mu.Unlock()
 		return false
 	}
-	ss.dropLocked(e)
+	ss.e.Drop(e)
 	ss.mu.Unlock()
 	if ss.held != nil {
 		ss.held = nil
@@ -879,28 +649,6 @@ func (ss *session) answerLocally(e *engine.QueryEffect, h wire.Header) bool {
 	return true
 }
 
-// localTagLocked decides whether the proxy answers e itself (DEALLOCATE of
-// statements only its registry holds) and sets e.localTag. ss.mu is held.
-func (ss *session) localTagLocked(e *engine.QueryEffect) bool {
-	return ss.state.LocalDeallocate(e, ss.stmts.Get(e.Name) != nil, ss.be != nil && ss.tx == wire.TxFailed)
-}
-
-// dropLocked forgets the statements a DEALLOCATE names (all of them for
-// DEALLOCATE ALL).
-func (ss *session) dropLocked(e *engine.QueryEffect) {
-	if e.First == sqlscan.KindDeallocate {
-		if rg := ss.stmts.Get(e.Name); rg != nil {
-			ss.unregisterLocked(rg)
-		}
-		return
-	}
-	var all []*engine.Registration
-	ss.stmts.All(func(rg *engine.Registration) { all = append(all, rg) })
-	for _, rg := range all {
-		ss.unregisterLocked(rg)
-	}
-}
-
 // sendQuery sends the client's Query (after attach queued its answer), applying
 // what e found: a DEALLOCATE the proxy answers goes out as an empty query; SQL
 // PREPARE pins the client to its backend until its statements are deallocated;
@@ -908,15 +656,15 @@ func (ss *session) dropLocked(e *engine.QueryEffect) {
 // proxy's on the backend.
 func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	ss.mu.Lock()
-	ss.un.Dropped()
+	ss.e.Un.Dropped()
 	if ss.held != nil {
 		ss.noteStmtLocked(ss.held[wire.HeaderLen:])
 	} else if p, err := ss.r.Peek(min(1+h.Len, wire.HeaderLen+len(ss.lastStmt))); err == nil {
 		ss.noteStmtLocked(p[wire.HeaderLen:])
 	}
 	if e.LocalTag != nil {
-		ss.dropLocked(&e)
-		if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectQuery {
+		ss.e.Drop(&e)
+		if b := ss.e.Q.Back(); b != nil && b.Kind == engine.ExpectQuery {
 			b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: e.LocalTag}
 		}
 		ss.mu.Unlock()
@@ -929,7 +677,7 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 		return err
 	}
 	if e.Refuse != nil {
-		if b := ss.q.Back(); b != nil && b.Kind == engine.ExpectQuery {
+		if b := ss.e.Q.Back(); b != nil && b.Kind == engine.ExpectQuery {
 			b.Action, b.Undo = engine.Replace, &engine.Undo{Replace: e.Refuse}
 		}
 		ss.mu.Unlock()
@@ -942,10 +690,10 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 		return err
 	}
 	if ss.track {
-		ss.applyLocked(&e)
+		ss.e.ApplySQL(&e)
 	}
 	ss.applyStateLocked(&e.State)
-	fix := ss.state.FixupQuery(&e.State)
+	fix := ss.e.State.FixupQuery(&e.State)
 	if fix != nil {
 		ss.outstanding++
 		ss.pushSwallowedLocked(nil)
@@ -964,30 +712,6 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	return err
 }
 
-// applyLocked applies what a forwarded statement does to prepared statements.
-// ss.mu is held.
-func (ss *session) applyLocked(e *engine.QueryEffect) {
-	pinned, dropAll := ss.state.ApplySQLPrepare(e)
-	if pinned != "" {
-		ss.notePinnedLocked(pinned)
-	}
-	if dropAll {
-		ss.dropLocked(&engine.QueryEffect{First: sqlscan.KindDeallocateAll})
-		if ss.bstmts != nil {
-			ss.bstmts.Dirty = true
-		}
-	}
-}
-
-// notePinnedLocked counts and logs that the client was just pinned for reason
-// (engine.State decides it: state that cannot move to another server
-// connection). ss.mu is held.
-func (ss *session) notePinnedLocked(reason string) {
-	ss.srv.countPin(reason)
-	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
-		"database", ss.db, "application_name", ss.app, "reason", reason)
-}
-
 // bindEffect applies what executing a bound statement does to session state, or
 // refuses it (--pin-policy refuse): then the Bind is replaced by a failing Parse
 // whose error the client sees, and the backend skips the rest of the batch.
@@ -1001,7 +725,7 @@ func (ss *session) bindEffect(e *engine.Effect, h wire.Header) (refused bool, er
 	}
 	ss.applyStateLocked(e)
 	ss.mu.Unlock()
-	if names := ss.state.FixupNames(e); len(names) > 0 {
+	if names := ss.e.State.FixupNames(e); len(names) > 0 {
 		ss.execFixup = names // sent after the statement's Execute
 	}
 	return false, nil
@@ -1013,7 +737,7 @@ func (ss *session) bindEffect(e *engine.Effect, h wire.Header) (refused bool, er
 func (ss *session) sendExecFixup() error {
 	names := ss.execFixup
 	ss.execFixup = nil
-	sql := ss.state.FixupSQL(names)
+	sql := ss.e.State.FixupSQL(names)
 	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
 	const name = engine.StatementPrefix + "fixup"
 	b := wire.AppendParse(nil, name, do)
@@ -1023,7 +747,7 @@ func (ss *session) sendExecFixup() error {
 	b = wire.AppendClose(b, 'S', name)
 	ss.mu.Lock()
 	for _, k := range []engine.Expected{engine.ExpectParse, engine.ExpectBind, engine.ExpectExecute, engine.ExpectClose, engine.ExpectClose} {
-		ss.q.Push(engine.Pending{Kind: k, Action: engine.Swallow})
+		ss.e.Q.Push(engine.Pending{Kind: k, Action: engine.Swallow})
 	}
 	ss.mu.Unlock()
 	_, err := ss.bw.Write(b)

@@ -42,22 +42,51 @@ const (
 // settings (nil when they match) and records them as the backend's. ss.mu is
 // held.
 func (ss *session) replayLocked(be *pool.Backend) []byte {
-	q := ss.state.Replay(&ss.bstmts.Settings, be.StateKey)
-	be.StateKey = ss.state.WantKey
+	q := ss.e.State.Replay(&ss.e.Server.Settings, be.StateKey)
+	be.StateKey = ss.e.State.WantKey
 	if q != nil {
 		ss.srv.replays.Add(1)
 	}
 	return q
 }
 
+// initEngine connects the client's protocol engine to the server's shared
+// statements, counters and log.
+func (ss *session) initEngine() {
+	ss.e.Registry = &ss.srv.stmts
+	ss.e.Counters = &ss.srv.prep
+	ss.e.Limits = ss.srv.options().limits()
+	ss.e.OnPinned = ss.notePinned
+	ss.e.OnStatementLimit = func(first bool) {
+		if !first {
+			return
+		}
+		// A client that keeps preparing new statements is usually an application
+		// that leaks them.
+		ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
+			"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
+			"statements", ss.e.Stmts.Len(), "bytes", ss.e.Stmts.Bytes(),
+			"max_statements", ss.e.Limits.MaxClientStatements, "max_bytes", ss.e.Limits.MaxClientStatementBytes)
+	}
+}
+
+// notePinned counts and logs that the client was just pinned for reason
+// (engine.State decides it: state that cannot move to another server
+// connection).
+func (ss *session) notePinned(reason string) {
+	ss.srv.countPin(reason)
+	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
+		"database", ss.db, "application_name", ss.app, "reason", reason)
+}
+
 // applyStateLocked records a forwarded statement's effect. ss.mu is held.
 func (ss *session) applyStateLocked(e *engine.Effect) {
 	var server engine.Settings
-	if ss.bstmts != nil {
-		server = ss.bstmts.Settings
+	if ss.e.Server != nil {
+		server = ss.e.Server.Settings
 	}
-	if reason := ss.state.Apply(e, server); reason != "" {
-		ss.notePinnedLocked(reason)
+	if reason := ss.e.State.Apply(e, server); reason != "" {
+		ss.notePinned(reason)
 	}
 }
 
@@ -74,7 +103,7 @@ func (ss *session) probeDueLocked() bool {
 // goroutine waits in attach meanwhile.
 func (ss *session) probe(be *pool.Backend) error {
 	ss.mu.Lock()
-	pr := ss.state.StartProbe()
+	pr := ss.e.State.StartProbe()
 	ss.probing = true
 	ss.mu.Unlock()
 	defer func() {
@@ -136,11 +165,11 @@ func (ss *session) probe(be *pool.Backend) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	var server *engine.Settings
-	if ss.bstmts != nil {
-		server = &ss.bstmts.Settings
+	if ss.e.Server != nil {
+		server = &ss.e.Server.Settings
 	}
-	pin := ss.state.Pin
-	key, keyChanged, unpinned, err := ss.state.FinishProbe(pr, row, server)
+	pin := ss.e.State.Pin
+	key, keyChanged, unpinned, err := ss.e.State.FinishProbe(pr, row, server)
 	if err != nil {
 		return err
 	}
@@ -181,14 +210,14 @@ func parseDataRow(b []byte) [][]byte {
 // pushSwallowedLocked queues a Query the proxy sends on its own: all of its
 // answer is dropped. ss.mu is held.
 func (ss *session) pushSwallowedLocked(x *engine.Undo) {
-	ss.q.Push(engine.Pending{Kind: engine.ExpectQuery, Action: engine.Swallow, Undo: x})
+	ss.e.Q.Push(engine.Pending{Kind: engine.ExpectQuery, Action: engine.Swallow, Undo: x})
 	ss.swallowing.Add(1)
 }
 
 // resetQueueLocked empties the answer queue. ss.mu is held.
 func (ss *session) resetQueueLocked() {
-	ss.q.Reset()
-	ss.q.Trim(256) // a burst's queue is not kept while the client is idle
+	ss.e.Q.Reset()
+	ss.e.Q.Trim(256) // a burst's queue is not kept while the client is idle
 	ss.swallowing.Store(0)
 }
 
@@ -200,7 +229,7 @@ func (ss *session) frontSwallowed() bool {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.q.Front()
+	p := ss.e.Q.Front()
 	return p != nil && p.Kind == engine.ExpectQuery && p.Action == engine.Swallow
 }
 
@@ -215,7 +244,7 @@ func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
 		return false
 	}
 	ss.mu.Lock()
-	p := ss.q.Front()
+	p := ss.e.Q.Front()
 	if p == nil || p.Kind != engine.ExpectQuery || p.Action != engine.Swallow {
 		ss.mu.Unlock()
 		return false
