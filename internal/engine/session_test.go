@@ -12,8 +12,8 @@ import (
 type testRegistry struct{ r StatementRegistry }
 
 func (t *testRegistry) Intern(body []byte) *Statement { return t.r.Intern(body) }
-func (t *testRegistry) Acquire(st *Statement)        { t.r.Acquire(st) }
-func (t *testRegistry) Release(st *Statement)        { t.r.Release(st) }
+func (t *testRegistry) Acquire(st *Statement)         { t.r.Acquire(st) }
+func (t *testRegistry) Release(st *Statement)         { t.r.Release(st) }
 
 func newSession(maxPrepared int) (*Session, *testRegistry) {
 	reg := &testRegistry{}
