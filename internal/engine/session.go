@@ -41,8 +41,21 @@ type Session struct {
 	// OnPinned, when set, is called when the client gets pinned for reason.
 	OnPinned func(reason string)
 
+	// Track: named statements are rewritten (transaction mode, statement
+	// rewriting on); Pooled: transaction mode, session state is tracked.
+	Track, Pooled bool
+
 	inj          []byte // the messages the proxy sends ahead of the client's
 	limitReached bool   // a refusal by the statement bounds was reported
+
+	owed          []*Registration // named Parses taken without a server connection, not answered yet
+	owedBuf       []byte          // their Parses when a server connection is attached
+	unnamedTag    []byte          // the unnamed statement stands in for a DEALLOCATE: its answer
+	unnamedEffect *Effect         // what executing the unnamed statement does to session state
+	execFixup     []string        // settings to give their startup values after the next Execute
+	portalTag     []byte          // ... and so does the unnamed portal
+	lastStmt      [200]byte       // the start of the client's last statement (leak reports)
+	lastStmtLen   int
 }
 
 // Limits are the bounds a Session enforces.
@@ -55,6 +68,9 @@ type Limits struct {
 	// statement's replay copy included).
 	MaxClientStatements     int
 	MaxClientStatementBytes int64
+	// RefusePins: a statement that would pin the client is refused (the pin
+	// policy "refuse").
+	RefusePins bool
 }
 
 // Registry is the StatementRegistry every client shares, behind the lock its

@@ -142,7 +142,7 @@ func (ss *session) reportLeak(now time.Time) {
 		return
 	}
 	ss.leakReported = true
-	stmt := string(ss.lastStmt[:ss.lastStmtLen])
+	stmt := ss.e.LastStatement()
 	state := "idle in transaction"
 	if ss.tx == wire.TxFailed {
 		state = "idle in transaction (aborted)"
@@ -182,7 +182,7 @@ func (ss *session) checkTxTimeout(now time.Time) {
 func (ss *session) lastStatement() string {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return string(ss.lastStmt[:ss.lastStmtLen])
+	return ss.e.LastStatement()
 }
 
 // Leak is one client idle inside a transaction.
@@ -211,7 +211,7 @@ func (s *Server) Leaks() []Leak {
 			continue
 		}
 		l := Leak{ClientID: ss.pid, Client: ss.addr, Application: ss.app, User: ss.user, Database: ss.db,
-			State: StateIdleInTransaction, Age: now.Sub(since), LastStatement: string(ss.lastStmt[:ss.lastStmtLen])}
+			State: StateIdleInTransaction, Age: now.Sub(since), LastStatement: ss.e.LastStatement()}
 		if ss.tx == wire.TxFailed {
 			l.State = StateIdleInTransactionAborted
 		}

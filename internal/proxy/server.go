@@ -300,7 +300,8 @@ func withDefaults(opt Options) Options {
 // limits are the bounds the protocol engine enforces.
 func (o *Options) limits() engine.Limits {
 	return engine.Limits{MaxPreparedStatements: o.MaxPreparedStatements,
-		MaxClientStatements: o.MaxClientStatements, MaxClientStatementBytes: o.MaxClientStatementBytes}
+		MaxClientStatements: o.MaxClientStatements, MaxClientStatementBytes: o.MaxClientStatementBytes,
+		RefusePins: o.PinPolicy == PinPolicyRefuse}
 }
 
 // options returns the options in force. Read them once per decision: a

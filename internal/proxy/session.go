@@ -124,14 +124,10 @@ type session struct {
 	pooled        bool // transaction mode: session state is tracked
 
 	// The client goroutine's own prepared-statement state.
-	owed           []*engine.Registration // named Parses taken without a backend, not answered yet
-	held           []byte                 // a client message too big for r, read whole and not yet sent
-	unnamedTag     []byte                 // the unnamed statement stands in for a DEALLOCATE: its answer
-	unnamedEffect  *engine.Effect         // what executing the unnamed statement does to session state
-	execFixup      []string               // settings to give their startup values after the next Execute
-	portalTag      []byte                 // ... and so does the unnamed portal
-	inj            []byte                 // messages the proxy sends ahead of the client's
-	scratch        []byte                 // a whole client message
+	owedReply      []byte // ParseCompletes for Parses answered without a backend
+	held           []byte // a client message too big for r, read whole and not yet sent
+	inj            []byte // messages the proxy sends ahead of the client's
+	scratch        []byte // a whole client message
 	swallow        atomic.Bool
 	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
 	fatalForwarded atomic.Bool
@@ -174,8 +170,6 @@ type session struct {
 	waiting        bool           // in the pool's queue for a backend
 	attachedAt     time.Time      // when be was attached
 	txStart        time.Time      // when the client's current transaction began
-	lastStmt       [200]byte      // the start of the client's last statement (leak reports)
-	lastStmtLen    int
 	readerWG       sync.WaitGroup
 
 	// Admin console (console.go).
@@ -806,7 +800,7 @@ func (ss *session) forwardReady(r *bufio.Reader, h wire.Header) (byte, error) {
 }
 
 var (
-	errProtocol = errors.New("protocol violation")
+	errProtocol = engine.ErrProtocol // a client message that cannot be read
 	readyIdle   = wire.AppendReadyForQuery(nil, wire.TxIdle)
 )
 
@@ -826,7 +820,7 @@ func (ss *session) failLocally(h wire.Header, err error) bool {
 			ss.w.Write(readyIdle)
 			ss.w.Flush()
 		case wire.MsgFlush:
-			if len(ss.owed) > 0 {
+			if ss.e.Owing() > 0 {
 				ss.payOwed()
 				ss.w.Flush()
 			}

@@ -56,6 +56,7 @@ func (ss *session) initEngine() {
 	ss.e.Registry = &ss.srv.stmts
 	ss.e.Counters = &ss.srv.prep
 	ss.e.Limits = ss.srv.options().limits()
+	ss.e.Track, ss.e.Pooled = ss.track, ss.pooled
 	ss.e.OnPinned = ss.notePinned
 	ss.e.OnStatementLimit = func(first bool) {
 		if !first {
@@ -77,17 +78,6 @@ func (ss *session) notePinned(reason string) {
 	ss.srv.countPin(reason)
 	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
 		"database", ss.db, "application_name", ss.app, "reason", reason)
-}
-
-// applyStateLocked records a forwarded statement's effect. ss.mu is held.
-func (ss *session) applyStateLocked(e *engine.Effect) {
-	var server engine.Settings
-	if ss.e.Server != nil {
-		server = ss.e.Server.Settings
-	}
-	if reason := ss.e.State.Apply(e, server); reason != "" {
-		ss.notePinned(reason)
-	}
 }
 
 // probeDueLocked reports whether the backend must be asked about session state
@@ -307,7 +297,3 @@ func (ss *session) refuseLocally(e *engine.QueryEffect, h wire.Header) bool {
 	ss.w.Flush()
 	return true
 }
-
-// failQuery fails (a syntax error) in place of a refused statement, so that an
-// open transaction fails as it would on PostgreSQL; the client sees the refusal.
-var failQuery = wire.AppendQuery(nil, "pgsidecar refused this statement")
