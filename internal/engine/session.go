@@ -28,6 +28,15 @@ type Session struct {
 	Server *ServerStatements
 	// Syncs counts the Syncs sent: see StatementSlot.Seg.
 	Syncs uint32
+	// Outstanding counts the Queries, Syncs and FunctionCalls sent whose
+	// ReadyForQuery has not come; Partial says extended-protocol messages went
+	// out since the last Sync; SyncsAfterExec counts the Syncs since the last
+	// Execute or Query (a server in COPY IN ignores them); Tx is the
+	// transaction status of the last ReadyForQuery.
+	Outstanding    int
+	Partial        bool
+	SyncsAfterExec int
+	Tx             byte
 	// Limits bound the client's statements and the server connection's; the
 	// driver refreshes them when the configuration changes.
 	Limits Limits
@@ -108,6 +117,7 @@ var (
 // Attached resets the per-server-connection part of the session for a server
 // connection whose statements are server.
 func (s *Session) Attached(server *ServerStatements) {
+	s.Outstanding, s.Partial, s.SyncsAfterExec, s.Tx = 0, false, 0, wire.TxIdle
 	s.Q.Reset()
 	s.Q.Trim(256) // a burst's queue is not kept while the client is idle
 	s.Server = server
@@ -414,4 +424,97 @@ func (s *Session) Ready() (swallowedQuery bool) {
 		}
 	}
 	return false
+}
+
+// Sent accounts for a client message of type t sent to the attached server
+// connection: the answers it is owed (Parse, Bind, Describe and Close queue
+// theirs when they are sent) and where the batch stands. statement reports a
+// statement that runs (Query, FunctionCall, Execute).
+func (s *Session) Sent(t byte) (statement bool) {
+	switch t {
+	case wire.MsgQuery, wire.MsgFunctionCall:
+		s.Outstanding++
+		s.Partial = false
+		s.SyncsAfterExec = 0
+		s.Q.Push(Pending{Kind: ExpectQuery})
+		return true
+	case wire.MsgSync:
+		s.Outstanding++
+		s.Partial = false
+		s.SyncsAfterExec++
+		s.Syncs++
+		s.Q.Push(Pending{Kind: ExpectSync})
+	case wire.MsgExecute:
+		s.Partial = true
+		s.SyncsAfterExec = 0
+		s.Q.Push(Pending{Kind: ExpectExecute})
+		return true
+	case wire.MsgCopyDone, wire.MsgCopyFail:
+		// A server in COPY IN ignored the Syncs sent after the Execute that
+		// started it.
+		s.Outstanding -= s.SyncsAfterExec
+		for ; s.SyncsAfterExec > 0; s.SyncsAfterExec-- {
+			if b := s.Q.Back(); b != nil && b.Kind == ExpectSync {
+				s.Q.PopBack()
+			}
+		}
+	case wire.MsgCopyData, wire.MsgFlush:
+	default: // Parse, Bind, Describe, Close
+		s.Partial = true
+	}
+	return false
+}
+
+// Between reports whether the client is between statements: nothing is due
+// from the server connection and no batch is half sent.
+func (s *Session) Between() bool { return s.Outstanding <= 0 && !s.Partial }
+
+// ReadyForQuery accounts for the server's ReadyForQuery with transaction
+// status: the batch it ends leaves the queue (see Ready).
+func (s *Session) ReadyForQuery(status byte) (swallowedQuery bool) {
+	s.Outstanding--
+	s.Tx = status
+	return s.Ready()
+}
+
+// Detached forgets the server connection: it went back to its pool or broke.
+func (s *Session) Detached() {
+	s.Server = nil
+	s.Outstanding, s.Partial = 0, false
+	s.Q.Reset()
+	s.Q.Trim(256)
+}
+
+// Boundary is what the transaction-boundary decision needs to know of the
+// client now: sessionMode says it keeps its server connection for the whole
+// session, gone that it left.
+func (s *Session) Boundary(sessionMode, gone bool) Boundary {
+	return Boundary{
+		Status:        s.Tx,
+		Outstanding:   s.Outstanding,
+		Partial:       s.Partial,
+		SessionMode:   sessionMode,
+		Gone:          gone,
+		Pinned:        s.State.Pin != "",
+		PinListen:     s.State.PinListen,
+		PinPermanent:  s.State.PinPermanent,
+		DirtySettings: len(s.State.Dirty) > 0,
+		PinCheck:      s.State.PinCheck,
+	}
+}
+
+// SwallowFront reports whether the server message of type t belongs to the
+// answer of a Query the proxy sent on its own (a settings replay or fix-up),
+// which the client never sees (notifications excepted), and fatal that it is
+// the error of a replay the client cannot do without: the server connection
+// cannot serve the client.
+func (s *Session) SwallowFront(t byte) (swallow, fatal bool) {
+	if t == wire.MsgNotification {
+		return false, false
+	}
+	p := s.Q.Front()
+	if p == nil || p.Kind != ExpectQuery || p.Action != Swallow {
+		return false, false
+	}
+	return true, t == wire.MsgErrorResponse && p.Undo != nil && p.Undo.Fatal
 }

@@ -276,3 +276,72 @@ func TestSessionAnswerAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per prepared-statement round trip", allocs)
 	}
 }
+
+func TestSessionBatchBookkeeping(t *testing.T) {
+	s, _ := newSession(8)
+	// Parse, Bind, Execute, Sync; then a simple Query in the same flight.
+	for _, m := range []byte{wire.MsgParse, wire.MsgBind} {
+		if s.Sent(m) {
+			t.Fatalf("%c counted as a statement", m)
+		}
+		s.Q.Push(Pending{Kind: map[byte]Expected{wire.MsgParse: ExpectParse, wire.MsgBind: ExpectBind}[m]})
+	}
+	if !s.Sent(wire.MsgExecute) || !s.Partial || s.Between() {
+		t.Fatal("Execute")
+	}
+	s.Sent(wire.MsgSync)
+	s.Sent(wire.MsgQuery)
+	if s.Outstanding != 2 || s.Partial || s.Syncs != 1 || s.Q.Len() != 5 {
+		t.Fatalf("outstanding %d partial %v syncs %d queued %d", s.Outstanding, s.Partial, s.Syncs, s.Q.Len())
+	}
+	for _, m := range []byte{wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgDataRow, wire.MsgCommandComplete} {
+		s.Answer(m)
+	}
+	if s.ReadyForQuery(wire.TxIdle) || s.Outstanding != 1 || s.Q.Len() != 1 {
+		t.Fatalf("after the Sync's ReadyForQuery: %d due, %d queued", s.Outstanding, s.Q.Len())
+	}
+	if d := Decide(s.Boundary(false, false)); d != KeepReading {
+		t.Fatalf("with a Query due: %v", d)
+	}
+	s.Answer(wire.MsgCommandComplete)
+	s.ReadyForQuery(wire.TxActive)
+	if d := Decide(s.Boundary(false, false)); d != Stay {
+		t.Fatalf("in a transaction: %v", d)
+	}
+	// COPY IN: the Syncs sent after its Execute are ignored by the server.
+	s.Sent(wire.MsgExecute)
+	s.Sent(wire.MsgSync)
+	s.Sent(wire.MsgSync)
+	s.Sent(wire.MsgCopyDone)
+	if s.Outstanding != 0 || s.Q.Len() != 1 || s.Q.Back().Kind != ExpectExecute {
+		t.Fatalf("after CopyDone: %d due, %d queued", s.Outstanding, s.Q.Len())
+	}
+	s.Detached()
+	if s.Server != nil || s.Q.Len() != 0 || !s.Between() {
+		t.Fatal("Detached")
+	}
+}
+
+func TestSessionSwallowFront(t *testing.T) {
+	s, _ := newSession(8)
+	s.Q.Push(Pending{Kind: ExpectQuery, Action: Swallow, Undo: &Undo{Fatal: true}})
+	s.Q.Push(Pending{Kind: ExpectQuery})
+	for _, c := range []struct {
+		t              byte
+		swallow, fatal bool
+	}{
+		{wire.MsgCommandComplete, true, false},
+		{wire.MsgNotification, false, false}, // the client's, whoever asked
+		{wire.MsgErrorResponse, true, true},
+	} {
+		if sw, f := s.SwallowFront(c.t); sw != c.swallow || f != c.fatal {
+			t.Fatalf("%c: swallow %v fatal %v", c.t, sw, f)
+		}
+	}
+	if !s.ReadyForQuery(wire.TxIdle) {
+		t.Fatal("the proxy's Query was not reported")
+	}
+	if sw, _ := s.SwallowFront(wire.MsgCommandComplete); sw {
+		t.Fatal("the client's own answer is swallowed")
+	}
+}

@@ -72,9 +72,9 @@ func (s *Server) LeakStats() LeakStats {
 func (ss *session) activityLocked() engine.Activity {
 	return engine.Activity{
 		Attached:    ss.be != nil,
-		Status:      ss.tx,
-		Outstanding: ss.outstanding,
-		Partial:     ss.partial,
+		Status:      ss.e.Tx,
+		Outstanding: ss.e.Outstanding,
+		Partial:     ss.e.Partial,
 		Gone:        ss.gone,
 		Ending:      ss.kill != killNone,
 		IdleSince:   ss.idleSince,
@@ -144,7 +144,7 @@ func (ss *session) reportLeak(now time.Time) {
 	ss.leakReported = true
 	stmt := ss.e.LastStatement()
 	state := "idle in transaction"
-	if ss.tx == wire.TxFailed {
+	if ss.e.Tx == wire.TxFailed {
 		state = "idle in transaction (aborted)"
 	}
 	var pid uint32
@@ -212,7 +212,7 @@ func (s *Server) Leaks() []Leak {
 		}
 		l := Leak{ClientID: ss.pid, Client: ss.addr, Application: ss.app, User: ss.user, Database: ss.db,
 			State: StateIdleInTransaction, Age: now.Sub(since), LastStatement: ss.e.LastStatement()}
-		if ss.tx == wire.TxFailed {
+		if ss.e.Tx == wire.TxFailed {
 			l.State = StateIdleInTransactionAborted
 		}
 		if ss.be != nil {

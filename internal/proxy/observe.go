@@ -86,11 +86,11 @@ func (ss *session) stateLocked() string {
 		return StateWaiting
 	case ss.be == nil:
 		return StateIdle
-	case ss.outstanding > 0 || ss.partial:
+	case ss.e.Outstanding > 0 || ss.e.Partial:
 		return StateActive
-	case ss.tx == wire.TxFailed:
+	case ss.e.Tx == wire.TxFailed:
 		return StateIdleInTransactionAborted
-	case ss.tx != wire.TxIdle:
+	case ss.e.Tx != wire.TxIdle:
 		return StateIdleInTransaction
 	}
 	return StateIdle // attached between batches (session mode, pinned)

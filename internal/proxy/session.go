@@ -153,10 +153,6 @@ type session struct {
 	writing        bool // the client goroutine is sending be a message that does not hold it (see attach)
 	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
 	pendingSkip    bool // ... which are dropped rather than forwarded
-	outstanding    int  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-	partial        bool // extended-protocol messages sent since the last Sync
-	syncsAfterExec int  // Syncs since the last Execute/Query (ignored by a server in COPY IN)
-	tx             byte // transaction status of the last ReadyForQuery
 	gone           bool // the client left; the server goroutine cleans up and releases
 	draining       bool
 	kill           killReason
@@ -181,9 +177,10 @@ type session struct {
 func (s *Server) serveClient(c net.Conn) {
 	defer s.sessWG.Done()
 	defer s.clients.Add(-1) // counted by Serve
-	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), tx: wire.TxIdle, connectedAt: time.Now(),
+	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), connectedAt: time.Now(),
 		killCh: make(chan struct{})}
 	ss.cond.L = &ss.mu
+	ss.e.Tx = wire.TxIdle
 	ss.cio = netio.ConnIO(c)
 	ss.cout.c = ss.cio
 	ss.r = readerPool.Get().(*bufio.Reader)
@@ -614,7 +611,7 @@ func (ss *session) run() {
 // flushed sends what was forwarded to be and decides who reads the answer.
 func (ss *session) flushed(be *pool.Backend) {
 	ss.mu.Lock()
-	if ss.be == be && !ss.reader && !ss.partial && ss.outstanding > 0 {
+	if ss.be == be && !ss.reader && !ss.e.Partial && ss.e.Outstanding > 0 {
 		// The common case: a complete batch whose answer the client goroutine reads.
 		ss.doneWritingLocked()
 		ss.mu.Unlock()
@@ -642,14 +639,14 @@ func (ss *session) flushed(be *pool.Backend) {
 		ss.serverFailed(be, err, false)
 		return
 	}
-	if ss.partial {
+	if ss.e.Partial {
 		// The client may wait for answers before it sends the rest of its batch (a
 		// Flush): read them while the client goroutine watches the client.
 		ss.startReaderLocked(be)
 		ss.mu.Unlock()
 		return
 	}
-	wait := ss.outstanding > 0
+	wait := ss.e.Outstanding > 0
 	ss.mu.Unlock()
 	if wait {
 		ss.syncRead(be, false)
@@ -866,10 +863,10 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		be = ss.be
 	}
-	if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.tx == wire.TxIdle && ss.outstanding <= 0 && !ss.partial)) {
+	if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
 		ss.txStart = time.Now() // a transaction (or a statement) begins
 	}
-	if be != nil && !ss.idleSince.IsZero() && ss.outstanding <= 0 && !ss.partial && ss.tx != wire.TxIdle {
+	if be != nil && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
 		// An idle-in-transaction episode ends.
 		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
 		ss.idleSince = time.Time{}
@@ -902,7 +899,6 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			at = time.Now()
 		}
 		ss.attachedAt = at
-		ss.outstanding, ss.partial, ss.syncsAfterExec, ss.tx = 0, false, 0, wire.TxIdle
 		ss.e.Attached(stmtsOf(be))
 		ss.swallowing.Store(0)
 		ss.doomed = false
@@ -917,7 +913,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		ss.pendingBody = 0
 		if q := ss.replayLocked(be); q != nil {
 			// The client's settings first; an error means it cannot have them here.
-			ss.outstanding++
+			ss.e.Outstanding++
 			ss.pushSwallowedLocked(&engine.Undo{Fatal: true})
 			ss.bw.Write(q)
 		}
@@ -929,35 +925,8 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			ss.startReaderLocked(be)
 		}
 	}
-	switch t {
-	case wire.MsgQuery, wire.MsgFunctionCall:
-		ss.outstanding++
-		ss.partial = false
-		ss.syncsAfterExec = 0
-		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectQuery})
+	if ss.e.Sent(t) {
 		ss.obs.Query()
-	case wire.MsgSync:
-		ss.outstanding++
-		ss.partial = false
-		ss.syncsAfterExec++
-		ss.e.Syncs++
-		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync})
-	case wire.MsgExecute:
-		ss.partial = true
-		ss.syncsAfterExec = 0
-		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectExecute})
-		ss.obs.Query()
-	case wire.MsgCopyDone, wire.MsgCopyFail:
-		// A server in COPY IN ignored the Syncs sent after the Execute that started it.
-		ss.outstanding -= ss.syncsAfterExec
-		for ; ss.syncsAfterExec > 0; ss.syncsAfterExec-- {
-			if b := ss.e.Q.Back(); b != nil && b.Kind == engine.ExpectSync {
-				ss.e.Q.PopBack()
-			}
-		}
-	case wire.MsgCopyData, wire.MsgFlush:
-	default: // Parse, Bind, Describe, Close: send queues their answers
-		ss.partial = true
 	}
 	switch t {
 	case wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
@@ -1161,9 +1130,10 @@ const (
 // flushes the client writer before it gives the writer back.
 func (ss *session) ready(be *pool.Backend, status byte, async bool) readyAction {
 	ss.mu.Lock()
-	ss.outstanding--
-	ss.tx = status
-	ss.popReadyLocked()
+	if ss.e.ReadyForQuery(status) {
+		ss.swallowing.Add(-1)
+	}
+	ss.answersDrainedLocked()
 	return ss.decideLocked(be, async)
 }
 
@@ -1202,7 +1172,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 			ss.mu.Unlock()
 			return probeNow
 		case engine.Stay, engine.StayListening:
-			if ss.tx != wire.TxIdle {
+			if ss.e.Tx != wire.TxIdle {
 				ss.armIdleLocked()
 			}
 			if async {
@@ -1244,9 +1214,8 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 		break
 	}
 	ss.be = nil
-	ss.e.Server = nil
-	ss.outstanding = 0
-	ss.resetQueueLocked()
+	ss.e.Detached()
+	ss.swallowing.Store(0)
 	if async {
 		ss.reader = false
 	}
@@ -1264,18 +1233,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 // boundaryLocked is what the engine's transaction-boundary decision needs to
 // know of the client now. ss.mu is held.
 func (ss *session) boundaryLocked() engine.Boundary {
-	return engine.Boundary{
-		Status:        ss.tx,
-		Outstanding:   ss.outstanding,
-		Partial:       ss.partial,
-		SessionMode:   ss.srv.options().Mode == ModeSession,
-		Gone:          ss.gone,
-		Pinned:        ss.e.State.Pin != "",
-		PinListen:     ss.e.State.PinListen,
-		PinPermanent:  ss.e.State.PinPermanent,
-		DirtySettings: len(ss.e.State.Dirty) > 0,
-		PinCheck:      ss.e.State.PinCheck,
-	}
+	return ss.e.Boundary(ss.srv.options().Mode == ModeSession, ss.gone)
 }
 
 // serverFailed handles a backend that broke while attached: it is destroyed, and a
@@ -1287,14 +1245,16 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 		ss.w.Flush()
 	}
 	ss.mu.Lock()
-	lost := ss.outstanding > 0 || ss.partial || ss.tx != wire.TxIdle || ss.srv.options().Mode == ModeSession
+	lost := ss.e.Outstanding > 0 || ss.e.Partial || ss.e.Tx != wire.TxIdle || ss.srv.options().Mode == ModeSession
 	gone := ss.gone
+	server := ss.e.Server
+	ss.e.Detached()
+	ss.swallowing.Store(0)
 	if ss.be == be {
 		ss.be = nil
-		ss.e.Server = nil
+	} else {
+		ss.e.Server = server // another backend's
 	}
-	ss.outstanding, ss.partial = 0, false
-	ss.resetQueueLocked()
 	ss.answersDrainedLocked()
 	if async {
 		ss.reader = false // the client writer is the client goroutine's again
@@ -1351,7 +1311,7 @@ func (ss *session) idleTimeout() {
 func (ss *session) forwardCancel() {
 	ss.mu.Lock()
 	be := ss.be
-	if be == nil || ss.outstanding <= 0 {
+	if be == nil || ss.e.Outstanding <= 0 {
 		ss.mu.Unlock()
 		return
 	}

@@ -159,8 +159,8 @@ func (ss *session) leave() (settled bool) {
 		return ss.awaitReaders(nil)
 	}
 	var q []byte
-	clean := ss.outstanding <= 0 && !ss.partial
-	if !clean || ss.tx != wire.TxIdle {
+	clean := ss.e.Outstanding <= 0 && !ss.e.Partial
+	if !clean || ss.e.Tx != wire.TxIdle {
 		// A transaction the client did not end: count why it is rolled back.
 		switch ss.kill {
 		case killIdleTx:
@@ -179,14 +179,14 @@ func (ss *session) leave() (settled bool) {
 	if !clean {
 		ss.doomed = true
 	} else {
-		if ss.tx != wire.TxIdle {
+		if ss.e.Tx != wire.TxIdle {
 			q = wire.AppendQuery(q, "ROLLBACK")
-			ss.outstanding++
+			ss.e.Outstanding++
 			ss.pushSwallowedLocked(nil)
 		}
 		if ss.srv.options().Mode == ModeSession || ss.e.State.Pin != "" {
 			q = wire.AppendQuery(q, "DISCARD ALL")
-			ss.outstanding++
+			ss.e.Outstanding++
 			ss.pushSwallowedLocked(nil)
 			if ss.e.Server != nil {
 				ss.e.Server.Dirty = true   // DISCARD ALL dropped the proxy's statements too
@@ -196,7 +196,7 @@ func (ss *session) leave() (settled bool) {
 		} else if len(ss.e.State.Dirty) > 0 {
 			// Settings changed and not read back: back to the backend's defaults.
 			q = wire.AppendQuery(q, "RESET ALL")
-			ss.outstanding++
+			ss.e.Outstanding++
 			ss.pushSwallowedLocked(nil)
 			if ss.e.Server != nil {
 				ss.e.Server.Settings = nil
@@ -207,7 +207,7 @@ func (ss *session) leave() (settled bool) {
 			// Attached while idle: a Sync brings the ReadyForQuery at which the server
 			// goroutine releases the backend.
 			q = wire.AppendSync(q)
-			ss.outstanding++
+			ss.e.Outstanding++
 			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
 		}
 		ss.swallow.Store(true)

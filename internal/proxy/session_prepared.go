@@ -263,7 +263,7 @@ func (ss *session) sendParse(h wire.Header) error {
 		}
 		big := ss.big != nil && 1+h.Len > ss.r.Size() // msg is in the message budget's buffer
 		ss.mu.Lock()
-		msg = ss.e.ParseUnnamed(msg, big, ss.tx == wire.TxFailed)
+		msg = ss.e.ParseUnnamed(msg, big, ss.e.Tx == wire.TxFailed)
 		ss.mu.Unlock()
 		_, err = ss.bw.Write(msg)
 		return err
@@ -365,18 +365,10 @@ func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []
 	}
 	ss.mu.Lock()
 	act, repl, skipped := ss.e.AnswerError(e)
-	ss.outstanding -= skipped // no ReadyForQuery comes for them
+	ss.e.Outstanding -= skipped // no ReadyForQuery comes for them
 	ss.answersDrainedLocked()
 	ss.mu.Unlock()
 	return act, repl
-}
-
-// popReadyLocked takes the Sync or Query a ReadyForQuery answers off the queue.
-func (ss *session) popReadyLocked() {
-	if ss.e.Ready() {
-		ss.swallowing.Add(-1)
-	}
-	ss.answersDrainedLocked()
 }
 
 // classifyQuery finds the statements of the client's Query with header h that
@@ -412,7 +404,7 @@ func (ss *session) classifyQuery(h wire.Header) (engine.QueryEffect, error) {
 // it leaves e.localTag for sendQuery instead.
 func (ss *session) answerLocally(e *engine.QueryEffect, h wire.Header) bool {
 	ss.mu.Lock()
-	if !ss.e.LocalTag(e, ss.be != nil, ss.tx == wire.TxFailed) || ss.be != nil {
+	if !ss.e.LocalTag(e, ss.be != nil, ss.e.Tx == wire.TxFailed) || ss.be != nil {
 		ss.mu.Unlock()
 		return false
 	}
@@ -443,7 +435,7 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	ss.mu.Lock()
 	x := ss.e.Query(&e, head)
 	if x.Swallowed > 0 {
-		ss.outstanding += x.Swallowed
+		ss.e.Outstanding += x.Swallowed
 		ss.swallowing.Add(int32(x.Swallowed))
 	}
 	ss.mu.Unlock()

@@ -204,13 +204,6 @@ func (ss *session) pushSwallowedLocked(x *engine.Undo) {
 	ss.swallowing.Add(1)
 }
 
-// resetQueueLocked empties the answer queue. ss.mu is held.
-func (ss *session) resetQueueLocked() {
-	ss.e.Q.Reset()
-	ss.e.Q.Trim(256) // a burst's queue is not kept while the client is idle
-	ss.swallowing.Store(0)
-}
-
 // frontSwallowed reports whether the oldest pending answer belongs to a Query the
 // proxy sent on its own.
 func (ss *session) frontSwallowed() bool {
@@ -219,8 +212,8 @@ func (ss *session) frontSwallowed() bool {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	p := ss.e.Q.Front()
-	return p != nil && p.Kind == engine.ExpectQuery && p.Action == engine.Swallow
+	swallow, _ := ss.e.SwallowFront(wire.MsgReadyForQuery)
+	return swallow
 }
 
 // routeSwallowed drops every message of the answer to a Query the proxy sent on
@@ -230,18 +223,14 @@ func (ss *session) frontSwallowed() bool {
 // listening client sends it whenever it is idle, also before the ReadyForQuery
 // of the proxy's Query, and it is the client's.
 func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
-	if ss.swallowing.Load() == 0 || h.Type == wire.MsgNotification {
+	if ss.swallowing.Load() == 0 {
 		return false
 	}
 	ss.mu.Lock()
-	p := ss.e.Q.Front()
-	if p == nil || p.Kind != engine.ExpectQuery || p.Action != engine.Swallow {
+	swallow, fatal := ss.e.SwallowFront(h.Type)
+	if !fatal {
 		ss.mu.Unlock()
-		return false
-	}
-	if h.Type != wire.MsgErrorResponse || p.Undo == nil || !p.Undo.Fatal {
-		ss.mu.Unlock()
-		return true
+		return swallow
 	}
 	var msg string
 	if m, err := wire.PeekMessage(r, h); err == nil {
