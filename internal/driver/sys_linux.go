@@ -1,0 +1,47 @@
+//go:build linux && !race
+
+package driver
+
+import (
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The loop's reads and writes are raw system calls: they never block (the
+// descriptors are non-blocking), so telling the scheduler about them would only
+// let it hand the loop's P to another thread (see netio.RawIO). Under the race
+// detector they go through the syscall package instead (sys_race_linux.go).
+
+// sysRead is read(2); p is not empty.
+func sysRead(fd int32, p []byte) (int, syscall.Errno) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return int(n), e
+}
+
+// sysWrite is write(2); p is not empty.
+func sysWrite(fd int32, p []byte) (int, syscall.Errno) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return int(n), e
+}
+
+// sysWritev is writev(2) of bufs, using iov (len(bufs) <= cap(iov)) for the
+// vector; it returns iov emptied of pointers.
+func sysWritev(fd int32, bufs [][]byte, iov []unix.Iovec) (int, syscall.Errno) {
+	iov = iov[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, 0
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	clear(iov)
+	return int(n), e
+}
