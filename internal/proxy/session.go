@@ -146,27 +146,27 @@ type session struct {
 	mu sync.Mutex
 	// e is the client's protocol state: settings and pins, its statements, the
 	// answers due from be and be's statements (internal/engine). Under mu.
-	e              engine.Session
-	cond           sync.Cond
-	be             *pool.Backend
-	reader         bool // a server goroutine reads be
-	writing        bool // the client goroutine is sending be a message that does not hold it (see attach)
-	pendingBody    int  // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip    bool // ... which are dropped rather than forwarded
-	gone           bool // the client left; the server goroutine cleans up and releases
-	draining       bool
-	kill           killReason
-	probing        bool // the backend is being asked (see probe); attach waits
-	doomed         bool // the backend is being closed: never release it
-	cancels        int
-	idleSince      time.Time
-	idleTimer      *time.Timer
-	leakReported   bool           // this idle-in-transaction episode was logged as a leak suspect
-	obs            ClientObserver // metrics events
-	waiting        bool           // in the pool's queue for a backend
-	attachedAt     time.Time      // when be was attached
-	txStart        time.Time      // when the client's current transaction began
-	readerWG       sync.WaitGroup
+	e            engine.Session
+	cond         sync.Cond
+	be           *pool.Backend
+	reader       bool // a server goroutine reads be
+	writing      bool // the client goroutine is sending be a message that does not hold it (see attach)
+	pendingBody  int  // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip  bool // ... which are dropped rather than forwarded
+	gone         bool // the client left; the server goroutine cleans up and releases
+	draining     bool
+	kill         killReason
+	probing      bool // the backend is being asked (see probe); attach waits
+	doomed       bool // the backend is being closed: never release it
+	cancels      int
+	idleSince    time.Time
+	idleTimer    *time.Timer
+	leakReported bool           // this idle-in-transaction episode was logged as a leak suspect
+	obs          ClientObserver // metrics events
+	waiting      bool           // in the pool's queue for a backend
+	attachedAt   time.Time      // when be was attached
+	txStart      time.Time      // when the client's current transaction began
+	readerWG     sync.WaitGroup
 
 	// Admin console (console.go).
 	console     bool      // an admin console client: served by serveConsole, no pool
