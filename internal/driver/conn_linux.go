@@ -50,6 +50,7 @@ const (
 	fQueued                       // in l.again
 	fWantWrite                    // registered for Writable
 	fReadDone                     // closing, and the peer closed its side
+	fBorrowed                     // Adopt: the descriptor is the caller's, never closed here
 )
 
 const (
@@ -368,6 +369,25 @@ func (c *Conn) CloseAfterFlush(timeout time.Duration) {
 	}
 }
 
+// Detach takes an adopted connection (Loop.Adopt) off the loop, dropping its
+// pending output, with no Handler call: the caller goes on with its
+// descriptor elsewhere, and may adopt it again with the same Conn. It does
+// nothing to a connection that was not adopted or is closed.
+func (c *Conn) Detach() {
+	if c.flags&fBorrowed == 0 || c.flags&fClosed != 0 {
+		return
+	}
+	l := c.loop
+	fd := int(c.fd)
+	_ = l.poller.Remove(fd)
+	l.conns[fd] = nil
+	l.nconns--
+	if c.out != nil {
+		c.releaseOut()
+	}
+	c.flags = fBorrowed | fClosed
+}
+
 // closeNow closes c's descriptor and queues Handler.Closed(c, err).
 func (c *Conn) closeNow(err error) {
 	if c.flags&fClosed != 0 {
@@ -378,7 +398,9 @@ func (c *Conn) closeNow(err error) {
 	c.flags &^= fClosing | fWantWrite | fReadReady
 	fd := int(c.fd)
 	_ = l.poller.Remove(fd)
-	_ = unix.Close(fd)
+	if c.flags&fBorrowed == 0 {
+		_ = unix.Close(fd)
+	}
 	l.conns[fd] = nil
 	l.nconns--
 	if c.out != nil {

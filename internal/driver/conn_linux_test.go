@@ -528,3 +528,50 @@ func TestCloseAfterFlushPaused(t *testing.T) {
 	}
 	none(t, h.data, "Data")
 }
+
+func TestAdoptDetach(t *testing.T) {
+	l := startLoop(t, Options{})
+	fd, peer := tcpPair(t)
+	defer unix.Close(fd)
+	r := newRec()
+	var c Conn
+	onLoop(t, l, func() {
+		if err := l.Adopt(&c, fd, r); err != nil {
+			t.Error(err)
+		}
+	})
+	peer.Write([]byte("hello"))
+	if got := recv(t, r.data, "data on the adopted conn"); string(got) != "hello" {
+		t.Fatalf("data %q", got)
+	}
+	// Detached: no Closed, the descriptor stays open and usable.
+	onLoop(t, l, func() { c.Detach() })
+	peer.Write([]byte("more"))
+	var buf [16]byte
+	var n int
+	eventually(t, "a read of the detached descriptor", func() bool {
+		k, err := unix.Read(fd, buf[:])
+		if k > 0 {
+			n = k
+		}
+		return err == nil && k > 0
+	})
+	if string(buf[:n]) != "more" {
+		t.Fatalf("read after Detach: %q", buf[:n])
+	}
+	none(t, r.data, "data after Detach")
+	// Adopted again with the same struct; Close leaves the descriptor open.
+	onLoop(t, l, func() {
+		if err := l.Adopt(&c, fd, r); err != nil {
+			t.Error(err)
+		}
+		c.Close()
+	})
+	if err := recv(t, r.closed, "Closed after Close"); err != nil {
+		t.Fatalf("Closed(%v)", err)
+	}
+	if _, err := unix.Write(fd, []byte("x")); err != nil {
+		t.Fatalf("the adopted descriptor was closed: %v", err)
+	}
+	none(t, r.closed, "a second Closed")
+}

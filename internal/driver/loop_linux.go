@@ -279,6 +279,41 @@ func (l *Loop) Register(fd int, h Handler) error {
 	return nil
 }
 
+// Adopt registers fd, a socket the caller keeps, as c with handler h, at
+// once: on the loop's goroutine only, and without Handler.Opened. c is the
+// caller's struct (a zero Conn, or one it detached), so that adopting
+// allocates nothing. It works as any other Conn, except that closing it
+// (Close, a failed read or write, the loop stopping) only takes fd off the
+// loop and never closes it: the caller, which owns it, closes it after
+// Handler.Closed; and Detach takes it off the loop with no Handler call at
+// all. This is how a connection that lives longer than its time on the loop
+// (a pooled server connection, held by one client at a time) is driven by it.
+// fd is made non-blocking.
+func (l *Loop) Adopt(c *Conn, fd int, h Handler) error {
+	if fd < 0 {
+		return fmt.Errorf("driver: adopt: bad descriptor %d", fd)
+	}
+	if l.stopping {
+		return ErrLoopClosed
+	}
+	if fd < len(l.conns) && l.conns[fd] != nil {
+		return fmt.Errorf("driver: adopt: descriptor %d is already registered", fd)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("driver: adopt: %w", os.NewSyscallError("fcntl", err))
+	}
+	if err := l.poller.Add(fd, netio.Readable); err != nil {
+		return fmt.Errorf("driver: adopt: %w", err)
+	}
+	*c = Conn{Ctx: c.Ctx, loop: l, h: h, fd: int32(fd), flags: fBorrowed}
+	if fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*Conn, fd+1-len(l.conns))...)
+	}
+	l.conns[fd] = c
+	l.nconns++
+	return nil
+}
+
 // attach registers c with epoll and tells its handler.
 func (l *Loop) attach(c *Conn) {
 	fd := int(c.fd)

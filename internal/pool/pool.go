@@ -114,6 +114,89 @@ type waiter struct {
 	next     *waiter
 	prev     *waiter
 	gone     bool // removed from the queue
+	// fn, when set, gets the outcome instead of ch (AcquireAsync), under the
+	// pool's lock.
+	fn func(*Backend, error)
+}
+
+// deliver hands the waiter, just taken off the queue, its outcome. p.mu is held.
+func (p *Pool) deliverLocked(w *waiter, r result) {
+	if w.fn == nil {
+		w.ch <- r // buffered, never blocks
+		return
+	}
+	if r.err == errExpired {
+		w.fn(nil, context.DeadlineExceeded)
+		return
+	}
+	p.noteWaitLocked(w, r.err == nil)
+	w.fn(r.b, r.err)
+}
+
+// Waiter is a wait for a backend whose outcome goes to a function rather than
+// to a goroutine blocked in Acquire (AcquireAsync): an event loop's client
+// waits with one, at the cost of its struct. The zero value is ready; a
+// Waiter serves one wait at a time.
+type Waiter struct{ w waiter }
+
+// AcquireAsync returns an idle backend at once if there is one (queued false).
+// Otherwise it queues w (queued true) and dials if the pool has room, and fn
+// later gets the outcome Acquire would have returned: a backend, or an error
+// (context.DeadlineExceeded after timeout, 0: never; ErrClosed; a dial or
+// back-off error). While the route backs off with nothing open, it fails at
+// once as Acquire does.
+//
+// fn runs under the pool's lock on whichever goroutine hands the backend over
+// (a Release, a dial, the expiry timer, Close): it must only record the outcome
+// and pass it to its owner, never call the pool. CancelWait withdraws the wait.
+func (p *Pool) AcquireAsync(key uint64, timeout time.Duration, w *Waiter, fn func(*Backend, error)) (b *Backend, queued bool, err error) {
+	p.mu.Lock()
+	for len(p.idle) > 0 && !p.closed {
+		b := p.popIdleLocked(key)
+		p.mu.Unlock()
+		if p.usable(b) {
+			return b, false, nil
+		}
+		p.mu.Lock()
+	}
+	if p.closed {
+		p.mu.Unlock()
+		return nil, false, ErrClosed
+	}
+	if p.open == 0 {
+		if err := p.bo.refuse(time.Now(), 1); err != nil {
+			p.stats.BackoffRefusals++
+			p.mu.Unlock()
+			return nil, false, err
+		}
+	}
+	ww := &w.w
+	*ww = waiter{since: time.Now(), key: key, fn: fn}
+	if timeout > 0 {
+		ww.deadline = ww.since.Add(timeout)
+		p.armLocked(ww.deadline)
+	}
+	p.enqueueLocked(ww)
+	p.dialIfNeededLocked()
+	p.mu.Unlock()
+	return nil, true, nil
+}
+
+// CancelWait withdraws w's wait (the client gave up): true when it was still
+// queued, and fn will not be called; false when fn has been or is being called
+// with the outcome, which the owner then handles (a backend goes back with
+// Release).
+func (p *Pool) CancelWait(w *Waiter) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w.w.gone || w.w.fn == nil {
+		return false
+	}
+	p.removeLocked(&w.w)
+	p.stats.WaitTimeouts++
+	p.stats.Waited++
+	p.stats.WaitTime += time.Since(w.w.since)
+	return true
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
@@ -306,7 +389,7 @@ func (p *Pool) expire() {
 			p.stats.WaitTimeouts++
 			p.stats.Waited++
 			p.stats.WaitTime += now.Sub(w.since)
-			w.ch <- result{err: errExpired} // buffered, never blocks
+			p.deliverLocked(w, result{err: errExpired})
 		case next.IsZero() || w.deadline.Before(next):
 			next = w.deadline
 		}
@@ -494,7 +577,7 @@ func (p *Pool) handLocked(r result) bool {
 		}
 	}
 	p.removeLocked(w)
-	w.ch <- r // buffered, never blocks
+	p.deliverLocked(w, r)
 	return true
 }
 
