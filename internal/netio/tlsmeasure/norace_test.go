@@ -1,0 +1,5 @@
+//go:build !race
+
+package tlsmeasure
+
+const raceEnabled = false
