@@ -321,6 +321,18 @@ func (s *Session) ApplySQL(e *QueryEffect) {
 	}
 }
 
+// Answers reports whether a server message of type t completes a pending
+// answer (besides ErrorResponse and ReadyForQuery): the others are forwarded
+// as part of an answer.
+func Answers(t byte) bool {
+	switch t {
+	case wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
+		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
+		return true
+	}
+	return false
+}
+
 // Answer says what the client gets for a server message of type t other than
 // ErrorResponse ([Session.AnswerError]) and ReadyForQuery ([Session.Ready]),
 // and takes the pending answer it completes off the queue, recording what the
@@ -328,10 +340,7 @@ func (s *Session) ApplySQL(e *QueryEffect) {
 // unnamed statement now the client's, a Parse answered without a server
 // connection now valid.
 func (s *Session) Answer(t byte) (Action, []byte) {
-	switch t {
-	case wire.MsgParseComplete, wire.MsgBindComplete, wire.MsgCloseComplete, wire.MsgRowDescription,
-		wire.MsgNoData, wire.MsgEmptyQuery, wire.MsgCommandComplete, wire.MsgPortalSuspended:
-	default: // DataRow, notices, ParameterStatus, notifications, COPY, ...
+	if !Answers(t) { // DataRow, notices, ParameterStatus, notifications, COPY, ...
 		return Forward, nil
 	}
 	p, act, repl, done := s.Q.Answer(t)

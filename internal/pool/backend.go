@@ -51,6 +51,7 @@ type Backend struct {
 	expiresAt time.Time // zero = never
 	idleSince time.Time
 	raw       syscall.RawConn
+	fd        int // the descriptor of raw, -1 without one
 	peekState int // result of the last peek, set inside peekFn
 	peekFn    func(fd uintptr) bool
 	peekBuf   [1]byte
@@ -58,6 +59,11 @@ type Backend struct {
 
 // RawConn returns the connection's syscall.RawConn, or nil when it has none (TLS).
 func (b *Backend) RawConn() syscall.RawConn { return b.raw }
+
+// FD returns the connection's descriptor, or -1 when it has none (TLS): an
+// event loop reads and writes it while a client holds the backend. It stays
+// valid until the backend is closed.
+func (b *Backend) FD() int { return b.fd }
 
 // Pool returns the pool the backend belongs to.
 func (b *Backend) Pool() *Pool { return b.pool }
@@ -138,6 +144,10 @@ func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string)
 	b.RW = netio.ConnIO(conn)
 	b.R = bufio.NewReaderSize(b.RW, BufferSize)
 	b.initPeek()
+	b.fd = -1
+	if b.raw != nil {
+		_ = b.raw.Control(func(s uintptr) { b.fd = int(s) })
+	}
 	return b
 }
 

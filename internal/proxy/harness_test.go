@@ -135,6 +135,10 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 	if opt.QueryWaitTimeout == 0 {
 		opt.QueryWaitTimeout = 20 * time.Second
 	}
+	if opt.Driver == "" {
+		// PGSIDECAR_TEST_DRIVER=loop runs the suite on the event-loop driver.
+		opt.Driver = proxy.Driver(os.Getenv("PGSIDECAR_TEST_DRIVER"))
+	}
 	tp.srv = proxy.NewServer(opt, tp.pools)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

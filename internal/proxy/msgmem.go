@@ -109,6 +109,17 @@ func (m *msgMemory) acquire(n int64, timeout time.Duration, drain, kill <-chan s
 // setLimit changes the budget. Waiters that fit a larger one go on at once;
 // with a smaller one, reservations already granted stay and later messages
 // wait until the memory in use is below it.
+// tryAcquire reserves n bytes if they are free now and nobody waits.
+func (m *msgMemory) tryAcquire(n int64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.head == nil && m.used+n <= m.limit {
+		m.used += n
+		return true
+	}
+	return false
+}
+
 func (m *msgMemory) setLimit(limit int64) {
 	m.mu.Lock()
 	m.limit = limit

@@ -22,6 +22,17 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
+// Driver names an I/O driver of clients (docs/design.md section 16).
+type Driver string
+
+// Drivers.
+const (
+	// DriverGoroutine serves each client with its own goroutines.
+	DriverGoroutine Driver = "goroutine"
+	// DriverLoop serves clients in transaction mode on an epoll event loop.
+	DriverLoop Driver = "loop"
+)
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
 
@@ -89,6 +100,11 @@ type Options struct {
 	MaxClientStatementBytes int64
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
+	// Driver says what serves clients after login: DriverGoroutine (the
+	// default) or DriverLoop, the event loop (Linux, transaction mode, plain
+	// sockets; the others stay with the goroutine driver). It cannot change
+	// while the server runs.
+	Driver Driver
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
 	// the configuration and returns the answer to show, or an error when the
 	// new configuration was rejected. Without it RELOAD does nothing.
@@ -123,6 +139,9 @@ type Stats struct {
 	// StatementLimit counts Parses refused by MaxClientStatements or
 	// MaxClientStatementBytes, SQLSTATE 54000.
 	StatementLimit uint64
+	// LoopClients is how many clients the event-loop driver serves now
+	// (Options.Driver).
+	LoopClients int
 }
 
 // Server accepts PostgreSQL clients and serves them from pooled backends.
@@ -143,6 +162,9 @@ type Server struct {
 	sessions  map[uint32]*session   // by the BackendKeyData pid given to the client
 	shutdown  bool
 	sessWG    sync.WaitGroup
+	loop      *loopDriver // the event-loop driver (Options.Driver), nil when not used
+	loopOnce  sync.Once
+	onLoop    atomic.Int64 // clients the loop serves now
 
 	refusedLog logLimiter // "client refused" lines: one a second at most
 
@@ -254,6 +276,14 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		watchWake:   make(chan struct{}, 1),
 	}
 	s.opt.Store(&opt)
+	if opt.Driver == DriverLoop && opt.Mode == ModeTransaction {
+		d, err := newLoopDriver(s)
+		if err != nil {
+			s.log.Error("event loop unavailable, clients are served by goroutines", "error", err)
+		} else {
+			s.loop = d
+		}
+	}
 	go s.watchLeaks()
 	return s
 }
@@ -320,6 +350,7 @@ func (s *Server) options() *Options { return s.opt.Load() }
 func (s *Server) Reconfigure(opt Options) {
 	cur := s.options()
 	opt.Mode, opt.Observer, opt.Logger, opt.Reload, opt.CancelTimeout = cur.Mode, cur.Observer, cur.Logger, cur.Reload, cur.CancelTimeout
+	opt.Driver = cur.Driver
 	opt = withDefaults(opt)
 	s.opt.Store(&opt)
 	s.msgMem.setLimit(opt.MaxMessageMemory)
@@ -340,6 +371,7 @@ func (s *Server) Stats() Stats {
 		TooLarge:       s.tooLarge.Load(),
 		OutOfMemory:    s.memTimeout.Load(),
 		StatementLimit: s.prep.StatementLimit.Load(),
+		LoopClients:    int(s.onLoop.Load()),
 	}
 }
 
@@ -586,6 +618,7 @@ func (s *Server) closeListeners() {
 // backends are rolled back). It returns when every client is gone. Pools are not
 // closed: that is the caller's job, after Shutdown.
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.stopLoop()
 	s.closeListeners()
 	s.mu.Lock()
 	for c := range s.logins {
@@ -633,6 +666,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Error("clients still being served after shutdown; giving up on them", "clients", s.clients.Load())
 	return fmt.Errorf("%w: %d clients did not end", ctx.Err(), s.clients.Load())
+}
+
+// stopLoop stops the event-loop driver, once; its clients are gone by then
+// or are closed.
+func (s *Server) stopLoop() {
+	s.loopOnce.Do(func() {
+		if s.loop != nil {
+			s.loop.stop()
+		}
+	})
 }
 
 // shutdownGrace is how long Shutdown waits for ended clients to go before it

@@ -168,6 +168,10 @@ type session struct {
 	txStart      time.Time      // when the client's current transaction began
 	readerWG     sync.WaitGroup
 
+	// ls is the event-loop driver's side of the session while the loop serves
+	// it (loop_linux.go); nil while its goroutine does. Under mu.
+	ls *loopSess
+
 	// Admin console (console.go).
 	console     bool      // an admin console client: served by serveConsole, no pool
 	connectedAt time.Time // when the client connected (SHOW CLIENTS)
@@ -175,8 +179,13 @@ type session struct {
 }
 
 func (s *Server) serveClient(c net.Conn) {
-	defer s.sessWG.Done()
-	defer s.clients.Add(-1) // counted by Serve
+	handed := false // to the event loop, which then ends the session
+	defer func() {
+		if !handed {
+			s.sessWG.Done()
+			s.clients.Add(-1) // counted by Serve
+		}
+	}()
 	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), connectedAt: time.Now(),
 		killCh: make(chan struct{})}
 	ss.cond.L = &ss.mu
@@ -211,10 +220,18 @@ func (s *Server) serveClient(c net.Conn) {
 		c.Close()
 		return
 	}
-	defer s.unregister(ss)
+	defer func() {
+		if !handed {
+			s.unregister(ss)
+		}
+	}()
 	_ = c.SetDeadline(time.Time{})
 	if ss.dying.Load() {
 		ss.killDeadlines() // ended while logging in: the deadlines just cleared were terminate's
+	}
+	if ss.toLoop() {
+		handed = true
+		return
 	}
 	ss.run()
 }
@@ -1322,7 +1339,11 @@ func (ss *session) forwardCancel() {
 		ss.mu.Lock()
 		ss.cancels--
 		ss.cond.Broadcast()
+		ls := ss.ls
 		ss.mu.Unlock()
+		if ls != nil {
+			ls.post(ls.cancelDone)
+		}
 	}()
 	if err := sendCancel(addr, pid, key, ss.srv.options().CancelTimeout); err != nil {
 		ss.srv.log.Warn("forwarding cancel request failed", "client", ss.addr, "server_pid", pid, "error", err)

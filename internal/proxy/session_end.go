@@ -29,6 +29,12 @@ func (ss *session) terminate(reason killReason) {
 	if ss.kill == killNone {
 		ss.kill = reason
 	}
+	if ls := ss.ls; ls != nil {
+		// The event loop serves the client: it ends it there.
+		ss.mu.Unlock()
+		ls.post(ls.killFn)
+		return
+	}
 	if !ss.dying.Load() {
 		ss.dying.Store(true)
 		close(ss.killCh)
@@ -49,6 +55,11 @@ func (ss *session) killDeadlines() {
 // whatever the goroutines serving it are doing: the last resort of Shutdown.
 func (ss *session) forceClose() {
 	ss.mu.Lock()
+	if ls := ss.ls; ls != nil {
+		ss.mu.Unlock()
+		ls.post(ls.forceClose)
+		return
+	}
 	be := ss.be
 	if be != nil {
 		ss.doomed = true // never released to another client
@@ -90,7 +101,24 @@ func (ss *session) end(cause error) {
 	if ss.idleTimer != nil {
 		ss.idleTimer.Stop()
 	}
-	var code, msg string
+	code, msg := ss.endMessage(reason, cause)
+	if code != "" && ss.w != nil && !ss.streamBroken.Load() && ss.cout.err == nil {
+		// A client whose last write failed (it does not read) is not waited for again.
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(fatalWriteTimeout))
+		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
+		ss.w.Flush()
+	}
+	ss.conn.Close()
+	if ss.bw != nil {
+		ss.bw.Reset(nil)
+		writerPool.Put(ss.bw)
+		ss.bw = nil
+	}
+}
+
+// endMessage is the FATAL a client ended for reason or cause gets (code ""
+// when none), counting and logging what the proxy refused.
+func (ss *session) endMessage(reason killReason, cause error) (code, msg string) {
 	switch {
 	case reason == killShutdown, errors.Is(cause, errDraining):
 		code, msg = wire.CodeAdminShutdown, "terminating connection: pgsidecar is shutting down"
@@ -121,18 +149,68 @@ func (ss *session) end(cause error) {
 	case errors.Is(cause, io.ErrUnexpectedEOF):
 		ss.srv.log.Debug("client disconnected mid-message", "client", ss.addr)
 	}
-	if code != "" && ss.w != nil && !ss.streamBroken.Load() && ss.cout.err == nil {
-		// A client whose last write failed (it does not read) is not waited for again.
-		_ = ss.conn.SetWriteDeadline(time.Now().Add(fatalWriteTimeout))
-		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
-		ss.w.Flush()
+	return code, msg
+}
+
+// countRollback counts why a transaction the client did not end is rolled
+// back. ss.mu is held.
+func (ss *session) countRollback() {
+	if ss.e.Between() && ss.e.Tx == wire.TxIdle {
+		return
 	}
-	ss.conn.Close()
-	if ss.bw != nil {
-		ss.bw.Reset(nil)
-		writerPool.Put(ss.bw)
-		ss.bw = nil
+	switch ss.kill {
+	case killIdleTx:
+		ss.srv.rollbacks[rbIdleTimeout].Add(1)
+	case killShutdown:
+		ss.srv.rollbacks[rbShutdown].Add(1)
+	case killTxTimeout:
+		ss.srv.rollbacks[rbTxTimeout].Add(1)
+	case killAdmin:
+		ss.srv.rollbacks[rbAdmin].Add(1)
+	case killServerLost:
+	default:
+		ss.srv.rollbacks[rbDisconnect].Add(1)
 	}
+}
+
+// cleanupQueries appends to q what returns be, attached and between
+// statements, to a known state when the client leaves (ROLLBACK, DISCARD ALL
+// or RESET ALL, else a Sync), queueing their answers to be dropped. ss.mu is
+// held.
+func (ss *session) cleanupQueries(be *pool.Backend, q []byte) []byte {
+	start := len(q)
+	if ss.e.Tx != wire.TxIdle {
+		q = wire.AppendQuery(q, "ROLLBACK")
+		ss.e.Outstanding++
+		ss.pushSwallowedLocked(nil)
+	}
+	if ss.srv.options().Mode == ModeSession || ss.e.State.Pin != "" {
+		q = wire.AppendQuery(q, "DISCARD ALL")
+		ss.e.Outstanding++
+		ss.pushSwallowedLocked(nil)
+		if ss.e.Server != nil {
+			ss.e.Server.Dirty = true   // DISCARD ALL dropped the proxy's statements too
+			ss.e.Server.Settings = nil // ... and reset every setting
+			be.StateKey = 0
+		}
+	} else if len(ss.e.State.Dirty) > 0 {
+		// Settings changed and not read back: back to the backend's defaults.
+		q = wire.AppendQuery(q, "RESET ALL")
+		ss.e.Outstanding++
+		ss.pushSwallowedLocked(nil)
+		if ss.e.Server != nil {
+			ss.e.Server.Settings = nil
+			be.StateKey = 0
+		}
+	}
+	if len(q) == start {
+		// Attached while idle: a Sync brings the ReadyForQuery at which the
+		// backend is released.
+		q = wire.AppendSync(q)
+		ss.e.Outstanding++
+		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
+	}
+	return q
 }
 
 // leave returns the attached backend, if any, to a known state: a backend idle in a
@@ -158,58 +236,13 @@ func (ss *session) leave() (settled bool) {
 		// client writer, so wait before the buffers go back to their pools.
 		return ss.awaitReaders(nil)
 	}
+	clean := ss.e.Between()
+	ss.countRollback()
 	var q []byte
-	clean := ss.e.Outstanding <= 0 && !ss.e.Partial
-	if !clean || ss.e.Tx != wire.TxIdle {
-		// A transaction the client did not end: count why it is rolled back.
-		switch ss.kill {
-		case killIdleTx:
-			ss.srv.rollbacks[rbIdleTimeout].Add(1)
-		case killShutdown:
-			ss.srv.rollbacks[rbShutdown].Add(1)
-		case killTxTimeout:
-			ss.srv.rollbacks[rbTxTimeout].Add(1)
-		case killAdmin:
-			ss.srv.rollbacks[rbAdmin].Add(1)
-		case killServerLost:
-		default:
-			ss.srv.rollbacks[rbDisconnect].Add(1)
-		}
-	}
 	if !clean {
 		ss.doomed = true
 	} else {
-		if ss.e.Tx != wire.TxIdle {
-			q = wire.AppendQuery(q, "ROLLBACK")
-			ss.e.Outstanding++
-			ss.pushSwallowedLocked(nil)
-		}
-		if ss.srv.options().Mode == ModeSession || ss.e.State.Pin != "" {
-			q = wire.AppendQuery(q, "DISCARD ALL")
-			ss.e.Outstanding++
-			ss.pushSwallowedLocked(nil)
-			if ss.e.Server != nil {
-				ss.e.Server.Dirty = true   // DISCARD ALL dropped the proxy's statements too
-				ss.e.Server.Settings = nil // ... and reset every setting
-				be.StateKey = 0
-			}
-		} else if len(ss.e.State.Dirty) > 0 {
-			// Settings changed and not read back: back to the backend's defaults.
-			q = wire.AppendQuery(q, "RESET ALL")
-			ss.e.Outstanding++
-			ss.pushSwallowedLocked(nil)
-			if ss.e.Server != nil {
-				ss.e.Server.Settings = nil
-				be.StateKey = 0
-			}
-		}
-		if len(q) == 0 {
-			// Attached while idle: a Sync brings the ReadyForQuery at which the server
-			// goroutine releases the backend.
-			q = wire.AppendSync(q)
-			ss.e.Outstanding++
-			ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
-		}
+		q = ss.cleanupQueries(be, nil)
 		ss.swallow.Store(true)
 	}
 	if !ss.reader {

@@ -320,7 +320,11 @@ func (ss *session) releaseStmts() {
 // When it fails, rest bytes of the message are left, to be dropped (skip) or
 // forwarded.
 func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, err error) {
-	act, repl := ss.route(r, h)
+	var msg []byte
+	if h.Type == wire.MsgErrorResponse && h.Len < engine.MaxErrorInspect { // a long one is not read: forwarded as it is
+		msg, _ = wire.PeekMessage(r, h)
+	}
+	act, repl := ss.route(h, msg)
 	if ss.swallow.Load() || ss.dying.Load() {
 		// The client left, or the proxy ends it: nothing more but the FATAL.
 		act = engine.Swallow
@@ -337,38 +341,71 @@ func (ss *session) relay(r *bufio.Reader, h wire.Header) (rest int, skip bool, e
 	return n - d, true, midMessage(err)
 }
 
-// route matches a backend message with the pending answers.
-func (ss *session) route(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
-	if ss.routeSwallowed(r, h) {
-		return engine.Swallow, nil
-	}
-	if h.Type == wire.MsgErrorResponse {
-		return ss.routeError(r, h)
+// route matches a backend message with header h with the pending answers.
+// msg is the whole message when it is a short ErrorResponse, else nil.
+func (ss *session) route(h wire.Header, msg []byte) (engine.Action, []byte) {
+	if ss.swallowing.Load() == 0 && h.Type != wire.MsgErrorResponse && !engine.Answers(h.Type) {
+		return engine.Forward, nil // DataRow and the like: no lock needed
 	}
 	ss.mu.Lock()
-	act, repl := ss.e.Answer(h.Type)
-	ss.answersDrainedLocked()
+	act, repl, doomed := ss.routeLocked(h, msg)
+	be := ss.be
 	ss.mu.Unlock()
+	if doomed != "" {
+		ss.logReplayFailed(doomed)
+		if be != nil {
+			be.Conn.Close()
+		}
+	}
 	return act, repl
 }
 
-// routeError handles an ErrorResponse (engine.Session.AnswerError).
-func (ss *session) routeError(r *bufio.Reader, h wire.Header) (engine.Action, []byte) {
-	var e engine.ServerError
-	if h.Len < engine.MaxErrorInspect { // a long one is not read: forwarded as it is
-		if msg, err := wire.PeekMessage(r, h); err == nil {
-			e = engine.ReadServerError(msg)
+// routeLocked is route with ss.mu held. doomed, when not empty, is the error
+// of the replay of the client's settings: the client cannot have them on this
+// backend, which is to be closed and the client ended (ss.kill and ss.doomed
+// are set).
+func (ss *session) routeLocked(h wire.Header, msg []byte) (act engine.Action, repl []byte, doomed string) {
+	if ss.swallowing.Load() > 0 {
+		swallow, fatal := ss.e.SwallowFront(h.Type)
+		if fatal {
+			doomed = "(unknown)"
+			if msg != nil {
+				f := wire.ParseError(msg[wire.HeaderLen:])
+				doomed = f.Message + " (" + f.Code + ")"
+			}
+			if ss.kill == killNone {
+				ss.kill = killServerLost
+			}
+			ss.doomed = true
+			return engine.Swallow, nil, doomed
+		}
+		if swallow {
+			return engine.Swallow, nil, ""
 		}
 	}
-	if e.Fatal {
-		ss.fatalForwarded.Store(true)
+	if h.Type == wire.MsgErrorResponse {
+		var e engine.ServerError
+		if msg != nil {
+			e = engine.ReadServerError(msg)
+		}
+		if e.Fatal {
+			ss.fatalForwarded.Store(true)
+		}
+		var skipped int
+		act, repl, skipped = ss.e.AnswerError(e)
+		ss.e.Outstanding -= skipped // no ReadyForQuery comes for them
+	} else {
+		act, repl = ss.e.Answer(h.Type)
 	}
-	ss.mu.Lock()
-	act, repl, skipped := ss.e.AnswerError(e)
-	ss.e.Outstanding -= skipped // no ReadyForQuery comes for them
 	ss.answersDrainedLocked()
-	ss.mu.Unlock()
-	return act, repl
+	return act, repl, ""
+}
+
+// logReplayFailed logs a client that could not have its settings on a
+// server connection (routeLocked).
+func (ss *session) logReplayFailed(msg string) {
+	ss.srv.log.Warn("could not give a client its settings on a server connection, closing it",
+		"client", ss.addr, "user", ss.user, "database", ss.db, "error", msg)
 }
 
 // classifyQuery finds the statements of the client's Query with header h that

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -154,6 +153,12 @@ func (ss *session) probe(be *pool.Backend) error {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	return ss.finishProbeLocked(be, pr, row)
+}
+
+// finishProbeLocked records the probe's answer: the values of row (the last
+// DataRow), a new state key for be, a client unpinned. ss.mu is held.
+func (ss *session) finishProbeLocked(be *pool.Backend, pr engine.StateProbe, row [][]byte) error {
 	var server *engine.Settings
 	if ss.e.Server != nil {
 		server = &ss.e.Server.Settings
@@ -214,41 +219,6 @@ func (ss *session) frontSwallowed() bool {
 	defer ss.mu.Unlock()
 	swallow, _ := ss.e.SwallowFront(wire.MsgReadyForQuery)
 	return swallow
-}
-
-// routeSwallowed drops every message of the answer to a Query the proxy sent on
-// its own. An error answering the Query that gives the client its settings ends
-// the client: it cannot have them on this backend. It reports whether the
-// message belongs to such a Query. A notification never does: the backend of a
-// listening client sends it whenever it is idle, also before the ReadyForQuery
-// of the proxy's Query, and it is the client's.
-func (ss *session) routeSwallowed(r *bufio.Reader, h wire.Header) bool {
-	if ss.swallowing.Load() == 0 {
-		return false
-	}
-	ss.mu.Lock()
-	swallow, fatal := ss.e.SwallowFront(h.Type)
-	if !fatal {
-		ss.mu.Unlock()
-		return swallow
-	}
-	var msg string
-	if m, err := wire.PeekMessage(r, h); err == nil {
-		f := wire.ParseError(m[wire.HeaderLen:])
-		msg = f.Message + " (" + f.Code + ")"
-	}
-	be := ss.be
-	if ss.kill == killNone {
-		ss.kill = killServerLost
-	}
-	ss.doomed = true
-	ss.mu.Unlock()
-	ss.srv.log.Warn("could not give a client its settings on a server connection, closing it",
-		"client", ss.addr, "user", ss.user, "database", ss.db, "error", msg)
-	if be != nil {
-		be.Conn.Close()
-	}
-	return true
 }
 
 // settle runs probe while the decision is probeNow and returns the final one.

@@ -117,11 +117,17 @@ func PeekHeader(r *bufio.Reader, maxLen int) (Header, error) {
 		}
 		return Header{}, err
 	}
-	n := int(int32(binary.BigEndian.Uint32(p[1:5])))
+	return ParseHeader(p, maxLen)
+}
+
+// ParseHeader decodes the message header at the start of b, which holds at
+// least HeaderLen bytes, as PeekHeader does.
+func ParseHeader(b []byte, maxLen int) (Header, error) {
+	n := int(int32(binary.BigEndian.Uint32(b[1:5])))
 	if n < 4 || n > maxLen {
-		return Header{Type: p[0], Len: n}, fmt.Errorf("%w: type %q length %d", ErrInvalidLength, p[0], n)
+		return Header{Type: b[0], Len: n}, fmt.Errorf("%w: type %q length %d", ErrInvalidLength, b[0], n)
 	}
-	return Header{Type: p[0], Len: n}, nil
+	return Header{Type: b[0], Len: n}, nil
 }
 
 // PeekMessage returns the whole message (header included) whose header h was just
