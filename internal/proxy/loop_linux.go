@@ -66,11 +66,11 @@ func (d *loopDriver) stop() {
 
 // Why a loop client does not read its socket now (loopSess.paused).
 const (
-	pauseWait     = 1 << iota // waits for a server connection
-	pauseAnswers              // too many answers due (maxPending)
-	pauseServer               // the server connection does not take what is sent
-	pauseProbe                // the server connection is being probed
-	pauseMem                  // a large message waits for room in the message budget
+	pauseWait    = 1 << iota // waits for a server connection
+	pauseAnswers             // too many answers due (maxPending)
+	pauseServer              // the server connection does not take what is sent
+	pauseProbe               // the server connection is being probed
+	pauseMem                 // a large message waits for room in the message budget
 )
 
 // maxCarry bounds the bytes of a client message kept while the rest arrives
