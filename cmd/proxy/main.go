@@ -367,6 +367,7 @@ func serverOptions(cfg config.Config) proxy.Options {
 		MaxMessageMemory:        cfg.MaxMessageMemory,
 		MaxClientStatements:     cfg.MaxClientPreparedStatements,
 		MaxClientStatementBytes: cfg.MaxClientPreparedBytes,
+		Driver:                  proxy.Driver(cfg.Driver),
 	}
 }
 

@@ -67,6 +67,9 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
+	// Driver is what serves clients after login: "goroutine" or "loop", the
+	// event loop (--driver).
+	Driver string
 	// PinPolicy is what a statement that would pin a client to its server
 	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
 	PinPolicy string
@@ -114,6 +117,12 @@ type Config struct {
 
 // MetricsCompatPgBouncer is the --metrics-compat value for pgbouncer_exporter's names.
 const MetricsCompatPgBouncer = "pgbouncer"
+
+// Drivers accepted for [Config.Driver].
+const (
+	DriverGoroutine = "goroutine"
+	DriverLoop      = "loop"
+)
 
 // Pin policies accepted for [Config.PinPolicy].
 const (
@@ -165,6 +174,7 @@ func Default() Config {
 		MaxPreparedStatements:  256,
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
+		Driver:                 DriverGoroutine,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,
