@@ -65,6 +65,10 @@ type Options struct {
 	// FlushTimeout is CloseAfterFlush's deadline when it is given none
 	// (DefaultFlushTimeout when 0).
 	FlushTimeout time.Duration
+	// BriefWait is how long the loop waits for the next event holding its
+	// thread's P before it waits as a system call the scheduler knows about
+	// (netio.Poller.SetBriefWait; 0: never).
+	BriefWait time.Duration
 }
 
 // Loop is one event loop: an epoll instance, the connections registered on
@@ -121,6 +125,7 @@ func NewLoop(opts Options) (*Loop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: new loop: %w", err)
 	}
+	p.SetBriefWait(opts.BriefWait)
 	l := &Loop{
 		poller: p,
 		epoch:  time.Now(),
@@ -288,7 +293,8 @@ func (l *Loop) Register(fd int, h Handler) error {
 // Handler.Closed; and Detach takes it off the loop with no Handler call at
 // all. This is how a connection that lives longer than its time on the loop
 // (a pooled server connection, held by one client at a time) is driven by it.
-// fd is made non-blocking.
+// fd must be non-blocking already (the descriptor of a net.Conn is): Adopt
+// makes no system call but epoll_ctl.
 func (l *Loop) Adopt(c *Conn, fd int, h Handler) error {
 	if fd < 0 {
 		return fmt.Errorf("driver: adopt: bad descriptor %d", fd)
@@ -298,9 +304,6 @@ func (l *Loop) Adopt(c *Conn, fd int, h Handler) error {
 	}
 	if fd < len(l.conns) && l.conns[fd] != nil {
 		return fmt.Errorf("driver: adopt: descriptor %d is already registered", fd)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		return fmt.Errorf("driver: adopt: %w", os.NewSyscallError("fcntl", err))
 	}
 	if err := l.poller.Add(fd, netio.Readable); err != nil {
 		return fmt.Errorf("driver: adopt: %w", err)

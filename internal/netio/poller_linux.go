@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,6 +36,7 @@ type Poller struct {
 	epfd   int
 	wakefd int // eventfd: Wake writes it, Wait drains it
 	events []unix.EpollEvent
+	brief  time.Duration // see SetBriefWait
 }
 
 // NewPoller returns a Poller that reports up to batch events per Wait
@@ -62,8 +64,8 @@ func NewPoller(batch int) (*Poller, error) {
 
 func (p *Poller) ctl(op, fd int, events uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := unix.EpollCtl(p.epfd, op, fd, &ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
+	if e := epollCtl(p.epfd, op, fd, &ev); e != 0 {
+		return os.NewSyscallError("epoll_ctl", e)
 	}
 	return nil
 }
@@ -122,8 +124,22 @@ func (p *Poller) Wait(timeout time.Duration, fn func(fd int, ev Event)) (woken b
 	if timeout >= 0 {
 		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
 	}
-	var n int
-	for {
+	// First without blocking and without telling the scheduler (pollNow):
+	// a busy loop finds events there. Only an idle one waits, as a system
+	// call the scheduler knows about.
+	n, e := pollNow(p.epfd, p.events)
+	if n <= 0 && ms != 0 && p.brief > 0 && e != unix.ENOSYS {
+		var e2 syscall.Errno
+		if n, e2 = pollBriefly(p.epfd, p.events, min(p.brief, timeoutOr(timeout, p.brief))); e2 == unix.ENOSYS {
+			p.brief = 0 // an old kernel
+		} else {
+			e = e2
+		}
+	}
+	if e != 0 && e != unix.EINTR && e != unix.ENOSYS {
+		return false, os.NewSyscallError("epoll_wait", e)
+	}
+	for n <= 0 && ms != 0 {
 		n, err = unix.EpollWait(p.epfd, p.events, ms)
 		if !errors.Is(err, unix.EINTR) {
 			break
@@ -132,12 +148,12 @@ func (p *Poller) Wait(timeout time.Duration, fn func(fd int, ev Event)) (woken b
 	if err != nil {
 		return false, os.NewSyscallError("epoll_wait", err)
 	}
+	n = max(n, 0)
 	for i := range n {
 		e := p.events[i]
 		fd := int(e.Fd)
 		if fd == p.wakefd {
-			var buf [8]byte
-			_, _ = unix.Read(p.wakefd, buf[:])
+			drainEventfd(p.wakefd)
 			woken = true
 			continue
 		}
@@ -155,6 +171,21 @@ func (p *Poller) Wait(timeout time.Duration, fn func(fd int, ev Event)) (woken b
 	}
 	return woken, nil
 }
+
+// timeoutOr is t, or d when t waits forever.
+func timeoutOr(t, d time.Duration) time.Duration {
+	if t < 0 {
+		return d
+	}
+	return t
+}
+
+// SetBriefWait makes Wait, when it finds no event at once, wait up to d
+// holding its thread's P before it waits as a system call the scheduler knows
+// about (0: never). A busy loop then rarely hands its P over and back, at the
+// cost of that P for at most d while idle. It is not safe to call while Wait
+// runs.
+func (p *Poller) SetBriefWait(d time.Duration) { p.brief = d }
 
 // Close releases the epoll instance and the wake-up descriptor.
 func (p *Poller) Close() error {

@@ -2,7 +2,12 @@
 
 package netio
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // sysRead is syscall.Read under the race detector: unlike a raw call it tells
 // the detector that the kernel wrote p, so races on read buffers are reported.
@@ -25,4 +30,28 @@ func errno(err error) syscall.Errno {
 		return e
 	}
 	return syscall.EIO
+}
+
+// pollNow is a zero-timeout unix.EpollWait under the race detector (see
+// sysRead).
+func pollNow(epfd int, events []unix.EpollEvent) (int, syscall.Errno) {
+	n, err := unix.EpollWait(epfd, events, 0)
+	return max(n, 0), errno(err)
+}
+
+// pollBriefly is pollNow under the race detector: the race detector's
+// builds do not hold the P in a raw system call.
+func pollBriefly(epfd int, events []unix.EpollEvent, _ time.Duration) (int, syscall.Errno) {
+	return pollNow(epfd, events)
+}
+
+// epollCtl is unix.EpollCtl under the race detector (see sysRead).
+func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) syscall.Errno {
+	return errno(unix.EpollCtl(epfd, op, fd, ev))
+}
+
+// drainEventfd reads an eventfd's counter.
+func drainEventfd(fd int) {
+	var buf [8]byte
+	_, _ = unix.Read(fd, buf[:])
 }

@@ -85,3 +85,36 @@ func TestAcquireAsync(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+func TestHandOver(t *testing.T) {
+	f := newFakeDB(t)
+	p := newPool(t, f, pool.Config{Size: 1})
+	a := mustAcquire(t, p)
+	var w, idle pool.Waiter
+	got := make(chan asyncOutcome, 1)
+	fn := func(b *pool.Backend, err error) { got <- asyncOutcome{b, err} }
+	if _, queued, _ := p.AcquireAsync(0, time.Minute, &w, fn); !queued {
+		t.Fatal("not queued")
+	}
+	if p.HandOver(&idle, a) {
+		t.Fatal("handed over to a wait that is not queued")
+	}
+	if !p.HandOver(&w, a) {
+		t.Fatal("HandOver refused a queued wait")
+	}
+	select {
+	case o := <-got:
+		t.Fatalf("the wait's function ran: %+v", o)
+	default:
+	}
+	if s := p.Stats(); s.Waiting != 0 || s.InUse != 1 || s.Acquires != 2 || s.Waited != 2 { // the first acquire waited for its dial
+		t.Fatalf("stats after HandOver: %+v", s)
+	}
+	if p.CancelWait(&w) || p.HandOver(&w, a) {
+		t.Fatal("a served wait was withdrawn or served again")
+	}
+	p.Release(a)
+	if s := p.Stats(); s.Idle != 1 || s.InUse != 0 {
+		t.Fatalf("stats after Release: %+v", s)
+	}
+}

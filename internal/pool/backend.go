@@ -42,6 +42,9 @@ type Backend struct {
 	// prepared statements it holds). Only the current holder touches it; the pool
 	// never does.
 	Ext any
+	// Loop is what an event-loop driver keeps with the connection (its
+	// registration); only the current holder touches it, the pool never does.
+	Loop any
 	// StateKey identifies the session state the holder left on the connection
 	// (0: the state it logged in with); see Pool.TryAcquirePrefer.
 	StateKey uint64

@@ -182,6 +182,28 @@ func (p *Pool) AcquireAsync(key uint64, timeout time.Duration, w *Waiter, fn fun
 	return nil, true, nil
 }
 
+// HandOver gives b, a backend the caller holds and would Release, straight to
+// the queued wait w, without calling its function: the caller carries the
+// outcome over itself (an event loop serving both clients hands the server
+// connection and the waiting client's batch over in one step). It reports
+// false, leaving b with the caller, when w is not queued (its outcome is on
+// its way), when b is expired, retired or above the pool's size, or when the
+// pool is closed: then the caller calls Release.
+func (p *Pool) HandOver(w *Waiter, b *Backend) bool {
+	if b.expired(time.Now()) {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ww := &w.w
+	if p.closed || ww.gone || ww.fn == nil || b.gen != p.gen || p.open > p.cfg.Size {
+		return false
+	}
+	p.removeLocked(ww)
+	p.noteWaitLocked(ww, true)
+	return true
+}
+
 // CancelWait withdraws w's wait (the client gave up): true when it was still
 // queued, and fn will not be called; false when fn has been or is being called
 // with the outcome, which the owner then handles (a backend goes back with

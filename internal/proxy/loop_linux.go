@@ -29,6 +29,12 @@ import (
 // a cancel request), never across a system call. Other goroutines reach it
 // only through the loop: terminate and the outcome of a wait are posted.
 
+// loopBriefWait is how long the loop, finding no event, waits for one
+// holding its P (driver.Options.BriefWait): under load the next event comes
+// within it, and the loop's thread is not parked and woken by the scheduler
+// for every one of them.
+const loopBriefWait = 50 * time.Microsecond
+
 // loopDriver is the loop and what its clients share.
 type loopDriver struct {
 	srv    *Server
@@ -39,10 +45,112 @@ type loopDriver struct {
 	// client and for its server connection, written when it returns: one
 	// write per connection per turn.
 	toC, toS []byte
+	// waiting are the loop's clients waiting for a server connection, per
+	// pool, oldest first: a client that releases one hands it to the first of
+	// them in the same step (handOver).
+	waiting map[*pool.Pool]*loopQueue
+	// released are server connections released during the callback running
+	// now, handed over or given back to their pool when it returns.
+	released []*pool.Backend
+}
+
+// loopQueue is a FIFO of waiting loop clients.
+type loopQueue struct{ head, tail *loopSess }
+
+// loopBackend is what the loop keeps with a server connection (Backend.Loop):
+// its registration, which stays on the loop while the connection goes from
+// one loop client to the next, and is taken off when it goes back to its pool.
+type loopBackend struct {
+	c       driver.Conn
+	adopted bool
+}
+
+// loopBackendOf returns be's loop state.
+func loopBackendOf(be *pool.Backend) *loopBackend {
+	lb, _ := be.Loop.(*loopBackend)
+	if lb == nil {
+		lb = new(loopBackend)
+		be.Loop = lb
+	}
+	return lb
+}
+
+// enqueue adds ls to the waiters of p.
+func (d *loopDriver) enqueue(p *pool.Pool, ls *loopSess) {
+	q := d.waiting[p]
+	if q == nil {
+		if d.waiting == nil {
+			d.waiting = make(map[*pool.Pool]*loopQueue)
+		}
+		q = new(loopQueue)
+		d.waiting[p] = q
+	}
+	ls.qprev, ls.qnext, ls.queued = q.tail, nil, q
+	if q.tail != nil {
+		q.tail.qnext = ls
+	} else {
+		q.head = ls
+	}
+	q.tail = ls
+}
+
+// dequeue takes ls off its queue, if it is on one.
+func (d *loopDriver) dequeue(ls *loopSess) {
+	q := ls.queued
+	if q == nil {
+		return
+	}
+	if ls.qprev != nil {
+		ls.qprev.qnext = ls.qnext
+	} else {
+		q.head = ls.qnext
+	}
+	if ls.qnext != nil {
+		ls.qnext.qprev = ls.qprev
+	} else {
+		q.tail = ls.qprev
+	}
+	ls.qprev, ls.qnext, ls.queued = nil, nil, nil
+}
+
+// settle hands the server connections released by the callback that ran
+// to the loop's clients waiting for one, in the same step, or gives them
+// back to their pools. No session lock is held.
+func (d *loopDriver) settle() {
+	for len(d.released) > 0 {
+		be := d.released[0]
+		copy(d.released, d.released[1:])
+		d.released[len(d.released)-1] = nil
+		d.released = d.released[:len(d.released)-1]
+		d.place(be)
+	}
+}
+
+// place gives be to the first waiting loop client of its pool that the pool
+// lets have it, or back to the pool.
+func (d *loopDriver) place(be *pool.Backend) {
+	p := be.Pool()
+	lb := loopBackendOf(be)
+	if q := d.waiting[p]; q != nil {
+		for next := q.head; next != nil; next = q.head {
+			d.dequeue(next)
+			if p.HandOver(&next.w, be) {
+				next.handed(be)
+				return
+			}
+			// Its outcome is on its way (a timeout, a shutdown): gotBackend
+			// carries it out.
+		}
+	}
+	if lb.adopted {
+		lb.c.Detach()
+		lb.adopted = false
+	}
+	p.Release(be)
 }
 
 func newLoopDriver(srv *Server) (*loopDriver, error) {
-	l, err := driver.NewLoop(driver.Options{})
+	l, err := driver.NewLoop(driver.Options{BriefWait: loopBriefWait})
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +194,7 @@ type loopSess struct {
 	ss *session
 	d  *loopDriver
 	c  *driver.Conn // the client
-	sc driver.Conn  // the attached server connection (adopted while attached)
+	sc *driver.Conn // the attached server connection's registration (loopBackend)
 	sh serverSide   // sc's handler
 
 	in      []byte // client bytes not handled yet
@@ -110,6 +218,9 @@ type loopSess struct {
 	finished   bool // the session is over (finish ran)
 	cleanTimer driver.Timer
 	resuming   bool // the head of in is a message that waited for a server connection
+
+	qprev, qnext *loopSess  // in queued, the loop's waiters for a pool
+	queued       *loopQueue // nil when not waiting
 
 	wmu     sync.Mutex // the outcome of a wait, from the pool's goroutine
 	wb      *pool.Backend
@@ -336,6 +447,9 @@ func (ls *loopSess) flush() {
 	if ls.ended && ls.c != nil && !ls.clientGone {
 		// Ended: the client gets what is written (its FATAL), briefly.
 		ls.c.CloseAfterFlush(killWriteGrace)
+	}
+	if len(d.released) > 0 {
+		d.settle()
 	}
 	if cap(d.toC) > 1<<20 {
 		d.toC = nil
@@ -618,6 +732,7 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 		if queued {
 			ss.waiting = true
 			ss.waitSince = time.Now()
+			ls.d.enqueue(ss.pool, ls)
 			ls.pause(pauseWait)
 			return nil, true, nil
 		}
@@ -628,6 +743,7 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 		be = b
 	}
 	ls.resuming = false
+	ls.release = false // more for this server connection: decided at its next ReadyForQuery
 	if ss.e.Sent(t) {
 		ss.obs.Query()
 	}
@@ -700,6 +816,7 @@ func (ls *loopSess) gotBackend() {
 	ls.wb, ls.werr = nil, nil
 	ls.wmu.Unlock()
 	ss := ls.ss
+	ls.d.dequeue(ls)
 	ss.mu.Lock()
 	ss.waiting = false
 	if be != nil {
@@ -716,6 +833,31 @@ func (ls *loopSess) gotBackend() {
 	if err == nil {
 		err = ls.attachBackend(be, time.Now())
 	}
+	ss.mu.Unlock()
+	if err != nil {
+		ls.failHead(err)
+		return
+	}
+	ls.resuming = true
+	ls.resume(pauseWait)
+	ls.flush()
+}
+
+// handed is a server connection handed over by another loop client
+// (loopDriver.place), in the same step: the client's held batch goes to it
+// now.
+func (ls *loopSess) handed(be *pool.Backend) {
+	ss := ls.ss
+	ss.mu.Lock()
+	ss.waiting = false
+	ss.obs.Waited(time.Since(ss.waitSince))
+	if ls.ended {
+		ss.mu.Unlock()
+		ls.d.released = append(ls.d.released, be)
+		ls.maybeFinish()
+		return
+	}
+	err := ls.attachBackend(be, time.Now())
 	ss.mu.Unlock()
 	if err != nil {
 		ls.failHead(err)
@@ -757,14 +899,27 @@ func (ls *loopSess) failHead(err error) {
 // gets the client's settings and the Parses owed. ss.mu is held.
 func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
 	ss := ls.ss
-	fd, err := backendFD(be)
-	if err == nil {
-		err = ls.d.l.Adopt(&ls.sc, fd, &ls.sh)
+	lb := loopBackendOf(be)
+	if lb.adopted {
+		lb.c.SetHandler(&ls.sh) // handed over by another loop client
+	} else {
+		// Out of the runtime's network poller first, once per server
+		// connection: it would wake an idle thread for every answer.
+		err := be.Unpoll()
+		fd := -1
+		if err == nil {
+			fd, err = backendFD(be)
+		}
+		if err == nil {
+			err = ls.d.l.Adopt(&lb.c, fd, &ls.sh)
+		}
+		if err != nil {
+			be.Pool().Destroy(be)
+			return fmt.Errorf("pgsidecar: server connection: %w", err)
+		}
+		lb.adopted = true
 	}
-	if err != nil {
-		be.Pool().Destroy(be)
-		return fmt.Errorf("pgsidecar: server connection: %w", err)
-	}
+	ls.sc = &lb.c
 	ss.be = be
 	ss.attachedAt = at
 	ss.e.Attached(stmtsOf(be))
@@ -1128,13 +1283,12 @@ func (ls *loopSess) releaseBackend() {
 		ls.serverFailed(be, errors.New("server connection not idle at a transaction boundary"))
 		return
 	}
-	ls.sc.Detach()
 	ss.be = nil
 	ss.e.Detached()
 	ss.swallowing.Store(0)
 	ss.obs.TransactionDone(time.Since(ss.attachedAt))
 	ls.d.l.Disarm(&ls.cleanTimer)
-	be.Pool().Release(be)
+	ls.d.released = append(ls.d.released, be) // handed over or released by settle
 	if ss.draining && !ss.gone {
 		ls.kill(killShutdown)
 	}
@@ -1145,7 +1299,9 @@ func (ls *loopSess) cancelDone() {
 	ss := ls.ss
 	ss.mu.Lock()
 	if ls.release && ss.cancels == 0 && ss.be != nil {
-		ls.releaseBackend()
+		// Decided again: the client may have sent more since.
+		ls.release = false
+		ls.decide()
 	}
 	ss.mu.Unlock()
 	ls.flush()
@@ -1165,7 +1321,11 @@ func (ls *loopSess) serverFailed(be *pool.Backend, err error) {
 		// the rest of it. Like PostgreSQL, just close.
 		ss.streamBroken.Store(true)
 	}
-	ls.sc.Detach()
+	lb := loopBackendOf(be)
+	if lb.adopted {
+		lb.c.Detach()
+		lb.adopted = false
+	}
 	ss.be = nil
 	ss.e.Detached()
 	ss.swallowing.Store(0)
@@ -1230,6 +1390,7 @@ func (ls *loopSess) kill(reason killReason) {
 	}
 	if ls.paused&pauseWait != 0 && ss.pool.CancelWait(&ls.w) {
 		ss.waiting = false
+		ls.d.dequeue(ls)
 	}
 	ls.end(errKilled)
 }
@@ -1247,6 +1408,7 @@ func (ls *loopSess) end(cause error) {
 	reason := ss.kill
 	if ls.paused&pauseWait != 0 && ss.pool.CancelWait(&ls.w) {
 		ss.waiting = false
+		ls.d.dequeue(ls)
 	}
 	ss.gone = true
 	ss.e.ReleaseAll()
