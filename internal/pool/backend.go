@@ -63,10 +63,16 @@ type Backend struct {
 // RawConn returns the connection's syscall.RawConn, or nil when it has none (TLS).
 func (b *Backend) RawConn() syscall.RawConn { return b.raw }
 
-// FD returns the connection's descriptor, or -1 when it has none (TLS): an
-// event loop reads and writes it while a client holds the backend. It stays
-// valid until the backend is closed.
+// FD returns the connection's descriptor, or -1 when its bytes are not the
+// protocol's (TLS) or it has none: an event loop reads and writes it while a
+// client holds the backend. It stays valid until the backend is closed.
 func (b *Backend) FD() int { return b.fd }
+
+// TLS reports whether the connection is encrypted.
+func (b *Backend) TLS() bool {
+	_, ok := b.Conn.(*tls.Conn)
+	return ok
+}
 
 // Pool returns the pool the backend belongs to.
 func (b *Backend) Pool() *Pool { return b.pool }
@@ -148,7 +154,7 @@ func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string)
 	b.R = bufio.NewReaderSize(b.RW, BufferSize)
 	b.initPeek()
 	b.fd = -1
-	if b.raw != nil {
+	if b.raw != nil && !b.TLS() {
 		_ = b.raw.Control(func(s uintptr) { b.fd = int(s) })
 	}
 	return b
