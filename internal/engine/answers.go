@@ -199,6 +199,26 @@ func (q *AnswerQueue) Trim(max int) {
 	}
 }
 
+// Lend gives the queue's empty ring buffer away (nil when it has none) and
+// leaves the queue without one; Borrow takes one (empty, from Lend) back. A
+// client's queue lives only while it holds a server connection, so the
+// buffer stays with the server connection between its clients: an idle
+// client holds none, and a busy one allocates none.
+func (q *AnswerQueue) Lend() []Pending {
+	q.Reset()
+	b := q.buf
+	q.buf, q.head = nil, 0
+	return b
+}
+
+// Borrow takes buf, a ring buffer from Lend, for an empty queue; it keeps its
+// own if it has one.
+func (q *AnswerQueue) Borrow(buf []Pending) {
+	if q.n == 0 && q.buf == nil {
+		q.buf, q.head = buf, 0
+	}
+}
+
 // Reset empties the queue.
 func (q *AnswerQueue) Reset() {
 	for q.n > 0 {

@@ -119,7 +119,10 @@ var (
 func (s *Session) Attached(server *ServerStatements) {
 	s.Outstanding, s.Partial, s.SyncsAfterExec, s.Tx = 0, false, 0, wire.TxIdle
 	s.Q.Reset()
-	s.Q.Trim(256) // a burst's queue is not kept while the client is idle
+	if server != nil {
+		s.Q.Borrow(server.queue) // the queue's buffer stays with the server connection
+		server.queue = nil
+	}
 	s.Server = server
 	s.Un.Here = false
 	s.Un.Flight = 0
@@ -488,10 +491,12 @@ func (s *Session) ReadyForQuery(status byte) (swallowedQuery bool) {
 
 // Detached forgets the server connection: it went back to its pool or broke.
 func (s *Session) Detached() {
+	buf := s.Q.Lend()
+	if s.Server != nil && cap(buf) <= 256 { // a burst's queue is not kept
+		s.Server.queue = buf
+	}
 	s.Server = nil
 	s.Outstanding, s.Partial = 0, false
-	s.Q.Reset()
-	s.Q.Trim(256)
 }
 
 // Boundary is what the transaction-boundary decision needs to know of the

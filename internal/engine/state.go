@@ -35,6 +35,8 @@ type State struct {
 	// SQLNames are the statements of the client's SQL PREPAREs: they live on
 	// its server connection only, so they pin it (reason "sql_prepare").
 	SQLNames map[string]struct{}
+
+	wantOwn bool // Want is not Startup's map (it changed)
 }
 
 // Init records the client's startup parameters (and the "-c" items of its
@@ -51,7 +53,7 @@ func (s *State) Init(st *wire.Startup) {
 	for _, kv := range ParseOptions(st.Param("options")) {
 		s.Startup[strings.ToLower(kv[0])] = kv[1]
 	}
-	s.Want = maps.Clone(s.Startup)
+	s.Want, s.wantOwn = s.Startup, false // copied when it first changes (FinishProbe)
 	s.WantKey = SettingsKey(s.Want)
 }
 
@@ -279,6 +281,12 @@ func (s *State) FinishProbe(p StateProbe, row [][]byte, server *Settings) (serve
 	}
 	if len(row) != want {
 		return 0, false, false, fmt.Errorf("%w: %d values for %d settings", ErrProbe, len(row), len(p.names))
+	}
+	if len(p.names) > 0 && !s.wantOwn {
+		s.Want, s.wantOwn = maps.Clone(s.Want), true
+		if s.Want == nil {
+			s.Want = Settings{}
+		}
 	}
 	for i, n := range p.names {
 		if row[i] == nil {

@@ -65,6 +65,9 @@ type ServerStatements struct {
 	Dirty bool
 	// Settings are the settings the proxy left on the server connection.
 	Settings Settings
+	// queue is the answer queue's buffer while no client holds the
+	// connection (AnswerQueue.Lend).
+	queue []Pending
 }
 
 // StatementSlot is one statement a server connection has prepared.

@@ -262,6 +262,10 @@ func (ss *session) toLoop() bool {
 	ls.cleanTimer.Init(ls.cleanupExpired)
 	ss.mu.Lock()
 	ss.ls = ls
+	// The goroutine driver's hold on the (closed) connection goes: an idle
+	// loop client is its loopSess and what the engine keeps.
+	ss.conn, ss.cio, ss.raw, ss.cout.c = nil, nil, nil, nil
+	ss.waitFn, ss.flushFn = nil, nil
 	ss.mu.Unlock()
 	ss.srv.onLoop.Add(1)
 	if err := d.l.Register(fd, ls); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/proxy"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
 // TestLoopDriver runs the pgx workload of TestPgxTransactionMode with every
@@ -45,4 +46,46 @@ func TestLoopDriver(t *testing.T) {
 	pgtest.EventuallyTrue(t, 10*time.Second, "the loop to let the client go", func() bool {
 		return tp.srv.Stats().LoopClients == 0
 	})
+}
+
+// TestLoopIdleClientMemory measures the heap an idle client costs on the
+// event loop: logged in, one query run, then idle. It reports the figure and
+// fails above a generous bound; the RSS figure of `make bench ARGS=--idle`
+// is the one the design tracks.
+func TestLoopIdleClientMemory(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop is Linux-only")
+	}
+	if testing.Short() {
+		t.Skip("opens 1000 connections")
+	}
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction,
+		Opt: proxy.Options{Driver: proxy.DriverLoop, MaxClientConn: 2000}})
+	const n = 1000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	clients := make([]*pgtest.Raw, 0, n)
+	for i := 0; i < n; i++ {
+		rc := pgtest.Dial(t, tp.addr)
+		rc.Login(db, "idle")
+		rc.MustQuery("SELECT 1", wire.TxIdle)
+		clients = append(clients, rc)
+	}
+	pgtest.EventuallyTrue(t, 10*time.Second, "every client on the loop", func() bool {
+		return tp.srv.Stats().LoopClients == n
+	})
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// The test's own side of each connection (a pgtest.Raw and its buffers)
+	// is in the same heap: measured by the same loop of dials against nothing.
+	per := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
+	t.Logf("heap per idle client on the loop, the test's side included: %.0f bytes", per)
+	if per > 16<<10 {
+		t.Fatalf("%.0f bytes of heap per idle client", per)
+	}
+	for _, rc := range clients {
+		rc.Conn.Close()
+	}
 }

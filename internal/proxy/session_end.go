@@ -47,6 +47,9 @@ func (ss *session) terminate(reason killReason) {
 // killDeadlines wakes the client goroutine from its read and bounds the writes
 // to a client being ended.
 func (ss *session) killDeadlines() {
+	if ss.conn == nil {
+		return // on the event loop (terminate posts there)
+	}
 	_ = ss.conn.SetReadDeadline(time.Unix(1, 0))
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
 }
