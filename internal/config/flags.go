@@ -227,9 +227,11 @@ var specs = []spec{
 	{
 		name: "driver",
 		arg:  "goroutine|loop",
-		usage: "What serves clients after login: goroutine (two goroutines per client) or loop (one epoll " +
-			"event loop for every transaction-mode client on a plain socket, Linux only: less CPU per " +
-			"transaction and a few hundred bytes per idle client; the others stay with goroutines).",
+		usage: "What serves clients after login: goroutine (two goroutines per client) or loop (one " +
+			"epoll event loop for every transaction-mode client on a plain socket, Linux only; the others " +
+			"stay with goroutines). The loop needs about a quarter less CPU per transaction and under half " +
+			"the memory per idle client; it holds a message larger than 64 MiB in more memory than the " +
+			"goroutine driver (docs/design.md section 16).",
 		value: func(c *Config) flag.Value { return (*driverValue)(&c.Driver) },
 		check: func(c Config) string {
 			if c.Driver != DriverGoroutine && c.Driver != DriverLoop {

@@ -136,7 +136,8 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 		opt.QueryWaitTimeout = 20 * time.Second
 	}
 	if opt.Driver == "" {
-		// PGSIDECAR_TEST_DRIVER=loop runs the suite on the event-loop driver.
+		// PGSIDECAR_TEST_DRIVER=loop runs the suite on the event-loop driver
+		// (make test runs it on both).
 		opt.Driver = proxy.Driver(os.Getenv("PGSIDECAR_TEST_DRIVER"))
 	}
 	tp.srv = proxy.NewServer(opt, tp.pools)

@@ -1,0 +1,705 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/driver"
+	"github.com/pgsidecar/pgsidecar/internal/engine"
+	"github.com/pgsidecar/pgsidecar/internal/pool"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+)
+
+// The loop driver's client side: the bytes a client sends, framed and handled
+// message by message; waiting for a server connection; what each message
+// becomes on it (loop_linux.go has the overview).
+
+// Data: the client sent b.
+func (ls *loopSess) Data(c *driver.Conn, b []byte) {
+	if ls.ended {
+		return
+	}
+	if len(ls.in) > 0 || ls.paused != 0 {
+		ls.in = append(ls.in, b...)
+		ls.run()
+		return
+	}
+	ss := ls.ss
+	ss.mu.Lock()
+	n := ls.clientBytes(b)
+	ss.mu.Unlock()
+	if n < len(b) && !ls.ended {
+		ls.in = append(ls.in, b[n:]...)
+	}
+	ls.flush()
+}
+
+// run handles what in holds.
+func (ls *loopSess) run() {
+	ss := ls.ss
+	ss.mu.Lock()
+	n := ls.clientBytes(ls.in)
+	ss.mu.Unlock()
+	if !ls.ended {
+		rest := copy(ls.in, ls.in[n:])
+		ls.in = ls.in[:rest]
+		if rest == 0 {
+			ls.dropIn()
+		}
+	}
+	ls.flush()
+}
+
+// A client's unhandled bytes (in) are bounded by what the proxy chose to
+// buffer: nothing more is read while in holds a whole message that cannot be
+// handled yet (the client is paused), and a message larger than bufSize waits
+// only with its size reserved in the message budget (reserve).
+
+// reserve makes sure a message of n bytes (larger than bufSize) that is not
+// whole yet has its room in the message budget (--max-message-memory), as
+// readBig does for the goroutine driver. It reports false when the client
+// must wait for room (paused until it is granted) or was ended. ss.mu is held.
+func (ls *loopSess) reserve(n int) bool {
+	if int64(n) <= ls.inMem {
+		return true
+	}
+	ss := ls.ss
+	mm := &ss.srv.msgMem
+	if limit := mm.stats().Limit; int64(n) > limit {
+		ls.end(fmt.Errorf("%w: a message of %d bytes needs more than the %d bytes of --max-message-memory",
+			errMsgTooBig, n, limit))
+		return false
+	}
+	want := int64(n) - ls.inMem
+	if mm.tryAcquire(want) {
+		ls.inMem = int64(n)
+		return true
+	}
+	ls.pause(pauseMem)
+	timeout := ss.srv.options().QueryWaitTimeout
+	drain, kill := ss.srv.drainCtx.Done(), ss.killCh
+	go func() {
+		err := mm.acquire(want, timeout, drain, kill)
+		if err != nil && errors.Is(err, errMsgMemory) {
+			st := mm.stats()
+			err = fmt.Errorf("%w: no room for a message of %d bytes within %s (%d of %d bytes in use, %d clients waiting; --max-message-memory)",
+				err, n, timeout, st.Used, st.Limit, st.Waiting)
+		}
+		if !ls.post(func() { ls.reserved(want, err) }) && err == nil {
+			mm.release(want)
+		}
+	}()
+	return false
+}
+
+// reserved carries out the outcome of a wait for message memory.
+func (ls *loopSess) reserved(n int64, err error) {
+	ss := ls.ss
+	if err == nil && ls.ended {
+		ss.srv.msgMem.release(n)
+		return
+	}
+	if err != nil {
+		ss.mu.Lock()
+		ls.end(err)
+		ss.mu.Unlock()
+		ls.flush()
+		ls.maybeFinish()
+		return
+	}
+	ls.inMem += n
+	ls.resume(pauseMem)
+	ls.flush()
+}
+
+// dropIn lets the empty carry buffer go when it is large or counted.
+func (ls *loopSess) dropIn() {
+	if cap(ls.in) > 4<<10 || ls.inMem > 0 {
+		ls.in = nil
+	}
+	if ls.inMem > 0 {
+		ls.ss.srv.msgMem.release(ls.inMem)
+		ls.inMem = 0
+	}
+}
+
+// clientBytes handles the client's messages in b, as far as they are whole
+// and nothing holds them back, and returns how many bytes it used. ss.mu is
+// held.
+func (ls *loopSess) clientBytes(b []byte) int {
+	ss := ls.ss
+	used := 0
+	for !ls.ended && ls.paused == 0 {
+		if ls.crest > 0 {
+			k := min(ls.crest, len(b)-used)
+			if k == 0 {
+				break
+			}
+			if !ls.cskip {
+				ls.d.toS = append(ls.d.toS, b[used:used+k]...)
+			}
+			ls.crest -= k
+			used += k
+			if ls.crest == 0 && ls.decideLater && ss.be != nil {
+				ls.decideLater = false
+				ls.decide()
+			}
+			continue
+		}
+		if len(b)-used < wire.HeaderLen {
+			break
+		}
+		h, err := wire.ParseHeader(b[used:], wire.MaxMessageLength)
+		if err != nil {
+			ls.end(err)
+			break
+		}
+		opt := ss.srv.options()
+		ss.e.Limits = opt.limits()
+		if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
+			ls.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
+				errMsgTooBig, h.Type, 1+h.Len, opt.MaxMessageSize))
+			break
+		}
+		switch h.Type {
+		case wire.MsgTerminate:
+			ls.end(io.EOF)
+			return used
+		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyDone:
+			if h.Len != 4 {
+				ls.end(fmt.Errorf("%w: type %q length %d", wire.ErrInvalidLength, h.Type, h.Len))
+				return used
+			}
+		default:
+			if !wire.ValidFrontendType(h.Type) {
+				ls.end(fmt.Errorf("%w: invalid frontend message type %d", errProtocol, h.Type))
+				return used
+			}
+		}
+		n := 1 + h.Len
+		if len(b)-used < n && n > bufSize && h.Type != wire.MsgCopyData && !ls.reserve(n) {
+			break
+		}
+		if len(b)-used < n {
+			if h.Type == wire.MsgCopyData && !ls.discardingToSync() && len(b)-used >= wire.HeaderLen {
+				// COPY data is streamed: what is here goes now.
+				if !ls.copyData(h, b[used:]) {
+					break
+				}
+				k := len(b) - used
+				ls.crest = n - k
+				used += k
+				continue
+			}
+			break
+		}
+		if !ls.clientMessage(h, b[used:used+n]) {
+			break // held back: handled again when it can be
+		}
+		used += n
+		if ls.inMem > 0 && n > bufSize {
+			ss.srv.msgMem.release(ls.inMem) // the carry holding it goes with it (run)
+			ls.inMem = 0
+		}
+	}
+	return used
+}
+
+// discardingToSync reports whether the client's batch is being skipped.
+func (ls *loopSess) discardingToSync() bool { return ls.ss.discardToSync }
+
+// copyData starts passing on a CopyData message of which b holds the start;
+// false when it is held back (no server connection yet, which never happens
+// in COPY: then it is dropped).
+func (ls *loopSess) copyData(h wire.Header, b []byte) bool {
+	ss := ls.ss
+	if ss.be == nil {
+		ls.cskip = true // stray COPY data: nothing to send it to
+		return true
+	}
+	ls.cskip = false
+	ss.e.Sent(h.Type)
+	ls.d.toS = append(ls.d.toS, b...)
+	return true
+}
+
+// clientMessage handles one whole client message msg with header h. It
+// returns false when the message is held back (it waits for a server
+// connection, or for answers to drain) and must be handled again later.
+// ss.mu is held.
+func (ls *loopSess) clientMessage(h wire.Header, msg []byte) bool {
+	ss := ls.ss
+	d := ls.d
+	if ss.discardToSync {
+		if h.Type == wire.MsgSync {
+			ss.discardToSync = false
+			d.toC = append(d.toC, readyIdle...)
+		}
+		return true
+	}
+	if h.Type == wire.MsgParse && ss.track && ss.be == nil && len(msg) > wire.HeaderLen && msg[wire.HeaderLen] != 0 {
+		if done := ls.deferParse(h, msg); done {
+			return true
+		}
+	}
+	var eff engine.QueryEffect
+	if h.Type == wire.MsgQuery && ss.pooled {
+		q := msg[wire.HeaderLen:]
+		if len(q) > 0 && q[len(q)-1] == 0 {
+			q = q[:len(q)-1]
+		}
+		eff = engine.ClassifyQuery(q)
+		// LocalTag sets eff.LocalTag; with a server connection attached,
+		// engine.Session.Query answers it.
+		if ss.track && ss.e.LocalTag(&eff, ss.be != nil, ss.e.Tx == wire.TxFailed) && ss.be == nil {
+			// DEALLOCATE of statements only the proxy's registry has.
+			ss.e.Drop(&eff)
+			d.toC = ss.e.PayOwed(d.toC)
+			d.toC = append(d.toC, eff.LocalTag...)
+			d.toC = append(d.toC, readyIdle...)
+			return true
+		}
+		if eff.State.Pin != "" && ss.srv.options().PinPolicy == PinPolicyRefuse {
+			eff.Refuse = engine.Refusal(eff.State.PinKind) // with a server connection: engine.Session.Query
+		}
+		if eff.Refuse != nil && ss.be == nil {
+			d.toC = ss.e.PayOwed(d.toC)
+			d.toC = append(d.toC, eff.Refuse...)
+			d.toC = append(d.toC, readyIdle...)
+			return true
+		}
+	}
+	be, held, err := ls.attach(h.Type)
+	if held {
+		return false
+	}
+	if err != nil {
+		ls.failLocally(h, err)
+		return true
+	}
+	_ = be
+	if err := ls.send(h, msg, &eff); err != nil {
+		ls.end(err)
+	}
+	return true
+}
+
+// deferParse takes a named Parse while no server connection is attached
+// (see session.deferParse): true when it was taken.
+func (ls *loopSess) deferParse(h wire.Header, msg []byte) bool {
+	ss := ls.ss
+	body := msg[wire.HeaderLen:]
+	i := indexZero(body)
+	if i < 0 {
+		ls.end(fmt.Errorf("%w: Parse message without a statement name", errProtocol))
+		return true
+	}
+	name := body[:i]
+	if ss.e.Owing() > 0 && ss.e.Stmts.Has(name) {
+		return false // parsed again in the batch: the server reports it (42P05)
+	}
+	if ss.kill != killNone {
+		return false
+	}
+	var refusal []byte
+	if ss.e.TooLong(h.Len) {
+		refusal = ss.e.LimitError(int64(h.Len))
+	} else {
+		refusal = ss.e.Owe(name, body[i+1:])
+	}
+	if refusal != nil {
+		ls.d.toC = ss.e.PayOwed(ls.d.toC)
+		ls.d.toC = append(ls.d.toC, refusal...)
+		ss.discardToSync = true
+	}
+	return true
+}
+
+func indexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// attach returns the server connection a message of type t goes to,
+// attaching one first if needed, and accounts for the message (see
+// session.attach). held says the message waits (for a server connection, or
+// for answers to drain); errLocal that it needs none. ss.mu is held.
+func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
+	ss := ls.ss
+	if ss.kill != killNone {
+		return nil, false, errKilled
+	}
+	be = ss.be
+	if be != nil && ss.e.Q.Len() >= maxPending {
+		ls.pause(pauseAnswers)
+		return nil, true, nil
+	}
+	if !ls.resuming {
+		if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
+			ss.txStart = time.Now() // a transaction (or a statement) begins
+		}
+		if be != nil && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
+			ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
+			ss.idleSince = time.Time{}
+		}
+	}
+	if be == nil {
+		switch t {
+		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
+			return nil, false, errLocal
+		}
+		if ss.draining {
+			return nil, false, errDraining
+		}
+		if ls.resuming {
+			// The outcome of the wait is in: gotBackend attached it, or failed.
+			return nil, false, errors.New("pgsidecar: internal error: resumed without a server connection")
+		}
+		if paused := ss.srv.pauseGate(); paused != nil {
+			ls.waitPaused(paused)
+			return nil, true, nil
+		}
+		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &ls.w, ls.waitFn)
+		if err != nil {
+			return nil, false, err
+		}
+		if queued {
+			ss.waiting = true
+			ss.waitSince = time.Now()
+			ls.d.enqueue(ss.pool, ls)
+			ls.pause(pauseWait)
+			return nil, true, nil
+		}
+		ss.obs.Waited(0)
+		if err := ls.attachBackend(b, time.Now()); err != nil {
+			return nil, false, err
+		}
+		be = b
+	}
+	ls.resuming = false
+	ls.release = false // more for this server connection: decided at its next ReadyForQuery
+	if ss.e.Sent(t) {
+		ss.obs.Query()
+	}
+	return be, false, nil
+}
+
+// waitPaused waits for RESUME of the admin console (PAUSE) off the loop,
+// within query-wait-timeout, and then tries again.
+func (ls *loopSess) waitPaused(paused <-chan struct{}) {
+	ss := ls.ss
+	ss.waiting = true
+	ss.waitSince = time.Now()
+	ls.pause(pauseWait)
+	timeout := ss.srv.options().QueryWaitTimeout
+	go func() {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		var err error
+		select {
+		case <-paused:
+		case <-t.C:
+			err = context.DeadlineExceeded
+		case <-ss.srv.drainCtx.Done():
+			err = errDraining
+		case <-ss.killCh:
+			err = errKilled
+		}
+		ls.wmu.Lock()
+		ls.werr = err
+		ls.wmu.Unlock()
+		ls.post(func() { ls.retryAfterPause() })
+	}()
+}
+
+// retryAfterPause tries the held message again after PAUSE ended.
+func (ls *loopSess) retryAfterPause() {
+	ls.wmu.Lock()
+	err := ls.werr
+	ls.werr = nil
+	ls.wmu.Unlock()
+	ss := ls.ss
+	ss.mu.Lock()
+	ss.waiting = false
+	ss.mu.Unlock()
+	if ls.ended {
+		return
+	}
+	if err != nil {
+		ls.failHead(err)
+		return
+	}
+	ls.resume(pauseWait)
+}
+
+// waited is the pool's callback with the outcome of a wait (under the pool's
+// lock, on any goroutine): it hands it to the loop.
+func (ls *loopSess) waited(be *pool.Backend, err error) {
+	ls.wmu.Lock()
+	ls.wb, ls.werr = be, err
+	ls.wmu.Unlock()
+	if !ls.post(ls.gotFn) && be != nil {
+		go be.Pool().Release(be) // the loop has stopped
+	}
+}
+
+// gotBackend carries out the outcome of a wait, on the loop.
+func (ls *loopSess) gotBackend() {
+	ls.wmu.Lock()
+	be, err := ls.wb, ls.werr
+	ls.wb, ls.werr = nil, nil
+	ls.wmu.Unlock()
+	ss := ls.ss
+	ls.d.dequeue(ls)
+	ss.mu.Lock()
+	ss.waiting = false
+	if be != nil {
+		ss.obs.Waited(time.Since(ss.waitSince))
+	}
+	if ls.ended {
+		ss.mu.Unlock()
+		if be != nil {
+			be.Pool().Release(be)
+		}
+		ls.maybeFinish()
+		return
+	}
+	if err == nil {
+		err = ls.attachBackend(be, time.Now())
+	}
+	ss.mu.Unlock()
+	if err != nil {
+		ls.failHead(err)
+		return
+	}
+	ls.resuming = true
+	ls.resume(pauseWait)
+	ls.flush()
+}
+
+// handed is a server connection handed over by another loop client
+// (loopDriver.place), in the same step: the client's held batch goes to it
+// now.
+func (ls *loopSess) handed(be *pool.Backend) {
+	ss := ls.ss
+	ss.mu.Lock()
+	ss.waiting = false
+	ss.obs.Waited(time.Since(ss.waitSince))
+	if ls.ended {
+		ss.mu.Unlock()
+		ls.d.released = append(ls.d.released, be)
+		ls.maybeFinish()
+		return
+	}
+	err := ls.attachBackend(be, time.Now())
+	ss.mu.Unlock()
+	if err != nil {
+		ls.failHead(err)
+		return
+	}
+	ls.resuming = true
+	ls.resume(pauseWait)
+	ls.flush()
+}
+
+// failHead fails the message at the head of in, which waited for a server
+// connection in vain.
+func (ls *loopSess) failHead(err error) {
+	ss := ls.ss
+	ss.mu.Lock()
+	if h, perr := wire.ParseHeader(ls.in, wire.MaxMessageLength); perr == nil && len(ls.in) >= 1+h.Len {
+		ls.failLocally(h, err)
+		n := copy(ls.in, ls.in[1+h.Len:])
+		ls.in = ls.in[:n]
+	} else {
+		ls.end(err)
+	}
+	ss.mu.Unlock()
+	ls.resuming = false
+	ls.paused &^= pauseWait
+	ls.flush()
+	if !ls.ended {
+		ls.resume(0)
+		if len(ls.in) > 0 {
+			ls.run()
+		}
+		if ls.paused == 0 && ls.c != nil {
+			ls.c.ResumeRead()
+		}
+	}
+}
+
+// attachBackend makes be the client's server connection: it joins the loop,
+// gets the client's settings and the Parses owed. ss.mu is held.
+func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
+	ss := ls.ss
+	lb := loopBackendOf(be)
+	if lb.adopted {
+		lb.c.SetHandler(&ls.sh) // handed over by another loop client
+	} else {
+		// Out of the runtime's network poller first, once per server
+		// connection: it would wake an idle thread for every answer.
+		err := be.Unpoll()
+		fd := -1
+		if err == nil {
+			fd, err = backendFD(be)
+		}
+		if err == nil {
+			err = ls.d.l.Adopt(&lb.c, fd, &ls.sh)
+		}
+		if err != nil {
+			be.Pool().Destroy(be)
+			return fmt.Errorf("pgsidecar: server connection: %w", err)
+		}
+		lb.adopted = true
+	}
+	ls.sc = &lb.c
+	ss.be = be
+	ss.attachedAt = at
+	ss.e.Attached(stmtsOf(be))
+	ss.swallowing.Store(0)
+	ss.doomed = false
+	ss.swallow.Store(false)
+	ss.fatalForwarded.Store(false)
+	ss.streamBroken.Store(false)
+	ls.srest, ls.sskip, ls.sin = 0, false, ls.sin[:0]
+	if q := ss.replayLocked(be); q != nil {
+		ss.e.Outstanding++
+		ss.pushSwallowedLocked(&engine.Undo{Fatal: true})
+		ls.d.toS = append(ls.d.toS, q...)
+	}
+	if ss.e.Owing() > 0 {
+		ls.d.toS = append(ls.d.toS, ss.e.SendOwed()...)
+	}
+	if n := be.R.Buffered(); n > 0 {
+		// Bytes the server sent while idle, read into the pool's buffer.
+		p, _ := be.R.Peek(n)
+		ls.serverBytes(p)
+		_, _ = be.R.Discard(n)
+	}
+	return nil
+}
+
+// backendFD is the descriptor of a server connection.
+func backendFD(be *pool.Backend) (int, error) {
+	if fd := be.FD(); fd >= 0 {
+		return fd, nil
+	}
+	return -1, driver.ErrNoFD
+}
+
+// failLocally answers a message that got no server connection (see
+// session.failLocally). ss.mu is held.
+func (ls *loopSess) failLocally(h wire.Header, err error) {
+	ss := ls.ss
+	d := ls.d
+	if errors.Is(err, errLocal) {
+		switch h.Type {
+		case wire.MsgSync:
+			d.toC = ss.e.PayOwed(d.toC)
+			d.toC = append(d.toC, readyIdle...)
+		case wire.MsgFlush:
+			d.toC = ss.e.PayOwed(d.toC)
+		}
+		return
+	}
+	if errors.Is(err, errKilled) || errors.Is(err, errDraining) || errors.Is(err, pool.ErrClosed) || errors.Is(err, context.Canceled) {
+		ls.end(err)
+		return
+	}
+	code, msg := ss.acquireError(err)
+	ss.logNoServer("no server connection for client", err)
+	d.toC = ss.e.PayOwed(d.toC)
+	d.toC = wire.AppendError(d.toC, wire.SeverityError, code, msg, "")
+	switch h.Type {
+	case wire.MsgQuery, wire.MsgFunctionCall, wire.MsgSync:
+		d.toC = append(d.toC, readyIdle...)
+	default:
+		ss.discardToSync = true
+	}
+}
+
+// send writes the client message msg to the server connection, rewritten by
+// the engine in transaction mode. ss.mu is held.
+func (ls *loopSess) send(h wire.Header, msg []byte, eff *engine.QueryEffect) error {
+	ss := ls.ss
+	var x engine.Send
+	switch h.Type {
+	case wire.MsgParse:
+		return ls.sendParse(h, msg)
+	case wire.MsgBind, wire.MsgDescribe:
+		var err error
+		if x, err = ss.e.Use(h, msg); err != nil {
+			return err
+		}
+	case wire.MsgClose:
+		x = ss.e.CloseMessage(msg)
+	case wire.MsgExecute:
+		x = ss.e.Execute(msg)
+	case wire.MsgQuery:
+		if !ss.pooled {
+			ss.e.Un.Dropped()
+			break
+		}
+		x = ss.e.Query(eff, msg)
+		if x.Swallowed > 0 {
+			ss.e.Outstanding += x.Swallowed
+			ss.swallowing.Add(int32(x.Swallowed))
+		}
+	}
+	ls.sendAs(msg, x)
+	return nil
+}
+
+// sendAs appends what x says for msg to the server's output.
+func (ls *loopSess) sendAs(msg []byte, x engine.Send) {
+	d := ls.d
+	d.toS = append(d.toS, x.Pre...)
+	if x.From != engine.Drop {
+		d.toS = append(d.toS, msg[x.From:]...)
+	}
+	d.toS = append(d.toS, x.Post...)
+}
+
+// sendParse sends a Parse (see session.sendParse). ss.mu is held.
+func (ls *loopSess) sendParse(h wire.Header, msg []byte) error {
+	ss := ls.ss
+	d := ls.d
+	if len(msg) <= wire.HeaderLen {
+		return fmt.Errorf("%w: empty Parse message", errProtocol)
+	}
+	if msg[wire.HeaderLen] == 0 {
+		big := len(msg) > bufSize
+		m := msg
+		if !big {
+			ss.e.Un.Next = append(ss.e.Un.Next[:0], msg...)
+			m = ss.e.Un.Next
+		}
+		d.toS = append(d.toS, ss.e.ParseUnnamed(m, big, ss.e.Tx == wire.TxFailed)...)
+		return nil
+	}
+	if !ss.track {
+		ls.sendAs(msg, ss.e.ParseForward())
+		return nil
+	}
+	if ss.e.TooLong(h.Len) {
+		ls.sendAs(msg, ss.e.ParseTooLong(h.Len))
+		return nil
+	}
+	body := msg[wire.HeaderLen:]
+	i := indexZero(body)
+	if i < 0 {
+		return fmt.Errorf("%w: Parse message without a statement name", errProtocol)
+	}
+	d.toS = append(d.toS, ss.e.ParseNamed(body[:i], body[i+1:])...)
+	return nil
+}
