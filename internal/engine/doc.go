@@ -1,9 +1,15 @@
 // Package engine is the socket-free protocol engine of docs/design.md section
-// 16, being extracted from internal/proxy step by step. It never touches a
-// socket, a goroutine, a timer or a lock: it takes statement text, messages and
-// the current time, and returns decisions and bytes to send.
+// 16, shared by the proxy's two drivers (goroutines and the event loop). It
+// never touches a socket, a goroutine, a timer or a lock: it takes statement
+// text, messages and the current time, and returns decisions and bytes to send.
 //
-// Built so far: taking back what skipped or failed messages changed in the
+// A client's [Session] holds its protocol state and says what each client
+// message becomes on the server connection (a [Send]: bytes ahead, from where
+// the message goes on, bytes after; client.go) and what the client gets for
+// each server answer (Answer, AnswerError, ReadyForQuery, SwallowFront), with
+// the facts of the transaction-boundary decision (Boundary, [Decide]).
+//
+// Its parts: taking back what skipped or failed messages changed in the
 // statement registries ([TakeBack]); the client's [Unnamed] statement (kept for replay where its
 // Bind lands); what the client gets for each server answer
 // ([AnswerQueue.Answer]) and for a server error ([ErrorAnswer] on a
@@ -20,8 +26,7 @@
 // [StatementRegistry] that interns statements ([Statement]), a client's [Registration] and
 // its [ClientStatements] with their byte count, a server connection's
 // [ServerStatements]); and the settings tracker's pieces
-// ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries). The
-// registry's bookkeeping and the routing of answers through the queue follow.
+// ([Settings], [ParseOptions], [SettingsKey], quoting for replay queries).
 //
 // The [StatementRegistry] is shared by every client: it takes no lock itself,
 // and its caller serialises its use (Statement.Refs is counted under that

@@ -344,13 +344,7 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 		return nil, true, nil
 	}
 	if !ls.resuming {
-		if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
-			ss.txStart = time.Now() // a transaction (or a statement) begins
-		}
-		if be != nil && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
-			ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
-			ss.idleSince = time.Time{}
-		}
+		ss.statementBeginsLocked(be != nil)
 	}
 	if be == nil {
 		switch t {
@@ -563,14 +557,7 @@ func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
 		lb.adopted = true
 	}
 	ls.sc = &lb.c
-	ss.be = be
-	ss.attachedAt = at
-	ss.e.Attached(stmtsOf(be))
-	ss.swallowing.Store(0)
-	ss.doomed = false
-	ss.swallow.Store(false)
-	ss.fatalForwarded.Store(false)
-	ss.streamBroken.Store(false)
+	ss.attachedLocked(be, at)
 	ls.srest, ls.sskip, ls.sin = 0, false, ls.sin[:0]
 	if q := ss.replayLocked(be); q != nil {
 		ss.e.Outstanding++

@@ -880,14 +880,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 		}
 		be = ss.be
 	}
-	if ss.srv.options().TransactionTimeout > 0 && (be == nil || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
-		ss.txStart = time.Now() // a transaction (or a statement) begins
-	}
-	if be != nil && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
-		// An idle-in-transaction episode ends.
-		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
-		ss.idleSince = time.Time{}
-	}
+	ss.statementBeginsLocked(be != nil)
 	if be == nil {
 		switch t {
 		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
@@ -911,17 +904,10 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 			be.Pool().Release(be)
 			return nil, errKilled
 		}
-		ss.be = be
 		if at.IsZero() {
 			at = time.Now()
 		}
-		ss.attachedAt = at
-		ss.e.Attached(stmtsOf(be))
-		ss.swallowing.Store(0)
-		ss.doomed = false
-		ss.swallow.Store(false)
-		ss.fatalForwarded.Store(false)
-		ss.streamBroken.Store(false)
+		ss.attachedLocked(be, at)
 		ss.bout = sink{c: be.RW}
 		if ss.bw == nil {
 			ss.bw = writerPool.Get().(*bufio.Writer)
@@ -957,6 +943,34 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 	}
 	ss.mu.Unlock()
 	return be, nil
+}
+
+// attachedLocked makes be the client's server connection, got at at, with
+// its per-connection state fresh. ss.mu is held.
+func (ss *session) attachedLocked(be *pool.Backend, at time.Time) {
+	ss.be = be
+	ss.attachedAt = at
+	ss.e.Attached(stmtsOf(be))
+	ss.swallowing.Store(0)
+	ss.doomed = false
+	ss.swallow.Store(false)
+	ss.fatalForwarded.Store(false)
+	ss.streamBroken.Store(false)
+}
+
+// statementBeginsLocked accounts for a client message about to be sent:
+// where a transaction (or a statement outside one) begins, for the
+// transaction timeout, and the end of an idle-in-transaction episode.
+// attached says a server connection is attached. ss.mu is held.
+func (ss *session) statementBeginsLocked(attached bool) {
+	if ss.srv.options().TransactionTimeout > 0 && (!attached || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
+		ss.txStart = time.Now() // a transaction (or a statement) begins
+	}
+	if attached && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
+		// An idle-in-transaction episode ends.
+		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
+		ss.idleSince = time.Time{}
+	}
 }
 
 // Backpressure on a client that sends messages faster than their answers are
