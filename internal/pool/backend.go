@@ -45,6 +45,10 @@ type Backend struct {
 	// Loop is what an event-loop driver keeps with the connection (its
 	// registration); only the current holder touches it, the pool never does.
 	Loop any
+	// OnClose, when set, is called by Close, on any goroutine, instead of
+	// closing: an event loop on which the descriptor stays registered while
+	// the backend idles in the pool takes it off first, then calls CloseNow.
+	OnClose func(*Backend)
 	// StateKey identifies the session state the holder left on the connection
 	// (0: the state it logged in with); see Pool.TryAcquirePrefer.
 	StateKey uint64
@@ -77,8 +81,18 @@ func (b *Backend) TLS() bool {
 // Pool returns the pool the backend belongs to.
 func (b *Backend) Pool() *Pool { return b.pool }
 
-// Close sends Terminate (best effort, bounded) and closes the connection.
+// Close sends Terminate (best effort, bounded) and closes the connection; for
+// a backend with OnClose set, its owner does that (CloseNow).
 func (b *Backend) Close() error {
+	if h := b.OnClose; h != nil {
+		h(b)
+		return nil
+	}
+	return b.CloseNow()
+}
+
+// CloseNow is Close whatever OnClose says: for OnClose's owner.
+func (b *Backend) CloseNow() error {
 	_ = b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	var buf [5]byte
 	_, _ = b.Conn.Write(wire.AppendTerminate(buf[:0]))

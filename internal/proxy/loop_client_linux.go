@@ -536,9 +536,11 @@ func (ls *loopSess) failHead(err error) {
 // gets the client's settings and the Parses owed. ss.mu is held.
 func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
 	ss := ls.ss
-	lb := loopBackendOf(be)
+	lb := ls.d.loopBackendOf(be)
 	if lb.adopted {
-		lb.c.SetHandler(&ls.sh) // handed over by another loop client
+		// Handed over by another loop client, or parked in the pool.
+		lb.c.SetHandler(&ls.sh)
+		lb.c.ResumeRead()
 	} else {
 		// Out of the runtime's network poller first, once per server
 		// connection: it would wake an idle thread for every answer.

@@ -58,20 +58,61 @@ type loopQueue struct{ head, tail *loopSess }
 
 // loopBackend is what the loop keeps with a server connection (Backend.Loop):
 // its registration, which stays on the loop while the connection goes from
-// one loop client to the next, and is taken off when it goes back to its pool.
+// one loop client to the next and while it idles in its pool (parked: reads
+// paused, so that a byte the server sends meanwhile stays in the socket for
+// the pool's liveness check). Whoever closes the backend goes through the
+// loop (Backend.OnClose), which takes the descriptor off before it is closed:
+// a descriptor number reused by a new socket never meets a stale
+// registration.
 type loopBackend struct {
 	c       driver.Conn
 	adopted bool
+	d       *loopDriver
+	be      *pool.Backend
 }
 
 // loopBackendOf returns be's loop state.
-func loopBackendOf(be *pool.Backend) *loopBackend {
+func (d *loopDriver) loopBackendOf(be *pool.Backend) *loopBackend {
 	lb, _ := be.Loop.(*loopBackend)
 	if lb == nil {
-		lb = new(loopBackend)
+		lb = &loopBackend{d: d, be: be}
 		be.Loop = lb
+		be.OnClose = lb.closing
 	}
 	return lb
+}
+
+// closing is the backend's OnClose, on any goroutine: the loop takes the
+// descriptor off, then the backend is closed.
+func (lb *loopBackend) closing(be *pool.Backend) {
+	if lb.d.l.Post(lb.closeOnLoop) != nil {
+		_ = be.CloseNow() // the loop has stopped: nothing is registered any more
+	}
+}
+
+// closeOnLoop takes the descriptor off the loop and closes the backend.
+func (lb *loopBackend) closeOnLoop() {
+	if lb.adopted {
+		lb.c.Detach()
+		lb.adopted = false
+	}
+	_ = lb.be.CloseNow()
+}
+
+// park keeps the registration of a server connection going back to its
+// pool, with reads paused.
+func (lb *loopBackend) park() {
+	lb.c.PauseRead()
+	lb.c.SetHandler(lb)
+}
+
+// Opened, Data and Closed make a parked loopBackend the Handler of its
+// registration. Data never comes (reads are paused); Closed does when the
+// loop stops.
+func (lb *loopBackend) Opened(*driver.Conn)       {}
+func (lb *loopBackend) Data(*driver.Conn, []byte) {}
+func (lb *loopBackend) Closed(*driver.Conn, error) {
+	lb.adopted = false
 }
 
 // enqueue adds ls to the waiters of p.
@@ -129,7 +170,7 @@ func (d *loopDriver) settle() {
 // lets have it, or back to the pool.
 func (d *loopDriver) place(be *pool.Backend) {
 	p := be.Pool()
-	lb := loopBackendOf(be)
+	lb := d.loopBackendOf(be)
 	if q := d.waiting[p]; q != nil {
 		for next := q.head; next != nil; next = q.head {
 			d.dequeue(next)
@@ -142,8 +183,7 @@ func (d *loopDriver) place(be *pool.Backend) {
 		}
 	}
 	if lb.adopted {
-		lb.c.Detach()
-		lb.adopted = false
+		lb.park() // the next loop client to take it makes no epoll_ctl
 	}
 	p.Release(be)
 }

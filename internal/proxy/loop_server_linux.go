@@ -264,7 +264,7 @@ func (ls *loopSess) serverFailed(be *pool.Backend, err error) {
 		// the rest of it. Like PostgreSQL, just close.
 		ss.streamBroken.Store(true)
 	}
-	lb := loopBackendOf(be)
+	lb := ls.d.loopBackendOf(be)
 	if lb.adopted {
 		lb.c.Detach()
 		lb.adopted = false
