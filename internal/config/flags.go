@@ -1,5 +1,9 @@
 package config
 
+// This file is the one table of settings (flag, environment twin, usage,
+// checks, restart-only or live) and its value types. It is above 800 lines
+// because every setting is one entry of that table, which is the point of it.
+
 import (
 	"errors"
 	"flag"

@@ -1,5 +1,10 @@
 package pool
 
+// This file is the pool itself: acquiring (blocking, non-blocking and
+// asynchronous), releasing, dialing with back-off, reconfiguring and reaping.
+// It is above 800 lines because these share one lock and one waiter queue
+// whose invariants are easier to check in one place than across files.
+
 import (
 	"context"
 	"errors"

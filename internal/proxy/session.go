@@ -1,5 +1,11 @@
 package proxy
 
+// This file is the goroutine driver of a client: its state, login, the client
+// goroutine's loop, attach and the server goroutine. It is above 800 lines
+// because the flow that the event loop reimplemented on the engine's calls
+// (loop*_linux.go) is still here for the goroutine driver; step 3 of
+// docs/design.md section 16 reduces it to what that driver alone needs.
+
 import (
 	"bufio"
 	"context"

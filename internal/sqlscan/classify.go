@@ -1,5 +1,10 @@
 package sqlscan
 
+// This file is the statement classifier: the keyword tables and the grammar
+// of every statement kind that changes session state. It is long because the
+// kinds are many and each is a small, self-contained rule; they share the
+// scanner's state and are read side by side when one changes.
+
 import (
 	"bytes"
 	"strconv"
