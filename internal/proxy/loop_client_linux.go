@@ -554,7 +554,7 @@ func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
 		}
 		if err != nil {
 			be.Pool().Destroy(be)
-			return fmt.Errorf("pgsidecar: server connection: %w", err)
+			return fmt.Errorf("server connection: %w", err)
 		}
 		lb.adopted = true
 	}

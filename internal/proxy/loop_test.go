@@ -89,3 +89,57 @@ func TestLoopIdleClientMemory(t *testing.T) {
 		rc.Conn.Close()
 	}
 }
+
+// TestLoopParkedServerConnectionsClosed checks the server connections the
+// loop keeps registered while they idle in their pool: the pool's reaper
+// closes them through the loop (Backend.OnClose), and the descriptor numbers
+// that come free are reused by new clients and new server connections
+// without meeting a stale registration.
+func TestLoopParkedServerConnectionsClosed(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop is Linux-only")
+	}
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 3, Mode: proxy.ModeTransaction, IdleTimeout: 200 * time.Millisecond,
+		Opt: proxy.Options{Driver: proxy.DriverLoop}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for round := 0; round < 3; round++ {
+		// Three clients at once make three server connections; they park.
+		conns := make([]*pgx.Conn, 3)
+		for i := range conns {
+			conns[i] = tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+		}
+		for i, c := range conns {
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatalf("round %d client %d: %v", round, i, err)
+			}
+			defer tx.Rollback(ctx)
+		}
+		for i, c := range conns {
+			var n int
+			if err := c.QueryRow(ctx, "SELECT $1::int", i).Scan(&n); err != nil || n != i {
+				t.Fatalf("round %d client %d: %d, %v", round, i, n, err)
+			}
+		}
+		for _, c := range conns {
+			if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			c.Close(ctx)
+		}
+		// The reaper closes the parked connections through the loop.
+		pgtest.EventuallyTrue(t, 10*time.Second, "idle server connections reaped", func() bool {
+			return tp.pools.Pools()[0].Pool.Stats().Open == 0
+		})
+		pgtest.EventuallyTrue(t, 10*time.Second, "the loop let the clients go", func() bool {
+			return tp.srv.Stats().LoopClients == 0
+		})
+	}
+	// New clients and server connections on the freed descriptors still work.
+	c := tp.connect(t, pgx.QueryExecModeCacheStatement)
+	if err := pgtest.SelectInt(c, 1); err != nil {
+		t.Fatalf("after the reaping: %v", err)
+	}
+}
