@@ -165,6 +165,7 @@ type Server struct {
 	loop      *loopDriver // the event-loop driver (Options.Driver), nil when not used
 	loopOnce  sync.Once
 	onLoop    atomic.Int64 // clients the loop serves now
+	startups  startupCache // clients' startup settings, shared
 
 	refusedLog logLimiter // "client refused" lines: one a second at most
 

@@ -3,6 +3,8 @@ package proxy
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
@@ -49,9 +51,47 @@ func (ss *session) replayLocked(be *pool.Backend) []byte {
 	return q
 }
 
+// startupCache interns the startup settings of clients: an application's
+// connections usually start with the same ones, and the engine never changes
+// a client's startup map (its wanted settings are copied before they change),
+// so they share one map. It keeps at most maxStartupMaps maps.
+type startupCache struct {
+	mu   sync.Mutex
+	maps map[uint64][]engine.Settings
+	n    int
+}
+
+const maxStartupMaps = 1024
+
+// intern returns a map equal to m (whose SettingsKey is key), m itself when
+// none is kept yet.
+func (c *startupCache) intern(m engine.Settings, key uint64) engine.Settings {
+	if len(m) == 0 {
+		return m
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, have := range c.maps[key] {
+		if maps.Equal(have, m) {
+			return have
+		}
+	}
+	if c.n < maxStartupMaps {
+		if c.maps == nil {
+			c.maps = make(map[uint64][]engine.Settings)
+		}
+		c.maps[key] = append(c.maps[key], m)
+		c.n++
+	}
+	return m
+}
+
 // initEngine connects the client's protocol engine to the server's shared
 // statements, counters and log.
 func (ss *session) initEngine() {
+	st := &ss.e.State
+	st.Startup = ss.srv.startups.intern(st.Startup, st.WantKey)
+	st.Want = st.Startup
 	ss.e.Registry = &ss.srv.stmts
 	ss.e.Counters = &ss.srv.prep
 	ss.e.Limits = ss.srv.options().limits()
