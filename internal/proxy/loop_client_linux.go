@@ -160,26 +160,14 @@ func (ls *loopSess) clientBytes(b []byte) int {
 			break
 		}
 		opt := ss.srv.options()
-		ss.e.Limits = opt.limits()
-		if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
-			ls.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
-				errMsgTooBig, h.Type, 1+h.Len, opt.MaxMessageSize))
-			break
+		ss.e.Limits = opt.limits() // a reload may have changed them
+		if err := checkClientHeader(h, opt); err != nil {
+			ls.end(err)
+			return used
 		}
-		switch h.Type {
-		case wire.MsgTerminate:
+		if h.Type == wire.MsgTerminate {
 			ls.end(io.EOF)
 			return used
-		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyDone:
-			if h.Len != 4 {
-				ls.end(fmt.Errorf("%w: type %q length %d", wire.ErrInvalidLength, h.Type, h.Len))
-				return used
-			}
-		default:
-			if !wire.ValidFrontendType(h.Type) {
-				ls.end(fmt.Errorf("%w: invalid frontend message type %d", errProtocol, h.Type))
-				return used
-			}
 		}
 		n := 1 + h.Len
 		if len(b)-used < n && n > bufSize && h.Type != wire.MsgCopyData && !ls.reserve(n) {

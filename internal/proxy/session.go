@@ -553,26 +553,13 @@ func (ss *session) run() {
 		}
 		opt := ss.srv.options()
 		ss.e.Limits = opt.limits() // a reload may have changed them
-		if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
-			// COPY data is streamed through: only its rate is bounded.
-			ss.end(fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
-				errMsgTooBig, h.Type, 1+h.Len, opt.MaxMessageSize))
+		if err := checkClientHeader(h, opt); err != nil {
+			ss.end(err)
 			return
 		}
-		switch h.Type {
-		case wire.MsgTerminate:
+		if h.Type == wire.MsgTerminate {
 			ss.end(io.EOF)
 			return
-		case wire.MsgSync, wire.MsgFlush, wire.MsgCopyDone:
-			if h.Len != 4 {
-				ss.end(fmt.Errorf("%w: type %q length %d", wire.ErrInvalidLength, h.Type, h.Len))
-				return
-			}
-		default:
-			if !wire.ValidFrontendType(h.Type) {
-				ss.end(fmt.Errorf("%w: invalid frontend message type %d", errProtocol, h.Type))
-				return
-			}
 		}
 		if ss.discardToSync {
 			if err := wire.Skip(ss.r, 1+h.Len); err != nil {
@@ -629,6 +616,28 @@ func (ss *session) run() {
 			ss.flushed(be)
 		}
 	}
+}
+
+// checkClientHeader refuses a client message by its header alone: larger
+// than --max-message-size (COPY data excepted: it is streamed, only its rate
+// is bounded), a Sync, Flush or CopyDone with a body, or a type no frontend
+// sends. Both drivers call it before anything of the message is read.
+func checkClientHeader(h wire.Header, opt *Options) error {
+	if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
+		return fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
+			errMsgTooBig, h.Type, 1+h.Len, opt.MaxMessageSize)
+	}
+	switch h.Type {
+	case wire.MsgSync, wire.MsgFlush, wire.MsgCopyDone:
+		if h.Len != 4 {
+			return fmt.Errorf("%w: type %q length %d", wire.ErrInvalidLength, h.Type, h.Len)
+		}
+	default:
+		if !wire.ValidFrontendType(h.Type) {
+			return fmt.Errorf("%w: invalid frontend message type %d", errProtocol, h.Type)
+		}
+	}
+	return nil
 }
 
 // flushed sends what was forwarded to be and decides who reads the answer.
