@@ -218,6 +218,7 @@ const (
 	pauseServer              // the server connection does not take what is sent
 	pauseProbe               // the server connection is being probed
 	pauseMem                 // a large message waits for room in the message budget
+	pauseOut                 // the client does not read what it is sent
 )
 
 // maxCarry bounds the bytes of a client message kept while the rest arrives
@@ -344,12 +345,13 @@ func (ls *loopSess) Closed(c *driver.Conn, err error) {
 	ls.maybeFinish()
 }
 
-// Drained: the client took all the output; a server connection paused for it
-// goes on.
+// Drained: the client took all the output; a server connection paused for it,
+// and the client paused for not reading, go on.
 func (ls *loopSess) Drained(c *driver.Conn) {
 	if ls.ss.be != nil && ls.sc.Paused() {
 		ls.sc.ResumeRead()
 	}
+	ls.resume(pauseOut)
 }
 
 // flush writes the output of the callback that ran.
@@ -367,8 +369,14 @@ func (ls *loopSess) flush() {
 	if len(d.toC) > 0 {
 		if ls.c != nil && !ls.c.IsClosed() && !ls.ss.streamBroken.Load() {
 			_ = ls.c.Write(d.toC)
-			if ls.c.Buffered() > outHighWater && ls.ss.be != nil && !ls.sc.IsClosed() {
-				ls.sc.PauseRead()
+			if ls.c.Buffered() > outHighWater {
+				// Neither its server connection's answers nor the proxy's own
+				// (a Sync answered without one) pile up for a client that
+				// does not read.
+				if ls.ss.be != nil && !ls.sc.IsClosed() {
+					ls.sc.PauseRead()
+				}
+				ls.pause(pauseOut)
 			}
 		}
 		d.toC = d.toC[:0]
