@@ -74,21 +74,42 @@ type Conn struct {
 	flags uint32
 }
 
-// outBuf is a connection's pending output: b[off:] is still to write. The
-// loop keeps a free list of them; one is held only while bytes are pending.
+// outBuf is a connection's pending output, written in this order: b[off:],
+// then ref (the caller's bytes, kept by WriteRef without a copy), then tail
+// (what was written after ref). The loop keeps a free list of them; one is
+// held only while bytes are pending.
 type outBuf struct {
-	b     []byte
-	off   int
-	c     *Conn
-	timer Timer // CloseAfterFlush's deadline
+	b       []byte
+	off     int
+	ref     []byte
+	refDone func() // runs once ref is written or dropped
+	tail    []byte
+	c       *Conn
+	timer   Timer // CloseAfterFlush's deadline
 }
 
 func (o *outBuf) append(b []byte) {
+	if o.refDone != nil {
+		o.tail = append(o.tail, b...)
+		return
+	}
 	if o.off > 0 && len(o.b)+len(b) > cap(o.b) { // about to grow: drop what was written first
 		n := copy(o.b, o.b[o.off:])
 		o.b, o.off = o.b[:n], 0
 	}
 	o.b = append(o.b, b...)
+}
+
+// pending is the number of bytes still to write.
+func (o *outBuf) pending() int { return len(o.b) - o.off + len(o.ref) + len(o.tail) }
+
+// dropRef forgets ref and runs its done function.
+func (o *outBuf) dropRef() {
+	done := o.refDone
+	o.ref, o.refDone = nil, nil
+	if done != nil {
+		done()
+	}
 }
 
 // expire is the timer callback: CloseAfterFlush's deadline passed.
@@ -147,7 +168,7 @@ func (c *Conn) Buffered() int {
 	if c.out == nil {
 		return 0
 	}
-	return len(c.out.b) - c.out.off
+	return c.out.pending()
 }
 
 // Write writes b to c: at once as far as the socket takes it, the rest copied
@@ -174,6 +195,44 @@ func (c *Conn) Write(b []byte) error {
 		return c.fail(e)
 	}
 	return c.pend(b[n:])
+}
+
+// WriteRef writes b to c as Write does, but what the socket does not take at
+// once is kept as b itself, not copied: a message of hundreds of megabytes
+// is not held twice. b must not change until done runs, on the loop, exactly
+// once: when b is written, dropped because c closed (or is detached), or at
+// once when WriteRef fails. Bytes written to c after b follow it. A
+// connection has at most one such b pending; a second is copied, as Write
+// does.
+func (c *Conn) WriteRef(b []byte, done func()) error {
+	if c.flags&(fClosed|fClosing) != 0 {
+		done()
+		return ErrClosed
+	}
+	if c.out != nil {
+		if c.out.refDone != nil {
+			c.out.append(b)
+			done()
+			return nil
+		}
+		c.out.ref, c.out.refDone = b, done
+		return nil
+	}
+	n, e := writeAll(c.fd, b)
+	if e == 0 {
+		done()
+		return nil
+	}
+	if e != unix.EAGAIN {
+		done()
+		return c.fail(e)
+	}
+	if err := c.pend(nil); err != nil {
+		done()
+		return err
+	}
+	c.out.ref, c.out.refDone = b[n:], done
+	return nil
 }
 
 // Writev writes the bufs to c in order, as Write does, with one system call
@@ -285,6 +344,11 @@ func (c *Conn) releaseOut() {
 	c.out = nil
 	l.Disarm(&o.timer)
 	o.c, o.off = nil, 0
+	o.dropRef()
+	if cap(o.tail) > maxKeptOut {
+		o.tail = nil
+	}
+	o.tail = o.tail[:0]
 	if cap(o.b) > maxKeptOut || len(l.freeOut) >= maxFreeOut {
 		return
 	}
@@ -298,14 +362,27 @@ func (c *Conn) flush() {
 	if o == nil {
 		return
 	}
-	n, e := writeAll(c.fd, o.b[o.off:])
-	o.off += n
-	switch {
-	case e == unix.EAGAIN:
-		return
-	case e != 0:
-		c.closeNow(os.NewSyscallError("write", e))
-		return
+	for {
+		n, e := writeAll(c.fd, o.b[o.off:])
+		o.off += n
+		if e == 0 && o.refDone != nil {
+			n, e = writeAll(c.fd, o.ref)
+			o.ref = o.ref[n:]
+			if e == 0 {
+				o.dropRef() // written
+				o.b, o.tail = o.tail, o.b[:0]
+				o.off = 0
+				continue
+			}
+		}
+		switch {
+		case e == unix.EAGAIN:
+			return
+		case e != 0:
+			c.closeNow(os.NewSyscallError("write", e))
+			return
+		}
+		break
 	}
 	c.releaseOut()
 	if c.flags&fClosing != 0 {

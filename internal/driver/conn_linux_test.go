@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -574,4 +575,64 @@ func TestAdoptDetach(t *testing.T) {
 		t.Fatalf("the adopted descriptor was closed: %v", err)
 	}
 	none(t, r.closed, "a second Closed")
+}
+
+// TestWriteRef: a large buffer written by reference is kept, not copied
+// (Buffered counts it, done runs once it is written and not before), bytes
+// written after it follow it in order, and a second reference is copied. A
+// connection closed with a reference pending runs its done function.
+func TestWriteRef(t *testing.T) {
+	l := startLoop(t, Options{})
+	fd, peer := socketpair(t)
+	h := newRec()
+	c := register(t, l, fd, h)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB, more than the socket takes
+	var dones atomic.Int32
+	onLoop(t, l, func() {
+		if err := c.Write([]byte("head:")); err != nil {
+			t.Error(err)
+		}
+		if err := c.WriteRef(big, func() { dones.Add(1) }); err != nil {
+			t.Error(err)
+		}
+		if err := c.Write([]byte(":tail")); err != nil {
+			t.Error(err)
+		}
+		if err := c.WriteRef([]byte(":second"), func() { dones.Add(10) }); err != nil {
+			t.Error(err)
+		}
+		if c.Buffered() < len(big)/2 {
+			t.Errorf("Buffered %d, want most of the %d bytes referenced", c.Buffered(), len(big))
+		}
+		if c.out == nil || &c.out.ref[len(c.out.ref)-1] != &big[len(big)-1] {
+			t.Error("the pending output does not refer to the caller's buffer")
+		}
+	})
+	if got := dones.Load(); got != 10 {
+		t.Fatalf("done calls %d before the peer read, want only the copied second one (10)", got)
+	}
+	want := append(append(append([]byte("head:"), big...), ":tail"...), ":second"...)
+	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("peer read %d bytes, not what was written in order", len(got))
+	}
+	recv(t, h.drained, "Drained")
+	if got := dones.Load(); got != 11 {
+		t.Fatalf("done calls %d after the peer read everything, want 11", got)
+	}
+
+	// Closed with a reference pending: done runs, once.
+	dones.Store(0)
+	onLoop(t, l, func() {
+		if err := c.WriteRef(big, func() { dones.Add(1) }); err != nil {
+			t.Error(err)
+		}
+		c.Close()
+		if err := c.WriteRef(big, func() { dones.Add(1) }); !errors.Is(err, ErrClosed) {
+			t.Errorf("WriteRef after Close: %v, want ErrClosed", err)
+		}
+	})
+	recv(t, h.closed, "Closed")
+	if got := dones.Load(); got != 2 {
+		t.Fatalf("done calls %d after Close, want 2 (the pending one and the refused one)", got)
+	}
 }
