@@ -36,7 +36,7 @@ test: vet
 	PGSIDECAR_TEST_DRIVER=loop $(GO) test -race -count=1 -timeout 20m ./internal/proxy/
 	$(MAKE) test-deploy
 	$(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood)$$' ./internal/proxy/
-	PGSIDECAR_TEST_DRIVER=loop $(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory)$$' ./internal/proxy/
+	PGSIDECAR_TEST_DRIVER=loop $(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood|TestLoopLargeStatementClassifiedOffLoop)$$' ./internal/proxy/
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 ## test-deploy: deploy/k8s (Kustomize component, PrometheusRule, Grafana dashboard),

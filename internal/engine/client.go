@@ -289,11 +289,26 @@ func parseQuery(msg []byte) []byte {
 // connection gets 26000). failedTx says the server connection's transaction
 // has failed (a DEALLOCATE is then PostgreSQL's to refuse).
 func (s *Session) ParseUnnamed(msg []byte, big, failedTx bool) []byte {
+	return s.ParseUnnamedAs(msg, nil, big, failedTx)
+}
+
+// ClassifyParse classifies the statement of an unnamed Parse msg, as
+// ParseUnnamed does. A driver calls it away from its event loop for a large
+// statement, and passes the result to ParseUnnamedAs.
+func ClassifyParse(msg []byte) QueryEffect { return ClassifyQuery(parseQuery(msg)) }
+
+// ParseUnnamedAs is ParseUnnamed with the statement classified already by
+// ClassifyParse (classified), or, when classified is nil, here.
+func (s *Session) ParseUnnamedAs(msg []byte, classified *QueryEffect, big, failedTx bool) []byte {
 	var e QueryEffect
 	s.unnamedTag = nil
 	s.unnamedEffect = nil
 	if s.Pooled {
-		e = ClassifyQuery(parseQuery(msg))
+		if classified != nil {
+			e = *classified
+		} else {
+			e = ClassifyParse(msg)
+		}
 		if st := &e.State; st.Changes() {
 			eff := *st             // allocated only here: most statements change nothing
 			s.unnamedEffect = &eff // applies when the statement is bound

@@ -24,7 +24,19 @@ func (ls *loopSess) Data(c *driver.Conn, b []byte) {
 	if ls.ended {
 		return
 	}
-	if len(ls.in) > 0 || ls.paused != 0 {
+	if hd := ls.head; hd != nil && ls.hfill < len(hd.b) {
+		k := copy(hd.b[ls.hfill:], b)
+		ls.hfill += k
+		b = b[k:]
+		if ls.hfill < len(hd.b) {
+			return
+		}
+		ls.run() // the head is whole
+		if len(b) == 0 || ls.ended {
+			return
+		}
+	}
+	if len(ls.in) > 0 || ls.paused != 0 || ls.head != nil {
 		ls.in = append(ls.in, b...)
 		ls.run()
 		return
@@ -39,8 +51,18 @@ func (ls *loopSess) Data(c *driver.Conn, b []byte) {
 	ls.flush()
 }
 
-// run handles what in holds.
+// run handles the head, once it is whole, and what in holds.
 func (ls *loopSess) run() {
+	if hd := ls.head; hd != nil {
+		if ls.hfill < len(hd.b) {
+			return // the rest of it is still to come (in is empty)
+		}
+		ls.runHead()
+		if ls.head != nil || ls.ended {
+			ls.flush()
+			return
+		}
+	}
 	ss := ls.ss
 	ss.mu.Lock()
 	n := ls.clientBytes(ls.in)
@@ -117,6 +139,121 @@ func (ls *loopSess) reserved(n int64, err error) {
 	ls.flush()
 }
 
+// startHead makes the message of n bytes that start begins the head: its
+// room in the budget is the one reserve granted.
+func (ls *loopSess) startHead(n int, start []byte) {
+	ls.head = newBigMsg(n, ls.inMem)
+	ls.inMem = 0
+	ls.hfill = copy(ls.head.b, start)
+}
+
+// runHead handles the whole head message unless something holds it back. Its
+// header was checked when it began (clientBytes).
+func (ls *loopSess) runHead() {
+	if ls.paused != 0 || ls.ended {
+		return
+	}
+	ss := ls.ss
+	ss.mu.Lock()
+	msg := ls.head.b
+	h, err := wire.ParseHeader(msg, wire.MaxMessageLength)
+	if err != nil {
+		ls.end(err)
+	} else if ls.clientMessage(h, msg) {
+		ls.releaseHead() // unless it went to the server by reference
+	}
+	ss.mu.Unlock()
+}
+
+// takeHead returns the head and forgets it.
+func (ls *loopSess) takeHead() *bigMsg {
+	hd := ls.head
+	ls.head, ls.hfill, ls.headEff = nil, 0, nil
+	return hd
+}
+
+// releaseHead frees the head, or leaves that to the goroutine classifying
+// it (classified).
+func (ls *loopSess) releaseHead() {
+	if hd := ls.takeHead(); hd != nil && !ls.classifying {
+		ls.ss.srv.msgMem.free(hd)
+	}
+}
+
+// isHead reports whether b is the head or a suffix of it (the client's
+// message from where the engine says it continues).
+func (ls *loopSess) isHead(b []byte) bool {
+	hd := ls.head
+	return hd != nil && len(b) > 0 && &b[len(b)-1] == &hd.b[len(hd.b)-1]
+}
+
+// toServer appends b to the server connection's output. The head, or what is
+// sent of it, goes by reference instead, after what was appended so far: the
+// server connection's registration keeps it until it is written, then frees
+// it. ss.mu is held.
+func (ls *loopSess) toServer(b []byte) {
+	d := ls.d
+	if !ls.isHead(b) {
+		d.toS = append(d.toS, b...)
+		return
+	}
+	hd := ls.takeHead()
+	mm := &ls.ss.srv.msgMem
+	if ls.ss.be == nil || ls.sc.IsClosed() {
+		mm.free(hd)
+		return
+	}
+	if len(d.toS) > 0 {
+		_ = ls.sc.Write(d.toS)
+		d.toS = d.toS[:0]
+	}
+	_ = ls.sc.WriteRef(b, func() { mm.free(hd) })
+	if ls.sc.Buffered() > outHighWater {
+		ls.pause(pauseServer)
+	}
+}
+
+// classify classifies the statement of the head, a Query or an unnamed Parse
+// of type t, on a goroutine, with the client paused; classified goes on.
+func (ls *loopSess) classify(t byte) {
+	hd := ls.head
+	ls.classifying = true
+	ls.pause(pauseClassify)
+	mm := &ls.ss.srv.msgMem
+	go func() {
+		var e engine.QueryEffect
+		if t == wire.MsgQuery {
+			e = engine.ClassifyQuery(queryText(hd.b))
+		} else {
+			e = engine.ClassifyParse(hd.b)
+		}
+		if !ls.post(func() { ls.classified(hd, &e) }) {
+			mm.free(hd) // the loop has stopped: nothing else frees it
+		}
+	}()
+}
+
+// classified carries out classify's outcome, on the loop.
+func (ls *loopSess) classified(hd *bigMsg, e *engine.QueryEffect) {
+	ls.classifying = false
+	if ls.head != hd { // the client ended meanwhile
+		ls.ss.srv.msgMem.free(hd)
+		return
+	}
+	ls.headEff = e
+	ls.resume(pauseClassify)
+	ls.flush()
+}
+
+// queryText is the SQL of a Query message.
+func queryText(msg []byte) []byte {
+	q := msg[wire.HeaderLen:]
+	if len(q) > 0 && q[len(q)-1] == 0 {
+		q = q[:len(q)-1]
+	}
+	return q
+}
+
 // dropIn lets the empty carry buffer go when it is large or counted.
 func (ls *loopSess) dropIn() {
 	if cap(ls.in) > 4<<10 || ls.inMem > 0 {
@@ -170,7 +307,11 @@ func (ls *loopSess) clientBytes(b []byte) int {
 			return used
 		}
 		n := 1 + h.Len
-		if len(b)-used < n && n > bufSize && h.Type != wire.MsgCopyData && !ls.reserve(n) {
+		if len(b)-used < n && n > bufSize && h.Type != wire.MsgCopyData {
+			if ls.reserve(n) {
+				ls.startHead(n, b[used:])
+				used = len(b)
+			}
 			break
 		}
 		if len(b)-used < n {
@@ -230,6 +371,11 @@ func (ls *loopSess) clientMessage(h wire.Header, msg []byte) bool {
 		}
 		return true
 	}
+	if len(msg) > classifyOffLoop && ls.headEff == nil && ss.pooled && ls.isHead(msg) &&
+		(h.Type == wire.MsgQuery || h.Type == wire.MsgParse && msg[wire.HeaderLen] == 0) {
+		ls.classify(h.Type)
+		return false
+	}
 	if h.Type == wire.MsgParse && ss.track && ss.be == nil && len(msg) > wire.HeaderLen && msg[wire.HeaderLen] != 0 {
 		if done := ls.deferParse(h, msg); done {
 			return true
@@ -237,11 +383,11 @@ func (ls *loopSess) clientMessage(h wire.Header, msg []byte) bool {
 	}
 	var eff engine.QueryEffect
 	if h.Type == wire.MsgQuery && ss.pooled {
-		q := msg[wire.HeaderLen:]
-		if len(q) > 0 && q[len(q)-1] == 0 {
-			q = q[:len(q)-1]
+		if ls.headEff != nil && ls.isHead(msg) {
+			eff = *ls.headEff
+		} else {
+			eff = engine.ClassifyQuery(queryText(msg))
 		}
-		eff = engine.ClassifyQuery(q)
 		// LocalTag sets eff.LocalTag; with a server connection attached,
 		// engine.Session.Query answers it.
 		if ss.track && ss.e.LocalTag(&eff, ss.be != nil, ss.e.Tx == wire.TxFailed) && ss.be == nil {
@@ -498,7 +644,14 @@ func (ls *loopSess) handed(be *pool.Backend) {
 func (ls *loopSess) failHead(err error) {
 	ss := ls.ss
 	ss.mu.Lock()
-	if h, perr := wire.ParseHeader(ls.in, wire.MaxMessageLength); perr == nil && len(ls.in) >= 1+h.Len {
+	if hd := ls.head; hd != nil {
+		if h, perr := wire.ParseHeader(hd.b, wire.MaxMessageLength); perr == nil && ls.hfill == len(hd.b) {
+			ls.failLocally(h, err)
+			ls.releaseHead()
+		} else {
+			ls.end(err)
+		}
+	} else if h, perr := wire.ParseHeader(ls.in, wire.MaxMessageLength); perr == nil && len(ls.in) >= 1+h.Len {
 		ls.failLocally(h, err)
 		n := copy(ls.in, ls.in[1+h.Len:])
 		ls.in = ls.in[:n]
@@ -642,7 +795,7 @@ func (ls *loopSess) sendAs(msg []byte, x engine.Send) {
 	d := ls.d
 	d.toS = append(d.toS, x.Pre...)
 	if x.From != engine.Drop {
-		d.toS = append(d.toS, msg[x.From:]...)
+		ls.toServer(msg[x.From:])
 	}
 	d.toS = append(d.toS, x.Post...)
 }
@@ -661,7 +814,11 @@ func (ls *loopSess) sendParse(h wire.Header, msg []byte) error {
 			ss.e.Un.Next = append(ss.e.Un.Next[:0], msg...)
 			m = ss.e.Un.Next
 		}
-		d.toS = append(d.toS, ss.e.ParseUnnamed(m, big, ss.e.Tx == wire.TxFailed)...)
+		var eff *engine.QueryEffect
+		if ls.isHead(m) {
+			eff = ls.headEff
+		}
+		ls.toServer(ss.e.ParseUnnamedAs(m, eff, big, ss.e.Tx == wire.TxFailed))
 		return nil
 	}
 	if !ss.track {

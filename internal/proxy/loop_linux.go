@@ -213,13 +213,20 @@ func (d *loopDriver) stop() {
 
 // Why a loop client does not read its socket now (loopSess.paused).
 const (
-	pauseWait    = 1 << iota // waits for a server connection
-	pauseAnswers             // too many answers due (maxPending)
-	pauseServer              // the server connection does not take what is sent
-	pauseProbe               // the server connection is being probed
-	pauseMem                 // a large message waits for room in the message budget
-	pauseOut                 // the client does not read what it is sent
+	pauseWait     = 1 << iota // waits for a server connection
+	pauseAnswers              // too many answers due (maxPending)
+	pauseServer               // the server connection does not take what is sent
+	pauseProbe                // the server connection is being probed
+	pauseMem                  // a large message waits for room in the message budget
+	pauseOut                  // the client does not read what it is sent
+	pauseClassify             // a large statement is being classified off the loop
 )
+
+// classifyOffLoop is the size from which a statement (a Query, an unnamed
+// Parse) is classified on a goroutine of its own: scanning tens of megabytes
+// of SQL made of short tokens takes the best part of a second, which would
+// stall every client of the loop.
+const classifyOffLoop = 1 << 20
 
 // maxCarry bounds the bytes of a client message kept while the rest arrives
 // without counting against the message budget.
@@ -237,19 +244,28 @@ type loopSess struct {
 	sc *driver.Conn // the attached server connection's registration (loopBackend)
 	sh serverSide   // sc's handler
 
-	in      []byte // client bytes not handled yet
-	inMem   int64  // of in's capacity, what the message budget granted
-	sin     []byte // the start of a server message, kept until it is whole
-	srest   int    // bytes of a server message still to pass on (sskip: to drop)
-	sskip   bool
-	crest   int // bytes of a client CopyData message still to pass on (cskip: to drop)
-	cskip   bool
-	paused  int  // pause* bits
-	probing bool // the server connection answers the probe
-	probeQ  engine.StateProbe
-	probeRw [][]byte
-	probeEr error
-	release bool // Release decided, waiting for a cancel request to be delivered
+	in    []byte // client bytes not handled yet, after head
+	inMem int64  // of in's capacity, what the message budget granted
+	// head is a client message larger than bufSize, read into a buffer of
+	// its own with its room in the message budget (head.n); hfill bytes of
+	// it have arrived. It comes before in. Sent on, it goes to the server
+	// connection's pending output by reference (toServer) and is freed once
+	// written.
+	head        *bigMsg
+	hfill       int
+	headEff     *engine.QueryEffect // head's statement, classified off the loop
+	classifying bool                // a goroutine reads head (classify)
+	sin         []byte              // the start of a server message, kept until it is whole
+	srest       int                 // bytes of a server message still to pass on (sskip: to drop)
+	sskip       bool
+	crest       int // bytes of a client CopyData message still to pass on (cskip: to drop)
+	cskip       bool
+	paused      int  // pause* bits
+	probing     bool // the server connection answers the probe
+	probeQ      engine.StateProbe
+	probeRw     [][]byte
+	probeEr     error
+	release     bool // Release decided, waiting for a cancel request to be delivered
 	// decideLater: a ReadyForQuery came while the client was in the middle of
 	// a message to the server; the boundary is decided when it is whole.
 	decideLater bool
@@ -414,7 +430,7 @@ func (ls *loopSess) resume(reason int) {
 	if ls.paused != 0 || ls.ended {
 		return
 	}
-	if len(ls.in) > 0 {
+	if len(ls.in) > 0 || ls.head != nil {
 		ls.run()
 	}
 	if ls.paused == 0 && ls.c != nil && !ls.ended {
@@ -504,6 +520,7 @@ func (ls *loopSess) end(cause error) {
 	ss.gone = true
 	ss.e.ReleaseAll()
 	ls.dropIn()
+	ls.releaseHead()
 	if ss.idleTimer != nil {
 		ss.idleTimer.Stop()
 	}

@@ -143,3 +143,65 @@ func TestLoopParkedServerConnectionsClosed(t *testing.T) {
 		t.Fatalf("after the reaping: %v", err)
 	}
 }
+
+// TestLoopLargeStatementClassifiedOffLoop: a 60 MB Query made of empty
+// statements takes the SQL scanner a good part of a second; it is scanned
+// away from the loop, so a bystander on the same loop keeps its answers
+// within 100ms meanwhile, and what the statement does (a SET at its end) is
+// still tracked. make test runs it without the race detector: instrumented,
+// the scanning goroutine is slow to preempt and can keep the loop's thread
+// from a P for hundreds of milliseconds on two cores, which measures the
+// detector.
+func TestLoopLargeStatementClassifiedOffLoop(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop is Linux-only")
+	}
+	if raceEnabled {
+		t.Skip("latency is meaningless under the race detector")
+	}
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction,
+		Opt: proxy.Options{Driver: proxy.DriverLoop, MaxMessageSize: 64 << 20, MaxMessageMemory: 128 << 20}})
+	by := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	limitsBystander(t, by)
+
+	rc := pgtest.Dial(t, tp.addr)
+	rc.Login(db, "big_statement")
+	sql := "SELECT 7" + strings.Repeat(";", 60<<20) + "SET application_name = 'classified'"
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		_ = rc.Conn.SetWriteDeadline(time.Now().Add(time.Minute))
+		_, _ = rc.Conn.Write(wire.AppendQuery(nil, sql))
+	}()
+	var slowest time.Duration
+	bystander := pgtest.NewCrowd(t, "bystander")
+	bystander.Go(func(ctx context.Context, _ int) error {
+		t0 := time.Now()
+		var n int
+		if err := by.QueryRow(ctx, "SELECT 42").Scan(&n); err != nil {
+			return pgtest.Quit(err)
+		}
+		slowest = max(slowest, time.Since(t0))
+		time.Sleep(5 * time.Millisecond)
+		return nil
+	})
+	f, tx := rc.UntilReady(time.Minute, "the 60 MB query")
+	bystander.Halt()
+	<-sent
+	if f != nil || tx != wire.TxIdle {
+		t.Fatalf("the 60 MB query: error %+v, status %q", f, tx)
+	}
+	bystander.Finish(t)
+	t.Logf("bystander: %d queries meanwhile, the slowest in %s", bystander.Done(), slowest.Round(time.Millisecond))
+	if slowest > 100*time.Millisecond {
+		t.Errorf("a bystander's answer took %s while the large statement was handled, want under 100ms", slowest)
+	}
+	rc.Send(wire.AppendQuery(nil, "SHOW application_name"))
+	if val, ef := limitsResult(rc, 10*time.Second); ef != nil || val != "classified" {
+		t.Fatalf("application_name after the large statement: %q, %+v", val, ef)
+	}
+	if st := tp.srv.MessageMemory(); st.Used != 0 {
+		t.Errorf("message memory after: %+v", st)
+	}
+}

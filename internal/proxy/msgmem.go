@@ -189,13 +189,7 @@ func (ss *session) readBig(n int) ([]byte, error) {
 		}
 		return nil, err
 	}
-	bm := &bigMsg{n: int64(n)}
-	if n >= mapThreshold {
-		bm.b, bm.mapped = mapMessage(n)
-	}
-	if !bm.mapped {
-		bm.b = make([]byte, n)
-	}
+	bm := newBigMsg(n, int64(n))
 	ss.big = bm
 	if _, err := io.ReadFull(ss.r, bm.b); err != nil {
 		ss.releaseBig()
@@ -212,9 +206,29 @@ func (ss *session) releaseBig() {
 		return
 	}
 	ss.big = nil
+	ss.srv.msgMem.free(bm)
+}
+
+// newBigMsg returns a buffer for a message of n bytes, of which reserved are
+// granted in the message budget already: mapped memory from mapThreshold on,
+// returned to the system when it is freed rather than left to the collector.
+func newBigMsg(n int, reserved int64) *bigMsg {
+	bm := &bigMsg{n: reserved}
+	if n >= mapThreshold {
+		bm.b, bm.mapped = mapMessage(n)
+	}
+	if !bm.mapped {
+		bm.b = make([]byte, n)
+	}
+	return bm
+}
+
+// free gives bm's buffer and its room in the budget back. Nothing may refer
+// to the buffer afterwards.
+func (m *msgMemory) free(bm *bigMsg) {
 	if bm.mapped {
 		unmapMessage(bm.b)
 	}
 	bm.b = nil
-	ss.srv.msgMem.release(bm.n)
+	m.release(bm.n)
 }
