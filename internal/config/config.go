@@ -67,8 +67,8 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
-	// Driver is what serves clients after login: "goroutine" or "loop", the
-	// event loop (--driver).
+	// Driver is what serves clients after login: "loop", the event loop (the
+	// default), or "goroutine" (--driver).
 	Driver string
 	// PinPolicy is what a statement that would pin a client to its server
 	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
@@ -174,7 +174,7 @@ func Default() Config {
 		MaxPreparedStatements:  256,
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
-		Driver:                 DriverGoroutine,
+		Driver:                 DriverLoop,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,

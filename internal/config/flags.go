@@ -230,12 +230,11 @@ var specs = []spec{
 	},
 	{
 		name: "driver",
-		arg:  "goroutine|loop",
-		usage: "What serves clients after login: goroutine (two goroutines per client) or loop (one " +
-			"epoll event loop for every transaction-mode client on a plain socket, Linux only; the others " +
-			"stay with goroutines). The loop needs about a quarter less CPU per transaction and under half " +
-			"the memory per idle client; it holds a message larger than 64 MiB in more memory than the " +
-			"goroutine driver (docs/design.md section 16).",
+		arg:  "loop|goroutine",
+		usage: "What serves clients after login: loop (one epoll event loop for every transaction-mode " +
+			"client on a plain socket, Linux only; session mode, TLS upstreams and other systems stay with " +
+			"goroutines) or goroutine (two goroutines per client). The loop needs about a quarter less CPU " +
+			"per transaction and a third of the memory per idle client (docs/design.md section 16).",
 		value: func(c *Config) flag.Value { return (*driverValue)(&c.Driver) },
 		check: func(c Config) string {
 			if c.Driver != DriverGoroutine && c.Driver != DriverLoop {

@@ -136,8 +136,8 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 		opt.QueryWaitTimeout = 20 * time.Second
 	}
 	if opt.Driver == "" {
-		// PGSIDECAR_TEST_DRIVER=loop runs the suite on the event-loop driver
-		// (make test runs it on both).
+		// PGSIDECAR_TEST_DRIVER=goroutine runs the suite on the goroutine
+		// driver (make test runs it on both; the default is the loop).
 		opt.Driver = proxy.Driver(os.Getenv("PGSIDECAR_TEST_DRIVER"))
 	}
 	tp.srv = proxy.NewServer(opt, tp.pools)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,9 +101,9 @@ type Options struct {
 	MaxClientStatementBytes int64
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
-	// Driver says what serves clients after login: DriverGoroutine (the
-	// default) or DriverLoop, the event loop (Linux, transaction mode, plain
-	// sockets; the others stay with the goroutine driver). It cannot change
+	// Driver says what serves clients after login: DriverLoop, the event
+	// loop (the default on Linux: transaction mode, plain sockets; the others
+	// stay with the goroutine driver), or DriverGoroutine. It cannot change
 	// while the server runs.
 	Driver Driver
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
@@ -277,10 +278,12 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		watchWake:   make(chan struct{}, 1),
 	}
 	s.opt.Store(&opt)
-	if opt.Driver == DriverLoop && opt.Mode == ModeTransaction {
+	if opt.Driver != DriverGoroutine && opt.Mode == ModeTransaction {
 		d, err := newLoopDriver(s)
 		if err != nil {
-			s.log.Error("event loop unavailable, clients are served by goroutines", "error", err)
+			if opt.Driver == DriverLoop || runtime.GOOS == "linux" {
+				s.log.Error("event loop unavailable, clients are served by goroutines", "error", err)
+			}
 		} else {
 			s.loop = d
 		}
