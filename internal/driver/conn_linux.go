@@ -63,10 +63,6 @@ const (
 // Conn is a socket registered on a Loop. Its methods are called on the loop's
 // goroutine only (from a Handler, a Timer or a posted function).
 type Conn struct {
-	// Ctx is the user's, for whatever the connection needs to carry; the
-	// loop never looks at it.
-	Ctx any
-
 	h     Handler
 	loop  *Loop
 	out   *outBuf // pending output; nil when there is none

@@ -308,7 +308,7 @@ func (l *Loop) Adopt(c *Conn, fd int, h Handler) error {
 	if err := l.poller.Add(fd, netio.Readable); err != nil {
 		return fmt.Errorf("driver: adopt: %w", err)
 	}
-	*c = Conn{Ctx: c.Ctx, loop: l, h: h, fd: int32(fd), flags: fBorrowed}
+	*c = Conn{loop: l, h: h, fd: int32(fd), flags: fBorrowed}
 	if fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*Conn, fd+1-len(l.conns))...)
 	}

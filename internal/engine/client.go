@@ -74,8 +74,8 @@ func (s *Session) ApplyState(e *Effect) {
 	if s.Server != nil {
 		server = s.Server.Settings
 	}
-	if reason := s.State.Apply(e, server); reason != "" && s.OnPinned != nil {
-		s.OnPinned(reason)
+	if reason := s.State.Apply(e, server); reason != "" && s.Hooks != nil {
+		s.Hooks.Pinned(reason)
 	}
 }
 

@@ -246,7 +246,7 @@ func TestUseRefusesPins(t *testing.T) {
 	}
 	s.Limits.RefusePins = false
 	var pins []string
-	s.OnPinned = func(r string) { pins = append(pins, r) }
+	s.Hooks = hookFuncs{pinned: func(r string) { pins = append(pins, r) }}
 	s.Q.Reset()
 	if x, _ := s.Use(header(bind), bind); x.From == Drop || len(pins) != 1 {
 		t.Fatalf("allowed pin: %+v pins %v", x, pins)

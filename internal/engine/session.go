@@ -43,12 +43,9 @@ type Session struct {
 	// Registry interns statements for every client; Counters count the work.
 	Registry Registry
 	Counters *Counters
-	// OnStatementLimit, when set, is called when a Parse is refused by the
-	// client's statement bounds (first: the first time for this client), so
-	// that the driver can log it.
-	OnStatementLimit func(first bool)
-	// OnPinned, when set, is called when the client gets pinned for reason.
-	OnPinned func(reason string)
+	// Hooks, when set, hear of what the driver logs and counts: a pin, a
+	// Parse refused by the statement bounds.
+	Hooks Hooks
 
 	// Track: named statements are rewritten (transaction mode, statement
 	// rewriting on); Pooled: transaction mode, session state is tracked.
@@ -65,6 +62,16 @@ type Session struct {
 	portalTag     []byte          // ... and so does the unnamed portal
 	lastStmt      [200]byte       // the start of the client's last statement (leak reports)
 	lastStmtLen   int
+}
+
+// Hooks are told of events a driver reports. An interface rather than func
+// fields: a driver's session implements it without a closure per client.
+type Hooks interface {
+	// Pinned: the client is pinned to its server connection for reason.
+	Pinned(reason string)
+	// StatementLimit: a Parse was refused by the client's statement bounds;
+	// first says it is the first time for this client.
+	StatementLimit(first bool)
 }
 
 // Limits are the bounds a Session enforces.
@@ -188,8 +195,8 @@ func (s *Session) noteLimit() {
 	s.counters().StatementLimit.Add(1)
 	first := !s.limitReached
 	s.limitReached = true
-	if s.OnStatementLimit != nil {
-		s.OnStatementLimit(first)
+	if s.Hooks != nil {
+		s.Hooks.StatementLimit(first)
 	}
 }
 
@@ -313,8 +320,8 @@ func (s *Session) Drop(e *QueryEffect) {
 // and may have dropped the proxy's on the server connection.
 func (s *Session) ApplySQL(e *QueryEffect) {
 	pinned, dropAll := s.State.ApplySQLPrepare(e)
-	if pinned != "" && s.OnPinned != nil {
-		s.OnPinned(pinned)
+	if pinned != "" && s.Hooks != nil {
+		s.Hooks.Pinned(pinned)
 	}
 	if dropAll {
 		s.Drop(&QueryEffect{First: sqlscan.KindDeallocateAll})

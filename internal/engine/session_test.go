@@ -198,7 +198,7 @@ func TestSessionParseAnsweredLocallyThenFails(t *testing.T) {
 func TestSessionBounds(t *testing.T) {
 	s, reg := newSession(8)
 	var firsts []bool
-	s.OnStatementLimit = func(first bool) { firsts = append(firsts, first) }
+	s.Hooks = hookFuncs{limit: func(first bool) { firsts = append(firsts, first) }}
 	for _, n := range []string{"a", "b", "c"} {
 		if r := s.Room(10); r != nil {
 			t.Fatalf("refused %s: %q", n, r)
@@ -242,7 +242,7 @@ func TestSessionDropAndApplySQL(t *testing.T) {
 		t.Fatal("DEALLOCATE a")
 	}
 	var pins []string
-	s.OnPinned = func(r string) { pins = append(pins, r) }
+	s.Hooks = hookFuncs{pinned: func(r string) { pins = append(pins, r) }}
 	e = ClassifyQuery([]byte("PREPARE p AS select 1"))
 	s.ApplySQL(&e)
 	if len(pins) != 1 || pins[0] != "sql_prepare" {
@@ -343,5 +343,23 @@ func TestSessionSwallowFront(t *testing.T) {
 	}
 	if sw, _ := s.SwallowFront(wire.MsgCommandComplete); sw {
 		t.Fatal("the client's own answer is swallowed")
+	}
+}
+
+// hookFuncs are Hooks made of funcs (nil: ignored).
+type hookFuncs struct {
+	pinned func(string)
+	limit  func(bool)
+}
+
+func (h hookFuncs) Pinned(r string) {
+	if h.pinned != nil {
+		h.pinned(r)
+	}
+}
+
+func (h hookFuncs) StatementLimit(first bool) {
+	if h.limit != nil {
+		h.limit(first)
 	}
 }

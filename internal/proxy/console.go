@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -347,7 +348,7 @@ func (s *Server) showPools() ([]consoleCol, [][]any) {
 		ss.mu.Lock()
 		st := ss.stateLocked()
 		if st == StateWaiting && !ss.waitSince.IsZero() {
-			rc.oldest = max(rc.oldest, now.Sub(ss.waitSince))
+			rc.oldest = max(rc.oldest, now.Sub(ss.waitSince.Time()))
 		}
 		if ss.be != nil && ss.e.State.Pin != "" {
 			pinned[k]++
@@ -378,7 +379,7 @@ func (s *Server) showClients(self *session) ([]consoleCol, [][]any) {
 		{"addr", oidText}, {"port", oidInt8}, {"connect_time", oidText}, {"application_name", oidText},
 		{"id", oidInt8}, {"pinned", oidText}, {"server_pid", oidInt8}}
 	all := s.snapshotAll()
-	slices.SortFunc(all, func(a, b *session) int { return a.connectedAt.Compare(b.connectedAt) })
+	slices.SortFunc(all, func(a, b *session) int { return cmp.Compare(a.connectedAt, b.connectedAt) })
 	rows := make([][]any, 0, len(all))
 	for _, ss := range all {
 		host, port := splitAddr(ss.addr)
@@ -396,7 +397,7 @@ func (s *Server) showClients(self *session) ([]consoleCol, [][]any) {
 			ss.mu.Unlock()
 		}
 		rows = append(rows, []any{"C", ss.user, ss.db, state, host, port,
-			ss.connectedAt.UTC().Format("2006-01-02 15:04:05 UTC"), ss.app, int64(ss.pid), pin, spid})
+			ss.connectedAt.Time().UTC().Format("2006-01-02 15:04:05 UTC"), ss.app, int64(ss.pid), pin, spid})
 	}
 	return cols, rows
 }

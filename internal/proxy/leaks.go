@@ -77,8 +77,8 @@ func (ss *session) activityLocked() engine.Activity {
 		Partial:     ss.e.Partial,
 		Gone:        ss.gone,
 		Ending:      ss.kill != killNone,
-		IdleSince:   ss.idleSince,
-		TxStart:     ss.txStart,
+		IdleSince:   ss.idleSince.Time(),
+		TxStart:     ss.txStart.Time(),
 	}
 }
 

@@ -104,7 +104,7 @@ func (ls *loopSess) reserve(n int) bool {
 	}
 	ls.pause(pauseMem)
 	timeout := ss.srv.options().QueryWaitTimeout
-	drain, kill := ss.srv.drainCtx.Done(), ss.killCh
+	drain, kill := ss.srv.drainCtx.Done(), ss.killChanLocked()
 	go func() {
 		err := mm.acquire(want, timeout, drain, kill)
 		if err != nil && errors.Is(err, errMsgMemory) {
@@ -496,13 +496,16 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 			ls.waitPaused(paused)
 			return nil, true, nil
 		}
+		if ls.waitFn == nil {
+			ls.waitFn, ls.gotFn = ls.waited, ls.gotBackend
+		}
 		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &ls.w, ls.waitFn)
 		if err != nil {
 			return nil, false, err
 		}
 		if queued {
 			ss.waiting = true
-			ss.waitSince = time.Now()
+			ss.waitSince = stampNow()
 			ls.d.enqueue(ss.pool, ls)
 			ls.pause(pauseWait)
 			return nil, true, nil
@@ -526,9 +529,10 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 func (ls *loopSess) waitPaused(paused <-chan struct{}) {
 	ss := ls.ss
 	ss.waiting = true
-	ss.waitSince = time.Now()
+	ss.waitSince = stampNow()
 	ls.pause(pauseWait)
 	timeout := ss.srv.options().QueryWaitTimeout
+	kill := ss.killChanLocked()
 	go func() {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -539,7 +543,7 @@ func (ls *loopSess) waitPaused(paused <-chan struct{}) {
 			err = context.DeadlineExceeded
 		case <-ss.srv.drainCtx.Done():
 			err = errDraining
-		case <-ss.killCh:
+		case <-kill:
 			err = errKilled
 		}
 		ls.wmu.Lock()
@@ -591,7 +595,7 @@ func (ls *loopSess) gotBackend() {
 	ss.mu.Lock()
 	ss.waiting = false
 	if be != nil {
-		ss.obs.Waited(time.Since(ss.waitSince))
+		ss.obs.Waited(ss.waitSince.Since())
 	}
 	if ls.ended {
 		ss.mu.Unlock()
@@ -621,7 +625,7 @@ func (ls *loopSess) handed(be *pool.Backend) {
 	ss := ls.ss
 	ss.mu.Lock()
 	ss.waiting = false
-	ss.obs.Waited(time.Since(ss.waitSince))
+	ss.obs.Waited(ss.waitSince.Since())
 	if ls.ended {
 		ss.mu.Unlock()
 		ls.d.released = append(ls.d.released, be)

@@ -251,41 +251,50 @@ type loopSess struct {
 	// it have arrived. It comes before in. Sent on, it goes to the server
 	// connection's pending output by reference (toServer) and is freed once
 	// written.
-	head        *bigMsg
-	hfill       int
-	headEff     *engine.QueryEffect // head's statement, classified off the loop
-	classifying bool                // a goroutine reads head (classify)
-	sin         []byte              // the start of a server message, kept until it is whole
-	srest       int                 // bytes of a server message still to pass on (sskip: to drop)
+	head    *bigMsg
+	hfill   int
+	headEff *engine.QueryEffect // head's statement, classified off the loop
+	sin     []byte              // the start of a server message, kept until it is whole
+	srest   int                 // bytes of a server message still to pass on (sskip: to drop)
+	crest   int                 // bytes of a client CopyData message still to pass on (cskip: to drop)
+	paused  int                 // pause* bits
+	probe   *loopProbe          // while probing
+
+	cleanTimer driver.Timer
+
+	// The flags, together: an idle client is mostly this struct.
+	classifying bool // a goroutine reads head (classify)
 	sskip       bool
-	crest       int // bytes of a client CopyData message still to pass on (cskip: to drop)
 	cskip       bool
-	paused      int  // pause* bits
 	probing     bool // the server connection answers the probe
-	probeQ      engine.StateProbe
-	probeRw     [][]byte
-	probeEr     error
 	release     bool // Release decided, waiting for a cancel request to be delivered
 	// decideLater: a ReadyForQuery came while the client was in the middle of
 	// a message to the server; the boundary is decided when it is whole.
 	decideLater bool
-	clientGone,
-	ended bool // end ran: the client is told and its connection closing
-	finished   bool // the session is over (finish ran)
-	cleanTimer driver.Timer
-	resuming   bool // the head of in is a message that waited for a server connection
+	clientGone  bool // the client's connection is closed
+	ended       bool // end ran: the client is told and its connection closing
+	finished    bool // the session is over (finish ran)
+	resuming    bool // the head of in is a message that waited for a server connection
 
 	qprev, qnext *loopSess  // in queued, the loop's waiters for a pool
 	queued       *loopQueue // nil when not waiting
 
-	wmu     sync.Mutex // the outcome of a wait, from the pool's goroutine
-	wb      *pool.Backend
-	werr    error
-	w       pool.Waiter
-	waitFn  func(*pool.Backend, error)
-	gotFn   func()
-	killFn  func()
-	sideFns bool
+	wmu  sync.Mutex // the outcome of a wait, from the pool's goroutine
+	wb   *pool.Backend
+	werr error
+	w    pool.Waiter
+	// waitFn and gotFn are waited and gotBackend as func values, made at the
+	// first wait (an idle client that never waited has none).
+	waitFn func(*pool.Backend, error)
+	gotFn  func()
+}
+
+// loopProbe is a probe of session state in flight (engine.StateProbe) and
+// its answer so far.
+type loopProbe struct {
+	q   engine.StateProbe
+	row [][]byte
+	err error
 }
 
 // serverSide is the Handler of a loop client's server connection.
@@ -312,16 +321,11 @@ func (ss *session) toLoop() bool {
 	}
 	ls := &loopSess{ss: ss, d: d, in: pending}
 	ls.sh.ls = ls
-	ls.waitFn = ls.waited
-	ls.gotFn = ls.gotBackend
-	ls.killFn = ls.killed
-	ls.cleanTimer.Init(ls.cleanupExpired)
 	ss.mu.Lock()
 	ss.ls = ls
 	// The goroutine driver's hold on the (closed) connection goes: an idle
 	// loop client is its loopSess and what the engine keeps.
-	ss.conn, ss.cio, ss.raw, ss.cout.c = nil, nil, nil, nil
-	ss.waitFn, ss.flushFn = nil, nil
+	ss.conn = nil // serveClient drops the goroutine driver's part (goSide)
 	ss.mu.Unlock()
 	ss.srv.onLoop.Add(1)
 	if err := d.l.Register(fd, ls); err != nil {
@@ -488,10 +492,7 @@ func (ls *loopSess) kill(reason killReason) {
 	if ss.kill == killNone {
 		ss.kill = reason
 	}
-	if !ss.dying.Load() {
-		ss.dying.Store(true)
-		close(ss.killCh)
-	}
+	ss.markDyingLocked()
 	if ls.ended {
 		return
 	}
@@ -555,6 +556,7 @@ func (ls *loopSess) leave(be *pool.Backend) {
 	q := ss.cleanupQueries(be, nil)
 	ss.swallow.Store(true)
 	ls.d.toS = append(ls.d.toS, q...)
+	ls.cleanTimer.Init(ls.cleanupExpired)
 	ls.d.l.ArmAfter(&ls.cleanTimer, cleanupTimeout)
 }
 

@@ -15,11 +15,10 @@ func newLoopDriver(*Server) (*loopDriver, error) {
 
 func (*loopDriver) stop() {}
 
-type loopSess struct {
-	killFn func()
-}
+type loopSess struct{}
 
 func (*loopSess) post(func()) bool { return false }
+func (*loopSess) killed()          {}
 func (*loopSess) cancelDone()      {}
 func (*loopSess) forceClose()      {}
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/driver"
 	"github.com/pgsidecar/pgsidecar/internal/engine"
@@ -179,11 +178,11 @@ func (ls *loopSess) decide() {
 	switch d {
 	case engine.KeepReading:
 	case engine.Probe:
-		ls.probeQ = ss.e.State.StartProbe()
-		ls.probing, ls.probeRw, ls.probeEr = true, nil, nil
+		ls.probe = &loopProbe{q: ss.e.State.StartProbe()} // allocates anyway (StartProbe)
+		ls.probing = true
 		ss.probing = true
 		ls.pause(pauseProbe)
-		ls.d.toS = append(ls.d.toS, ls.probeQ.Query...)
+		ls.d.toS = append(ls.d.toS, ls.probe.q.Query...)
 	case engine.Stay, engine.StayListening:
 		if ss.e.Tx != wire.TxIdle {
 			ss.armIdleLocked()
@@ -202,12 +201,12 @@ func (ls *loopSess) probeMessage(h wire.Header, msg []byte) {
 	ss := ls.ss
 	switch h.Type {
 	case wire.MsgRowDescription:
-		ls.probeRw = nil
+		ls.probe.row = nil
 	case wire.MsgDataRow:
-		ls.probeRw = parseDataRow(msg[wire.HeaderLen:])
+		ls.probe.row = parseDataRow(msg[wire.HeaderLen:])
 	case wire.MsgErrorResponse:
 		f := wire.ParseError(msg[wire.HeaderLen:])
-		ls.probeEr = fmt.Errorf("%w: %s (%s)", engine.ErrProbe, f.Message, f.Code)
+		ls.probe.err = fmt.Errorf("%w: %s (%s)", engine.ErrProbe, f.Message, f.Code)
 	case wire.MsgNotification:
 		if !ss.swallow.Load() && !ss.dying.Load() {
 			ls.d.toC = append(ls.d.toC, msg...)
@@ -215,11 +214,12 @@ func (ls *loopSess) probeMessage(h wire.Header, msg []byte) {
 	case wire.MsgReadyForQuery:
 		ls.probing = false
 		ss.probing = false
-		err := ls.probeEr
+		pr := ls.probe
+		ls.probe = nil
+		err := pr.err
 		if err == nil {
-			err = ss.finishProbeLocked(ss.be, ls.probeQ, ls.probeRw)
+			err = ss.finishProbeLocked(ss.be, pr.q, pr.row)
 		}
-		ls.probeRw, ls.probeEr = nil, nil
 		if err != nil {
 			ss.srv.log.Warn("could not read session state from a server connection, closing it",
 				"client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", ss.be.PID, "error", err)
@@ -243,7 +243,7 @@ func (ls *loopSess) releaseBackend() {
 	ss.be = nil
 	ss.e.Detached()
 	ss.swallowing.Store(0)
-	ss.obs.TransactionDone(time.Since(ss.attachedAt))
+	ss.obs.TransactionDone(ss.attachedAt.Since())
 	ls.d.l.Disarm(&ls.cleanTimer)
 	ls.d.released = append(ls.d.released, be) // handed over or released by settle
 	if ss.draining && !ss.gone {

@@ -181,7 +181,7 @@ func (ss *session) readBig(n int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: a message of %d bytes needs more than the %d bytes of --max-message-memory",
 			errMsgTooBig, n, limit)
 	}
-	if err := mm.acquire(int64(n), ss.srv.options().QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killCh); err != nil {
+	if err := mm.acquire(int64(n), ss.srv.options().QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killChan()); err != nil {
 		if errors.Is(err, errMsgMemory) {
 			st := mm.stats()
 			return nil, fmt.Errorf("%w: no room for a message of %d bytes within %s (%d of %d bytes in use, %d clients waiting; --max-message-memory)",

@@ -104,10 +104,67 @@ func (w *sink) Write(p []byte) (int, error) {
 // the client goroutine otherwise. mu guards the state shared between the two.
 type session struct {
 	srv  *Server
-	conn net.Conn
-	cio  io.ReadWriter // reads and writes conn
-	raw  syscall.RawConn
+	conn net.Conn // nil once the event loop serves the client
 	addr string
+
+	// goSide is what only the goroutine driver uses; nil once the event loop
+	// serves the client (serveClient drops it after toLoop).
+	*goSide
+
+	pool          *pool.Pool
+	pid, key      uint32
+	db, user, app string
+	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
+	track         bool // named statements are rewritten (transaction mode)
+	pooled        bool // transaction mode: session state is tracked
+
+	swallow        atomic.Bool
+	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
+	fatalForwarded atomic.Bool
+	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
+	// dying: the proxy ends the client (terminate); answers stop being forwarded
+	// at the next message boundary. killCh, made by the first wait that needs
+	// it (killChan), is closed then. Under mu.
+	dying  atomic.Bool
+	killCh chan struct{}
+
+	mu sync.Mutex
+	// e is the client's protocol state: settings and pins, its statements, the
+	// answers due from be and be's statements (internal/engine). Under mu.
+	e            engine.Session
+	be           *pool.Backend
+	gone         bool // the client left; the server goroutine cleans up and releases
+	draining     bool
+	kill         killReason
+	probing      bool // the backend is being asked (see probe); attach waits
+	doomed       bool // the backend is being closed: never release it
+	cancels      int
+	idleSince    stamp
+	idleTimer    *time.Timer
+	leakReported bool           // this idle-in-transaction episode was logged as a leak suspect
+	obs          ClientObserver // metrics events
+	waiting      bool           // in the pool's queue for a backend
+	attachedAt   stamp          // when be was attached
+	txStart      stamp          // when the client's current transaction began
+
+	// ls is the event-loop driver's side of the session while the loop serves
+	// it (loop_linux.go); nil while its goroutine does. Under mu.
+	ls *loopSess
+
+	// Admin console (console.go).
+	console     bool  // an admin console client: served by serveConsole, no pool
+	connectedAt stamp // when the client connected (SHOW CLIENTS)
+	waitSince   stamp // when the current wait for a backend began (SHOW POOLS maxwait)
+}
+
+// goSide is the part of a session that only the goroutine driver uses: the
+// client socket's reader and writers, the attached backend's writer, and the
+// hand-off between the client goroutine and a server goroutine. A client the
+// event loop serves does without it: about a third of an idle loop client's
+// memory.
+type goSide struct {
+	cio io.ReadWriter // reads and writes conn
+	raw syscall.RawConn
 
 	r          *bufio.Reader // client reader; nil while waiting for input with nothing buffered
 	cout       sink          // client connection, error-swallowing
@@ -122,26 +179,10 @@ type session struct {
 	waitArm    bool
 	peekBuf    [1]byte
 
-	pool          *pool.Pool
-	pid, key      uint32
-	db, user, app string
-	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
-	track         bool // named statements are rewritten (transaction mode)
-	pooled        bool // transaction mode: session state is tracked
-
 	// The client goroutine's own prepared-statement state.
-	owedReply      []byte // ParseCompletes for Parses answered without a backend
-	held           []byte // a client message too big for r, read whole and not yet sent
-	inj            []byte // messages the proxy sends ahead of the client's
-	scratch        []byte // a whole client message
-	swallow        atomic.Bool
-	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
-	fatalForwarded atomic.Bool
-	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
-	// dying: the proxy ends the client (terminate); answers stop being forwarded
-	// at the next message boundary. killCh is closed then, for waits.
-	dying  atomic.Bool
-	killCh chan struct{}
+	owedReply []byte // ParseCompletes for Parses answered without a backend
+	held      []byte // a client message too big for r, read whole and not yet sent
+	scratch   []byte // a whole client message
 	// unsettled: a server goroutine did not stop when the client left; the
 	// session's buffers are not reused (see leave).
 	unsettled bool
@@ -149,39 +190,13 @@ type session struct {
 	// backpressured: the client goroutine waits for answers to drain (awaitAnswers).
 	backpressured bool
 
-	mu sync.Mutex
-	// e is the client's protocol state: settings and pins, its statements, the
-	// answers due from be and be's statements (internal/engine). Under mu.
-	e            engine.Session
-	cond         sync.Cond
-	be           *pool.Backend
-	reader       bool // a server goroutine reads be
-	writing      bool // the client goroutine is sending be a message that does not hold it (see attach)
-	pendingBody  int  // bytes of a backend message a timed-out syncRead left for the server goroutine
-	pendingSkip  bool // ... which are dropped rather than forwarded
-	gone         bool // the client left; the server goroutine cleans up and releases
-	draining     bool
-	kill         killReason
-	probing      bool // the backend is being asked (see probe); attach waits
-	doomed       bool // the backend is being closed: never release it
-	cancels      int
-	idleSince    time.Time
-	idleTimer    *time.Timer
-	leakReported bool           // this idle-in-transaction episode was logged as a leak suspect
-	obs          ClientObserver // metrics events
-	waiting      bool           // in the pool's queue for a backend
-	attachedAt   time.Time      // when be was attached
-	txStart      time.Time      // when the client's current transaction began
-	readerWG     sync.WaitGroup
-
-	// ls is the event-loop driver's side of the session while the loop serves
-	// it (loop_linux.go); nil while its goroutine does. Under mu.
-	ls *loopSess
-
-	// Admin console (console.go).
-	console     bool      // an admin console client: served by serveConsole, no pool
-	connectedAt time.Time // when the client connected (SHOW CLIENTS)
-	waitSince   time.Time // when the current wait for a backend began (SHOW POOLS maxwait)
+	// Under session.mu.
+	cond        sync.Cond
+	reader      bool // a server goroutine reads be
+	writing     bool // the client goroutine is sending be a message that does not hold it (see attach)
+	pendingBody int  // bytes of a backend message a timed-out syncRead left for the server goroutine
+	pendingSkip bool // ... which are dropped rather than forwarded
+	readerWG    sync.WaitGroup
 }
 
 func (s *Server) serveClient(c net.Conn) {
@@ -192,8 +207,8 @@ func (s *Server) serveClient(c net.Conn) {
 			s.clients.Add(-1) // counted by Serve
 		}
 	}()
-	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), connectedAt: time.Now(),
-		killCh: make(chan struct{})}
+	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), connectedAt: stampNow(),
+		goSide: new(goSide)}
 	ss.cond.L = &ss.mu
 	ss.e.Tx = wire.TxIdle
 	ss.cio = netio.ConnIO(c)
@@ -237,6 +252,10 @@ func (s *Server) serveClient(c net.Conn) {
 	}
 	if ss.toLoop() {
 		handed = true
+		ss.release()
+		ss.mu.Lock()
+		ss.goSide = nil
+		ss.mu.Unlock()
 		return
 	}
 	ss.run()
@@ -244,7 +263,7 @@ func (s *Server) serveClient(c net.Conn) {
 
 // release returns the session's buffers to their pools.
 func (ss *session) release() {
-	if ss.unsettled {
+	if ss.goSide == nil || ss.unsettled {
 		return // a server goroutine may still use them: left to the garbage collector
 	}
 	if ss.r != nil {
@@ -964,7 +983,7 @@ func (ss *session) attach(t byte) (*pool.Backend, error) {
 // its per-connection state fresh. ss.mu is held.
 func (ss *session) attachedLocked(be *pool.Backend, at time.Time) {
 	ss.be = be
-	ss.attachedAt = at
+	ss.attachedAt = stampOf(at)
 	ss.e.Attached(stmtsOf(be))
 	ss.swallowing.Store(0)
 	ss.doomed = false
@@ -979,12 +998,12 @@ func (ss *session) attachedLocked(be *pool.Backend, at time.Time) {
 // attached says a server connection is attached. ss.mu is held.
 func (ss *session) statementBeginsLocked(attached bool) {
 	if ss.srv.options().TransactionTimeout > 0 && (!attached || (ss.e.Tx == wire.TxIdle && ss.e.Between())) {
-		ss.txStart = time.Now() // a transaction (or a statement) begins
+		ss.txStart = stampNow() // a transaction (or a statement) begins
 	}
 	if attached && !ss.idleSince.IsZero() && ss.e.Between() && ss.e.Tx != wire.TxIdle {
 		// An idle-in-transaction episode ends.
-		ss.obs.IdleTransactionDone(time.Since(ss.idleSince))
-		ss.idleSince = time.Time{}
+		ss.obs.IdleTransactionDone(ss.idleSince.Since())
+		ss.idleSince = 0
 	}
 }
 
@@ -1031,7 +1050,7 @@ func (ss *session) awaitAnswersLocked(be *pool.Backend) error {
 // answersDrainedLocked wakes a client goroutine held back by
 // awaitAnswersLocked once few enough answers are due. ss.mu is held.
 func (ss *session) answersDrainedLocked() {
-	if ss.backpressured && ss.e.Q.Len() < resumePending {
+	if ss.goSide != nil && ss.backpressured && ss.e.Q.Len() < resumePending { // nil: on the loop
 		ss.cond.Broadcast()
 	}
 }
@@ -1061,7 +1080,7 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 	start := time.Now()
 	ss.mu.Lock()
 	ss.waiting = true
-	ss.waitSince = start
+	ss.waitSince = stampOf(start)
 	ss.mu.Unlock()
 	timeout := ss.srv.options().QueryWaitTimeout
 	if paused != nil {
@@ -1074,7 +1093,7 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 			err = context.DeadlineExceeded
 		case <-ss.srv.drainCtx.Done():
 			err = errDraining
-		case <-ss.killCh:
+		case <-ss.killChan():
 			err = errKilled
 		}
 		t.Stop()
@@ -1084,7 +1103,7 @@ func (ss *session) acquire(key uint64) (be *pool.Backend, at time.Time, err erro
 	}
 	if err == nil {
 		// The pool's own timer ends the wait: a wait allocates nothing.
-		be, err = ss.pool.AcquirePrefer(key, timeout, ss.srv.drainCtx.Done(), ss.killCh)
+		be, err = ss.pool.AcquirePrefer(key, timeout, ss.srv.drainCtx.Done(), ss.killChan())
 	}
 	ss.mu.Lock()
 	ss.waiting = false
@@ -1266,7 +1285,7 @@ func (ss *session) decideLocked(be *pool.Backend, async bool) readyAction {
 		ss.reader = false
 	}
 	ss.answersDrainedLocked()
-	ss.obs.TransactionDone(time.Since(ss.attachedAt))
+	ss.obs.TransactionDone(ss.attachedAt.Since())
 	draining, gone := ss.draining, ss.gone
 	ss.mu.Unlock()
 	be.Pool().Release(be)
@@ -1321,7 +1340,7 @@ func (ss *session) serverFailed(be *pool.Backend, err error, async bool) {
 }
 
 func (ss *session) armIdleLocked() {
-	ss.idleSince = time.Now()
+	ss.idleSince = stampNow()
 	ss.leakReported = false
 	d := ss.srv.options().IdleTransactionTimeout
 	if d <= 0 {
@@ -1367,7 +1386,9 @@ func (ss *session) forwardCancel() {
 	defer func() {
 		ss.mu.Lock()
 		ss.cancels--
-		ss.cond.Broadcast()
+		if ss.goSide != nil {
+			ss.cond.Broadcast()
+		}
 		ls := ss.ls
 		ss.mu.Unlock()
 		if ls != nil {
@@ -1399,3 +1420,71 @@ func sendCancel(addr net.Addr, pid uint32, key []byte, timeout time.Duration) er
 	}
 	return nil
 }
+
+// closedChan is a closed channel: the kill channel of a client that is
+// already being ended.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// killChan returns the channel closed when the proxy ends the client
+// (terminate). It is made on first use: most clients never wait for
+// anything it could cut short.
+func (ss *session) killChan() <-chan struct{} {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.killChanLocked()
+}
+
+// killChanLocked is killChan with ss.mu held.
+func (ss *session) killChanLocked() <-chan struct{} {
+	if ss.killCh == nil {
+		if ss.dying.Load() {
+			return closedChan
+		}
+		ss.killCh = make(chan struct{})
+	}
+	return ss.killCh
+}
+
+// markDyingLocked records that the proxy ends the client and wakes its waits.
+// ss.mu is held.
+func (ss *session) markDyingLocked() {
+	if ss.dying.Load() {
+		return
+	}
+	ss.dying.Store(true)
+	if ss.killCh != nil {
+		close(ss.killCh)
+	}
+}
+
+// stamp is a point in time on the monotonic clock, in nanoseconds since
+// procStart (plus one, so that the zero stamp means never): a session keeps
+// five, at 8 bytes each where a time.Time takes 24.
+type stamp int64
+
+// procStart is the epoch of stamps.
+var procStart = time.Now()
+
+// stampNow is the stamp of now.
+func stampNow() stamp { return stamp(time.Since(procStart)) + 1 }
+
+// stampOf is the stamp of t, which must be after procStart.
+func stampOf(t time.Time) stamp { return stamp(t.Sub(procStart)) + 1 }
+
+// IsZero reports whether s is never.
+func (s stamp) IsZero() bool { return s == 0 }
+
+// Time is s as a time.Time (the zero Time for never).
+func (s stamp) Time() time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return procStart.Add(time.Duration(s - 1))
+}
+
+// Since is the time elapsed since s.
+func (s stamp) Since() time.Duration { return time.Since(procStart) - time.Duration(s-1) }

@@ -32,14 +32,13 @@ func (ss *session) terminate(reason killReason) {
 	if ls := ss.ls; ls != nil {
 		// The event loop serves the client: it ends it there.
 		ss.mu.Unlock()
-		ls.post(ls.killFn)
+		ls.post(ls.killed)
 		return
 	}
-	if !ss.dying.Load() {
-		ss.dying.Store(true)
-		close(ss.killCh)
+	ss.markDyingLocked()
+	if ss.goSide != nil { // nil: the loop served it and has finished
+		ss.cond.Broadcast()
 	}
-	ss.cond.Broadcast()
 	ss.mu.Unlock()
 	ss.killDeadlines()
 }
@@ -67,8 +66,12 @@ func (ss *session) forceClose() {
 	if be != nil {
 		ss.doomed = true // never released to another client
 	}
+	c := ss.conn
 	ss.mu.Unlock()
-	ss.conn.Close()
+	if c == nil {
+		return // the loop served it and has finished
+	}
+	c.Close()
 	if be != nil {
 		be.Conn.Close()
 	}

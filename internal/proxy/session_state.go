@@ -96,24 +96,27 @@ func (ss *session) initEngine() {
 	ss.e.Counters = &ss.srv.prep
 	ss.e.Limits = ss.srv.options().limits()
 	ss.e.Track, ss.e.Pooled = ss.track, ss.pooled
-	ss.e.OnPinned = ss.notePinned
-	ss.e.OnStatementLimit = func(first bool) {
-		if !first {
-			return
-		}
-		// A client that keeps preparing new statements is usually an application
-		// that leaks them.
-		ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
-			"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
-			"statements", ss.e.Stmts.Len(), "bytes", ss.e.Stmts.Bytes(),
-			"max_statements", ss.e.Limits.MaxClientStatements, "max_bytes", ss.e.Limits.MaxClientStatementBytes)
-	}
+	ss.e.Hooks = ss
 }
 
-// notePinned counts and logs that the client was just pinned for reason
+// StatementLimit is the engine's Hooks.StatementLimit: the first refusal is
+// logged.
+func (ss *session) StatementLimit(first bool) {
+	if !first {
+		return
+	}
+	// A client that keeps preparing new statements is usually an application
+	// that leaks them.
+	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
+		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
+		"statements", ss.e.Stmts.Len(), "bytes", ss.e.Stmts.Bytes(),
+		"max_statements", ss.e.Limits.MaxClientStatements, "max_bytes", ss.e.Limits.MaxClientStatementBytes)
+}
+
+// Pinned is the engine's Hooks.Pinned: the client was just pinned for reason
 // (engine.State decides it: state that cannot move to another server
-// connection).
-func (ss *session) notePinned(reason string) {
+// connection); counted and logged.
+func (ss *session) Pinned(reason string) {
 	ss.srv.countPin(reason)
 	ss.srv.log.Info("client pinned to its server connection", "client", ss.addr, "user", ss.user,
 		"database", ss.db, "application_name", ss.app, "reason", reason)
