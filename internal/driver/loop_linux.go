@@ -96,12 +96,12 @@ type Loop struct {
 	done chan struct{}
 
 	mu      sync.Mutex
-	queue   []func() // posted, not yet run
-	spare   []func() // the previous queue, emptied, for reuse
-	started bool     // Run was called, or Close before it
-	byRun   bool     // Run was called first
-	stopped bool     // Post refuses
-	closed  bool     // the poller is closed
+	queue   []Task // posted, not yet run
+	spare   []Task // the previous queue, emptied, for reuse
+	started bool   // Run was called, or Close before it
+	byRun   bool   // Run was called first
+	stopped bool   // Post refuses
+	closed  bool   // the poller is closed
 }
 
 // note is a Handler.Closed call to make.
@@ -222,13 +222,27 @@ func (l *Loop) Close() error {
 // It may be called from any goroutine, the loop's included, and returns
 // ErrLoopClosed (without queuing fn) once the loop has stopped. fn runs on the
 // loop: it must not block, and may use the loop's connections and timers.
-func (l *Loop) Post(fn func()) error {
+func (l *Loop) Post(fn func()) error { return l.PostTask(Func(fn)) }
+
+// Task is work posted to a loop (PostTask).
+type Task interface{ Run() }
+
+// Func adapts a function to Task.
+type Func func()
+
+// Run calls f.
+func (f Func) Run() { f() }
+
+// PostTask is Post for a Task: a connection's owner that posts the same work
+// again and again implements Task (on a small named type of itself) instead
+// of keeping a func value, which costs a closure per connection.
+func (l *Loop) PostTask(t Task) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
 		return ErrLoopClosed
 	}
-	l.queue = append(l.queue, fn)
+	l.queue = append(l.queue, t)
 	if len(l.queue) == 1 { // otherwise a wake is pending: the loop takes the whole queue
 		if err := l.poller.Wake(); err != nil {
 			return fmt.Errorf("driver: post: %w", err)
@@ -247,9 +261,9 @@ func (l *Loop) runPosted() {
 		l.spare = q
 		return
 	}
-	for i, fn := range q {
+	for i, t := range q {
 		q[i] = nil
-		fn()
+		t.Run()
 		l.settle()
 	}
 	if cap(q) > maxKeptQueue { // a burst: let it go

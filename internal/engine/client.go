@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -58,14 +59,36 @@ func (s *Session) Note(q []byte) {
 	if i := bytes.IndexByte(q, 0); i >= 0 {
 		q = q[:i]
 	}
-	s.lastStmtLen = copy(s.lastStmt[:], q)
+	s.note(q)
+}
+
+// note keeps the start of q as the client's latest statement.
+func (s *Session) note(q []byte) {
+	q = q[:min(len(q), MaxNote)]
+	s.noteRoom(len(q))
+	s.lastStmt = append(s.lastStmt[:0], q...)
+}
+
+// noteString is note for a statement's text held as a string.
+func (s *Session) noteString(q string) {
+	q = q[:min(len(q), MaxNote)]
+	s.noteRoom(len(q))
+	s.lastStmt = append(s.lastStmt[:0], q...)
+}
+
+// noteRoom makes lastStmt able to hold n bytes: it grows to the next power of
+// two (at least 32, at most MaxNote), a few steps and then none.
+func (s *Session) noteRoom(n int) {
+	if n > cap(s.lastStmt) {
+		s.lastStmt = make([]byte, 0, min(MaxNote, max(32, 1<<bits.Len(uint(n-1)))))
+	}
 }
 
 // LastStatement is the start of the client's latest statement.
-func (s *Session) LastStatement() string { return string(s.lastStmt[:s.lastStmtLen]) }
+func (s *Session) LastStatement() string { return string(s.lastStmt) }
 
 // MaxNote is how much of a statement Note keeps.
-const MaxNote = len(Session{}.lastStmt)
+const MaxNote = 200
 
 // ApplyState records a forwarded statement's effect on session state, with
 // the settings the server connection has.
@@ -116,9 +139,11 @@ func (s *Session) Use(h wire.Header, head []byte) (Send, error) {
 		ne = ns + j
 	}
 	if kind == ExpectBind && ns == wire.HeaderLen+1 { // the unnamed portal
-		s.portalTag = nil
-		if ns == ne {
-			s.portalTag = s.unnamedTag
+		if r := s.rare; r != nil {
+			r.portalTag = nil
+			if ns == ne {
+				r.portalTag = r.unnamedTag
+			}
 		}
 	}
 	if ns == ne {
@@ -151,7 +176,7 @@ func (s *Session) Use(h wire.Header, head []byte) (Send, error) {
 		if i := strings.IndexByte(q, 0); i >= 0 {
 			q = q[:i]
 		}
-		s.lastStmtLen = copy(s.lastStmt[:], q)
+		s.noteString(q)
 	}
 	// The message again, with the server-side name; the rest follows from ne.
 	n := h.Len - (ne - ns) + len(st.Name)
@@ -166,8 +191,8 @@ func (s *Session) Use(h wire.Header, head []byte) (Send, error) {
 // connection other than the one the client parsed it on gets the client's last
 // Parse of it first.
 func (s *Session) useUnnamed(kind Expected) Send {
-	if kind == ExpectBind && s.unnamedEffect != nil {
-		if x, refused := s.bindEffect(s.unnamedEffect); refused {
+	if r := s.rare; kind == ExpectBind && r != nil && r.unnamedEffect != nil {
+		if x, refused := s.bindEffect(r.unnamedEffect); refused {
 			return x
 		}
 	}
@@ -197,7 +222,7 @@ func (s *Session) bindEffect(e *Effect) (Send, bool) {
 	}
 	s.ApplyState(e)
 	if names := s.State.FixupNames(e); len(names) > 0 {
-		s.execFixup = names // sent after the statement's Execute
+		s.x().execFixup = names // sent after the statement's Execute
 	}
 	return forward, false
 }
@@ -206,12 +231,16 @@ func (s *Session) bindEffect(e *Effect) (Send, bool) {
 // RESET, what puts the client's startup values back; the Execute of an empty
 // statement standing in for a DEALLOCATE gets that DEALLOCATE's answer.
 func (s *Session) Execute(head []byte) Send {
-	if s.execFixup != nil {
+	r := s.rare
+	if r == nil {
+		return forward
+	}
+	if r.execFixup != nil {
 		return Send{Post: s.execFixupMessages()}
 	}
-	if s.portalTag != nil && len(head) > wire.HeaderLen && head[wire.HeaderLen] == 0 {
+	if r.portalTag != nil && len(head) > wire.HeaderLen && head[wire.HeaderLen] == 0 {
 		if b := s.Q.Back(); b != nil && b.Kind == ExpectExecute {
-			b.Action, b.Undo = Replace, &Undo{Replace: s.portalTag}
+			b.Action, b.Undo = Replace, &Undo{Replace: r.portalTag}
 		}
 	}
 	return forward
@@ -222,8 +251,8 @@ func (s *Session) Execute(head []byte) Send {
 // State.FixupQuery), as extended-protocol messages whose answers the client
 // never sees.
 func (s *Session) execFixupMessages() []byte {
-	names := s.execFixup
-	s.execFixup = nil
+	names := s.rare.execFixup // set: see Execute
+	s.rare.execFixup = nil
 	sql := s.State.FixupSQL(names)
 	do := "DO $pgsidecar$BEGIN PERFORM " + strings.TrimPrefix(sql, "SELECT ") + "; END$pgsidecar$"
 	const name = StatementPrefix + "fixup"
@@ -301,8 +330,9 @@ func ClassifyParse(msg []byte) QueryEffect { return ClassifyQuery(parseQuery(msg
 // ClassifyParse (classified), or, when classified is nil, here.
 func (s *Session) ParseUnnamedAs(msg []byte, classified *QueryEffect, big, failedTx bool) []byte {
 	var e QueryEffect
-	s.unnamedTag = nil
-	s.unnamedEffect = nil
+	if r := s.rare; r != nil {
+		r.unnamedTag, r.unnamedEffect = nil, nil
+	}
 	if s.Pooled {
 		if classified != nil {
 			e = *classified
@@ -310,8 +340,8 @@ func (s *Session) ParseUnnamedAs(msg []byte, classified *QueryEffect, big, faile
 			e = ClassifyParse(msg)
 		}
 		if st := &e.State; st.Changes() {
-			eff := *st             // allocated only here: most statements change nothing
-			s.unnamedEffect = &eff // applies when the statement is bound
+			eff := *st                 // allocated only here: most statements change nothing
+			s.x().unnamedEffect = &eff // applies when the statement is bound
 		}
 	}
 	if s.LocalTag(&e, true, failedTx) {
@@ -319,7 +349,7 @@ func (s *Session) ParseUnnamedAs(msg []byte, classified *QueryEffect, big, faile
 		// stands in for it and its Execute gets the answer.
 		s.Drop(&e)
 		msg = wire.AppendParse(msg[:0], "", "")
-		s.unnamedTag = e.LocalTag
+		s.x().unnamedTag = e.LocalTag
 	} else if s.Track {
 		s.ApplySQL(&e)
 	}
@@ -384,13 +414,19 @@ func (s *Session) Owe(name, body []byte) (refusal []byte) {
 	}
 	rg := s.Register(string(name), s.Registry.Intern(body))
 	rg.Unconfirmed = true
-	s.owed = append(s.owed, rg) // bounded by the client's statement bounds
+	r := s.x()
+	r.owed = append(r.owed, rg) // bounded by the client's statement bounds
 	return nil
 }
 
 // Owing is the number of Parses taken without a server connection and not
 // answered yet.
-func (s *Session) Owing() int { return len(s.owed) }
+func (s *Session) Owing() int {
+	if s.rare == nil {
+		return 0
+	}
+	return len(s.rare.owed)
+}
 
 // SendOwed returns the Parses taken without a server connection, for the one
 // just attached, ahead of the client's message that needed it, and queues
@@ -398,17 +434,21 @@ func (s *Session) Owing() int { return len(s.owed) }
 // server skips the rest of the batch and the registrations are undone, as
 // PostgreSQL would never have had the statements.
 func (s *Session) SendOwed() []byte {
-	b := s.owedBuf[:0]
-	for i, rg := range s.owed {
+	r := s.rare
+	if r == nil {
+		return nil
+	}
+	b := r.owedBuf[:0]
+	for i, rg := range r.owed {
 		rg.Unconfirmed = false // confirmed by the answer, or dropped with the error
 		b = append(b, s.Prepare(rg, true)...)
-		s.owed[i] = nil
+		r.owed[i] = nil
 	}
-	s.clearOwed()
+	r.clearOwed()
 	if cap(b) > 64<<10 {
-		s.owedBuf = nil // a burst's buffer is not kept
+		r.owedBuf = nil // a burst's buffer is not kept
 	} else {
-		s.owedBuf = b
+		r.owedBuf = b
 	}
 	return b
 }
@@ -416,20 +456,24 @@ func (s *Session) SendOwed() []byte {
 // PayOwed appends a ParseComplete to dst for each Parse taken without a
 // server connection: their statements are checked at their first use.
 func (s *Session) PayOwed(dst []byte) []byte {
-	for i := range s.owed {
-		dst = append(dst, ParseComplete...)
-		s.owed[i] = nil
+	r := s.rare
+	if r == nil {
+		return dst
 	}
-	s.clearOwed()
+	for i := range r.owed {
+		dst = append(dst, ParseComplete...)
+		r.owed[i] = nil
+	}
+	r.clearOwed()
 	return dst
 }
 
 // clearOwed empties the list of owed Parses, whose entries are nil.
-func (s *Session) clearOwed() {
-	if cap(s.owed) > 64 {
-		s.owed = nil // a burst of Parses: its list is not kept
+func (r *sessionRare) clearOwed() {
+	if cap(r.owed) > 64 {
+		r.owed = nil // a burst of Parses: its list is not kept
 	} else {
-		s.owed = s.owed[:0]
+		r.owed = r.owed[:0]
 	}
 }
 

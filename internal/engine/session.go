@@ -26,20 +26,26 @@ type Session struct {
 	// Server is the attached server connection's statements (nil while none
 	// is attached).
 	Server *ServerStatements
-	// Syncs counts the Syncs sent: see StatementSlot.Seg.
-	Syncs uint32
 	// Outstanding counts the Queries, Syncs and FunctionCalls sent whose
 	// ReadyForQuery has not come; Partial says extended-protocol messages went
 	// out since the last Sync; SyncsAfterExec counts the Syncs since the last
 	// Execute or Query (a server in COPY IN ignores them); Tx is the
 	// transaction status of the last ReadyForQuery.
-	Outstanding    int
+	Outstanding int
+	// Syncs counts the Syncs sent: see StatementSlot.Seg.
+	Syncs          uint32
+	SyncsAfterExec int32
 	Partial        bool
-	SyncsAfterExec int
 	Tx             byte
+	// Track: named statements are rewritten (transaction mode, statement
+	// rewriting on); Pooled: transaction mode, session state is tracked.
+	Track, Pooled bool
+	limitReached  bool // a refusal by the statement bounds was reported
+
 	// Limits bound the client's statements and the server connection's; the
-	// driver refreshes them when the configuration changes.
-	Limits Limits
+	// driver points it at the bounds in force when the configuration changes
+	// (shared by every client: never written through).
+	Limits *Limits
 	// Registry interns statements for every client; Counters count the work.
 	Registry Registry
 	Counters *Counters
@@ -47,21 +53,33 @@ type Session struct {
 	// Parse refused by the statement bounds.
 	Hooks Hooks
 
-	// Track: named statements are rewritten (transaction mode, statement
-	// rewriting on); Pooled: transaction mode, session state is tracked.
-	Track, Pooled bool
+	inj  []byte       // the messages the proxy sends ahead of the client's
+	rare *sessionRare // made on first use (x)
+	// lastStmt is the start of the client's last statement (leak reports), at
+	// most MaxNote bytes: it grows to the longest one noted, so noting is
+	// allocation-free once it has, and a client of short statements keeps a
+	// short buffer.
+	lastStmt []byte
+}
 
-	inj          []byte // the messages the proxy sends ahead of the client's
-	limitReached bool   // a refusal by the statement bounds was reported
-
+// sessionRare is the state of a Session that most clients never need: a
+// client of the simple protocol, or of prepared statements alone, does
+// without it, and an idle client's session is that much smaller.
+type sessionRare struct {
 	owed          []*Registration // named Parses taken without a server connection, not answered yet
 	owedBuf       []byte          // their Parses when a server connection is attached
 	unnamedTag    []byte          // the unnamed statement stands in for a DEALLOCATE: its answer
 	unnamedEffect *Effect         // what executing the unnamed statement does to session state
 	execFixup     []string        // settings to give their startup values after the next Execute
 	portalTag     []byte          // ... and so does the unnamed portal
-	lastStmt      [200]byte       // the start of the client's last statement (leak reports)
-	lastStmtLen   int
+}
+
+// x is the session's rare state, made if it has none.
+func (s *Session) x() *sessionRare {
+	if s.rare == nil {
+		s.rare = new(sessionRare)
+	}
+	return s.rare
 }
 
 // Hooks are told of events a driver reports. An interface rather than func
@@ -471,7 +489,7 @@ func (s *Session) Sent(t byte) (statement bool) {
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that
 		// started it.
-		s.Outstanding -= s.SyncsAfterExec
+		s.Outstanding -= int(s.SyncsAfterExec)
 		for ; s.SyncsAfterExec > 0; s.SyncsAfterExec-- {
 			if b := s.Q.Back(); b != nil && b.Kind == ExpectSync {
 				s.Q.PopBack()

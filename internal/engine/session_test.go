@@ -17,7 +17,7 @@ func (t *testRegistry) Release(st *Statement)         { t.r.Release(st) }
 
 func newSession(maxPrepared int) (*Session, *testRegistry) {
 	reg := &testRegistry{}
-	s := &Session{Registry: reg, Limits: Limits{MaxPreparedStatements: maxPrepared,
+	s := &Session{Registry: reg, Limits: &Limits{MaxPreparedStatements: maxPrepared,
 		MaxClientStatements: 3, MaxClientStatementBytes: 1 << 10}}
 	s.Attached(NewServerStatements())
 	return s, reg

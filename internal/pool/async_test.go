@@ -23,7 +23,7 @@ func TestAcquireAsync(t *testing.T) {
 	fn := func(b *pool.Backend, err error) { got <- asyncOutcome{b, err} }
 
 	// Nothing open: the wait is queued and a dial serves it.
-	b, queued, err := p.AcquireAsync(0, time.Minute, &w, fn)
+	b, queued, err := p.AcquireAsync(0, time.Minute, &w, pool.OutcomeFunc(fn))
 	if err != nil || b != nil || !queued {
 		t.Fatalf("first AcquireAsync = %v, %v, %v", b, queued, err)
 	}
@@ -37,7 +37,7 @@ func TestAcquireAsync(t *testing.T) {
 		t.Fatalf("outcome %+v", first)
 	}
 	// Full pool: queued; a Release hands the backend over through fn.
-	if b, queued, err := p.AcquireAsync(0, time.Minute, &w, fn); b != nil || !queued || err != nil {
+	if b, queued, err := p.AcquireAsync(0, time.Minute, &w, pool.OutcomeFunc(fn)); b != nil || !queued || err != nil {
 		t.Fatalf("AcquireAsync on a full pool = %v, %v, %v", b, queued, err)
 	}
 	if s := p.Stats(); s.Waiting != 1 {
@@ -53,7 +53,7 @@ func TestAcquireAsync(t *testing.T) {
 	}
 	// A timeout reaches fn as DeadlineExceeded.
 	start := time.Now()
-	if _, queued, _ := p.AcquireAsync(0, 50*time.Millisecond, &w, fn); !queued {
+	if _, queued, _ := p.AcquireAsync(0, 50*time.Millisecond, &w, pool.OutcomeFunc(fn)); !queued {
 		t.Fatal("not queued")
 	}
 	select {
@@ -65,7 +65,7 @@ func TestAcquireAsync(t *testing.T) {
 		t.Fatalf("timeout outcome %+v after %v", o, time.Since(start))
 	}
 	// A withdrawn wait gets nothing; the release goes to the idle stack.
-	if _, queued, _ := p.AcquireAsync(0, time.Minute, &w, fn); !queued {
+	if _, queued, _ := p.AcquireAsync(0, time.Minute, &w, pool.OutcomeFunc(fn)); !queued {
 		t.Fatal("not queued")
 	}
 	if !p.CancelWait(&w) {
@@ -77,7 +77,7 @@ func TestAcquireAsync(t *testing.T) {
 		t.Fatalf("a withdrawn wait got %+v", o)
 	default:
 	}
-	if b, queued, err := p.AcquireAsync(0, time.Minute, &w, fn); b != first.b || queued || err != nil {
+	if b, queued, err := p.AcquireAsync(0, time.Minute, &w, pool.OutcomeFunc(fn)); b != first.b || queued || err != nil {
 		t.Fatalf("AcquireAsync with an idle backend = %v, %v, %v", b, queued, err)
 	}
 	p.Release(first.b)
@@ -93,7 +93,7 @@ func TestHandOver(t *testing.T) {
 	var w, idle pool.Waiter
 	got := make(chan asyncOutcome, 1)
 	fn := func(b *pool.Backend, err error) { got <- asyncOutcome{b, err} }
-	if _, queued, _ := p.AcquireAsync(0, time.Minute, &w, fn); !queued {
+	if _, queued, _ := p.AcquireAsync(0, time.Minute, &w, pool.OutcomeFunc(fn)); !queued {
 		t.Fatal("not queued")
 	}
 	if p.HandOver(&idle, a) {

@@ -110,18 +110,32 @@ type result struct {
 	err error
 }
 
+// mono is a monotonic instant, nanoseconds since epoch: 8 bytes where a
+// time.Time takes 24 (an event loop's client embeds a Waiter).
+type mono int64
+
+// epoch is the zero of mono.
+var epoch = time.Now()
+
+func monoNow() mono                     { return mono(time.Since(epoch)) }
+func (m mono) time() time.Time          { return epoch.Add(time.Duration(m)) }
+func (m mono) add(d time.Duration) mono { return m + mono(d) }
+
+// elapsed is the time since m.
+func (m mono) elapsed() time.Duration { return time.Duration(monoNow() - m) }
+
 type waiter struct {
 	ch       chan result
 	key      uint64 // the StateKey it prefers
 	skipped  int    // times a backend went to a waiter behind it
-	since    time.Time
-	deadline time.Time // when it gives up (zero: never; see expire)
+	since    mono
+	deadline mono // when it gives up (zero: never; see expire)
 	next     *waiter
 	prev     *waiter
 	gone     bool // removed from the queue
 	// fn, when set, gets the outcome instead of ch (AcquireAsync), under the
 	// pool's lock.
-	fn func(*Backend, error)
+	fn Outcome
 }
 
 // deliver hands the waiter, just taken off the queue, its outcome. p.mu is held.
@@ -131,14 +145,26 @@ func (p *Pool) deliverLocked(w *waiter, r result) {
 		return
 	}
 	if r.err == errExpired {
-		w.fn(nil, context.DeadlineExceeded)
+		w.fn.Outcome(nil, context.DeadlineExceeded)
 		return
 	}
 	p.noteWaitLocked(w, r.err == nil)
-	w.fn(r.b, r.err)
+	w.fn.Outcome(r.b, r.err)
 }
 
-// Waiter is a wait for a backend whose outcome goes to a function rather than
+// Outcome receives what an AcquireAsync wait came to. An interface rather
+// than a func: an event loop's client implements it without a closure each.
+type Outcome interface {
+	Outcome(*Backend, error)
+}
+
+// OutcomeFunc adapts a function to Outcome.
+type OutcomeFunc func(*Backend, error)
+
+// Outcome calls f.
+func (f OutcomeFunc) Outcome(b *Backend, err error) { f(b, err) }
+
+// Waiter is a wait for a backend whose outcome goes to an Outcome rather than
 // to a goroutine blocked in Acquire (AcquireAsync): an event loop's client
 // waits with one, at the cost of its struct. The zero value is ready; a
 // Waiter serves one wait at a time.
@@ -159,7 +185,7 @@ func (p *Pool) TLS() bool { return p.tls.Load() }
 // fn runs under the pool's lock on whichever goroutine hands the backend over
 // (a Release, a dial, the expiry timer, Close): it must only record the outcome
 // and pass it to its owner, never call the pool. CancelWait withdraws the wait.
-func (p *Pool) AcquireAsync(key uint64, timeout time.Duration, w *Waiter, fn func(*Backend, error)) (b *Backend, queued bool, err error) {
+func (p *Pool) AcquireAsync(key uint64, timeout time.Duration, w *Waiter, fn Outcome) (b *Backend, queued bool, err error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 && !p.closed {
 		b := p.popIdleLocked(key)
@@ -181,10 +207,10 @@ func (p *Pool) AcquireAsync(key uint64, timeout time.Duration, w *Waiter, fn fun
 		}
 	}
 	ww := &w.w
-	*ww = waiter{since: time.Now(), key: key, fn: fn}
+	*ww = waiter{since: monoNow(), key: key, fn: fn}
 	if timeout > 0 {
-		ww.deadline = ww.since.Add(timeout)
-		p.armLocked(ww.deadline)
+		ww.deadline = ww.since.add(timeout)
+		p.armLocked(ww.deadline.time())
 	}
 	p.enqueueLocked(ww)
 	p.dialIfNeededLocked()
@@ -227,7 +253,7 @@ func (p *Pool) CancelWait(w *Waiter) bool {
 	p.removeLocked(&w.w)
 	p.stats.WaitTimeouts++
 	p.stats.Waited++
-	p.stats.WaitTime += time.Since(w.w.since)
+	p.stats.WaitTime += w.w.since.elapsed()
 	return true
 }
 
@@ -348,14 +374,14 @@ func (p *Pool) acquire(ctx context.Context, done, stop <-chan struct{}, timeout 
 		}
 	}
 	w := waiterPool.Get().(*waiter)
-	w.since = time.Now()
+	w.since = monoNow()
 	w.gone = false
 	w.key = key
 	w.skipped = 0
-	w.deadline = time.Time{}
+	w.deadline = 0
 	if timeout > 0 {
-		w.deadline = w.since.Add(timeout)
-		p.armLocked(w.deadline)
+		w.deadline = w.since.add(timeout)
+		p.armLocked(w.deadline.time())
 	}
 	p.enqueueLocked(w)
 	p.dialIfNeededLocked()
@@ -412,25 +438,25 @@ func (p *Pool) expire() {
 	if p.closed {
 		return
 	}
-	now := time.Now()
-	var next time.Time
+	now := monoNow()
+	var next mono
 	for w := p.head; w != nil; {
 		nx := w.next
 		switch {
-		case w.deadline.IsZero():
-		case !w.deadline.After(now):
+		case w.deadline == 0:
+		case w.deadline <= now:
 			p.removeLocked(w)
 			p.stats.WaitTimeouts++
 			p.stats.Waited++
-			p.stats.WaitTime += now.Sub(w.since)
+			p.stats.WaitTime += time.Duration(now - w.since)
 			p.deliverLocked(w, result{err: errExpired})
-		case next.IsZero() || w.deadline.Before(next):
+		case next == 0 || w.deadline < next:
 			next = w.deadline
 		}
 		w = nx
 	}
-	if !next.IsZero() {
-		p.armLocked(next)
+	if next != 0 {
+		p.armLocked(next.time())
 	}
 }
 
@@ -528,7 +554,7 @@ func (p *Pool) wait(ctx context.Context, w *waiter, done, stop <-chan struct{}) 
 		p.removeLocked(w)
 		p.stats.WaitTimeouts++
 		p.stats.Waited++
-		p.stats.WaitTime += time.Since(w.since)
+		p.stats.WaitTime += w.since.elapsed()
 		p.mu.Unlock()
 		waiterPool.Put(w)
 		return nil, giveUp
@@ -551,7 +577,7 @@ func (p *Pool) wait(ctx context.Context, w *waiter, done, stop <-chan struct{}) 
 
 func (p *Pool) noteWaitLocked(w *waiter, ok bool) {
 	p.stats.Waited++
-	p.stats.WaitTime += time.Since(w.since)
+	p.stats.WaitTime += w.since.elapsed()
 	if ok {
 		p.acquires.Add(1)
 	}
@@ -914,7 +940,7 @@ func (p *Pool) Stats() Stats {
 	s.InUse = p.open - s.Idle - p.dialing
 	s.Waiting = p.nwait
 	if p.head != nil {
-		s.MaxWait = time.Since(p.head.since)
+		s.MaxWait = p.head.since.elapsed()
 	}
 	if p.nwait > 0 {
 		s.Exhausted += time.Since(p.exhaustedSince)

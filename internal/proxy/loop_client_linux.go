@@ -496,10 +496,7 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 			ls.waitPaused(paused)
 			return nil, true, nil
 		}
-		if ls.waitFn == nil {
-			ls.waitFn, ls.gotFn = ls.waited, ls.gotBackend
-		}
-		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &ls.w, ls.waitFn)
+		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &ls.w, (*loopOutcome)(ls))
 		if err != nil {
 			return nil, false, err
 		}
@@ -573,16 +570,24 @@ func (ls *loopSess) retryAfterPause() {
 	ls.resume(pauseWait)
 }
 
-// waited is the pool's callback with the outcome of a wait (under the pool's
+// loopOutcome is a loopSess as the pool's Outcome of its waits, and as the
+// Task that carries one out on the loop: no closure per client.
+type loopOutcome loopSess
+
+// Outcome is the pool's callback with the outcome of a wait (under the pool's
 // lock, on any goroutine): it hands it to the loop.
-func (ls *loopSess) waited(be *pool.Backend, err error) {
+func (o *loopOutcome) Outcome(be *pool.Backend, err error) {
+	ls := (*loopSess)(o)
 	ls.wmu.Lock()
 	ls.wb, ls.werr = be, err
 	ls.wmu.Unlock()
-	if !ls.post(ls.gotFn) && be != nil {
+	if ls.d.l.PostTask(o) != nil && be != nil {
 		go be.Pool().Release(be) // the loop has stopped
 	}
 }
+
+// Run carries out the outcome of a wait, on the loop.
+func (o *loopOutcome) Run() { (*loopSess)(o).gotBackend() }
 
 // gotBackend carries out the outcome of a wait, on the loop.
 func (ls *loopSess) gotBackend() {

@@ -257,7 +257,6 @@ type loopSess struct {
 	sin     []byte              // the start of a server message, kept until it is whole
 	srest   int                 // bytes of a server message still to pass on (sskip: to drop)
 	crest   int                 // bytes of a client CopyData message still to pass on (cskip: to drop)
-	paused  int                 // pause* bits
 	probe   *loopProbe          // while probing
 
 	cleanTimer driver.Timer
@@ -271,10 +270,11 @@ type loopSess struct {
 	// decideLater: a ReadyForQuery came while the client was in the middle of
 	// a message to the server; the boundary is decided when it is whole.
 	decideLater bool
-	clientGone  bool // the client's connection is closed
-	ended       bool // end ran: the client is told and its connection closing
-	finished    bool // the session is over (finish ran)
-	resuming    bool // the head of in is a message that waited for a server connection
+	clientGone  bool  // the client's connection is closed
+	ended       bool  // end ran: the client is told and its connection closing
+	finished    bool  // the session is over (finish ran)
+	resuming    bool  // the head of in is a message that waited for a server connection
+	paused      int32 // pause* bits
 
 	qprev, qnext *loopSess  // in queued, the loop's waiters for a pool
 	queued       *loopQueue // nil when not waiting
@@ -283,10 +283,6 @@ type loopSess struct {
 	wb   *pool.Backend
 	werr error
 	w    pool.Waiter
-	// waitFn and gotFn are waited and gotBackend as func values, made at the
-	// first wait (an idle client that never waited has none).
-	waitFn func(*pool.Backend, error)
-	gotFn  func()
 }
 
 // loopProbe is a probe of session state in flight (engine.StateProbe) and
@@ -417,7 +413,7 @@ func (ls *loopSess) flush() {
 }
 
 // pause stops reading the client for reason.
-func (ls *loopSess) pause(reason int) {
+func (ls *loopSess) pause(reason int32) {
 	ls.paused |= reason
 	if ls.c != nil {
 		ls.c.PauseRead()
@@ -426,7 +422,7 @@ func (ls *loopSess) pause(reason int) {
 
 // resume clears reason; with no reason left the client's input, held and
 // unread, is handled again.
-func (ls *loopSess) resume(reason int) {
+func (ls *loopSess) resume(reason int32) {
 	if ls.paused&reason == 0 {
 		return
 	}

@@ -110,6 +110,10 @@ type Options struct {
 	// the configuration and returns the answer to show, or an error when the
 	// new configuration was rejected. Without it RELOAD does nothing.
 	Reload func() (string, error)
+
+	// lim are the engine's bounds from the fields above (withDefaults sets
+	// them): every client's engine points at them.
+	lim engine.Limits
 }
 
 // Defaults of the message and statement bounds.
@@ -328,15 +332,15 @@ func withDefaults(opt Options) Options {
 	if opt.MaxClientStatementBytes <= 0 {
 		opt.MaxClientStatementBytes = DefaultMaxClientStatementBytes
 	}
+	opt.lim = engine.Limits{MaxPreparedStatements: opt.MaxPreparedStatements,
+		MaxClientStatements: opt.MaxClientStatements, MaxClientStatementBytes: opt.MaxClientStatementBytes,
+		RefusePins: opt.PinPolicy == PinPolicyRefuse}
 	return opt
 }
 
-// limits are the bounds the protocol engine enforces.
-func (o *Options) limits() engine.Limits {
-	return engine.Limits{MaxPreparedStatements: o.MaxPreparedStatements,
-		MaxClientStatements: o.MaxClientStatements, MaxClientStatementBytes: o.MaxClientStatementBytes,
-		RefusePins: o.PinPolicy == PinPolicyRefuse}
-}
+// limits are the bounds the protocol engine enforces, shared by every client
+// (o is one of the immutable Options the server stores).
+func (o *Options) limits() *engine.Limits { return &o.lim }
 
 // options returns the options in force. Read them once per decision: a
 // reload may replace them at any time.

@@ -114,9 +114,6 @@ type session struct {
 	pool          *pool.Pool
 	pid, key      uint32
 	db, user, app string
-	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
-	track         bool // named statements are rewritten (transaction mode)
-	pooled        bool // transaction mode: session state is tracked
 
 	swallow        atomic.Bool
 	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
@@ -125,34 +122,40 @@ type session struct {
 	// dying: the proxy ends the client (terminate); answers stop being forwarded
 	// at the next message boundary. killCh, made by the first wait that needs
 	// it (killChan), is closed then. Under mu.
-	dying  atomic.Bool
+	dying atomic.Bool
+
+	// The small fields are together, so that an idle client's session fits a
+	// smaller size class (size_linux_test.go). Those below track are under mu.
+	kill          killReason
+	cancels       int32
+	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
+	track         bool // named statements are rewritten (transaction mode)
+	pooled        bool // transaction mode: session state is tracked
+	gone          bool // the client left; the server goroutine cleans up and releases
+	draining      bool
+	probing       bool // the backend is being asked (see probe); attach waits
+	doomed        bool // the backend is being closed: never release it
+	leakReported  bool // this idle-in-transaction episode was logged as a leak suspect
+	waiting       bool // in the pool's queue for a backend
+	console       bool // an admin console client: served by serveConsole, no pool (console.go)
+
 	killCh chan struct{}
 
 	mu sync.Mutex
 	// e is the client's protocol state: settings and pins, its statements, the
 	// answers due from be and be's statements (internal/engine). Under mu.
-	e            engine.Session
-	be           *pool.Backend
-	gone         bool // the client left; the server goroutine cleans up and releases
-	draining     bool
-	kill         killReason
-	probing      bool // the backend is being asked (see probe); attach waits
-	doomed       bool // the backend is being closed: never release it
-	cancels      int
-	idleSince    stamp
-	idleTimer    *time.Timer
-	leakReported bool           // this idle-in-transaction episode was logged as a leak suspect
-	obs          ClientObserver // metrics events
-	waiting      bool           // in the pool's queue for a backend
-	attachedAt   stamp          // when be was attached
-	txStart      stamp          // when the client's current transaction began
+	e          engine.Session
+	be         *pool.Backend
+	idleSince  stamp
+	idleTimer  *time.Timer
+	obs        ClientObserver // metrics events
+	attachedAt stamp          // when be was attached
+	txStart    stamp          // when the client's current transaction began
 
 	// ls is the event-loop driver's side of the session while the loop serves
 	// it (loop_linux.go); nil while its goroutine does. Under mu.
 	ls *loopSess
 
-	// Admin console (console.go).
-	console     bool  // an admin console client: served by serveConsole, no pool
 	connectedAt stamp // when the client connected (SHOW CLIENTS)
 	waitSince   stamp // when the current wait for a backend began (SHOW POOLS maxwait)
 }
