@@ -141,6 +141,7 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 	v := currentVersion()
 	log.Info("pgsidecar starting", "version", v.Version, "commit", v.Commit, "go", runtime.Version())
 	logOpenFilesLimit(log)
+	setGCPercent(cfg.GCPercent, getenv)
 	if path := getenv(cpuProfileEnv); path != "" {
 		if f, err := os.Create(path); err == nil {
 			if err := pprof.StartCPUProfile(f); err == nil {
@@ -185,6 +186,10 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 		devDir = cl.Dir
 	}
 	rl := reload.New(src, loaded, log)
+	rl.Register(reload.Component{Name: "runtime", Prepare: func(prev, next config.Loaded) (func(), error) {
+		n := next.GCPercent
+		return func() { setGCPercent(n, getenv) }, nil
+	}})
 	// Printed once the listener is bound: a script that waits for the URL can
 	// connect at once.
 	onListening := func(addr string) {
@@ -282,6 +287,14 @@ func reloadOnSIGHUP(rl *reload.Reloader) (stop func()) {
 	return func() {
 		signal.Stop(hup)
 		close(done)
+	}
+}
+
+// setGCPercent sets the garbage collector's target to --gc-percent, unless
+// the GOGC environment variable says otherwise (the runtime read it already).
+func setGCPercent(n int, getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(n)
 	}
 }
 

@@ -70,6 +70,10 @@ type Config struct {
 	// Driver is what serves clients after login: "loop", the event loop (the
 	// default), or "goroutine" (--driver).
 	Driver string
+	// GCPercent is the Go garbage collector's target (GOGC): the heap grows by
+	// this percentage of the live heap before a collection. The GOGC
+	// environment variable, when set, wins (--gc-percent).
+	GCPercent int
 	// PinPolicy is what a statement that would pin a client to its server
 	// connection gets in transaction mode: "pin" or "refuse" (--pin-policy).
 	PinPolicy string
@@ -158,6 +162,13 @@ const (
 	MaxPoolSize = 10000
 )
 
+// DefaultGCPercent is --gc-percent's default. The proxy allocates nothing per
+// transaction in steady state, so collections follow logins and large
+// messages only: 50 instead of Go's 100 takes a quarter off the memory of
+// thousands of idle clients (the heap's headroom over what is live) at no
+// measurable CPU (docs/design.md section 16).
+const DefaultGCPercent = 50
+
 // Default returns the built-in defaults. Upstream is empty: the DATABASE_URL
 // fallback is applied by the function returned from [Bind], not here, so
 // Default never reads the environment.
@@ -175,6 +186,7 @@ func Default() Config {
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
 		Driver:                 DriverLoop,
+		GCPercent:              DefaultGCPercent,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
 		ServerLifetime:         time.Hour,

@@ -195,6 +195,20 @@ var specs = []spec{
 		check: func(c Config) string { return nonNegative(c.TransactionTimeout) },
 	},
 	{
+		name: "gc-percent",
+		arg:  "n",
+		usage: "Go garbage collector target, 10..1000: the heap grows by this percentage of the live heap " +
+			"before a collection. Lower costs less memory and more CPU when clients log in. The GOGC " +
+			"environment variable, when set, wins.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.GCPercent) },
+		check: func(c Config) string {
+			if c.GCPercent < 10 || c.GCPercent > 1000 {
+				return fmt.Sprintf("must be between 10 and 1000, got %d", c.GCPercent)
+			}
+			return ""
+		},
+	},
+	{
 		name:  "max-application-labels",
 		arg:   "n",
 		usage: "Distinct application_name values used as the application label of metrics; later ones are reported as \"other\".",
