@@ -496,7 +496,11 @@ func (ls *loopSess) attach(t byte) (be *pool.Backend, held bool, err error) {
 			ls.waitPaused(paused)
 			return nil, true, nil
 		}
-		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &ls.w, (*loopOutcome)(ls))
+		wt := ls.d.waitFor(ls)
+		b, queued, err := ss.pool.AcquireAsync(ss.e.State.WantKey, ss.srv.options().QueryWaitTimeout, &wt.w, wt)
+		if !queued {
+			ls.d.dropWait(ls)
+		}
 		if err != nil {
 			return nil, false, err
 		}
@@ -530,6 +534,7 @@ func (ls *loopSess) waitPaused(paused <-chan struct{}) {
 	ls.pause(pauseWait)
 	timeout := ss.srv.options().QueryWaitTimeout
 	kill := ss.killChanLocked()
+	wt := ls.d.waitFor(ls)
 	go func() {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -543,19 +548,20 @@ func (ls *loopSess) waitPaused(paused <-chan struct{}) {
 		case <-kill:
 			err = errKilled
 		}
-		ls.wmu.Lock()
-		ls.werr = err
-		ls.wmu.Unlock()
+		wt.mu.Lock()
+		wt.err = err
+		wt.mu.Unlock()
 		ls.post(func() { ls.retryAfterPause() })
 	}()
 }
 
 // retryAfterPause tries the held message again after PAUSE ended.
 func (ls *loopSess) retryAfterPause() {
-	ls.wmu.Lock()
-	err := ls.werr
-	ls.werr = nil
-	ls.wmu.Unlock()
+	wt := ls.wait
+	wt.mu.Lock()
+	err := wt.err
+	wt.mu.Unlock()
+	ls.d.dropWait(ls)
 	ss := ls.ss
 	ss.mu.Lock()
 	ss.waiting = false
@@ -570,33 +576,28 @@ func (ls *loopSess) retryAfterPause() {
 	ls.resume(pauseWait)
 }
 
-// loopOutcome is a loopSess as the pool's Outcome of its waits, and as the
-// Task that carries one out on the loop: no closure per client.
-type loopOutcome loopSess
-
 // Outcome is the pool's callback with the outcome of a wait (under the pool's
 // lock, on any goroutine): it hands it to the loop.
-func (o *loopOutcome) Outcome(be *pool.Backend, err error) {
-	ls := (*loopSess)(o)
-	ls.wmu.Lock()
-	ls.wb, ls.werr = be, err
-	ls.wmu.Unlock()
-	if ls.d.l.PostTask(o) != nil && be != nil {
+func (wt *loopWait) Outcome(be *pool.Backend, err error) {
+	wt.mu.Lock()
+	wt.b, wt.err = be, err
+	wt.mu.Unlock()
+	if wt.ls.d.l.PostTask(wt) != nil && be != nil {
 		go be.Pool().Release(be) // the loop has stopped
 	}
 }
 
 // Run carries out the outcome of a wait, on the loop.
-func (o *loopOutcome) Run() { (*loopSess)(o).gotBackend() }
+func (wt *loopWait) Run() { wt.ls.gotBackend(wt) }
 
-// gotBackend carries out the outcome of a wait, on the loop.
-func (ls *loopSess) gotBackend() {
-	ls.wmu.Lock()
-	be, err := ls.wb, ls.werr
-	ls.wb, ls.werr = nil, nil
-	ls.wmu.Unlock()
+// gotBackend carries out the outcome of wait wt, on the loop.
+func (ls *loopSess) gotBackend(wt *loopWait) {
+	wt.mu.Lock()
+	be, err := wt.b, wt.err
+	wt.mu.Unlock()
 	ss := ls.ss
 	ls.d.dequeue(ls)
+	ls.d.dropWait(ls)
 	ss.mu.Lock()
 	ss.waiting = false
 	if be != nil {

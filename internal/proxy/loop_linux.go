@@ -51,10 +51,63 @@ type loopDriver struct {
 	// released are server connections released during the callback running
 	// now, handed over or given back to their pool when it returns.
 	released []*pool.Backend
+	// freeWaits are loopWaits to lend to the next clients that wait.
+	freeWaits []*loopWait
 }
 
 // loopQueue is a FIFO of waiting loop clients.
 type loopQueue struct{ head, tail *loopSess }
+
+// loopWait is a loop client's wait for a server connection (or for the end
+// of PAUSE): the pool's Waiter, the outcome handed over from the pool's
+// goroutine, and the client's place in the loop's queue for the pool. Only a
+// waiting client has one, lent from the loop's free list: an idle client's
+// loopSess does without these 130 bytes. It is the pool's Outcome of the
+// wait, and the Task that carries the outcome out on the loop.
+type loopWait struct {
+	ls *loopSess
+	w  pool.Waiter
+
+	mu  sync.Mutex // b and err, set on the pool's goroutine
+	b   *pool.Backend
+	err error
+
+	prev, next *loopSess  // in q, the loop's waiters for a pool
+	q          *loopQueue // nil when not in one
+}
+
+// maxFreeWaits bounds the loopWaits a loop keeps for reuse.
+const maxFreeWaits = 1024
+
+// waitFor lends ls a loopWait for a wait about to begin.
+func (d *loopDriver) waitFor(ls *loopSess) *loopWait {
+	var wt *loopWait
+	if n := len(d.freeWaits); n > 0 {
+		wt = d.freeWaits[n-1]
+		d.freeWaits[n-1] = nil
+		d.freeWaits = d.freeWaits[:n-1]
+	} else {
+		wt = new(loopWait)
+	}
+	wt.ls = ls
+	ls.wait = wt
+	return wt
+}
+
+// dropWait takes back ls's loopWait once nothing refers to it any more: the
+// pool has delivered the outcome, handed the connection over, or cancelled
+// the wait, and ls is off the loop's queue.
+func (d *loopDriver) dropWait(ls *loopSess) {
+	wt := ls.wait
+	if wt == nil {
+		return
+	}
+	ls.wait = nil
+	*wt = loopWait{}
+	if len(d.freeWaits) < maxFreeWaits {
+		d.freeWaits = append(d.freeWaits, wt)
+	}
+}
 
 // loopBackend is what the loop keeps with a server connection (Backend.Loop):
 // its registration, which stays on the loop while the connection goes from
@@ -125,9 +178,10 @@ func (d *loopDriver) enqueue(p *pool.Pool, ls *loopSess) {
 		q = new(loopQueue)
 		d.waiting[p] = q
 	}
-	ls.qprev, ls.qnext, ls.queued = q.tail, nil, q
+	wt := ls.wait
+	wt.prev, wt.next, wt.q = q.tail, nil, q
 	if q.tail != nil {
-		q.tail.qnext = ls
+		q.tail.wait.next = ls
 	} else {
 		q.head = ls
 	}
@@ -136,21 +190,22 @@ func (d *loopDriver) enqueue(p *pool.Pool, ls *loopSess) {
 
 // dequeue takes ls off its queue, if it is on one.
 func (d *loopDriver) dequeue(ls *loopSess) {
-	q := ls.queued
-	if q == nil {
+	wt := ls.wait
+	if wt == nil || wt.q == nil {
 		return
 	}
-	if ls.qprev != nil {
-		ls.qprev.qnext = ls.qnext
+	q := wt.q
+	if wt.prev != nil {
+		wt.prev.wait.next = wt.next
 	} else {
-		q.head = ls.qnext
+		q.head = wt.next
 	}
-	if ls.qnext != nil {
-		ls.qnext.qprev = ls.qprev
+	if wt.next != nil {
+		wt.next.wait.prev = wt.prev
 	} else {
-		q.tail = ls.qprev
+		q.tail = wt.prev
 	}
-	ls.qprev, ls.qnext, ls.queued = nil, nil, nil
+	wt.prev, wt.next, wt.q = nil, nil, nil
 }
 
 // settle hands the server connections released by the callback that ran
@@ -174,7 +229,8 @@ func (d *loopDriver) place(be *pool.Backend) {
 	if q := d.waiting[p]; q != nil {
 		for next := q.head; next != nil; next = q.head {
 			d.dequeue(next)
-			if p.HandOver(&next.w, be) {
+			if p.HandOver(&next.wait.w, be) {
+				d.dropWait(next)
 				next.handed(be)
 				return
 			}
@@ -276,13 +332,22 @@ type loopSess struct {
 	resuming    bool  // the head of in is a message that waited for a server connection
 	paused      int32 // pause* bits
 
-	qprev, qnext *loopSess  // in queued, the loop's waiters for a pool
-	queued       *loopQueue // nil when not waiting
+	// wait, while the client waits for a server connection or for RESUME,
+	// is lent by the loop (waitFor, dropWait).
+	wait *loopWait
+}
 
-	wmu  sync.Mutex // the outcome of a wait, from the pool's goroutine
-	wb   *pool.Backend
-	werr error
-	w    pool.Waiter
+// cancelWait cancels the client's wait for a server connection, if the
+// pool still has it queued; otherwise its outcome is on its way, and
+// gotBackend takes the wait back. ss.mu is held.
+func (ls *loopSess) cancelWait() {
+	wt := ls.wait
+	if ls.paused&pauseWait == 0 || wt == nil || !ls.ss.pool.CancelWait(&wt.w) {
+		return
+	}
+	ls.ss.waiting = false
+	ls.d.dequeue(ls)
+	ls.d.dropWait(ls)
 }
 
 // loopProbe is a probe of session state in flight (engine.StateProbe) and
@@ -492,10 +557,7 @@ func (ls *loopSess) kill(reason killReason) {
 	if ls.ended {
 		return
 	}
-	if ls.paused&pauseWait != 0 && ss.pool.CancelWait(&ls.w) {
-		ss.waiting = false
-		ls.d.dequeue(ls)
-	}
+	ls.cancelWait()
 	ls.end(errKilled)
 }
 
@@ -510,10 +572,7 @@ func (ls *loopSess) end(cause error) {
 	ls.ended = true
 	ss := ls.ss
 	reason := ss.kill
-	if ls.paused&pauseWait != 0 && ss.pool.CancelWait(&ls.w) {
-		ss.waiting = false
-		ls.d.dequeue(ls)
-	}
+	ls.cancelWait()
 	ss.gone = true
 	ss.e.ReleaseAll()
 	ls.dropIn()

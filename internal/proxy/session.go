@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -49,10 +50,45 @@ const fatalWriteTimeout = 500 * time.Millisecond
 // watching the client (see syncRead).
 const syncReadLimit = 100 * time.Millisecond
 
+// loginBufSize is the size of the reader a client logs in with: a startup
+// packet is a few hundred bytes (a larger one is read through it), and the
+// login's answer is written without a buffer. Only a client that stays with
+// its goroutine gets bufSize buffers (growBuffers): in a storm of logins
+// that go to the event loop, each login in flight holds 1 KiB, not 32.
+const loginBufSize = 1024
+
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+	readerPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writerPool      = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+	loginReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, loginBufSize) }}
 )
+
+// growBuffers gives a client that stays with its goroutine (or the admin
+// console) the full-size reader and writer in place of the small reader it
+// logged in with. Bytes the client sent ahead (a query pipelined after its
+// startup packet) are read first.
+func (ss *session) growBuffers() {
+	if ss.w == nil {
+		ss.w = writerPool.Get().(*bufio.Writer)
+		ss.w.Reset(&ss.cout)
+	}
+	if ss.r == nil || ss.r.Size() >= bufSize {
+		return
+	}
+	small := ss.r
+	ss.r = readerPool.Get().(*bufio.Reader)
+	if n := small.Buffered(); n > 0 {
+		p, _ := small.Peek(n)
+		ss.r.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(p)), ss.cio))
+		// Take them in now: fill must not wait for the socket while they wait
+		// here. The reader goes on through the socket until its next Reset.
+		_, _ = ss.r.Peek(n)
+	} else {
+		ss.r.Reset(ss.cio)
+	}
+	small.Reset(nil)
+	loginReaderPool.Put(small)
+}
 
 // killReason says why the proxy ends a client.
 type killReason int32
@@ -216,10 +252,8 @@ func (s *Server) serveClient(c net.Conn) {
 	ss.e.Tx = wire.TxIdle
 	ss.cio = netio.ConnIO(c)
 	ss.cout.c = ss.cio
-	ss.r = readerPool.Get().(*bufio.Reader)
+	ss.r = loginReaderPool.Get().(*bufio.Reader)
 	ss.r.Reset(ss.cio)
-	ss.w = writerPool.Get().(*bufio.Writer)
-	ss.w.Reset(&ss.cout)
 	defer ss.release()
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -261,6 +295,7 @@ func (s *Server) serveClient(c net.Conn) {
 		ss.mu.Unlock()
 		return
 	}
+	ss.growBuffers()
 	ss.run()
 }
 
@@ -271,7 +306,11 @@ func (ss *session) release() {
 	}
 	if ss.r != nil {
 		ss.r.Reset(nil)
-		readerPool.Put(ss.r)
+		if ss.r.Size() < bufSize {
+			loginReaderPool.Put(ss.r)
+		} else {
+			readerPool.Put(ss.r)
+		}
 		ss.r = nil
 	}
 	if ss.w != nil && ss.w != ss.wIdle {
@@ -375,6 +414,7 @@ func (ss *session) login(st *wire.Startup) bool {
 	}
 	if ss.db == ConsoleDatabase {
 		// The admin console (console.go): served here, never from a pool.
+		ss.growBuffers()
 		ss.serveConsole(st, unsupported)
 		return false
 	}

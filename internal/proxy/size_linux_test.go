@@ -23,7 +23,7 @@ func TestIdleClientStructSizes(t *testing.T) {
 		size, most uintptr
 	}{
 		{"session", unsafe.Sizeof(session{}), 640 - 8},
-		{"loopSess", unsafe.Sizeof(loopSess{}), 320},
+		{"loopSess", unsafe.Sizeof(loopSess{}), 192},
 		{"driver.Conn", unsafe.Sizeof(driver.Conn{}), 48},
 	} {
 		t.Logf("%s: %d bytes (at most %d)", c.what, c.size, c.most)
