@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/driver"
@@ -27,6 +26,10 @@ import (
 // while it changes what other goroutines read (the console, the leak watcher,
 // a cancel request), never across a system call. Other goroutines reach it
 // only through the loop: terminate and the outcome of a wait are posted.
+//
+// Files: loop_linux.go the driver, a client's state, its end;
+// loop_client_linux.go what the client sends; loop_wait_linux.go waiting for
+// a server connection; loop_server_linux.go what the server connection sends.
 
 // loopBriefWait is how long the loop, finding no event, waits for one
 // holding its P (driver.Options.BriefWait): under load the next event comes
@@ -57,57 +60,6 @@ type loopDriver struct {
 
 // loopQueue is a FIFO of waiting loop clients.
 type loopQueue struct{ head, tail *loopSess }
-
-// loopWait is a loop client's wait for a server connection (or for the end
-// of PAUSE): the pool's Waiter, the outcome handed over from the pool's
-// goroutine, and the client's place in the loop's queue for the pool. Only a
-// waiting client has one, lent from the loop's free list: an idle client's
-// loopSess does without these 130 bytes. It is the pool's Outcome of the
-// wait, and the Task that carries the outcome out on the loop.
-type loopWait struct {
-	ls *loopSess
-	w  pool.Waiter
-
-	mu  sync.Mutex // b and err, set on the pool's goroutine
-	b   *pool.Backend
-	err error
-
-	prev, next *loopSess  // in q, the loop's waiters for a pool
-	q          *loopQueue // nil when not in one
-}
-
-// maxFreeWaits bounds the loopWaits a loop keeps for reuse.
-const maxFreeWaits = 1024
-
-// waitFor lends ls a loopWait for a wait about to begin.
-func (d *loopDriver) waitFor(ls *loopSess) *loopWait {
-	var wt *loopWait
-	if n := len(d.freeWaits); n > 0 {
-		wt = d.freeWaits[n-1]
-		d.freeWaits[n-1] = nil
-		d.freeWaits = d.freeWaits[:n-1]
-	} else {
-		wt = new(loopWait)
-	}
-	wt.ls = ls
-	ls.wait = wt
-	return wt
-}
-
-// dropWait takes back ls's loopWait once nothing refers to it any more: the
-// pool has delivered the outcome, handed the connection over, or cancelled
-// the wait, and ls is off the loop's queue.
-func (d *loopDriver) dropWait(ls *loopSess) {
-	wt := ls.wait
-	if wt == nil {
-		return
-	}
-	ls.wait = nil
-	*wt = loopWait{}
-	if len(d.freeWaits) < maxFreeWaits {
-		d.freeWaits = append(d.freeWaits, wt)
-	}
-}
 
 // loopBackend is what the loop keeps with a server connection (Backend.Loop):
 // its registration, which stays on the loop while the connection goes from
@@ -166,46 +118,6 @@ func (lb *loopBackend) Opened(*driver.Conn)       {}
 func (lb *loopBackend) Data(*driver.Conn, []byte) {}
 func (lb *loopBackend) Closed(*driver.Conn, error) {
 	lb.adopted = false
-}
-
-// enqueue adds ls to the waiters of p.
-func (d *loopDriver) enqueue(p *pool.Pool, ls *loopSess) {
-	q := d.waiting[p]
-	if q == nil {
-		if d.waiting == nil {
-			d.waiting = make(map[*pool.Pool]*loopQueue)
-		}
-		q = new(loopQueue)
-		d.waiting[p] = q
-	}
-	wt := ls.wait
-	wt.prev, wt.next, wt.q = q.tail, nil, q
-	if q.tail != nil {
-		q.tail.wait.next = ls
-	} else {
-		q.head = ls
-	}
-	q.tail = ls
-}
-
-// dequeue takes ls off its queue, if it is on one.
-func (d *loopDriver) dequeue(ls *loopSess) {
-	wt := ls.wait
-	if wt == nil || wt.q == nil {
-		return
-	}
-	q := wt.q
-	if wt.prev != nil {
-		wt.prev.wait.next = wt.next
-	} else {
-		q.head = wt.next
-	}
-	if wt.next != nil {
-		wt.next.wait.prev = wt.prev
-	} else {
-		q.tail = wt.prev
-	}
-	wt.prev, wt.next, wt.q = nil, nil, nil
 }
 
 // settle hands the server connections released by the callback that ran
@@ -335,19 +247,6 @@ type loopSess struct {
 	// wait, while the client waits for a server connection or for RESUME,
 	// is lent by the loop (waitFor, dropWait).
 	wait *loopWait
-}
-
-// cancelWait cancels the client's wait for a server connection, if the
-// pool still has it queued; otherwise its outcome is on its way, and
-// gotBackend takes the wait back. ss.mu is held.
-func (ls *loopSess) cancelWait() {
-	wt := ls.wait
-	if ls.paused&pauseWait == 0 || wt == nil || !ls.ss.pool.CancelWait(&wt.w) {
-		return
-	}
-	ls.ss.waiting = false
-	ls.d.dequeue(ls)
-	ls.d.dropWait(ls)
 }
 
 // loopProbe is a probe of session state in flight (engine.StateProbe) and
