@@ -139,20 +139,20 @@ type UndoOp struct {
 // AnswerQueue is a FIFO of pending answers (a ring buffer that grows).
 type AnswerQueue struct {
 	buf  []Pending
-	head int
-	n    int
+	head int32 // int32s: the queue is bounded far below (maxPending)
+	n    int32
 }
 
 // Push queues p as the newest pending answer.
 func (q *AnswerQueue) Push(p Pending) {
-	if q.n == len(q.buf) {
+	if int(q.n) == len(q.buf) {
 		nb := make([]Pending, max(16, 2*len(q.buf)))
-		for i := 0; i < q.n; i++ {
-			nb[i] = q.buf[(q.head+i)&(len(q.buf)-1)]
+		for i := 0; i < int(q.n); i++ {
+			nb[i] = *q.At(i)
 		}
 		q.buf, q.head = nb, 0
 	}
-	q.buf[(q.head+q.n)&(len(q.buf)-1)] = p
+	*q.At(int(q.n)) = p
 	q.n++
 }
 
@@ -165,12 +165,12 @@ func (q *AnswerQueue) Front() *Pending {
 }
 
 // At is the i-th oldest pending answer.
-func (q *AnswerQueue) At(i int) *Pending { return &q.buf[(q.head+i)&(len(q.buf)-1)] }
+func (q *AnswerQueue) At(i int) *Pending { return &q.buf[(int(q.head)+i)&(len(q.buf)-1)] }
 
 // Pop drops the oldest pending answer.
 func (q *AnswerQueue) Pop() {
 	q.buf[q.head] = Pending{}
-	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.head = (q.head + 1) & int32(len(q.buf)-1)
 	q.n--
 }
 
@@ -179,17 +179,17 @@ func (q *AnswerQueue) Back() *Pending {
 	if q.n == 0 {
 		return nil
 	}
-	return q.At(q.n - 1)
+	return q.At(int(q.n) - 1)
 }
 
 // PopBack drops the newest pending answer.
 func (q *AnswerQueue) PopBack() {
-	*q.At(q.n - 1) = Pending{}
+	*q.At(int(q.n) - 1) = Pending{}
 	q.n--
 }
 
 // Len is the number of pending answers.
-func (q *AnswerQueue) Len() int { return q.n }
+func (q *AnswerQueue) Len() int { return int(q.n) }
 
 // Trim drops the buffer of an empty queue that grew beyond max entries, so
 // that a burst's queue is not kept by an idle client.

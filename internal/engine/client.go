@@ -217,7 +217,7 @@ func (s *Session) useUnnamed(kind Expected) Send {
 // or refuses it (RefusePins): then the Bind is replaced by a failing Parse
 // whose error the client sees, and the server skips the rest of the batch.
 func (s *Session) bindEffect(e *Effect) (Send, bool) {
-	if e.Pin != "" && s.Limits.RefusePins {
+	if e.Pin != "" && s.Env.Limits.RefusePins {
 		return Send{Pre: s.FailInstead(&Undo{Replace: Refusal(e.PinKind)}), From: Drop}, true
 	}
 	s.ApplyState(e)
@@ -282,7 +282,7 @@ func (s *Session) CloseMessage(head []byte) Send {
 		} else if j := bytes.IndexByte(body[1:], 0); j > 0 && s.Track {
 			if rg := s.Stmts.Get(string(body[1 : 1+j])); rg != nil {
 				s.Stmts.Remove(rg)
-				s.Registry.Release(rg.Stmt)
+				s.Env.Registry.Release(rg.Stmt)
 				x = &Undo{Ops: []UndoOp{{Kind: UndoUnregister, Reg: rg}}}
 			}
 		}
@@ -359,7 +359,7 @@ func (s *Session) ParseUnnamedAs(msg []byte, classified *QueryEffect, big, faile
 	if big {
 		p.UnnamedParse, p.UnnamedBig = nil, true
 		if !s.Q.BigInFlight() &&
-			s.Stmts.Bytes()+int64(len(s.Un.Parse))+int64(len(msg)) <= s.Limits.MaxClientStatementBytes {
+			s.Stmts.Bytes()+int64(len(s.Un.Parse))+int64(len(msg)) <= s.Env.Limits.MaxClientStatementBytes {
 			p.UnnamedParse = append([]byte(nil), msg...)
 		}
 	} else {
@@ -395,7 +395,7 @@ func (s *Session) ParseNamed(name, body []byte) []byte {
 	if refusal := s.Room(len(body)); refusal != nil {
 		return s.FailInstead(&Undo{Replace: refusal})
 	}
-	rg := s.Register(string(name), s.Registry.Intern(body))
+	rg := s.Register(string(name), s.Env.Registry.Intern(body))
 	return s.Prepare(rg, true)
 }
 
@@ -412,7 +412,7 @@ func (s *Session) Owe(name, body []byte) (refusal []byte) {
 	if refusal := s.Room(len(body)); refusal != nil {
 		return refusal
 	}
-	rg := s.Register(string(name), s.Registry.Intern(body))
+	rg := s.Register(string(name), s.Env.Registry.Intern(body))
 	rg.Unconfirmed = true
 	r := s.x()
 	r.owed = append(r.owed, rg) // bounded by the client's statement bounds

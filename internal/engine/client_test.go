@@ -25,7 +25,7 @@ func header(msg []byte) wire.Header {
 func trackedSession() (*Session, *testRegistry) {
 	s, reg := newSession(8)
 	s.Track, s.Pooled = true, true
-	s.Limits.MaxClientStatements = 100
+	s.Env.Limits.MaxClientStatements = 100
 	return s, reg
 }
 
@@ -137,8 +137,8 @@ func TestParseNamedOweAndPay(t *testing.T) {
 	if act, _ := s.Answer(wire.MsgParseComplete); act != Forward {
 		t.Fatal("the owed Parse's answer does not reach the client")
 	}
-	if s.Counters.ClientParses.Load() != 4 {
-		t.Fatalf("client parses %d", s.Counters.ClientParses.Load())
+	if s.Env.Counters.ClientParses.Load() != 4 {
+		t.Fatalf("client parses %d", s.Env.Counters.ClientParses.Load())
 	}
 	// ParseNamed of a name the client has: 42P05 from a failing Parse.
 	if b := s.ParseNamed([]byte("c"), []byte("x\x00\x00\x00")); !bytes.Equal(b, FailParse) {
@@ -233,7 +233,7 @@ func TestParseUnnamedDeallocateAndExecute(t *testing.T) {
 
 func TestUseRefusesPins(t *testing.T) {
 	s, _ := trackedSession()
-	s.Limits.RefusePins = true
+	s.Env.Limits.RefusePins = true
 	s.ParseNamed([]byte("l"), []byte("LISTEN x\x00\x00\x00"))
 	s.Answer(wire.MsgParseComplete)
 	bind := wire.AppendBind(nil, "", "l")
@@ -244,7 +244,7 @@ func TestUseRefusesPins(t *testing.T) {
 	if s.State.Pin != "" {
 		t.Fatalf("pinned anyway: %s", s.State.Pin)
 	}
-	s.Limits.RefusePins = false
+	s.Env.Limits.RefusePins = false
 	var pins []string
 	s.Hooks = hookFuncs{pinned: func(r string) { pins = append(pins, r) }}
 	s.Q.Reset()

@@ -90,7 +90,7 @@ func ErrorAnswer(p *Pending, e ServerError) (act Action, repl []byte, skip bool)
 // Sync (all of them when no Sync is queued).
 func (q *AnswerQueue) SkippedBySync() int {
 	end := 0
-	for end < q.n && q.At(end).Kind != ExpectSync {
+	for end < q.Len() && q.At(end).Kind != ExpectSync {
 		end++
 	}
 	return end

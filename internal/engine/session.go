@@ -31,7 +31,7 @@ type Session struct {
 	// out since the last Sync; SyncsAfterExec counts the Syncs since the last
 	// Execute or Query (a server in COPY IN ignores them); Tx is the
 	// transaction status of the last ReadyForQuery.
-	Outstanding int
+	Outstanding int32
 	// Syncs counts the Syncs sent: see StatementSlot.Seg.
 	Syncs          uint32
 	SyncsAfterExec int32
@@ -40,15 +40,11 @@ type Session struct {
 	// Track: named statements are rewritten (transaction mode, statement
 	// rewriting on); Pooled: transaction mode, session state is tracked.
 	Track, Pooled bool
-	limitReached  bool // a refusal by the statement bounds was reported
 
-	// Limits bound the client's statements and the server connection's; the
-	// driver points it at the bounds in force when the configuration changes
-	// (shared by every client: never written through).
-	Limits *Limits
-	// Registry interns statements for every client; Counters count the work.
-	Registry Registry
-	Counters *Counters
+	// Env is what the session shares with every client of its driver: the
+	// statement registry, the counters, the bounds in force. The driver points
+	// it at a new Env when the configuration changes; never written through.
+	Env *Env
 	// Hooks, when set, hear of what the driver logs and counts: a pin, a
 	// Parse refused by the statement bounds.
 	Hooks Hooks
@@ -72,6 +68,7 @@ type sessionRare struct {
 	unnamedEffect *Effect         // what executing the unnamed statement does to session state
 	execFixup     []string        // settings to give their startup values after the next Execute
 	portalTag     []byte          // ... and so does the unnamed portal
+	limitReached  bool            // a refusal by the statement bounds was reported
 }
 
 // x is the session's rare state, made if it has none.
@@ -80,6 +77,15 @@ func (s *Session) x() *sessionRare {
 		s.rare = new(sessionRare)
 	}
 	return s.rare
+}
+
+// Env is what every session of a driver shares (Session.Env).
+type Env struct {
+	// Registry interns statements for every client; Counters count the work.
+	Registry Registry
+	Counters *Counters
+	// Limits bound the client's statements and the server connection's.
+	Limits Limits
 }
 
 // Hooks are told of events a driver reports. An interface rather than func
@@ -162,32 +168,32 @@ func (s *Session) Register(name string, st *Statement) *Registration {
 // Unregister drops the client's registration rg if it is still current.
 func (s *Session) Unregister(rg *Registration) {
 	if s.Stmts.Remove(rg) {
-		s.Registry.Release(rg.Stmt)
+		s.Env.Registry.Release(rg.Stmt)
 	}
 }
 
 // ReleaseAll drops every registration of the client (it left).
 func (s *Session) ReleaseAll() {
-	s.Stmts.All(func(rg *Registration) { s.Registry.Release(rg.Stmt) })
+	s.Stmts.All(func(rg *Registration) { s.Env.Registry.Release(rg.Stmt) })
 	s.Stmts.Clear()
 }
 
 // Undo takes back registry changes, newest first.
 func (s *Session) Undo(ops []UndoOp) {
-	TakeBack(ops, &s.Stmts, s.Server, s.Registry)
+	TakeBack(ops, &s.Stmts, s.Server, s.Env.Registry)
 }
 
 // Room returns nil when the client may register one more statement whose
 // Parse body (text and parameter types) has n bytes, else the ErrorResponse
 // (54000) it gets: its statements are bounded in number and in bytes.
 func (s *Session) Room(n int) []byte {
-	if s.Stmts.Len() >= s.Limits.MaxClientStatements {
+	if s.Stmts.Len() >= s.Env.Limits.MaxClientStatements {
 		s.noteLimit()
 		return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 			"pgsidecar: too many prepared statements: this connection has %d (--max-client-prepared-statements)",
 			s.Stmts.Len()), "Close or DEALLOCATE statements that are no longer used.")
 	}
-	if s.Stmts.Bytes()+int64(len(s.Un.Parse))+int64(n) > s.Limits.MaxClientStatementBytes {
+	if s.Stmts.Bytes()+int64(len(s.Un.Parse))+int64(n) > s.Env.Limits.MaxClientStatementBytes {
 		return s.LimitError(int64(n))
 	}
 	return nil
@@ -196,7 +202,7 @@ func (s *Session) Room(n int) []byte {
 // TooLong reports whether a Parse of msgLen bytes (its length field) is over
 // the statement bytes bound by its text alone: it is refused before it is read.
 func (s *Session) TooLong(msgLen int) bool {
-	return int64(msgLen) > s.Limits.MaxClientStatementBytes+4
+	return int64(msgLen) > s.Env.Limits.MaxClientStatementBytes+4
 }
 
 // LimitError is the ErrorResponse (54000) of a statement of n bytes over
@@ -205,14 +211,15 @@ func (s *Session) LimitError(n int64) []byte {
 	s.noteLimit()
 	return wire.AppendError(nil, wire.SeverityError, wire.CodeProgramLimitExceeded, fmt.Sprintf(
 		"pgsidecar: prepared statements of this connection would take more than %d bytes with this one of %d bytes (--max-client-prepared-bytes)",
-		s.Limits.MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
+		s.Env.Limits.MaxClientStatementBytes, n), "Close or DEALLOCATE statements that are no longer used.")
 }
 
 // noteLimit counts a Parse refused by the statement bounds and reports it.
 func (s *Session) noteLimit() {
 	s.counters().StatementLimit.Add(1)
-	first := !s.limitReached
-	s.limitReached = true
+	r := s.x()
+	first := !r.limitReached
+	r.limitReached = true
 	if s.Hooks != nil {
 		s.Hooks.StatementLimit(first)
 	}
@@ -270,7 +277,7 @@ func (s *Session) Prepare(rg *Registration, parse bool) []byte {
 		// may still skip: prepare it anew, closed first in case it is there.
 		inj = s.closeOnServer(inj, st)
 	}
-	for bs.Len() >= s.Limits.MaxPreparedStatements {
+	for bs.Len() >= s.Env.Limits.MaxPreparedStatements {
 		inj = s.closeOnServer(inj, bs.Oldest())
 		s.counters().Evictions.Add(1)
 	}
@@ -292,13 +299,8 @@ func (s *Session) Prepare(rg *Registration, parse bool) []byte {
 	return inj
 }
 
-// counters returns the Session's Counters, its own when it was given none.
-func (s *Session) counters() *Counters {
-	if s.Counters == nil {
-		s.Counters = new(Counters)
-	}
-	return s.Counters
-}
+// counters returns the Env's Counters.
+func (s *Session) counters() *Counters { return s.Env.Counters }
 
 // closeOnServer appends a Close of st to inj, answered to nobody, and forgets
 // that the server connection has st (should the Close be skipped, an undo
@@ -489,7 +491,7 @@ func (s *Session) Sent(t byte) (statement bool) {
 	case wire.MsgCopyDone, wire.MsgCopyFail:
 		// A server in COPY IN ignored the Syncs sent after the Execute that
 		// started it.
-		s.Outstanding -= int(s.SyncsAfterExec)
+		s.Outstanding -= s.SyncsAfterExec
 		for ; s.SyncsAfterExec > 0; s.SyncsAfterExec-- {
 			if b := s.Q.Back(); b != nil && b.Kind == ExpectSync {
 				s.Q.PopBack()
@@ -530,7 +532,7 @@ func (s *Session) Detached() {
 func (s *Session) Boundary(sessionMode, gone bool) Boundary {
 	return Boundary{
 		Status:        s.Tx,
-		Outstanding:   s.Outstanding,
+		Outstanding:   int(s.Outstanding),
 		Partial:       s.Partial,
 		SessionMode:   sessionMode,
 		Gone:          gone,

@@ -17,8 +17,8 @@ func (t *testRegistry) Release(st *Statement)         { t.r.Release(st) }
 
 func newSession(maxPrepared int) (*Session, *testRegistry) {
 	reg := &testRegistry{}
-	s := &Session{Registry: reg, Limits: &Limits{MaxPreparedStatements: maxPrepared,
-		MaxClientStatements: 3, MaxClientStatementBytes: 1 << 10}}
+	s := &Session{Env: &Env{Registry: reg, Counters: new(Counters), Limits: Limits{MaxPreparedStatements: maxPrepared,
+		MaxClientStatements: 3, MaxClientStatementBytes: 1 << 10}}}
 	s.Attached(NewServerStatements())
 	return s, reg
 }
@@ -47,7 +47,7 @@ func messages(t *testing.T, b []byte) []string {
 func TestSessionPrepareCachesAndEvicts(t *testing.T) {
 	s, _ := newSession(2)
 	body := func(q string) []byte { return []byte(q + "\x00\x00\x00") }
-	a := s.Register("a", s.Registry.Intern(body("select 1")))
+	a := s.Register("a", s.Env.Registry.Intern(body("select 1")))
 	// The client's own Parse on a server connection that lacks the statement:
 	// the proxy's Parse goes out, its answer is the client's.
 	got := messages(t, s.Prepare(a, true))
@@ -78,15 +78,15 @@ func TestSessionPrepareCachesAndEvicts(t *testing.T) {
 	}
 	// Two more statements on a server connection bounded to two: the oldest
 	// is closed first.
-	b := s.Register("b", s.Registry.Intern(body("select 2")))
-	c := s.Register("c", s.Registry.Intern(body("select 3")))
+	b := s.Register("b", s.Env.Registry.Intern(body("select 2")))
+	c := s.Register("c", s.Env.Registry.Intern(body("select 3")))
 	s.Prepare(b, false)
 	s.Answer(wire.MsgParseComplete)
 	got = messages(t, s.Prepare(c, false))
 	if strings.Join(got, " ") != "C:"+a.Stmt.Name+" P:"+c.Stmt.Name {
 		t.Fatalf("eviction: %v", got)
 	}
-	if n := s.Counters.Evictions.Load(); n != 1 {
+	if n := s.Env.Counters.Evictions.Load(); n != 1 {
 		t.Fatalf("evictions %d", n)
 	}
 	if act, _ := s.Answer(wire.MsgCloseComplete); act != Swallow {
@@ -95,8 +95,8 @@ func TestSessionPrepareCachesAndEvicts(t *testing.T) {
 	if act, _ := s.Answer(wire.MsgParseComplete); act != Swallow {
 		t.Fatalf("the proxy's ParseComplete reaches the client: %v", act)
 	}
-	if s.Server.Len() != 2 || s.Counters.ServerParses.Load() != 3 || s.Counters.Hits.Load() != 2 {
-		t.Fatalf("server has %d, parses %d, hits %d", s.Server.Len(), s.Counters.ServerParses.Load(), s.Counters.Hits.Load())
+	if s.Server.Len() != 2 || s.Env.Counters.ServerParses.Load() != 3 || s.Env.Counters.Hits.Load() != 2 {
+		t.Fatalf("server has %d, parses %d, hits %d", s.Server.Len(), s.Env.Counters.ServerParses.Load(), s.Env.Counters.Hits.Load())
 	}
 	// DISCARD ALL ran on the server connection: everything is closed again
 	// before it is relied on.
@@ -216,8 +216,8 @@ func TestSessionBounds(t *testing.T) {
 	if !s.TooLong(1<<10+5) || s.TooLong(1<<10+4) {
 		t.Fatal("TooLong")
 	}
-	if len(firsts) != 2 || !firsts[0] || firsts[1] || s.Counters.StatementLimit.Load() != 2 {
-		t.Fatalf("reports %v, counted %d", firsts, s.Counters.StatementLimit.Load())
+	if len(firsts) != 2 || !firsts[0] || firsts[1] || s.Env.Counters.StatementLimit.Load() != 2 {
+		t.Fatalf("reports %v, counted %d", firsts, s.Env.Counters.StatementLimit.Load())
 	}
 	if got := s.FailInstead(&Undo{Replace: r}); !bytes.Equal(got, FailParse) {
 		t.Fatal("FailInstead sends something else")

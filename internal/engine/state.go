@@ -32,11 +32,10 @@ type State struct {
 	// statement may have removed what pins it, so ask the server.
 	Pin                               string
 	PinListen, PinPermanent, PinCheck bool
+	wantOwn                           bool // Want is not Startup's map (it changed)
 	// SQLNames are the statements of the client's SQL PREPAREs: they live on
 	// its server connection only, so they pin it (reason "sql_prepare").
 	SQLNames map[string]struct{}
-
-	wantOwn bool // Want is not Startup's map (it changed)
 }
 
 // Init records the client's startup parameters (and the "-c" items of its

@@ -8,16 +8,16 @@ type Unnamed struct {
 	// Parse is the client's last answered Parse of the unnamed statement; Valid
 	// says PostgreSQL holds it for the client, Here that the attached server
 	// connection has it.
-	Parse       []byte
-	Valid, Here bool
+	Parse []byte
 	// Next is where the client's next Parse of it is read; Spare a buffer for
 	// the one after.
 	Next, Spare []byte
 	// Flight counts the client's Parses and Closes of it not answered yet.
-	Flight int
+	Flight int32
 	// Epoch grows when a simple query drops it: answers to Parses sent before
 	// no longer make it the client's.
-	Epoch uint32
+	Epoch       uint32
+	Valid, Here bool
 }
 
 // maxSpareUnnamed bounds the buffer kept for reading the next Parse.
@@ -84,7 +84,7 @@ func (u *Unnamed) KeepSpare(b []byte) {
 // BigInFlight reports whether a large Parse of the unnamed statement (one read
 // outside the client's read buffer) awaits its answer in q.
 func (q *AnswerQueue) BigInFlight() bool {
-	for i := 0; i < q.n; i++ {
+	for i := 0; i < q.Len(); i++ {
 		if p := q.At(i); p.UnnamedBig && p.UnnamedParse != nil {
 			return true
 		}

@@ -73,7 +73,7 @@ func (ss *session) activityLocked() engine.Activity {
 	return engine.Activity{
 		Attached:    ss.be != nil,
 		Status:      ss.e.Tx,
-		Outstanding: ss.e.Outstanding,
+		Outstanding: int(ss.e.Outstanding),
 		Partial:     ss.e.Partial,
 		Gone:        ss.gone,
 		Ending:      ss.kill != killNone,

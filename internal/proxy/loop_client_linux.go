@@ -297,7 +297,7 @@ func (ls *loopSess) clientBytes(b []byte) int {
 			break
 		}
 		opt := ss.srv.options()
-		ss.e.Limits = opt.limits() // a reload may have changed them
+		ss.e.Env = opt.engineEnv() // a reload may have changed the bounds
 		if err := checkClientHeader(h, opt); err != nil {
 			ls.end(err)
 			return used
@@ -580,7 +580,7 @@ func (ls *loopSess) send(h wire.Header, msg []byte, eff *engine.QueryEffect) err
 		}
 		x = ss.e.Query(eff, msg)
 		if x.Swallowed > 0 {
-			ss.e.Outstanding += x.Swallowed
+			ss.e.Outstanding += int32(x.Swallowed)
 			ss.swallowing.Add(int32(x.Swallowed))
 		}
 	}

@@ -111,9 +111,10 @@ type Options struct {
 	// new configuration was rejected. Without it RELOAD does nothing.
 	Reload func() (string, error)
 
-	// lim are the engine's bounds from the fields above (withDefaults sets
-	// them): every client's engine points at them.
-	lim engine.Limits
+	// env is what every client's engine shares: the server's statement
+	// registry and counters, and the bounds from the fields above (set by
+	// the server as it stores the options).
+	env engine.Env
 }
 
 // Defaults of the message and statement bounds.
@@ -281,7 +282,7 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		msgMem:      msgMemory{limit: opt.MaxMessageMemory},
 		watchWake:   make(chan struct{}, 1),
 	}
-	s.opt.Store(&opt)
+	s.storeOptions(opt)
 	if opt.Driver != DriverGoroutine && opt.Mode == ModeTransaction {
 		d, err := newLoopDriver(s)
 		if err != nil {
@@ -332,15 +333,21 @@ func withDefaults(opt Options) Options {
 	if opt.MaxClientStatementBytes <= 0 {
 		opt.MaxClientStatementBytes = DefaultMaxClientStatementBytes
 	}
-	opt.lim = engine.Limits{MaxPreparedStatements: opt.MaxPreparedStatements,
+	opt.env.Limits = engine.Limits{MaxPreparedStatements: opt.MaxPreparedStatements,
 		MaxClientStatements: opt.MaxClientStatements, MaxClientStatementBytes: opt.MaxClientStatementBytes,
 		RefusePins: opt.PinPolicy == PinPolicyRefuse}
 	return opt
 }
 
-// limits are the bounds the protocol engine enforces, shared by every client
-// (o is one of the immutable Options the server stores).
-func (o *Options) limits() *engine.Limits { return &o.lim }
+// storeOptions makes opt, with its defaults, the options in force.
+func (s *Server) storeOptions(opt Options) {
+	opt.env.Registry, opt.env.Counters = &s.stmts, &s.prep
+	s.opt.Store(&opt)
+}
+
+// engineEnv is what every client's engine shares under o (one of the
+// immutable Options the server stores).
+func (o *Options) engineEnv() *engine.Env { return &o.env }
 
 // options returns the options in force. Read them once per decision: a
 // reload may replace them at any time.
@@ -360,7 +367,7 @@ func (s *Server) Reconfigure(opt Options) {
 	opt.Mode, opt.Observer, opt.Logger, opt.Reload, opt.CancelTimeout = cur.Mode, cur.Observer, cur.Logger, cur.Reload, cur.CancelTimeout
 	opt.Driver = cur.Driver
 	opt = withDefaults(opt)
-	s.opt.Store(&opt)
+	s.storeOptions(opt)
 	s.msgMem.setLimit(opt.MaxMessageMemory)
 	select {
 	case s.watchWake <- struct{}{}:

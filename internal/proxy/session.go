@@ -91,7 +91,7 @@ func (ss *session) growBuffers() {
 }
 
 // killReason says why the proxy ends a client.
-type killReason int32
+type killReason uint8
 
 const (
 	killNone killReason = iota
@@ -151,10 +151,9 @@ type session struct {
 	pid, key      uint32
 	db, user, app string
 
-	swallow        atomic.Bool
-	swallowing     atomic.Int32 // queued Queries whose whole answer is dropped
-	fatalForwarded atomic.Bool
-	streamBroken   atomic.Bool // a message to the client was cut off: write nothing more
+	swallow      atomic.Bool
+	swallowing   atomic.Int32 // queued Queries whose whole answer is dropped
+	streamBroken atomic.Bool  // a message to the client was cut off: write nothing more
 	// dying: the proxy ends the client (terminate); answers stop being forwarded
 	// at the next message boundary. killCh, made by the first wait that needs
 	// it (killChan), is closed then. Under mu.
@@ -162,8 +161,8 @@ type session struct {
 
 	// The small fields are together, so that an idle client's session fits a
 	// smaller size class (size_linux_test.go). Those below track are under mu.
-	kill          killReason
 	cancels       int32
+	kill          killReason
 	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
 	track         bool // named statements are rewritten (transaction mode)
 	pooled        bool // transaction mode: session state is tracked
@@ -174,6 +173,9 @@ type session struct {
 	leakReported  bool // this idle-in-transaction episode was logged as a leak suspect
 	waiting       bool // in the pool's queue for a backend
 	console       bool // an admin console client: served by serveConsole, no pool (console.go)
+	// fatalForwarded: the server's FATAL reached the client, which gets none
+	// of the proxy's (set under mu; read by end once the server side stopped).
+	fatalForwarded bool
 
 	killCh chan struct{}
 
@@ -614,7 +616,7 @@ func (ss *session) run() {
 			return
 		}
 		opt := ss.srv.options()
-		ss.e.Limits = opt.limits() // a reload may have changed them
+		ss.e.Env = opt.engineEnv() // a reload may have changed the bounds
 		if err := checkClientHeader(h, opt); err != nil {
 			ss.end(err)
 			return
@@ -1031,7 +1033,7 @@ func (ss *session) attachedLocked(be *pool.Backend, at time.Time) {
 	ss.swallowing.Store(0)
 	ss.doomed = false
 	ss.swallow.Store(false)
-	ss.fatalForwarded.Store(false)
+	ss.fatalForwarded = false
 	ss.streamBroken.Store(false)
 }
 

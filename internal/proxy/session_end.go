@@ -135,7 +135,7 @@ func (ss *session) endMessage(reason killReason, cause error) (code, msg string)
 	case reason == killAdmin:
 		code, msg = wire.CodeAdminShutdown, "terminated by the admin console"
 	case reason == killServerLost:
-		if !ss.fatalForwarded.Load() {
+		if !ss.fatalForwarded {
 			code, msg = wire.CodeConnectionFailure, "pgsidecar: server connection lost"
 		}
 	case errors.Is(cause, errMsgTooBig):

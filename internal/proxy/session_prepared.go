@@ -389,11 +389,11 @@ func (ss *session) routeLocked(h wire.Header, msg []byte) (act engine.Action, re
 			e = engine.ReadServerError(msg)
 		}
 		if e.Fatal {
-			ss.fatalForwarded.Store(true)
+			ss.fatalForwarded = true
 		}
 		var skipped int
 		act, repl, skipped = ss.e.AnswerError(e)
-		ss.e.Outstanding -= skipped // no ReadyForQuery comes for them
+		ss.e.Outstanding -= int32(skipped) // no ReadyForQuery comes for them
 	} else {
 		act, repl = ss.e.Answer(h.Type)
 	}
@@ -472,7 +472,7 @@ func (ss *session) sendQuery(e engine.QueryEffect, h wire.Header) error {
 	ss.mu.Lock()
 	x := ss.e.Query(&e, head)
 	if x.Swallowed > 0 {
-		ss.e.Outstanding += x.Swallowed
+		ss.e.Outstanding += int32(x.Swallowed)
 		ss.swallowing.Add(int32(x.Swallowed))
 	}
 	ss.mu.Unlock()

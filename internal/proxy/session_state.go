@@ -92,9 +92,7 @@ func (ss *session) initEngine() {
 	st := &ss.e.State
 	st.Startup = ss.srv.startups.intern(st.Startup, st.WantKey)
 	st.Want = st.Startup
-	ss.e.Registry = &ss.srv.stmts
-	ss.e.Counters = &ss.srv.prep
-	ss.e.Limits = ss.srv.options().limits()
+	ss.e.Env = ss.srv.options().engineEnv()
 	ss.e.Track, ss.e.Pooled = ss.track, ss.pooled
 	ss.e.Hooks = ss
 }
@@ -110,7 +108,7 @@ func (ss *session) StatementLimit(first bool) {
 	ss.srv.log.Warn("client reached its prepared-statement bounds; further statements refused (54000)",
 		"client", ss.addr, "user", ss.user, "database", ss.db, "application_name", ss.app,
 		"statements", ss.e.Stmts.Len(), "bytes", ss.e.Stmts.Bytes(),
-		"max_statements", ss.e.Limits.MaxClientStatements, "max_bytes", ss.e.Limits.MaxClientStatementBytes)
+		"max_statements", ss.e.Env.Limits.MaxClientStatements, "max_bytes", ss.e.Env.Limits.MaxClientStatementBytes)
 }
 
 // Pinned is the engine's Hooks.Pinned: the client was just pinned for reason
