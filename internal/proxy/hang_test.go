@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,7 +52,12 @@ func hangEnded(t *testing.T, tp *testProxy, by time.Time) time.Time {
 		}
 		return nil
 	}); err != nil {
-		t.Fatalf("client not ended in time: %v", err)
+		// Where the session's goroutines wait says which path did not end it.
+		var stacks []string
+		for _, g := range pgtest.Goroutines("pgsidecar/internal/proxy.") {
+			stacks = append(stacks, g)
+		}
+		t.Fatalf("client not ended in time: %v\nproxy goroutines:\n%s", err, strings.Join(stacks, "\n\n"))
 	}
 	return at
 }
