@@ -82,6 +82,9 @@ func hangPoolUsable(t *testing.T, tp *testProxy) {
 	if err := c.QueryRow(ctx, "SELECT 7").Scan(&n); err != nil || n != 7 {
 		t.Fatalf("another client after the stuck one ended: %d, %v", n, err)
 	}
+	// Closed here, not at cleanup: a caller that tries again counts the
+	// proxy's clients (hangEnded), and this one must not be among them.
+	_ = c.Close(ctx)
 }
 
 func TestHangNonReadingClientEnded(t *testing.T) {
