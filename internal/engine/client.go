@@ -63,25 +63,17 @@ func (s *Session) Note(q []byte) {
 }
 
 // note keeps the start of q as the client's latest statement.
-func (s *Session) note(q []byte) {
-	q = q[:min(len(q), MaxNote)]
-	s.noteRoom(len(q))
-	s.lastStmt = append(s.lastStmt[:0], q...)
-}
+func (s *Session) note(q []byte) { s.lastStmt = noteInto(s.lastStmt, q) }
 
-// noteString is note for a statement's text held as a string.
-func (s *Session) noteString(q string) {
+// noteInto is buf holding the start of q (at most MaxNote bytes). buf grows
+// to the next power of two (at least 32, at most MaxNote) when q needs more:
+// a few steps, then none.
+func noteInto[T string | []byte](buf []byte, q T) []byte {
 	q = q[:min(len(q), MaxNote)]
-	s.noteRoom(len(q))
-	s.lastStmt = append(s.lastStmt[:0], q...)
-}
-
-// noteRoom makes lastStmt able to hold n bytes: it grows to the next power of
-// two (at least 32, at most MaxNote), a few steps and then none.
-func (s *Session) noteRoom(n int) {
-	if n > cap(s.lastStmt) {
-		s.lastStmt = make([]byte, 0, min(MaxNote, max(32, 1<<bits.Len(uint(n-1)))))
+	if len(q) > cap(buf) {
+		buf = make([]byte, 0, min(MaxNote, max(32, 1<<bits.Len(uint(len(q)-1)))))
 	}
+	return append(buf[:0], q...)
 }
 
 // LastStatement is the start of the client's latest statement.
@@ -176,7 +168,7 @@ func (s *Session) Use(h wire.Header, head []byte) (Send, error) {
 		if i := strings.IndexByte(q, 0); i >= 0 {
 			q = q[:i]
 		}
-		s.noteString(q)
+		s.lastStmt = noteInto(s.lastStmt, q)
 	}
 	// The message again, with the server-side name; the rest follows from ne.
 	n := h.Len - (ne - ns) + len(st.Name)

@@ -160,7 +160,8 @@ type session struct {
 	dying atomic.Bool
 
 	// The small fields are together, so that an idle client's session fits a
-	// smaller size class (size_linux_test.go). Those below track are under mu.
+	// smaller size class (size_linux_test.go). cancels, kill, gone, draining,
+	// probing, doomed, leakReported, waiting and fatalForwarded are under mu.
 	cancels       int32
 	kill          killReason
 	discardToSync bool // an extended-protocol batch failed locally; skip to its Sync
