@@ -265,7 +265,7 @@ type serverSide struct{ ls *loopSess }
 // connection without a descriptor.
 func (ss *session) toLoop() bool {
 	d := ss.srv.loop
-	if d == nil || !ss.pooled || ss.dying.Load() || ss.pool.TLS() {
+	if d == nil || ss.dying.Load() || ss.pool.TLS() {
 		// TLS server connections stay with goroutines until the loop drives
 		// crypto/tls (docs/design.md section 16).
 		return false

@@ -258,7 +258,8 @@ func (ls *loopSess) serverFailed(be *pool.Backend, err error) {
 	if be == nil || ss.be != be {
 		return
 	}
-	lost := ss.e.Outstanding > 0 || ss.e.Partial || ss.e.Tx != wire.TxIdle
+	// In session mode the client's whole session was on it.
+	lost := ss.e.Outstanding > 0 || ss.e.Partial || ss.e.Tx != wire.TxIdle || !ss.pooled
 	if ls.srest > 0 && !ls.sskip {
 		// Part of a message reached the client: anything more would be read as
 		// the rest of it. Like PostgreSQL, just close.

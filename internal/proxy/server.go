@@ -102,7 +102,7 @@ type Options struct {
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 	// Driver says what serves clients after login: DriverLoop, the event
-	// loop (the default on Linux: transaction mode, plain sockets; the others
+	// loop (the default on Linux: both pool modes, plain sockets; TLS routes
 	// stay with the goroutine driver), or DriverGoroutine. It cannot change
 	// while the server runs.
 	Driver Driver
@@ -283,7 +283,7 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		watchWake:   make(chan struct{}, 1),
 	}
 	s.storeOptions(opt)
-	if opt.Driver != DriverGoroutine && opt.Mode == ModeTransaction {
+	if opt.Driver != DriverGoroutine {
 		d, err := newLoopDriver(s)
 		if err != nil {
 			if opt.Driver == DriverLoop || runtime.GOOS == "linux" {
