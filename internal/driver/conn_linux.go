@@ -65,7 +65,8 @@ const (
 type Conn struct {
 	h     Handler
 	loop  *Loop
-	out   *outBuf // pending output; nil when there is none
+	out   *outBuf     // pending output; nil when there is none
+	cx    *codecState // SetCodec's; nil: the socket's bytes are the handler's
 	fd    int32
 	flags uint32
 }
@@ -179,6 +180,9 @@ func (c *Conn) Write(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
+	if c.cx != nil {
+		return c.writeCodec(b)
+	}
 	if c.out != nil {
 		c.out.append(b)
 		return nil
@@ -205,6 +209,14 @@ func (c *Conn) WriteRef(b []byte, done func()) error {
 		done()
 		return ErrClosed
 	}
+	if c.cx != nil {
+		return c.writeRefCodec(b, done)
+	}
+	return c.writeRef(b, done)
+}
+
+// writeRef is WriteRef on an open connection, of bytes for the socket.
+func (c *Conn) writeRef(b []byte, done func()) error {
 	if c.out != nil {
 		if c.out.refDone != nil {
 			c.out.append(b)
@@ -236,6 +248,9 @@ func (c *Conn) WriteRef(b []byte, done func()) error {
 func (c *Conn) Writev(bufs ...[]byte) error {
 	if c.flags&(fClosed|fClosing) != 0 {
 		return ErrClosed
+	}
+	if c.cx != nil {
+		return c.writevCodec(bufs)
 	}
 	if c.out != nil || len(bufs) > maxIovecs {
 		for _, b := range bufs {
@@ -396,17 +411,22 @@ func (c *Conn) flush() {
 }
 
 // PauseRead stops delivering c's input to Handler.Data until ResumeRead; the
-// input waits in the socket (whose peer then blocks: backpressure).
+// input waits in the socket (whose peer then blocks: backpressure). With a
+// codec, input already decoded or read waits in the codec: a handler may
+// pause in the middle of a delivery.
 func (c *Conn) PauseRead() { c.flags |= fPaused }
 
 // ResumeRead delivers c's input again, including what arrived while paused
-// (read after the current callback returns, in the same turn of the loop).
+// (read after the current callback returns, in the same turn of the loop)
+// and what its codec holds, even if the socket gets nothing new.
 func (c *Conn) ResumeRead() {
 	if c.flags&fPaused == 0 {
 		return
 	}
 	c.flags &^= fPaused
 	if c.flags&(fReadReady|fClosed) == fReadReady {
+		c.loop.queueRead(c)
+	} else if c.cx != nil && c.flags&fClosed == 0 && c.cx.codec.Pending() {
 		c.loop.queueRead(c)
 	}
 }
@@ -487,6 +507,10 @@ func (c *Conn) closeNow(err error) {
 // empty then, and new input is a new edge. full (the peer hung up, or the
 // reading was deferred) reads until EAGAIN, or end of file.
 func (l *Loop) read(c *Conn, full bool) {
+	if c.cx != nil {
+		l.readCodec(c, full)
+		return
+	}
 	c.flags &^= fReadReady
 	for i := 0; ; i++ {
 		if c.flags&fClosed != 0 {

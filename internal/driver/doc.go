@@ -30,8 +30,15 @@
 // (the peer closed) and on the errno of a failed read or write (for example
 // syscall.ECONNRESET).
 //
-// The loop is Linux-only; elsewhere, and for TLS connections, the goroutine
-// driver is used. This package imports the standard library,
+// A connection may have a [Codec] ([Conn.SetCodec]): TLS, whose handshake
+// is done elsewhere (netio.TLSCodec). Its socket's bytes are then decoded
+// into a second loop-owned buffer before Handler.Data, and what is written
+// is encoded before the socket; a handler that pauses in the middle of a
+// delivery leaves the rest in the codec until ResumeRead. The driver knows
+// only the interface.
+//
+// The loop is Linux-only (pgsidecar serves clients only on it). This
+// package imports the standard library,
 // golang.org/x/sys/unix and internal/netio only: never internal/proxy,
 // internal/pool, internal/engine or internal/wire (it knows nothing of
 // PostgreSQL), nor Prometheus.

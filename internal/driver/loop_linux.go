@@ -84,6 +84,9 @@ type Loop struct {
 	conns    []*Conn // by descriptor
 	nconns   int
 	rbuf     []byte   // the read buffer lent to Handler.Data
+	pbuf     []byte   // with a codec: plaintext lent to Handler.Data (made on first SetCodec)
+	cbuf     []byte   // with a codec: what Encode and Output produce, before the socket
+	wbuf     []byte   // with a codec: Writev's small buffers gathered into one record
 	timers   []*Timer // min-heap on when
 	again    []*Conn  // connections with input left to read this turn
 	again2   []*Conn  // the previous again, emptied, for reuse

@@ -95,6 +95,11 @@ type Options struct {
 	// are given to the server user; every directory above Dir must be
 	// searchable by that user.
 	Dir string
+	// TLS starts the server with ssl=on, using a certificate made at Start
+	// (Dir/tls; signed by a throwaway CA, for 127.0.0.1 and localhost): see
+	// Cluster.CACertPEM and Cluster.URLSSL. It sets ssl, ssl_cert_file and
+	// ssl_key_file, over Settings. Plain connections are still accepted.
+	TLS bool
 }
 
 // Cluster is a local PostgreSQL server started by Start. Its exported fields
@@ -115,6 +120,11 @@ type Cluster struct {
 	SocketDir string
 	// BinDir is the directory of the initdb and postgres binaries used.
 	BinDir string
+	// CACertPEM is the certificate (PEM) of the CA that signed the server's
+	// with Options.TLS, nil without; CAFile is where it is on disk (for
+	// sslrootcert), "" without.
+	CACertPEM []byte
+	CAFile    string
 
 	dataDir       string
 	logPath       string
@@ -184,6 +194,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if err := c.prepareDirs(opts.Dir); err != nil {
 		return nil, errors.Join(err, c.removeDirs())
+	}
+	if opts.TLS {
+		if err := c.makeTLS(); err != nil {
+			return nil, errors.Join(err, c.removeDirs())
+		}
 	}
 	if err := c.initdb(ctx); err != nil {
 		return nil, errors.Join(err, c.removeDirs())
@@ -399,6 +414,24 @@ func (c *Cluster) URL(database string) string {
 		Host:     net.JoinHostPort(c.Host, strconv.Itoa(c.Port)),
 		Path:     "/" + database,
 		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// URLSSL is URL with sslmode set to mode ("require", "verify-full", ...);
+// for the verify modes it names CAFile as sslrootcert. It is for a cluster
+// started with Options.TLS.
+func (c *Cluster) URLSSL(database, mode string) string {
+	q := url.Values{"sslmode": {mode}}
+	if strings.HasPrefix(mode, "verify") && c.CAFile != "" {
+		q.Set("sslrootcert", c.CAFile)
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User(c.User),
+		Host:     net.JoinHostPort(c.Host, strconv.Itoa(c.Port)),
+		Path:     "/" + database,
+		RawQuery: q.Encode(),
 	}
 	return u.String()
 }

@@ -58,8 +58,10 @@ type Backend struct {
 	expiresAt time.Time // zero = never
 	idleSince time.Time
 	raw       syscall.RawConn
-	fd        int // the descriptor of raw, -1 without one
-	peekState int // result of the last peek, set inside peekFn
+	fd        int                 // the descriptor of raw, -1 without one
+	tr        *netio.TLSTransport // under Conn when it is TLS the loop can drive
+	codec     *netio.TLSCodec     // tr's, for the loop
+	peekState int                 // result of the last peek, set inside peekFn
 	peekFn    func(fd uintptr) bool
 	peekBuf   [1]byte
 }
@@ -67,10 +69,21 @@ type Backend struct {
 // RawConn returns the connection's syscall.RawConn, or nil when it has none (TLS).
 func (b *Backend) RawConn() syscall.RawConn { return b.raw }
 
-// FD returns the connection's descriptor, or -1 when its bytes are not the
-// protocol's (TLS) or it has none: an event loop reads and writes it while a
-// client holds the backend. It stays valid until the backend is closed.
+// FD returns the connection's descriptor, or -1 when it has none or is TLS
+// the loop cannot drive (not dialed through PgconnDialer): an event loop
+// reads and writes it while a client holds the backend, through Codec when
+// it is TLS. It stays valid until the backend is closed.
 func (b *Backend) FD() int { return b.fd }
+
+// Codec returns what an event loop decodes and encodes a TLS connection's
+// bytes with, once Unpoll has switched it to the loop (nil before, and for a
+// plain connection). Pass it to the loop only when it is not nil.
+func (b *Backend) Codec() *netio.TLSCodec {
+	if b.tr == nil || !b.tr.InMemoryPhase() {
+		return nil
+	}
+	return b.codec
+}
 
 // TLS reports whether the connection is encrypted.
 func (b *Backend) TLS() bool {
@@ -93,8 +106,13 @@ func (b *Backend) Close() error {
 
 // CloseNow is Close whatever OnClose says: for OnClose's owner.
 func (b *Backend) CloseNow() error {
-	_ = b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	var buf [5]byte
+	if b.Codec() != nil {
+		// On the loop's side: never block. Terminate and close_notify go
+		// with one non-blocking write.
+		return b.codec.Close(wire.AppendTerminate(buf[:0]))
+	}
+	_ = b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = b.Conn.Write(wire.AppendTerminate(buf[:0]))
 	return b.Conn.Close()
 }
@@ -112,7 +130,7 @@ const (
 // waiting on the socket (an idle backend only speaks to say it is terminating) and
 // no EOF. It costs one non-blocking recv.
 func (b *Backend) alive() bool {
-	if b.R.Buffered() > 0 {
+	if b.R.Buffered() > 0 || b.tr != nil && b.tr.Buffered() > 0 {
 		return false
 	}
 	if b.raw == nil {
@@ -155,7 +173,9 @@ func (b *Backend) initPeek() {
 	}
 }
 
-// NewBackend wraps an already authenticated, idle server connection.
+// NewBackend wraps an already authenticated, idle server connection. A TLS
+// connection over a netio.TLSTransport (PgconnDialer's) can be driven by an
+// event loop (FD, Unpoll, Codec); any other TLS connection cannot.
 func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string) *Backend {
 	b := &Backend{
 		Conn:      conn,
@@ -166,9 +186,16 @@ func NewBackend(conn net.Conn, pid uint32, key []byte, params map[string]string)
 	}
 	b.RW = netio.ConnIO(conn)
 	b.R = bufio.NewReaderSize(b.RW, BufferSize)
+	if tc, ok := conn.(*tls.Conn); ok {
+		if tr, ok := tc.NetConn().(*netio.TLSTransport); ok {
+			if codec, err := netio.NewTLSCodec(tc); err == nil {
+				b.tr, b.codec = tr, codec
+			}
+		}
+	}
 	b.initPeek()
 	b.fd = -1
-	if b.raw != nil && !b.TLS() {
+	if b.raw != nil && (!b.TLS() || b.tr != nil) {
 		_ = b.raw.Control(func(s uintptr) { b.fd = int(s) })
 	}
 	return b
@@ -188,8 +215,25 @@ func ServerError(err error) (code, message string, ok bool) {
 }
 
 // PgconnDialer returns a DialFunc that logs in with pgconn (any authentication and TLS
-// setting pgconn supports) and then hijacks the connection.
+// setting pgconn supports) and then hijacks the connection. It works on a
+// copy of cfg whose DialFunc (cfg's, or pgconn's default dialer when it has
+// none) puts every connection in a netio.TLSTransport: the TLS handshake and
+// the login go through it unchanged, and afterwards an event loop can drive
+// a TLS connection (Unpoll, Codec). A plain connection is unwrapped again
+// after the login: the Backend holds the dialed connection itself.
 func PgconnDialer(cfg *pgconn.Config) DialFunc {
+	cfg = cfg.Copy()
+	dial := cfg.DialFunc
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext // pgconn's default (config.go, makeDefaultDialer)
+	}
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return netio.NewTLSTransport(nc), nil
+	}
 	return func(ctx context.Context) (*Backend, error) {
 		pc, err := pgconn.ConnectConfig(ctx, cfg)
 		if err != nil {
@@ -208,6 +252,10 @@ func PgconnDialer(cfg *pgconn.Config) DialFunc {
 		for k, v := range hc.ParameterStatuses {
 			params[k] = v
 		}
-		return NewBackend(hc.Conn, hc.PID, hc.SecretKey, params), nil
+		conn := hc.Conn
+		if tr, ok := conn.(*netio.TLSTransport); ok {
+			conn = tr.NetConn() // plain: nothing changes for it
+		}
+		return NewBackend(conn, hc.PID, hc.SecretKey, params), nil
 	}
 }

@@ -16,6 +16,10 @@
 // holds, and retire closes every backend of the old upstream or credentials as
 // soon as no client holds it, so that none is handed out again.
 //
+// PgconnDialer dials through a netio.TLSTransport, so that an event loop can
+// drive a TLS server connection too: Backend.Unpoll switches its transport to
+// the loop and Backend.Codec is what the loop decodes and encodes it with.
+//
 // The pool never holds its mutex across network I/O. It may import the wire and netio packages
 // and pgconn; it must not import the proxy, metrics or admin packages, nor
 // Prometheus (metrics read Stats at scrape time).
