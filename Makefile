@@ -29,14 +29,13 @@ run: build
 dev: run
 
 ## test: everything CI runs: vet, race-enabled tests against a real PostgreSQL (the
-## proxy's on both drivers: the event loop, then goroutines), the
+## proxy's twice: plain server connections, then TLS ones), the
 ## Kubernetes/Prometheus/Grafana files (test-deploy), short fuzzing.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
-	PGSIDECAR_TEST_DRIVER=goroutine $(GO) test -race -count=1 -timeout 20m ./internal/proxy/
+	PGSIDECAR_TEST_UPSTREAM_SSLMODE=verify-full $(GO) test -race -count=1 -timeout 20m ./internal/proxy/
 	$(MAKE) test-deploy
 	$(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood|TestLoopLargeStatementClassifiedOffLoop)$$' ./internal/proxy/
-	PGSIDECAR_TEST_DRIVER=goroutine $(GO) test -count=1 -run '^(TestSteadyStateAllocs|TestIdleClientMemory|TestMemoryHugeMessages|TestMemoryPreparedFlood)$$' ./internal/proxy/
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 ## test-deploy: deploy/k8s (Kustomize component, PrometheusRule, Grafana dashboard),

@@ -380,7 +380,6 @@ func serverOptions(cfg config.Config) proxy.Options {
 		MaxMessageMemory:        cfg.MaxMessageMemory,
 		MaxClientStatements:     cfg.MaxClientPreparedStatements,
 		MaxClientStatementBytes: cfg.MaxClientPreparedBytes,
-		Driver:                  proxy.Driver(cfg.Driver),
 	}
 }
 

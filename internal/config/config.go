@@ -67,9 +67,6 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
-	// Driver is what serves clients after login: "loop", the event loop (the
-	// default), or "goroutine" (--driver).
-	Driver string
 	// GCPercent is the Go garbage collector's target (GOGC): the heap grows by
 	// this percentage of the live heap before a collection. The GOGC
 	// environment variable, when set, wins (--gc-percent).
@@ -121,12 +118,6 @@ type Config struct {
 
 // MetricsCompatPgBouncer is the --metrics-compat value for pgbouncer_exporter's names.
 const MetricsCompatPgBouncer = "pgbouncer"
-
-// Drivers accepted for [Config.Driver].
-const (
-	DriverGoroutine = "goroutine"
-	DriverLoop      = "loop"
-)
 
 // Pin policies accepted for [Config.PinPolicy].
 const (
@@ -185,7 +176,6 @@ func Default() Config {
 		MaxPreparedStatements:  256,
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
-		Driver:                 DriverLoop,
 		GCPercent:              DefaultGCPercent,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,

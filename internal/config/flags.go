@@ -243,22 +243,6 @@ var specs = []spec{
 		emptyDefault: "none",
 	},
 	{
-		name: "driver",
-		arg:  "loop|goroutine",
-		usage: "What serves clients after login: loop (one epoll event loop for every transaction-mode " +
-			"client on a plain socket, Linux only; session mode, TLS upstreams and other systems stay with " +
-			"goroutines) or goroutine (two goroutines per client). The loop needs about a quarter less CPU " +
-			"per transaction and a third of the memory per idle client (docs/design.md section 16).",
-		value: func(c *Config) flag.Value { return (*driverValue)(&c.Driver) },
-		check: func(c Config) string {
-			if c.Driver != DriverGoroutine && c.Driver != DriverLoop {
-				return fmt.Sprintf("must be %s or %s, got %q", DriverGoroutine, DriverLoop, c.Driver)
-			}
-			return ""
-		},
-		restart: true,
-	},
-	{
 		name: "pin-policy",
 		arg:  "pin|refuse",
 		usage: "Transaction mode: a statement whose state cannot move between server connections (LISTEN, " +
@@ -834,19 +818,6 @@ func formatSize(n int64) string {
 	}
 	return strconv.FormatInt(n, 10) + "B"
 }
-
-type driverValue string
-
-func (v *driverValue) Set(s string) error {
-	switch d := strings.ToLower(s); d {
-	case DriverGoroutine, DriverLoop:
-		*v = driverValue(d)
-		return nil
-	}
-	return fmt.Errorf("want %s or %s", DriverGoroutine, DriverLoop)
-}
-
-func (v *driverValue) String() string { return string(*v) }
 
 type pinPolicyValue string
 

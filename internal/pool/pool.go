@@ -170,11 +170,6 @@ func (f OutcomeFunc) Outcome(b *Backend, err error) { f(b, err) }
 // Waiter serves one wait at a time.
 type Waiter struct{ w waiter }
 
-// TLS reports whether a backend of the pool has been encrypted (the
-// upstream's sslmode): an event loop, which drives plain sockets, leaves
-// such clients to goroutines.
-func (p *Pool) TLS() bool { return p.tls.Load() }
-
 // AcquireAsync returns an idle backend at once if there is one (queued false).
 // Otherwise it queues w (queued true) and dials if the pool has room, and fn
 // later gets the outcome Acquire would have returned: a backend, or an error
@@ -261,8 +256,6 @@ var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result
 
 // Pool is a bounded pool of backends for one route.
 type Pool struct {
-	// tls: a backend of this pool was encrypted (see TLS).
-	tls atomic.Bool
 	// log is cfg.Logger, readable without the lock.
 	log atomic.Pointer[slog.Logger]
 
@@ -755,9 +748,6 @@ func (p *Pool) dial(probe bool, g dialGen) {
 	}
 	b.pool = p
 	b.gen = g.gen
-	if b.TLS() {
-		p.tls.Store(true)
-	}
 	if p.cfg.Lifetime > 0 {
 		j := 0.9 + 0.2*rand.Float64()
 		b.expiresAt = b.CreatedAt.Add(time.Duration(float64(p.cfg.Lifetime) * j))

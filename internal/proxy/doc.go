@@ -3,9 +3,9 @@
 // cancel requests), and the per-client session state machine that attaches a pooled
 // backend at the first message that needs one and releases it at the transaction
 // boundary (transaction mode) or at disconnect (session mode), forwarding raw bytes
-// in both directions. A client is served by one of two drivers (Options.Driver):
-// its own goroutines (session*.go) or, on Linux in transaction mode, the event
-// loop (loop*_linux.go); the protocol decisions of both are internal/engine's.
+// in both directions. A client logs in on a goroutine (session.go); after that
+// one epoll event loop serves it (loop*_linux.go, Linux only), the admin console
+// excepted (console.go). The protocol decisions are internal/engine's.
 //
 // It is the hot path: it may import the engine, driver, wire, netio, sqlscan and pool packages and the standard
 // library; it must not import Prometheus, the metrics or admin packages (they observe

@@ -26,7 +26,7 @@ import (
 var cluster *localpg.Cluster
 
 func TestMain(m *testing.M) {
-	c, stop, err := pgtest.Main(localpg.Options{})
+	c, stop, err := pgtest.Main(localpg.Options{TLS: true}) // TLS: tls_upstream_test.go
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "proxy tests:", err)
 		os.Exit(1)
@@ -36,6 +36,11 @@ func TestMain(m *testing.M) {
 	stop()
 	os.Exit(code)
 }
+
+// upstreamSSLModeEnv, set to an sslmode (require, verify-full), makes every
+// proxy of the suite reach the shared cluster (ssl=on) over TLS, unless the
+// test names its own upstream: make test runs the suite once that way.
+const upstreamSSLModeEnv = "PGSIDECAR_TEST_UPSTREAM_SSLMODE"
 
 // testProxy is a proxy served in-process in front of the shared cluster.
 type testProxy struct {
@@ -106,6 +111,9 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 	up := o.Upstream
 	if up == "" {
 		up = cluster.URL(db)
+		if mode := os.Getenv(upstreamSSLModeEnv); mode != "" {
+			up = cluster.URLSSL(db, mode) // the whole suite over TLS server connections
+		}
 	}
 	cfg, err := pgconn.ParseConfig(up)
 	if err != nil {
@@ -134,11 +142,6 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 	}
 	if opt.QueryWaitTimeout == 0 {
 		opt.QueryWaitTimeout = 20 * time.Second
-	}
-	if opt.Driver == "" {
-		// PGSIDECAR_TEST_DRIVER=goroutine runs the suite on the goroutine
-		// driver (make test runs it on both; the default is the loop).
-		opt.Driver = proxy.Driver(os.Getenv("PGSIDECAR_TEST_DRIVER"))
 	}
 	tp.srv = proxy.NewServer(opt, tp.pools)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

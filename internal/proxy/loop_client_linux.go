@@ -83,9 +83,9 @@ func (ls *loopSess) run() {
 // only with its size reserved in the message budget (reserve).
 
 // reserve makes sure a message of n bytes (larger than bufSize) that is not
-// whole yet has its room in the message budget (--max-message-memory), as
-// readBig does for the goroutine driver. It reports false when the client
-// must wait for room (paused until it is granted) or was ended. ss.mu is held.
+// whole yet has its room in the message budget (--max-message-memory). It
+// reports false when the client must wait for room (paused until it is
+// granted) or was ended. ss.mu is held.
 func (ls *loopSess) reserve(n int) bool {
 	if int64(n) <= ls.inMem {
 		return true

@@ -260,14 +260,12 @@ type loopProbe struct {
 // serverSide is the Handler of a loop client's server connection.
 type serverSide struct{ ls *loopSess }
 
-// toLoop hands a logged-in client to the loop driver. It reports false when
-// the client stays with its goroutine: no loop, not transaction mode, or a
-// connection without a descriptor.
+// toLoop hands a logged-in client to the loop. It reports false when it
+// cannot: no loop, a client being ended, or a connection without a
+// descriptor.
 func (ss *session) toLoop() bool {
 	d := ss.srv.loop
-	if d == nil || ss.dying.Load() || ss.pool.TLS() {
-		// TLS server connections stay with goroutines until the loop drives
-		// crypto/tls (docs/design.md section 16).
+	if d == nil || ss.dying.Load() {
 		return false
 	}
 	var pending []byte
@@ -283,9 +281,9 @@ func (ss *session) toLoop() bool {
 	ls.sh.ls = ls
 	ss.mu.Lock()
 	ss.ls = ls
-	// The goroutine driver's hold on the (closed) connection goes: an idle
-	// loop client is its loopSess and what the engine keeps.
-	ss.conn = nil // serveClient drops the goroutine driver's part (goSide)
+	// The login's hold on the (closed) connection goes: an idle loop client
+	// is its loopSess and what the engine keeps.
+	ss.conn = nil // serveClient drops the login's reader (goSide)
 	ss.mu.Unlock()
 	ss.srv.onLoop.Add(1)
 	if err := d.l.Register(fd, ls); err != nil {
@@ -503,7 +501,6 @@ func (ls *loopSess) leave(be *pool.Backend) {
 	clean := ss.e.Between()
 	ss.countRollback()
 	if !clean {
-		ss.doomed = true
 		ls.serverFailed(be, errors.New("client left in the middle of an answer"))
 		return
 	}
@@ -543,7 +540,7 @@ func (ls *loopSess) maybeFinish() {
 	ls.finishCounts()
 }
 
-// finishCounts does what serveClient does when a client goroutine returns.
+// finishCounts does what serveClient does when it ends a client itself.
 func (ls *loopSess) finishCounts() {
 	ss := ls.ss
 	ss.srv.onLoop.Add(-1)

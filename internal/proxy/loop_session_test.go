@@ -26,8 +26,7 @@ func TestLoopSessionMode(t *testing.T) {
 		t.Skip("the event loop is Linux-only")
 	}
 	db := newDatabase(t)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Mode: proxy.ModeSession,
-		Opt: proxy.Options{Driver: proxy.DriverLoop}})
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Mode: proxy.ModeSession})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

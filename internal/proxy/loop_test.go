@@ -22,8 +22,7 @@ func TestLoopDriver(t *testing.T) {
 		t.Skip("the event loop is Linux-only")
 	}
 	db := newDatabase(t)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction,
-		Opt: proxy.Options{Driver: proxy.DriverLoop}})
+	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction})
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			table := "loop_" + strings.ReplaceAll(mode.String(), " ", "_")
@@ -61,7 +60,7 @@ func TestLoopIdleClientMemory(t *testing.T) {
 	}
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction,
-		Opt: proxy.Options{Driver: proxy.DriverLoop, MaxClientConn: 2000}})
+		Opt: proxy.Options{MaxClientConn: 2000}})
 	const n = 1000
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -100,8 +99,7 @@ func TestLoopParkedServerConnectionsClosed(t *testing.T) {
 		t.Skip("the event loop is Linux-only")
 	}
 	db := newDatabase(t)
-	tp := startProxy(t, db, proxyOpts{PoolSize: 3, Mode: proxy.ModeTransaction, IdleTimeout: 200 * time.Millisecond,
-		Opt: proxy.Options{Driver: proxy.DriverLoop}})
+	tp := startProxy(t, db, proxyOpts{PoolSize: 3, Mode: proxy.ModeTransaction, IdleTimeout: 200 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for round := 0; round < 3; round++ {
@@ -161,7 +159,7 @@ func TestLoopLargeStatementClassifiedOffLoop(t *testing.T) {
 	}
 	db := newDatabase(t)
 	tp := startProxy(t, db, proxyOpts{PoolSize: 2, Mode: proxy.ModeTransaction,
-		Opt: proxy.Options{Driver: proxy.DriverLoop, MaxMessageSize: 64 << 20, MaxMessageMemory: 128 << 20}})
+		Opt: proxy.Options{MaxMessageSize: 64 << 20, MaxMessageMemory: 128 << 20}})
 	by := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
 	limitsBystander(t, by)
 

@@ -303,6 +303,14 @@ func (ls *loopSess) attachBackend(be *pool.Backend, at time.Time) error {
 		if err == nil {
 			err = ls.d.l.Adopt(&lb.c, fd, &ls.sh)
 		}
+		if err == nil {
+			if cd := be.Codec(); cd != nil {
+				// TLS: the loop feeds crypto/tls what it reads and writes
+				// what it seals (docs/design.md section 16, TLS). Checked as
+				// a pointer: a nil *TLSCodec is not a nil Codec.
+				lb.c.SetCodec(cd)
+			}
+		}
 		if err != nil {
 			be.Pool().Destroy(be)
 			return fmt.Errorf("server connection: %w", err)

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"fmt"
-	"io"
 	"sync"
 	"time"
 )
@@ -169,44 +167,6 @@ type bigMsg struct {
 	b      []byte
 	n      int64 // bytes reserved in the budget
 	mapped bool
-}
-
-// readBig reads the whole message of n bytes (header included) that the client
-// reader holds the start of into a buffer from the message budget, which the
-// session keeps until release (the next message, or the client's end).
-func (ss *session) readBig(n int) ([]byte, error) {
-	ss.releaseBig()
-	mm := &ss.srv.msgMem
-	if limit := mm.stats().Limit; int64(n) > limit {
-		return nil, fmt.Errorf("%w: a message of %d bytes needs more than the %d bytes of --max-message-memory",
-			errMsgTooBig, n, limit)
-	}
-	if err := mm.acquire(int64(n), ss.srv.options().QueryWaitTimeout, ss.srv.drainCtx.Done(), ss.killChan()); err != nil {
-		if errors.Is(err, errMsgMemory) {
-			st := mm.stats()
-			return nil, fmt.Errorf("%w: no room for a message of %d bytes within %s (%d of %d bytes in use, %d clients waiting; --max-message-memory)",
-				err, n, ss.srv.options().QueryWaitTimeout, st.Used, st.Limit, st.Waiting)
-		}
-		return nil, err
-	}
-	bm := newBigMsg(n, int64(n))
-	ss.big = bm
-	if _, err := io.ReadFull(ss.r, bm.b); err != nil {
-		ss.releaseBig()
-		return nil, midMessage(err)
-	}
-	return bm.b, nil
-}
-
-// releaseBig gives the buffer of the last message read by readBig back. Nothing
-// may refer to it afterwards: what outlives the message was copied.
-func (ss *session) releaseBig() {
-	bm := ss.big
-	if bm == nil {
-		return
-	}
-	ss.big = nil
-	ss.srv.msgMem.free(bm)
 }
 
 // newBigMsg returns a buffer for a message of n bytes, of which reserved are

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,17 +20,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
-)
-
-// Driver names an I/O driver of clients (docs/design.md section 16).
-type Driver string
-
-// Drivers.
-const (
-	// DriverGoroutine serves each client with its own goroutines.
-	DriverGoroutine Driver = "goroutine"
-	// DriverLoop serves clients in transaction mode on an epoll event loop.
-	DriverLoop Driver = "loop"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -101,11 +89,6 @@ type Options struct {
 	MaxClientStatementBytes int64
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
-	// Driver says what serves clients after login: DriverLoop, the event
-	// loop (the default on Linux: both pool modes, plain sockets; TLS routes
-	// stay with the goroutine driver), or DriverGoroutine. It cannot change
-	// while the server runs.
-	Driver Driver
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
 	// the configuration and returns the answer to show, or an error when the
 	// new configuration was rejected. Without it RELOAD does nothing.
@@ -145,8 +128,7 @@ type Stats struct {
 	// StatementLimit counts Parses refused by MaxClientStatements or
 	// MaxClientStatementBytes, SQLSTATE 54000.
 	StatementLimit uint64
-	// LoopClients is how many clients the event-loop driver serves now
-	// (Options.Driver).
+	// LoopClients is how many clients the event loop serves now.
 	LoopClients int
 }
 
@@ -168,7 +150,8 @@ type Server struct {
 	sessions  map[uint32]*session   // by the BackendKeyData pid given to the client
 	shutdown  bool
 	sessWG    sync.WaitGroup
-	loop      *loopDriver // the event-loop driver (Options.Driver), nil when not used
+	loop      *loopDriver // serves every client after its login (loop_linux.go)
+	loopErr   error       // why there is no loop (not Linux, no epoll): Serve returns it
 	loopOnce  sync.Once
 	onLoop    atomic.Int64 // clients the loop serves now
 	startups  startupCache // clients' startup settings, shared
@@ -283,15 +266,10 @@ func NewServer(opt Options, pools *pool.Registry) *Server {
 		watchWake:   make(chan struct{}, 1),
 	}
 	s.storeOptions(opt)
-	if opt.Driver != DriverGoroutine {
-		d, err := newLoopDriver(s)
-		if err != nil {
-			if opt.Driver == DriverLoop || runtime.GOOS == "linux" {
-				s.log.Error("event loop unavailable, clients are served by goroutines", "error", err)
-			}
-		} else {
-			s.loop = d
-		}
+	if d, err := newLoopDriver(s); err != nil {
+		s.loopErr = fmt.Errorf("proxy: event loop: %w", err)
+	} else {
+		s.loop = d
 	}
 	go s.watchLeaks()
 	return s
@@ -365,7 +343,6 @@ func (s *Server) options() *Options { return s.opt.Load() }
 func (s *Server) Reconfigure(opt Options) {
 	cur := s.options()
 	opt.Mode, opt.Observer, opt.Logger, opt.Reload, opt.CancelTimeout = cur.Mode, cur.Observer, cur.Logger, cur.Reload, cur.CancelTimeout
-	opt.Driver = cur.Driver
 	opt = withDefaults(opt)
 	s.storeOptions(opt)
 	s.msgMem.setLimit(opt.MaxMessageMemory)
@@ -412,8 +389,13 @@ func (s *Server) Replays() uint64 { return s.replays.Load() }
 func (s *Server) Draining() bool { return s.drainCtx.Err() != nil }
 
 // Serve accepts clients on ln until Shutdown or Close; it then returns
-// ErrServerClosed. Other accept errors are returned after closing ln.
+// ErrServerClosed. Other accept errors are returned after closing ln, and so
+// is the reason the server has no event loop (it needs Linux).
 func (s *Server) Serve(ln net.Listener) error {
+	if s.loopErr != nil {
+		ln.Close()
+		return s.loopErr
+	}
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()

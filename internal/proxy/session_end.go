@@ -11,19 +11,19 @@ import (
 )
 
 // How a client ends: the proxy ends it (terminate, drain, forceClose) or it
-// leaves, and its goroutine then returns its backend to a known state (leave)
-// and tells it why (end), all within bounds whatever the client does.
+// leaves; the loop then returns its server connection to a known state
+// (loopSess.leave) and tells it why (loopSess.end), all within bounds
+// whatever the client does.
 
-// terminate asks the client goroutine to end the client for reason: it wakes the
-// goroutine from its read.
+// terminate ends the client for reason: on the loop when the loop serves it
+// (loopSess.kill), else (logging in, the console) by waking its goroutine
+// from its read.
 //
 // A client that does not read is ended too: writes to it get killWriteGrace to
-// finish, and from the next message boundary on no answer is forwarded to it
-// (the client goroutine stops reading the backend, a server goroutine drops
-// what it reads), so the client goroutine gets to end it: the attached backend,
-// in the middle of a response, is closed (PostgreSQL rolls back) and its pool
-// slot freed. Waits of the client (for a backend, for message memory, for its
-// answers to drain) end at once.
+// finish, and from the next message boundary on no answer is forwarded to it,
+// so that the attached server connection, in the middle of a response, is
+// closed (PostgreSQL rolls back) and its pool slot freed. Waits of the client
+// (for a backend, for message memory, for its answers to drain) end at once.
 func (ss *session) terminate(reason killReason) {
 	ss.mu.Lock()
 	if ss.kill == killNone {
@@ -36,15 +36,12 @@ func (ss *session) terminate(reason killReason) {
 		return
 	}
 	ss.markDyingLocked()
-	if ss.goSide != nil { // nil: the loop served it and has finished
-		ss.cond.Broadcast()
-	}
 	ss.mu.Unlock()
 	ss.killDeadlines()
 }
 
-// killDeadlines wakes the client goroutine from its read and bounds the writes
-// to a client being ended.
+// killDeadlines wakes the goroutine of a client logging in (or of the console)
+// from its read and bounds the writes to a client being ended.
 func (ss *session) killDeadlines() {
 	if ss.conn == nil {
 		return // on the event loop (terminate posts there)
@@ -53,8 +50,8 @@ func (ss *session) killDeadlines() {
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
 }
 
-// forceClose closes the client's connection and the backend it holds now,
-// whatever the goroutines serving it are doing: the last resort of Shutdown.
+// forceClose closes the client's connection and the server connection it
+// holds now, whatever it is doing: the last resort of Shutdown.
 func (ss *session) forceClose() {
 	ss.mu.Lock()
 	if ls := ss.ls; ls != nil {
@@ -62,18 +59,10 @@ func (ss *session) forceClose() {
 		ls.post(ls.forceClose)
 		return
 	}
-	be := ss.be
-	if be != nil {
-		ss.doomed = true // never released to another client
-	}
-	c := ss.conn
+	c := ss.conn // logging in, or the console: no server connection
 	ss.mu.Unlock()
-	if c == nil {
-		return // the loop served it and has finished
-	}
-	c.Close()
-	if be != nil {
-		be.Conn.Close()
+	if c != nil {
+		c.Close()
 	}
 }
 
@@ -86,39 +75,6 @@ func (ss *session) drain() {
 	ss.mu.Unlock()
 	if idle {
 		ss.terminate(killShutdown)
-	}
-}
-
-// end finishes the client goroutine: the attached backend is cleaned up and released,
-// the client told why if the proxy ends it, and the connection closed.
-func (ss *session) end(cause error) {
-	ss.mu.Lock()
-	reason := ss.kill
-	ss.mu.Unlock()
-	if !ss.leave() {
-		ss.unsettled = true
-		ss.releaseStmts()
-		ss.conn.Close()
-		return
-	}
-	ss.releaseStmts()
-	ss.held = nil
-	ss.releaseBig()
-	if ss.idleTimer != nil {
-		ss.idleTimer.Stop()
-	}
-	code, msg := ss.endMessage(reason, cause)
-	if code != "" && ss.w != nil && !ss.streamBroken.Load() && ss.cout.err == nil {
-		// A client whose last write failed (it does not read) is not waited for again.
-		_ = ss.conn.SetWriteDeadline(time.Now().Add(fatalWriteTimeout))
-		ss.w.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
-		ss.w.Flush()
-	}
-	ss.conn.Close()
-	if ss.bw != nil {
-		ss.bw.Reset(nil)
-		writerPool.Put(ss.bw)
-		ss.bw = nil
 	}
 }
 
@@ -217,99 +173,4 @@ func (ss *session) cleanupQueries(be *pool.Backend, q []byte) []byte {
 		ss.e.Q.Push(engine.Pending{Kind: engine.ExpectSync, Action: engine.Swallow})
 	}
 	return q
-}
-
-// leave returns the attached backend, if any, to a known state: a backend idle in a
-// transaction is rolled back (and in session mode reset with DISCARD ALL) and
-// released; one in the middle of a response or a message batch is closed, which
-// makes PostgreSQL roll back.
-//
-// It reports whether every server goroutine of the session has stopped: false
-// only when one is stuck even after its backend and the client connection were
-// closed under it, so that shutdown cannot hang on it.
-func (ss *session) leave() (settled bool) {
-	// Whatever reaches the client from now on (the rest of an answer, a FATAL)
-	// is not worth waiting long for: a client that left or is being ended may
-	// not read.
-	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
-	ss.mu.Lock()
-	ss.gone = true
-	ss.doneWritingLocked()
-	be := ss.be
-	if be == nil {
-		ss.mu.Unlock()
-		// A server goroutine may still be finishing (serverFailed): it uses the
-		// client writer, so wait before the buffers go back to their pools.
-		return ss.awaitReaders(nil)
-	}
-	clean := ss.e.Between()
-	ss.countRollback()
-	var q []byte
-	if !clean {
-		ss.doomed = true
-	} else {
-		q = ss.cleanupQueries(be, nil)
-		ss.swallow.Store(true)
-	}
-	if !ss.reader {
-		// Nobody reads the backend between batches: a server goroutine swallows the
-		// cleanup's answers and releases the backend (or destroys a closed one).
-		ss.startReaderLocked(be)
-	}
-	ss.cond.Broadcast()
-	ss.mu.Unlock()
-	if !clean {
-		be.Conn.Close()
-	} else if len(q) > 0 {
-		_ = be.Conn.SetWriteDeadline(time.Now().Add(cleanupTimeout))
-		ss.bw.Write(q)
-		if err := ss.bw.Flush(); err != nil || ss.bout.err != nil {
-			ss.doom(be)
-		}
-		_ = be.Conn.SetWriteDeadline(time.Time{})
-	}
-	return ss.awaitReaders(be)
-}
-
-// awaitReaders waits for the session's server goroutine, if any, to stop. After
-// cleanupTimeout it closes be (the backend being cleaned up, if any), then the
-// client connection; it gives up a second later and reports false.
-func (ss *session) awaitReaders(be *pool.Backend) bool {
-	done := make(chan struct{})
-	go func() { ss.readerWG.Wait(); close(done) }()
-	t := time.NewTimer(cleanupTimeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-	}
-	if be != nil {
-		ss.srv.log.Warn("server connection did not finish cleanup in time, closing it", "client", ss.addr, "server_pid", be.PID)
-		ss.doom(be)
-	}
-	_ = ss.conn.SetWriteDeadline(time.Unix(1, 0))
-	t.Reset(time.Second)
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-	}
-	ss.conn.Close()
-	ss.srv.log.Error("a server goroutine did not stop after its connections were closed; leaving it", "client", ss.addr)
-	return false
-}
-
-// doom closes be if it is still the attached backend, making sure the server
-// goroutine destroys it instead of releasing it.
-func (ss *session) doom(be *pool.Backend) {
-	ss.mu.Lock()
-	mine := ss.be == be
-	if mine {
-		ss.doomed = true
-	}
-	ss.mu.Unlock()
-	if mine {
-		be.Conn.Close()
-	}
 }

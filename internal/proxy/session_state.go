@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"encoding/binary"
-	"fmt"
 	"maps"
 	"sync"
-	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
-	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
 // Session state in transaction mode (docs/design.md section 6).
@@ -120,83 +117,6 @@ func (ss *session) Pinned(reason string) {
 		"database", ss.db, "application_name", ss.app, "reason", reason)
 }
 
-// probeDueLocked reports whether the backend must be asked about session state
-// before it is released (or the client unpinned). ss.mu is held.
-func (ss *session) probeDueLocked() bool {
-	return ss.boundaryLocked().ProbeDue()
-}
-
-// probe asks the backend, between transactions, for the current values of the
-// settings the client's last transaction touched and, for a pinned client,
-// whether anything still pins it; it records the answers. The caller reads be
-// (the client goroutine in syncRead, or the server goroutine); the client
-// goroutine waits in attach meanwhile.
-func (ss *session) probe(be *pool.Backend) error {
-	ss.mu.Lock()
-	pr := ss.e.State.StartProbe()
-	ss.probing = true
-	ss.mu.Unlock()
-	defer func() {
-		ss.mu.Lock()
-		ss.probing = false
-		ss.cond.Broadcast()
-		ss.mu.Unlock()
-	}()
-	_ = be.Conn.SetDeadline(time.Now().Add(cleanupTimeout))
-	defer be.Conn.SetDeadline(time.Time{})
-	if _, err := be.Conn.Write(pr.Query); err != nil {
-		return err
-	}
-	var row [][]byte
-	var failed error
-	notified := false
-	r := be.R
-	for {
-		h, err := wire.PeekHeader(r, wire.MaxMessageLength)
-		if err != nil {
-			return err
-		}
-		msg, err := r.Peek(1 + h.Len)
-		if err != nil {
-			return midMessage(err)
-		}
-		switch h.Type {
-		case wire.MsgRowDescription: // the last statement's row counts
-			row = nil
-		case wire.MsgDataRow:
-			row = parseDataRow(msg[wire.HeaderLen:])
-		case wire.MsgErrorResponse:
-			f := wire.ParseError(msg[wire.HeaderLen:])
-			failed = fmt.Errorf("%w: %s (%s)", engine.ErrProbe, f.Message, f.Code)
-		case wire.MsgNotification:
-			// A notification for a listening client that the backend sent before
-			// the probe's ReadyForQuery: it is the client's, not the probe's. The
-			// caller reads be, so the client writer is its own.
-			if !ss.swallow.Load() && !ss.dying.Load() {
-				ss.w.Write(msg)
-				notified = true
-			}
-		}
-		if _, err := r.Discard(1 + h.Len); err != nil {
-			return err
-		}
-		if h.Type == wire.MsgReadyForQuery {
-			break
-		}
-	}
-	if notified {
-		// Now: a server goroutine that goes on reading an idle listener's backend
-		// flushes only after the next message.
-		ss.w.Flush()
-	}
-	if failed != nil {
-		return failed
-	}
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.finishProbeLocked(be, pr, row)
-}
-
 // finishProbeLocked records the probe's answer: the values of row (the last
 // DataRow), a new state key for be, a client unpinned. ss.mu is held.
 func (ss *session) finishProbeLocked(be *pool.Backend, pr engine.StateProbe, row [][]byte) error {
@@ -248,52 +168,4 @@ func parseDataRow(b []byte) [][]byte {
 func (ss *session) pushSwallowedLocked(x *engine.Undo) {
 	ss.e.Q.Push(engine.Pending{Kind: engine.ExpectQuery, Action: engine.Swallow, Undo: x})
 	ss.swallowing.Add(1)
-}
-
-// frontSwallowed reports whether the oldest pending answer belongs to a Query the
-// proxy sent on its own.
-func (ss *session) frontSwallowed() bool {
-	if ss.swallowing.Load() == 0 {
-		return false
-	}
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	swallow, _ := ss.e.SwallowFront(wire.MsgReadyForQuery)
-	return swallow
-}
-
-// settle runs probe while the decision is probeNow and returns the final one.
-func (ss *session) settle(be *pool.Backend, act readyAction, async bool) readyAction {
-	for act == probeNow {
-		if err := ss.probe(be); err != nil {
-			ss.srv.log.Warn("could not read session state from a server connection, closing it",
-				"client", ss.addr, "user", ss.user, "database", ss.db, "server_pid", be.PID, "error", err)
-			ss.doom(be)
-		}
-		ss.mu.Lock()
-		act = ss.decideLocked(be, async)
-	}
-	return act
-}
-
-// refuseLocally answers a statement --pin-policy refuse turns away while no
-// backend is attached. With one attached, it leaves e.refuse for sendQuery.
-func (ss *session) refuseLocally(e *engine.QueryEffect, h wire.Header) bool {
-	e.Refuse = engine.Refusal(e.State.PinKind)
-	ss.mu.Lock()
-	attached := ss.be != nil
-	ss.mu.Unlock()
-	if attached {
-		return false
-	}
-	if ss.held != nil {
-		ss.held = nil
-	} else if _, err := ss.r.Discard(1 + h.Len); err != nil {
-		return false
-	}
-	ss.payOwed()
-	ss.w.Write(e.Refuse)
-	ss.w.Write(readyIdle)
-	ss.w.Flush()
-	return true
 }
