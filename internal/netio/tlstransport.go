@@ -118,8 +118,10 @@ func (t *TLSTransport) EnterMemoryPhase(nc net.Conn) error {
 }
 
 // passReadWait bounds EnterMemoryPhase's wait for a pass-through Read that
-// its deadline woke.
-const passReadWait = time.Second
+// its deadline woke. It runs on the event loop; pool.PgconnDialer stops
+// pgconn's background reader before the hand-over (SyncConn), so this is
+// a second line of defence.
+const passReadWait = 100 * time.Millisecond
 
 // Buffered is the number of ciphertext bytes fed to the transport that
 // tls.Conn has not taken yet.

@@ -66,7 +66,8 @@ type Backend struct {
 	peekBuf   [1]byte
 }
 
-// RawConn returns the connection's syscall.RawConn, or nil when it has none (TLS).
+// RawConn returns the syscall.RawConn of the connection's socket (under TLS,
+// the ciphertext socket), or nil when it has none.
 func (b *Backend) RawConn() syscall.RawConn { return b.raw }
 
 // FD returns the connection's descriptor, or -1 when it has none or is TLS
@@ -131,6 +132,12 @@ const (
 // no EOF. It costs one non-blocking recv.
 func (b *Backend) alive() bool {
 	if b.R.Buffered() > 0 || b.tr != nil && b.tr.Buffered() > 0 {
+		return false
+	}
+	if b.codec != nil && b.codec.Pending() {
+		// Bytes that came after the last ReadyForQuery wait inside tls.Conn
+		// (decoded or not), where the peek below cannot see them. The loop
+		// does not touch a parked backend: its reads are paused.
 		return false
 	}
 	if b.raw == nil {
@@ -238,6 +245,15 @@ func PgconnDialer(cfg *pgconn.Config) DialFunc {
 		pc, err := pgconn.ConnectConfig(ctx, cfg)
 		if err != nil {
 			return nil, err
+		}
+		// pgconn may have a background reader blocked in a Read (it starts
+		// one when a login write is slow) or a read buffered: both would
+		// corrupt the connection for its next holder (with TLS, a Read
+		// left behind gets a permanent error when the event loop takes the
+		// descriptor). SyncConn stops and drains them.
+		if err := pc.SyncConn(ctx); err != nil {
+			pc.Close(context.Background())
+			return nil, fmt.Errorf("sync server connection: %w", err)
 		}
 		hc, err := pc.Hijack()
 		if err != nil {

@@ -14,9 +14,9 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
-// The event-loop driver (docs/design.md section 16): after login, a client in
-// transaction mode on a plain socket leaves its goroutine and is served by one
-// epoll loop, with the server connection it holds. The protocol decisions are
+// The event loop (docs/design.md section 16): after login, every client
+// leaves its goroutine and is served by one epoll loop, with the server
+// connection it holds (plain, or TLS through the backend's codec). The protocol decisions are
 // the engine's (engine.Session) and the session's shared helpers'; what is
 // here is the I/O: framing the bytes each readiness event brings, waiting for
 // a server connection without a goroutine (pool.AcquireAsync), backpressure by

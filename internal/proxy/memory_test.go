@@ -168,8 +168,11 @@ func TestMemoryHugeMessages(t *testing.T) {
 			if peak > 300*mib {
 				t.Errorf("peak resident memory %d MiB, want under 300", peak/mib)
 			}
-			if slowest > 100*time.Millisecond {
-				t.Errorf("bystander's slowest answer took %s, want under 100ms", slowest)
+			// 20-70 ms on a quiet 2-core machine; a compile beside it gave 117.
+			// What this bound catches is the loop stalled for the whole
+			// message (a quarter of a second and more for 200 MB).
+			if slowest > 250*time.Millisecond {
+				t.Errorf("bystander's slowest answer took %s, want under 250ms", slowest)
 			}
 			if st := tp.srv.MessageMemory(); st.Used != 0 || st.Waiting != 0 {
 				t.Errorf("message memory after: %+v", st)

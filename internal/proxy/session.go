@@ -133,7 +133,7 @@ type session struct {
 	streamBroken atomic.Bool  // a message to the client was cut off: write nothing more
 	// dying: the proxy ends the client (terminate); answers stop being forwarded
 	// at the next message boundary. killCh, made by the first wait that needs
-	// it (killChan), is closed then. Under mu.
+	// it (killChanLocked), is closed then. Under mu.
 	dying atomic.Bool
 
 	// The small fields are together, so that an idle client's session fits a
@@ -168,7 +168,8 @@ type session struct {
 	txStart    stamp          // when the client's current transaction began
 
 	// ls is the event-loop driver's side of the session while the loop serves
-	// it (loop_linux.go); nil while its goroutine does. Under mu.
+	// it (loop_linux.go); nil while it logs in (or is the console), and
+	// after the loop let it go. Under mu.
 	ls *loopSess
 
 	connectedAt stamp // when the client connected (SHOW CLIENTS)
@@ -466,7 +467,7 @@ func (ss *session) acquireError(err error) (code, msg string) {
 // checkClientHeader refuses a client message by its header alone: larger
 // than --max-message-size (COPY data excepted: it is streamed, only its rate
 // is bounded), a Sync, Flush or CopyDone with a body, or a type no frontend
-// sends. Both drivers call it before anything of the message is read.
+// sends. The loop calls it before anything of the message is read.
 func checkClientHeader(h wire.Header, opt *Options) error {
 	if h.Len > opt.MaxMessageSize && h.Type != wire.MsgCopyData {
 		return fmt.Errorf("%w: a message of type %q and %d bytes exceeds --max-message-size (%d bytes)",
