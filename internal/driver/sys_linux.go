@@ -14,15 +14,21 @@ import (
 // let it hand the loop's P to another thread (see netio.RawIO). Under the race
 // detector they go through the syscall package instead (sys_race_linux.go).
 
-// sysRead is read(2); p is not empty.
+// The loop's descriptors are sockets: recvfrom(2) and sendto(2) skip the
+// file layer that read(2) and write(2) go through (the file position lock,
+// the iov_iter setup of vfs_read and vfs_write), about 1 µs of kernel time
+// per transaction at 8 clients; PgBouncer uses recv and send for the same
+// reason. MSG_NOSIGNAL: a peer that has gone gets EPIPE, never SIGPIPE.
+
+// sysRead is recv(2); p is not empty.
 func sysRead(fd int32, p []byte) (int, syscall.Errno) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
 	return int(n), e
 }
 
-// sysWrite is write(2); p is not empty.
+// sysWrite is send(2); p is not empty.
 func sysWrite(fd int32, p []byte) (int, syscall.Errno) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	return int(n), e
 }
 
