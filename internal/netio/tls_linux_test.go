@@ -636,3 +636,49 @@ func TestTLSTransportReadLeftBehind(t *testing.T) {
 		})
 	}
 }
+
+// Holds, which the pool's liveness check uses, is false for a codec that
+// never decoded (Pending, for the loop, says "may have" there), false once
+// a Decode took everything, and true while plaintext is left inside
+// tls.Conn by a Decode that stopped early.
+func TestTLSCodecHolds(t *testing.T) {
+	s := dialCodec(t, tls.VersionTLS13, func(tc *tls.Conn) { _, _ = io.Copy(tc, tc) })
+	if s.codec.Holds() || !s.codec.Pending() {
+		t.Fatalf("fresh codec: Holds %v (want false), Pending %v (want true)", s.codec.Holds(), s.codec.Pending())
+	}
+	if n, err := s.codec.Decode(nil, make([]byte, 64)); n != 0 || err != nil {
+		t.Fatalf("Decode with nothing fed: %d, %v", n, err)
+	}
+	if s.codec.Holds() || s.codec.Pending() {
+		t.Fatalf("after an empty Decode: Holds %v, Pending %v, want both false", s.codec.Holds(), s.codec.Pending())
+	}
+	c := encode(t, s, pattern(100, 3))
+	if _, err := s.sock.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	_ = s.sock.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var cipher []byte
+	for len(cipher) < len(c) { // the echo is the same length
+		k, err := s.sock.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cipher = append(cipher, buf[:k]...)
+	}
+	if n, err := s.codec.Decode(cipher, make([]byte, 10)); n != 10 || err != nil {
+		t.Fatalf("Decode into 10 bytes: %d, %v", n, err)
+	}
+	s.codec.Retain()
+	if !s.codec.Holds() {
+		t.Fatal("90 bytes left inside tls.Conn, Holds false")
+	}
+	rest := make([]byte, 200)
+	n, err := s.codec.Decode(nil, rest)
+	if n != 90 || err != nil {
+		t.Fatalf("the rest: %d, %v", n, err)
+	}
+	if n, _ := s.codec.Decode(nil, rest); n != 0 || s.codec.Holds() {
+		t.Fatalf("after everything was taken: %d more, Holds %v", n, s.codec.Holds())
+	}
+}

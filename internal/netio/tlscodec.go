@@ -19,9 +19,10 @@ import (
 // Encode writes into the caller's dst. A steady-state Decode or Encode
 // allocates nothing.
 type TLSCodec struct {
-	tc  *tls.Conn
-	t   *TLSTransport
-	err error // ends the stream once the plaintext before it is out
+	tc      *tls.Conn
+	t       *TLSTransport
+	err     error // ends the stream once the plaintext before it is out
+	decoded bool  // Decode ran (Holds)
 }
 
 // NewTLSCodec returns the codec of tc, whose transport must be a
@@ -58,6 +59,7 @@ func (c *TLSCodec) Decode(in, p []byte) (int, error) {
 	if !t.mem {
 		return 0, errNotMemoryPhase
 	}
+	c.decoded = true
 	if len(in) > 0 {
 		t.feed(in)
 	}
@@ -101,6 +103,16 @@ func (c *TLSCodec) Retain() { c.t.retain() }
 // the error that ends the stream.
 func (c *TLSCodec) Pending() bool {
 	return !c.t.starved || len(c.t.in) > 0 || c.err != nil
+}
+
+// Holds reports whether the codec is known to hold input its reader has
+// not had: ciphertext fed and not taken, plaintext left inside tls.Conn by
+// a Decode that stopped early, or the error that ends the stream. Unlike
+// Pending it is false for a codec that never decoded (whatever tls.Conn
+// kept from the login is not known without reading it): a liveness check
+// uses it, where Pending's "may have" would condemn every fresh codec.
+func (c *TLSCodec) Holds() bool {
+	return len(c.t.in) > 0 || c.err != nil || (c.decoded && !c.t.starved)
 }
 
 // Encode appends to dst the ciphertext of p (one or more records), after

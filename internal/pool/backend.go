@@ -134,7 +134,7 @@ func (b *Backend) alive() bool {
 	if b.R.Buffered() > 0 || b.tr != nil && b.tr.Buffered() > 0 {
 		return false
 	}
-	if b.codec != nil && b.codec.Pending() {
+	if b.codec != nil && b.codec.Holds() {
 		// Bytes that came after the last ReadyForQuery wait inside tls.Conn
 		// (decoded or not), where the peek below cannot see them. The loop
 		// does not touch a parked backend: its reads are paused.

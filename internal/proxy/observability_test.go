@@ -411,10 +411,13 @@ func TestObservabilitySaturation(t *testing.T) {
 			}
 		}
 		// With ~98 clients queued for backends each held ~10ms, the oldest waiter is
-		// hundreds of ms old most of the time: 50ms is a loose floor.
-		if maxWaiting <= 0 || maxWaiting > clients-poolSize || maxMaxWait < 0.05 {
+		// hundreds of ms old most of the time: 50ms is a loose floor. At the start
+		// the pool has the one backend of the route's first login; while the
+		// second is dialed (a TLS handshake under -race takes long enough for
+		// the sampler to see it), 99 clients wait.
+		if maxWaiting <= 0 || maxWaiting > clients-1 || maxMaxWait < 0.05 {
 			t.Errorf("over %d samples while the workload ran: max pgsidecar_clients_waiting %v (want 1..%d), max pgsidecar_pool_maxwait_seconds %v (want >= 0.05)",
-				samples, maxWaiting, clients-poolSize, maxMaxWait)
+				samples, maxWaiting, clients-1, maxMaxWait)
 		}
 		elapsed := time.Since(start)
 		close(errs)
