@@ -5,9 +5,6 @@ package driver
 import (
 	"fmt"
 	"io"
-	"os"
-
-	"golang.org/x/sys/unix"
 )
 
 // Codec transforms a connection's bytes between its socket and its Handler:
@@ -84,56 +81,6 @@ func (c *Conn) Codec() Codec {
 	return c.cx.codec
 }
 
-// readCodec is read for a connection with a codec: what the codec still
-// holds first, then the socket's bytes through it.
-func (l *Loop) readCodec(c *Conn, full bool) {
-	c.flags &^= fReadReady
-	cd := c.cx.codec
-	for i := 0; ; i++ {
-		if c.flags&fClosed != 0 {
-			return
-		}
-		closing := c.flags&fClosing != 0
-		if closing && c.flags&fReadDone != 0 {
-			return
-		}
-		if !closing && c.flags&fPaused != 0 {
-			c.flags |= fReadReady
-			return
-		}
-		if i == maxReadsPerTurn {
-			l.queueRead(c)
-			return
-		}
-		if !closing && cd.Pending() && !l.decode(c, cd, nil) {
-			return
-		}
-		n, e := sysRead(c.fd, l.rbuf)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e == unix.EAGAIN:
-			return
-		case e != 0:
-			c.closeNow(os.NewSyscallError("read", e))
-			return
-		case n == 0:
-			if c.flags&fClosing != 0 {
-				c.flags |= fReadDone
-				return
-			}
-			c.closeNow(io.EOF)
-			return
-		}
-		if c.flags&fClosing == 0 && !l.decode(c, cd, l.rbuf[:n]) {
-			return
-		}
-		if n < len(l.rbuf) && !full {
-			return
-		}
-	}
-}
-
 // decode feeds in to c's codec and hands what it decodes to the handler,
 // until the codec needs more input. It reports false when it stopped before:
 // c was closed or detached, or paused (the codec keeps the rest, delivered
@@ -146,7 +93,10 @@ func (l *Loop) decode(c *Conn, cd Codec, in []byte) bool {
 		if out := cd.Output(l.cbuf[:0]); len(out) > 0 {
 			// The codec's own answers (a TLS KeyUpdate, an alert) go out
 			// before anything the handler writes after this.
-			err2 := c.sendCipher(out)
+			err2 := ErrClosed
+			if c.flags&(fClosed|fClosing) == 0 {
+				err2 = c.writeSocket(out)
+			}
 			l.keepCipher(out)
 			if err2 != nil {
 				cd.Retain()
@@ -186,26 +136,6 @@ func (l *Loop) keepCipher(out []byte) {
 	}
 }
 
-// sendCipher writes encoded bytes to c's socket, as Write does plaintext
-// on a connection without a codec.
-func (c *Conn) sendCipher(b []byte) error {
-	if c.flags&(fClosed|fClosing) != 0 {
-		return ErrClosed
-	}
-	if c.out != nil {
-		c.out.append(b)
-		return nil
-	}
-	n, e := writeAll(c.fd, b)
-	if e == 0 {
-		return nil
-	}
-	if e != unix.EAGAIN {
-		return c.fail(e)
-	}
-	return c.pend(b[n:])
-}
-
 // codecFailed closes c after its codec failed to encode.
 func (c *Conn) codecFailed(err error) error {
 	err = fmt.Errorf("driver: encode: %w", err)
@@ -220,7 +150,7 @@ func (c *Conn) writeCodec(b []byte) error {
 	if err != nil {
 		return c.codecFailed(err)
 	}
-	err = c.sendCipher(out)
+	err = c.writeSocket(out)
 	l.keepCipher(out)
 	return err
 }
@@ -271,7 +201,7 @@ func (c *Conn) writevCodec(bufs [][]byte) error {
 			return c.codecFailed(err)
 		}
 	}
-	err := c.sendCipher(out)
+	err := c.writeSocket(out)
 	l.keepCipher(out)
 	return err
 }

@@ -183,6 +183,12 @@ func (c *Conn) Write(b []byte) error {
 	if c.cx != nil {
 		return c.writeCodec(b)
 	}
+	return c.writeSocket(b)
+}
+
+// writeSocket writes b, bytes for the socket (plaintext, or what a codec
+// encoded), after c's pending output, the rest pending. c is open.
+func (c *Conn) writeSocket(b []byte) error {
 	if c.out != nil {
 		c.out.append(b)
 		return nil
@@ -506,11 +512,10 @@ func (c *Conn) closeNow(err error) {
 // Without full, a read that does not fill the buffer ends it: the socket is
 // empty then, and new input is a new edge. full (the peer hung up, or the
 // reading was deferred) reads until EAGAIN, or end of file.
+//
+// With a codec, what it still holds is decoded first, and what the socket
+// gives goes through it (decode).
 func (l *Loop) read(c *Conn, full bool) {
-	if c.cx != nil {
-		l.readCodec(c, full)
-		return
-	}
 	c.flags &^= fReadReady
 	for i := 0; ; i++ {
 		if c.flags&fClosed != 0 {
@@ -526,6 +531,9 @@ func (l *Loop) read(c *Conn, full bool) {
 		}
 		if i == maxReadsPerTurn {
 			l.queueRead(c)
+			return
+		}
+		if c.cx != nil && !closing && c.cx.codec.Pending() && !l.decode(c, c.cx.codec, nil) {
 			return
 		}
 		n, e := sysRead(c.fd, l.rbuf)
@@ -546,7 +554,11 @@ func (l *Loop) read(c *Conn, full bool) {
 			return
 		}
 		if !closing {
-			c.h.Data(c, l.rbuf[:n])
+			if c.cx == nil {
+				c.h.Data(c, l.rbuf[:n])
+			} else if !l.decode(c, c.cx.codec, l.rbuf[:n]) {
+				return
+			}
 		}
 		if n < len(l.rbuf) && !full {
 			return
