@@ -4,15 +4,9 @@ package driver
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -22,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgsidecar/pgsidecar/internal/netio"
+	"github.com/pgsidecar/pgsidecar/internal/testcert"
 )
 
 // holdConn is a peer's socket whose writes can be held and then written in
@@ -68,42 +63,13 @@ type tlsSide struct {
 	hc    *holdConn
 }
 
-func testTLSConfigs(t testing.TB, v uint16) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "localhost"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}}
-	client = &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: v, MaxVersion: v}
-	return server, client
-}
-
 // adoptTLS makes a TLS connection (the handshake done off the loop, through
 // the transport's pass-through phase), takes it out of the runtime's poller
 // as the pool does, and adopts it on l with h and its codec (paused first
 // when asked).
 func adoptTLS(t testing.TB, l *Loop, v uint16, h Handler, paused bool) *tlsSide {
 	t.Helper()
-	scfg, ccfg := testTLSConfigs(t, v)
+	scfg, ccfg := tlsConfigs(t, v)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -399,4 +365,14 @@ func TestTLSCodecPeerEnds(t *testing.T) {
 			t.Fatalf("the peer read %v, want the bad_record_mac alert", rerr)
 		}
 	})
+}
+
+// tlsConfigs is testcert.Configs, failing t on error.
+func tlsConfigs(t testing.TB, v uint16) (server, client *tls.Config) {
+	t.Helper()
+	server, client, err := testcert.Configs(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, client
 }

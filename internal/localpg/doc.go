@@ -18,7 +18,7 @@
 //
 // This package is a leaf: it depends on the standard library and on
 // github.com/jackc/pgx/v5/pgconn (for readiness checks and CREATE DATABASE)
-// only. It must not import anything from the proxy, pool, metrics, admin or
+// and internal/testcert (the certificates of Options.TLS) only. It must not import anything from the proxy, pool, metrics, admin or
 // config packages, nor Prometheus, so that tests of any of those packages can
 // use it without import cycles.
 package localpg

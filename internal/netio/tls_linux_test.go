@@ -4,15 +4,9 @@ package netio_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"runtime"
 	"syscall"
@@ -22,41 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgsidecar/pgsidecar/internal/netio"
+	"github.com/pgsidecar/pgsidecar/internal/testcert"
 )
-
-// tlsConfigs returns a server config with a fresh self-signed certificate
-// and a client config for version v that trusts it.
-func tlsConfigs(t testing.TB, v uint16) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "localhost"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}}
-	client = &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: v, MaxVersion: v}
-	return server, client
-}
 
 var versions = []struct {
 	name string
@@ -681,4 +642,14 @@ func TestTLSCodecHolds(t *testing.T) {
 	if n, _ := s.codec.Decode(nil, rest); n != 0 || s.codec.Holds() {
 		t.Fatalf("after everything was taken: %d more, Holds %v", n, s.codec.Holds())
 	}
+}
+
+// tlsConfigs is testcert.Configs, failing t on error.
+func tlsConfigs(t testing.TB, v uint16) (server, client *tls.Config) {
+	t.Helper()
+	server, client, err := testcert.Configs(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, client
 }
