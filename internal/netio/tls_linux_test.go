@@ -60,10 +60,9 @@ type side struct {
 	sock  *netio.FDConn
 }
 
-// dialCodec connects to a crypto/tls server running handle, does the
-// handshake through the transport's pass-through phase and switches it to
-// the memory phase.
-func dialCodec(t testing.TB, v uint16, handle func(*tls.Conn)) side {
+// dialTLS connects to a crypto/tls server running handle and does the
+// handshake through a transport still in its pass-through phase.
+func dialTLS(t testing.TB, v uint16, handle func(*tls.Conn)) (*netio.TLSTransport, *tls.Conn) {
 	t.Helper()
 	scfg, ccfg := tlsConfigs(t, v)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -97,6 +96,13 @@ func dialCodec(t testing.TB, v uint16, handle func(*tls.Conn)) side {
 	if tc.ConnectionState().Version != v {
 		t.Fatalf("version %x, want %x", tc.ConnectionState().Version, v)
 	}
+	return tr, tc
+}
+
+// dialCodec is dialTLS, then the transport switched to its memory phase.
+func dialCodec(t testing.TB, v uint16, handle func(*tls.Conn)) side {
+	t.Helper()
+	tr, tc := dialTLS(t, v, handle)
 	fc := memoryPhase(t, tr)
 	codec, err := netio.NewTLSCodec(tc)
 	if err != nil {
@@ -532,39 +538,13 @@ func TestTLSCodecNotMemoryPhase(t *testing.T) {
 func TestTLSTransportReadLeftBehind(t *testing.T) {
 	for _, ver := range versions {
 		t.Run(ver.name, func(t *testing.T) {
-			scfg, ccfg := tlsConfigs(t, ver.v)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			send := make(chan []byte)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				c, err := ln.Accept()
-				ln.Close()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				tc := tls.Server(c, scfg)
-				if tc.Handshake() != nil {
-					return
-				}
+			send := make(chan []byte, 1)
+			tr, tc := dialTLS(t, ver.v, func(tc *tls.Conn) {
 				for b := range send {
 					_, _ = tc.Write(b)
 				}
-			}()
-			t.Cleanup(func() { ln.Close(); <-done })
-			nc, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			tr := netio.NewTLSTransport(nc)
-			tc := tls.Client(tr, ccfg)
-			if err := tc.Handshake(); err != nil {
-				t.Fatal(err)
-			}
+			})
+			t.Cleanup(func() { close(send) }) // before dialTLS's, which waits for the server
 			readErr := make(chan error, 1)
 			go func() {
 				_, err := tc.Read(make([]byte, 10)) // the server sends nothing yet
@@ -590,7 +570,6 @@ func TestTLSTransportReadLeftBehind(t *testing.T) {
 				t.Fatal(err)
 			}
 			send <- []byte("after the switch")
-			close(send)
 			if got := readPlain(t, side{codec, fc}, 16); string(got) != "after the switch" {
 				t.Fatalf("decoded %q", got)
 			}
