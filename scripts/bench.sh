@@ -28,9 +28,10 @@ throwaway PostgreSQL cluster started by this script (127.0.0.1 only):
              PROXY_BIN --listen 127.0.0.1:PORT
                        --upstream postgres://bench@127.0.0.1:PGPORT/bench?sslmode=disable
                        --pool-size POOL --max-client-conn MAXCLIENTS --http-listen off
-                       --log-level warn \$PROXY_ARGS
+                       --log-level warn --client-auth trust \$PROXY_ARGS
              (--http-listen off: no metrics are collected; PROXY_ARGS='--http-listen
-             127.0.0.1:0' measures with metrics on)
+             127.0.0.1:0' measures with metrics on. Logins are not timed, and PgBouncer
+             runs with auth_type trust too.)
 Runs are interleaved: for every workload, client count and round, each target in
 turn. Write workloads get VACUUM + TRUNCATE pgbench_history + CHECKPOINT (straight
 on PostgreSQL) before every run.
@@ -379,7 +380,8 @@ start_target_once() {
 	pgsidecar)
 		PROXY_CMD=("$PROXY_BIN" --listen "127.0.0.1:${T_PORT[$t]}"
 			--upstream "postgres://bench@127.0.0.1:$PGPORT/bench?sslmode=disable"
-			--pool-size "$POOL" --max-client-conn "$MAXCLIENTS" --http-listen off --log-level warn "${PROXY_EXTRA[@]}")
+			--pool-size "$POOL" --max-client-conn "$MAXCLIENTS" --http-listen off --log-level warn
+			--client-auth trust "${PROXY_EXTRA[@]}")
 		shell_quote "${PROXY_CMD[@]}" >"$OUT_DIR/pgsidecar.command"
 		"${SETSID[@]}" "${PROXY_CMD[@]}" >"$logf" 2>&1 </dev/null &
 		lpid=$!

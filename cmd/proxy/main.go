@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -116,6 +117,10 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 	src := config.Sources{Args: config.CommandLine(fs), Getenv: getenv}
 	if dev {
 		src.Args["upstream"] = "dev" // replaced by the throwaway cluster's URL below
+		if _, set := src.Args["client-auth"]; !set && getenv(config.EnvName("client-auth")) == "" {
+			// The throwaway cluster has no password, and dev listens on loopback.
+			src.Args["client-auth"] = config.ClientAuthTrust
+		}
 	}
 	loaded, err := config.Load(src)
 	if err != nil {
@@ -425,6 +430,16 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	}
 	opts := serverOptions(cfg)
 	opts.Observer, opts.Logger = observer, log
+	// The key of the fake exchanges of unknown roles: the same answers for a
+	// name while the process lives, unpredictable to clients.
+	mockKey := make([]byte, 32)
+	if _, err := rand.Read(mockKey); err != nil {
+		return fmt.Errorf("random key: %w", err)
+	}
+	var err error
+	if opts.Auth, opts.Routes, err = clientAuth(cfg, upstream, mockKey); err != nil {
+		return err
+	}
 	if !dev {
 		opts.Reload = func() (string, error) {
 			res := rl.Reload("RELOAD")
@@ -467,6 +482,13 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	}})
 	rl.Register(reload.Component{Name: "proxy", Prepare: func(prev, next config.Loaded) (func(), error) {
 		o := serverOptions(next.Config)
+		nu, err := parseUpstream(next.Config)
+		if err != nil {
+			return nil, err
+		}
+		if o.Auth, o.Routes, err = clientAuth(next.Config, nu, mockKey); err != nil {
+			return nil, err
+		}
 		return func() { srv.Reconfigure(o) }, nil
 	}})
 	rl.Register(reload.Component{Name: "logging", Prepare: func(prev, next config.Loaded) (func(), error) {

@@ -352,7 +352,8 @@ type proxyProcess struct {
 }
 
 // startProxy starts the proxy with args and, on top of this process's
-// environment without its PGSIDECAR_* variables, env. The process is killed at
+// environment without its PGSIDECAR_* variables, PGSIDECAR_CLIENT_AUTH=trust
+// and env. The process is killed at
 // the end of the test if still running.
 func startProxy(t *testing.T, env []string, args ...string) *proxyProcess {
 	t.Helper()
@@ -368,6 +369,9 @@ func startProxyCmd(t *testing.T, cmd *exec.Cmd, env []string) *proxyProcess {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	// The tests' clusters have no passwords: trust unless env says otherwise
+	// (the last of duplicate variables counts).
+	cmd.Env = append(cmd.Env, "PGSIDECAR_CLIENT_AUTH=trust")
 	cmd.Env = append(append(cmd.Env, env...), runMainEnv+"=1")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -595,6 +599,7 @@ func TestHTTPShutdownIsBounded(t *testing.T) {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.HTTPListen = pgtest.FreeAddr(t)
 	cfg.ShutdownTimeout = 0
+	cfg.ClientAuth = config.ClientAuthTrust // the upstream has no password
 	upstream, err := pgconn.ParseConfig("postgres://postgres@127.0.0.1:1/postgres")
 	if err != nil {
 		t.Fatal(err)

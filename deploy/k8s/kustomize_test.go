@@ -35,10 +35,12 @@ const sidecarHeader = `# GENERATED from kustomize/example (the orders-worker Dep
 # pgsidecar as a Kubernetes native sidecar (Kubernetes 1.29 or later) next to a
 # worker application, its settings in the ConfigMap pgsidecar-config, and a
 # PodMonitor that scrapes it. Before applying, create the Secret holding the real
-# database URL (the proxy logs into PostgreSQL with it; the app needs no password):
+# database URL (the proxy logs into PostgreSQL with it) and its password (the app
+# logs into the proxy with it, as PGPASSWORD):
 #
 #   kubectl create secret generic pgsidecar-upstream \
-#     --from-literal=url='postgres://app:PASSWORD@db.internal:5432/app?sslmode=require'
+#     --from-literal=url='postgres://app:PASSWORD@db.internal:5432/app?sslmode=verify-full' \
+#     --from-literal=password='PASSWORD'
 #   kubectl apply -k deploy/k8s/kustomize/example    # or -f deploy/k8s/sidecar-example.yaml
 `
 

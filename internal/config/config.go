@@ -67,6 +67,21 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
+	// ClientAuth is how clients prove their password: "scram-sha-256" (the
+	// default), "md5" or "trust" (--client-auth).
+	ClientAuth string
+	// AllowRemoteTrust lets ClientAuth "trust" listen on an address other
+	// than loopback (--allow-remote-trust).
+	AllowRemoteTrust bool
+	// AuthFile is a PgBouncer userlist.txt of passwords, md5 hashes or SCRAM
+	// verifiers, read by [Load] into AuthFileData (--auth-file); "" for none.
+	AuthFile string
+	// AuthFileData is the content of AuthFile. It is not a flag.
+	AuthFileData string
+	// AllowRoutes are the (database, user) pools clients may use besides the
+	// upstream's own, comma-separated "database/user" patterns where "*"
+	// matches any name (--allow-routes).
+	AllowRoutes string
 	// GCPercent is the Go garbage collector's target (GOGC): the heap grows by
 	// this percentage of the live heap before a collection. The GOGC
 	// environment variable, when set, wins (--gc-percent).
@@ -125,6 +140,13 @@ const (
 	PinPolicyRefuse = "refuse"
 )
 
+// Client authentication methods accepted for [Config.ClientAuth].
+const (
+	ClientAuthSCRAM = "scram-sha-256"
+	ClientAuthMD5   = "md5"
+	ClientAuthTrust = "trust"
+)
+
 // Log formats accepted for [Config.LogFormat].
 const (
 	LogFormatText = "text"
@@ -176,6 +198,7 @@ func Default() Config {
 		MaxPreparedStatements:  256,
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
+		ClientAuth:             ClientAuthSCRAM,
 		GCPercent:              DefaultGCPercent,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,

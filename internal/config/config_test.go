@@ -69,6 +69,7 @@ func TestDefault(t *testing.T) {
 		MaxPreparedStatements:  256,
 		TransactionTimeout:     0,
 		PinPolicy:              "pin",
+		ClientAuth:             "scram-sha-256",
 		GCPercent:              50,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
@@ -106,11 +107,11 @@ func TestDefault(t *testing.T) {
 }
 
 // Every Config field has exactly one flag, and every flag one env twin; the
-// two fields of the password read from --upstream-password-file are the only
-// exception.
+// two fields of the password read from --upstream-password-file and the
+// content of --auth-file are the only exceptions.
 func TestEveryFieldHasAFlag(t *testing.T) {
 	names := config.FlagNames()
-	if got, want := len(names), reflect.TypeFor[config.Config]().NumField()-2; got != want {
+	if got, want := len(names), reflect.TypeFor[config.Config]().NumField()-3; got != want {
 		t.Errorf("%d flags for %d Config fields", got, want)
 	}
 	seen := map[string]bool{}
@@ -252,6 +253,9 @@ func TestAllFlagsParse(t *testing.T) {
 		"--max-client-prepared-statements=5",
 		"--max-client-prepared-bytes=65536",
 		"--readiness-checks-upstream=true",
+		"--client-auth=md5",
+		"--allow-remote-trust=true",
+		"--allow-routes=reports/*,*/app",
 	}
 	want := config.Config{
 		Listen:                 ":5432",
@@ -280,6 +284,9 @@ func TestAllFlagsParse(t *testing.T) {
 		MaxClientPreparedStatements: 5,
 		MaxClientPreparedBytes:      64 << 10,
 		ReadinessChecksUpstream:     true,
+		ClientAuth:                  "md5",
+		AllowRemoteTrust:            true,
+		AllowRoutes:                 "reports/*,*/app",
 	}
 	got := mustLoad(t, args, nil)
 	if got != want {
@@ -691,4 +698,38 @@ func TestFlagUsageAsFlagSetUsage(t *testing.T) {
 	if !strings.Contains(buf.String(), "--query-wait-timeout duration") {
 		t.Errorf("help output:\n%s", buf.String())
 	}
+}
+
+// Trust needs a loopback listener unless --allow-remote-trust says otherwise.
+func TestClientAuthTrustNeedsLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		remote bool
+		ok     bool
+	}{
+		{"127.0.0.1:6432", false, true},
+		{"[::1]:6432", false, true},
+		{"localhost:6432", false, true},
+		{"0.0.0.0:6432", false, false},
+		{":6432", false, false},
+		{"10.1.2.3:6432", false, false},
+		{"0.0.0.0:6432", true, true},
+	} {
+		c := config.Default()
+		c.Upstream = "postgres://app@db/app"
+		c.Listen, c.ClientAuth, c.AllowRemoteTrust = tc.listen, "trust", tc.remote
+		err := c.Validate()
+		if tc.ok && err != nil {
+			t.Errorf("listen %s, allow-remote-trust %v: %v", tc.listen, tc.remote, err)
+		}
+		if !tc.ok {
+			wantErrContains(t, err, "--client-auth: trust lets anyone")
+		}
+	}
+	c := config.Default()
+	c.Upstream = "postgres://app@db/app"
+	c.ClientAuth = "password"
+	wantErrContains(t, c.Validate(), `--client-auth: must be scram-sha-256, md5 or trust, got "password"`)
+	c.ClientAuth, c.AllowRoutes = "md5", "reports/*,app"
+	wantErrContains(t, c.Validate(), `--allow-routes: each entry must be database/user, got "app"`)
 }

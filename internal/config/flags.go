@@ -35,6 +35,7 @@ const (
 	flagHTTPListen           = "http-listen"
 	flagConfig               = "config"
 	flagMaxPrepared          = "max-prepared-statements"
+	flagAuthFile             = "auth-file"
 )
 
 // spec describes one setting. The specs table below is the single source of
@@ -240,6 +241,64 @@ var specs = []spec{
 		usage:        "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",
 		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
 		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name: "client-auth",
+		arg:  "method",
+		usage: "How clients prove their password: scram-sha-256, md5 (a role whose secret is a SCRAM verifier " +
+			"gets SCRAM, as in PostgreSQL) or trust (no password; only on a loopback --listen unless " +
+			"--allow-remote-trust). Passwords come from the upstream URL (its user, with its password) and --auth-file.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.ClientAuth) },
+		check: func(c Config) string {
+			switch c.ClientAuth {
+			case ClientAuthSCRAM, ClientAuthMD5:
+				return ""
+			case ClientAuthTrust:
+				if !c.AllowRemoteTrust && !loopbackListen(c.Listen) {
+					return fmt.Sprintf("trust lets anyone who reaches %s in as any allowed role: use a loopback --listen "+
+						"(127.0.0.1, ::1, localhost) or set --allow-remote-trust", c.Listen)
+				}
+				return ""
+			}
+			return fmt.Sprintf("must be %s, %s or %s, got %q", ClientAuthSCRAM, ClientAuthMD5, ClientAuthTrust, c.ClientAuth)
+		},
+	},
+	{
+		name:  "allow-remote-trust",
+		arg:   "",
+		usage: "Allow --client-auth trust on a --listen address other than loopback.",
+		value: func(c *Config) flag.Value { return (*boolValue)(&c.AllowRemoteTrust) },
+		check: func(c Config) string { return "" },
+	},
+	{
+		name: flagAuthFile,
+		arg:  "file",
+		usage: "PgBouncer userlist.txt of client passwords: lines `\"user\" \"secret\"`, the secret a password, an md5 " +
+			"hash or a SCRAM-SHA-256 verifier. Its roles may log in to the upstream's database. Re-read on reload " +
+			"and when it changes.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AuthFile) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name: "allow-routes",
+		arg:  "db/user,...",
+		usage: "Pools clients may use besides the upstream's own database and user (and --auth-file's roles on " +
+			"that database): database/user patterns, * for any name, e.g. `reports/*,*/app`. Others are refused " +
+			"with SQLSTATE 28000 or 3D000.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.AllowRoutes) },
+		check: func(c Config) string {
+			for _, r := range strings.Split(c.AllowRoutes, ",") {
+				if r = strings.TrimSpace(r); r == "" {
+					continue
+				}
+				if db, user, ok := strings.Cut(r, "/"); !ok || db == "" || user == "" || strings.Contains(user, "/") {
+					return fmt.Sprintf("each entry must be database/user, got %q", r)
+				}
+			}
+			return ""
+		},
 		emptyDefault: "none",
 	},
 	{
@@ -580,6 +639,20 @@ func redactSecret(s string) string {
 		return "(set, not shown: contains a password)"
 	}
 	return s
+}
+
+// loopbackListen reports whether addr's host is a loopback address or
+// "localhost": only local processes can connect to it.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkHostPort returns "" if addr is host:port with a numeric port in

@@ -249,6 +249,13 @@ func Load(src Sources) (Loaded, error) {
 			l.HasUpstreamPassword = true
 		}
 	}
+	if l.AuthFile != "" {
+		if data, err := readSmall(readFile, l.AuthFile); err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", flagAuthFile, err))
+		} else {
+			l.AuthFileData = string(data)
+		}
+	}
 	if err := l.Config.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -300,7 +307,7 @@ func (c Change) String() string {
 
 // Changes lists the settings whose values differ between old and new, in
 // table order; a changed upstream password counts as a change of the
-// upstream. Turning --max-prepared-statements on or off (to or from 0) needs
+// upstream, and new content of the same --auth-file a change of it. Turning --max-prepared-statements on or off (to or from 0) needs
 // a restart; changing its bound does not.
 func Changes(old, new Config) []Change {
 	var out []Change
@@ -309,12 +316,19 @@ func Changes(old, new Config) []Change {
 		if s.name == flagUpstream && (old.HasUpstreamPassword != new.HasUpstreamPassword || old.UpstreamPassword != new.UpstreamPassword) {
 			o += "\x00" // differ
 		}
+		fileChanged := s.name == flagAuthFile && old.AuthFileData != new.AuthFileData
+		if fileChanged {
+			o += "\x00" // same file, new content
+		}
 		if o == n {
 			continue
 		}
 		c := Change{Name: s.name, Old: o, New: n, Restart: s.restart}
 		if s.secret || s.name == flagUpstream {
 			c.Old, c.New = "(old)", "(changed)"
+		}
+		if fileChanged && old.AuthFile == new.AuthFile {
+			c.Old, c.New = old.AuthFile, new.AuthFile+" (content changed)"
 		}
 		if s.name == flagMaxPrepared && (old.MaxPreparedStatements == 0) != (new.MaxPreparedStatements == 0) {
 			c.Restart = true

@@ -53,7 +53,7 @@ func NewCollector(pools *pool.Registry, server *proxy.Server) *Collector {
 		clientStates:     d("clients", "Logged-in clients by state: idle, waiting (for a server connection), active, idle_in_transaction, idle_in_transaction_aborted.", "database", "user", "state"),
 		exhausted:        d("pool_exhausted_seconds_total", "Time clients were waiting for a server connection of the pool (every one busy or being opened).", poolLabels...),
 		dialSeconds:      d("server_connect_seconds_total", "Time spent opening server connections, failed attempts included, with the same labels as server_connect_failures_total (divide by server_connects_total + server_connect_failures_total for the mean latency).", poolLabels...),
-		clientErrors:     d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, query_wait_timeout, idle_transaction_timeout, transaction_timeout, message_too_large, out_of_memory, prepared_statement_limit.", "reason"),
+		clientErrors:     d("client_errors_total", "Clients that got an error from the proxy itself, by reason: max_client_conn, protocol, auth_failed (wrong password, unknown role, bad exchange), route_refused (a database or user not allowed), query_wait_timeout, idle_transaction_timeout, transaction_timeout, message_too_large, out_of_memory, prepared_statement_limit.", "reason"),
 		clientsTotal:     d("client_connections_total", "Client connections accepted."),
 		refused:          d("clients_refused_total", "Clients refused because max-client-conn was reached."),
 		protoErr:         d("client_protocol_errors_total", "Clients closed for a protocol violation or a login timeout."),
@@ -153,6 +153,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range map[string]uint64{
 		"max_client_conn":          st.Refused,
 		"protocol":                 st.ProtocolError,
+		"auth_failed":              st.AuthFailed,
+		"route_refused":            st.RouteRefused,
 		"query_wait_timeout":       waitTimeouts,
 		"idle_transaction_timeout": st.IdleTxKilled,
 		"transaction_timeout":      ls.ForcedRollbacks["transaction_timeout"],

@@ -87,6 +87,12 @@ type Options struct {
 	// their text (0: the defaults). Past them a Parse gets SQLSTATE 54000.
 	MaxClientStatements     int
 	MaxClientStatementBytes int64
+	// Auth is how clients authenticate before they get a pool or the console;
+	// nil lets every client in (trust).
+	Auth *ClientAuth
+	// Routes decides which (database, user) pools authenticated clients may
+	// use; nil allows all. A refused client leaves no pool or metric series.
+	Routes RoutePolicy
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
@@ -118,6 +124,8 @@ type Stats struct {
 	ClientsTotal  uint64 // clients accepted since start
 	Refused       uint64 // clients refused by max-client-conn
 	ProtocolError uint64 // clients closed for a protocol violation
+	AuthFailed    uint64 // clients whose authentication failed (wrong password, unknown role, bad exchange)
+	RouteRefused  uint64 // authenticated clients refused by Options.Routes
 	IdleTxKilled  uint64 // clients ended by the idle-transaction timeout
 	// TooLarge counts clients closed for a message over MaxMessageSize (or one
 	// needing more than the whole MaxMessageMemory), SQLSTATE 54000.
@@ -156,7 +164,10 @@ type Server struct {
 	onLoop    atomic.Int64 // clients the loop serves now
 	startups  startupCache // clients' startup settings, shared
 
-	refusedLog logLimiter // "client refused" lines: one a second at most
+	refusedLog   logLimiter // "client refused" lines: one a second at most
+	authLog      logLimiter // failed logins and refused routes: one line a second at most
+	authFailed   atomic.Uint64
+	routeRefused atomic.Uint64
 
 	clients  atomic.Int64
 	accepted atomic.Uint64
@@ -359,6 +370,8 @@ func (s *Server) Stats() Stats {
 		ClientsTotal:   s.accepted.Load(),
 		Refused:        s.refused.Load(),
 		ProtocolError:  s.protoErr.Load(),
+		AuthFailed:     s.authFailed.Load(),
+		RouteRefused:   s.routeRefused.Load(),
 		IdleTxKilled:   s.idleKill.Load(),
 		TooLarge:       s.tooLarge.Load(),
 		OutOfMemory:    s.memTimeout.Load(),
@@ -692,9 +705,12 @@ func (s *Server) Close() error {
 }
 
 // refuse writes a FATAL error to a client that is not logged in and closes it.
-func refuse(c net.Conn, code, msg string) {
+func refuse(c net.Conn, code, msg string) { refuseDetail(c, code, msg, "") }
+
+// refuseDetail is refuse with a DETAIL field.
+func refuseDetail(c net.Conn, code, msg, detail string) {
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, ""))
+	_, _ = c.Write(wire.AppendError(nil, wire.SeverityFatal, code, msg, detail))
 	c.Close()
 }
 

@@ -356,10 +356,16 @@ func (ss *session) login(st *wire.Startup) bool {
 			unsupported = append(unsupported, p.Name)
 		}
 	}
+	if !ss.authenticate() {
+		return false
+	}
 	if ss.db == ConsoleDatabase {
 		// The admin console (console.go): served here, never from a pool.
 		ss.growBuffers()
 		ss.serveConsole(st, unsupported)
+		return false
+	}
+	if !ss.allowRoute() {
 		return false
 	}
 	params, ok := ss.findRoute()

@@ -148,7 +148,7 @@ func (r *Reloader) Files() []string {
 
 func files(c config.Config) []string {
 	var out []string
-	for _, f := range []string{c.ConfigFile, c.UpstreamFile, c.UpstreamPasswordFile} {
+	for _, f := range []string{c.ConfigFile, c.UpstreamFile, c.UpstreamPasswordFile, c.AuthFile} {
 		if f != "" {
 			out = append(out, f)
 		}

@@ -23,6 +23,8 @@ const (
 	CodeTransactionTimeout      = "25P04"
 	CodeFeatureNotSupported     = "0A000"
 	CodeInvalidAuthorization    = "28000"
+	CodeInvalidPassword         = "28P01"
+	CodeInvalidCatalogName      = "3D000"
 	CodeProgramLimitExceeded    = "54000"
 	CodeOutOfMemory             = "53200"
 	CodeConfigFileError         = "F0000"

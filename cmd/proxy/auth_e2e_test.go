@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/localpg"
+	"github.com/pgsidecar/pgsidecar/internal/localpg/pgtest"
+)
+
+// A password method with nothing to check passwords against, and trust on a
+// non-loopback address, stop the proxy before it listens.
+func TestClientAuthRefusesToStart(t *testing.T) {
+	p := startProxy(t, []string{"PGSIDECAR_CLIENT_AUTH=scram-sha-256"}, "--listen", pgtest.FreeAddr(t),
+		"--http-listen", "off", "--upstream", "postgres://app@127.0.0.1:1/app")
+	<-p.exited
+	if !strings.Contains(p.output(), "--client-auth scram-sha-256: no password to check clients against") {
+		t.Errorf("no password: output\n%s", p.output())
+	}
+	code, _, errb := runWith([]string{"--listen", "0.0.0.0:6432", "--upstream", "postgres://app@db/app", "--client-auth", "trust"}, nil)
+	if code != exitConfig || !strings.Contains(errb, "--client-auth: trust lets anyone who reaches 0.0.0.0:6432 in") {
+		t.Errorf("trust on 0.0.0.0: exit %d\n%s", code, errb)
+	}
+}
+
+// The application keeps its DATABASE_URL with only host and port changed: the
+// upstream's user and password log in with SCRAM; a wrong password, another
+// database and a role only the auth file knows behave as documented, and a new
+// auth file is taken on SIGHUP. No password reaches the log.
+func TestClientAuthBinary(t *testing.T) {
+	cl := pgtest.Start(t, localpg.Options{})
+	dir := t.TempDir()
+	userlist := filepath.Join(dir, "userlist.txt")
+	if err := os.WriteFile(userlist, []byte(`"filer" "file-pass-1"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := pgtest.Connect(t, cl.URL("postgres"), 0, nil)
+	if _, err := admin.Exec(context.Background(), "CREATE ROLE filer LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	listen := pgtest.FreeAddr(t)
+	upstream := strings.Replace(cl.URL("postgres"), "postgres@", "postgres:up-secret@", 1)
+	p := startProxy(t, []string{"PGSIDECAR_CLIENT_AUTH=scram-sha-256"}, "--listen", listen, "--http-listen", "off",
+		"--log-format", "json", "--log-level", "debug", "--upstream", upstream, "--auth-file", userlist)
+	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
+
+	url := func(user, pass, db string) string {
+		return "postgres://" + user + ":" + pass + "@" + listen + "/" + db + "?sslmode=disable"
+	}
+	try := func(user, pass, db string) error {
+		c, err := pgtest.TryConnect(t, url(user, pass, db), pgx.QueryExecModeExec, nil)
+		if err != nil {
+			return err
+		}
+		return pgtest.SelectInt(c, 1)
+	}
+	code := func(err error) string {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			return pe.Code
+		}
+		return "no PgError: " + errorString(err)
+	}
+	if err := try("postgres", "up-secret", "postgres"); err != nil {
+		t.Errorf("upstream's user and password: %v", err)
+	}
+	if err := try("postgres", "nope", "postgres"); code(err) != "28P01" {
+		t.Errorf("wrong password: %v, want 28P01", err)
+	}
+	if err := try("postgres", "up-secret", "template1"); code(err) != "3D000" {
+		t.Errorf("another database: %v, want 3D000", err)
+	}
+	if err := try("filer", "file-pass-1", "postgres"); err != nil {
+		t.Errorf("auth file role: %v", err)
+	}
+	if err := try("stranger", "x", "postgres"); code(err) != "28P01" {
+		t.Errorf("unknown role: %v, want 28P01", err)
+	}
+
+	// A new password in the file: taken at the reload, the old one refused.
+	if err := os.WriteFile(userlist, []byte(`"filer" "file-pass-2"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgtest.Poll(20*time.Second, func() error { return try("filer", "file-pass-2", "postgres") }); err != nil {
+		t.Errorf("new auth file password after SIGHUP: %v", err)
+	}
+	if err := try("filer", "file-pass-1", "postgres"); code(err) != "28P01" {
+		t.Errorf("old auth file password after the reload: %v, want 28P01", err)
+	}
+	// A file that does not parse is rejected; the one in force stays.
+	if err := os.WriteFile(userlist, []byte("\"filer\" \"file-pass-3\"\nnot a line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, "line 2", 1, 20*time.Second)
+	if err := try("filer", "file-pass-2", "postgres"); err != nil {
+		t.Errorf("password in force after a rejected file: %v", err)
+	}
+	if failed := p.matching(`"msg":"client authentication failed"`); len(failed) == 0 {
+		t.Error("failed logins are not logged")
+	}
+	for _, secret := range []string{"up-secret", "file-pass-1", "file-pass-2", "file-pass-3", "nope"} {
+		if strings.Contains(p.output(), secret) {
+			t.Errorf("the log shows %q:\n%s", secret, p.output())
+		}
+	}
+}
+
+func errorString(err error) string {
+	if err == nil {
+		return "nil"
+	}
+	return err.Error()
+}
