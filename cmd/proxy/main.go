@@ -381,6 +381,7 @@ func serverOptions(cfg config.Config) proxy.Options {
 		LeakThreshold:           cfg.LeakThreshold,
 		TransactionTimeout:      cfg.TransactionTimeout,
 		AdminUsers:              splitList(cfg.AdminUsers),
+		StatsUsers:              splitList(cfg.StatsUsers),
 		MaxMessageSize:          int(cfg.MaxMessageSize),
 		MaxMessageMemory:        cfg.MaxMessageMemory,
 		MaxClientStatements:     cfg.MaxClientPreparedStatements,

@@ -67,6 +67,9 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
+	// StatsUsers are the user names allowed to connect to the admin console
+	// for its SHOW commands only, comma-separated (--stats-users).
+	StatsUsers string
 	// ClientAuth is how clients prove their password: "scram-sha-256" (the
 	// default), "md5" or "trust" (--client-auth).
 	ClientAuth string

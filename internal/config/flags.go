@@ -238,8 +238,17 @@ var specs = []spec{
 	{
 		name:         "admin-users",
 		arg:          "user,user",
-		usage:        "User names that may connect to the admin console, the virtual database \"pgsidecar\" (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, ...); empty: nobody.",
+		usage:        "User names that may connect to the admin console, the virtual database \"pgsidecar\", and run every command (SHOW POOLS, SHOW CLIENTS, SHOW LEAKS, PAUSE, RESUME, RELOAD, KILL_CLIENT); they authenticate like any client. Empty: nobody.",
 		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name: "stats-users",
+		arg:  "user,user",
+		usage: "User names that may connect to the admin console for its SHOW commands only (PAUSE, RESUME, RELOAD " +
+			"and KILL_CLIENT need --admin-users); they authenticate like any client. Empty: nobody.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.StatsUsers) },
 		check:        func(c Config) string { return "" },
 		emptyDefault: "none",
 	},

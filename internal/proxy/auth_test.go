@@ -349,3 +349,44 @@ func pMsg(body []byte) []byte {
 	binary.BigEndian.PutUint32(out[1:], uint32(len(body)+4))
 	return append(out, body...)
 }
+
+// The console asks for the same password as any client; a stats user may
+// SHOW but not PAUSE, RESUME, RELOAD or KILL_CLIENT.
+func TestConsoleAuthAndRoles(t *testing.T) {
+	db := newDatabase(t)
+	secrets := map[string]auth.Secret{
+		"postgres": auth.PlainSecret("postgres", "admin-pw"),
+		"watcher":  auth.PlainSecret("watcher", "stats-pw"),
+	}
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{
+		AdminUsers: []string{"postgres"}, StatsUsers: []string{"watcher"},
+		Auth: &proxy.ClientAuth{Method: auth.SCRAMSHA256, MockKey: []byte("k"), Lookup: func(u string) (auth.Secret, bool) {
+			s, ok := secrets[u]
+			return s, ok
+		}},
+	}})
+	console := func(user, pass string) (*pgx.Conn, error) {
+		return pgtest.TryConnect(t, tp.urlAs(user, pass, "pgsidecar"), pgx.QueryExecModeSimpleProtocol, nil)
+	}
+	_, err := console("postgres", "wrong")
+	wantPgError(t, "admin, wrong password", err, "28P01", `password authentication failed for user "postgres"`)
+	adm, err := console("postgres", "admin-pw")
+	if err != nil {
+		t.Fatalf("admin: %v", err)
+	}
+	st, err := console("watcher", "stats-pw")
+	if err != nil {
+		t.Fatalf("stats user: %v", err)
+	}
+	consoleRows(t, st, "SHOW POOLS") // fails the test unless it is a SHOW result
+	for _, cmd := range []string{"PAUSE", "RESUME", "RELOAD", "KILL_CLIENT 1"} {
+		_, err := consoleExec(t, st, cmd)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42501" || !strings.Contains(pe.Message, "may only run SHOW commands") {
+			t.Errorf("stats user %s: %v, want 42501", cmd, err)
+		}
+	}
+	if tag, err := consoleExec(t, adm, "RESUME"); err != nil || tag != "RESUME" {
+		t.Errorf("admin RESUME: %q, %v", tag, err)
+	}
+}

@@ -16,7 +16,8 @@ import (
 )
 
 // The admin console: a client that connects to the virtual database
-// ConsoleDatabase as one of Options.AdminUsers speaks the simple query protocol
+// ConsoleDatabase as one of Options.AdminUsers (every command) or
+// Options.StatsUsers (SHOW only) speaks the simple query protocol
 // to the proxy itself, like PgBouncer's "pgbouncer" database. It never uses a
 // pool; it gets its own BackendKeyData and is ended (57P01) when the proxy shuts
 // down. Commands (case-insensitive, an optional trailing ';'):
@@ -68,8 +69,9 @@ const ConsoleDatabase = "pgsidecar"
 
 // SQLSTATE codes of the console's own errors.
 const (
-	codeSyntaxError     = "42601"
-	codeUndefinedObject = "42704"
+	codeSyntaxError           = "42601"
+	codeUndefinedObject       = "42704"
+	codeInsufficientPrivilege = "42501"
 )
 
 // consoleMaxQuery bounds a console Query message.
@@ -92,14 +94,20 @@ type consoleCol struct {
 	oid  uint32
 }
 
-// isAdmin reports whether user may use the admin console.
+// isAdmin reports whether user may run every console command.
 func (s *Server) isAdmin(user string) bool {
 	return slices.Contains(s.options().AdminUsers, user)
 }
 
+// mayConsole reports whether user may use the admin console at all: an admin,
+// or a stats user (SHOW only).
+func (s *Server) mayConsole(user string) bool {
+	return s.isAdmin(user) || slices.Contains(s.options().StatsUsers, user)
+}
+
 // serveConsole serves an admin console client after its startup packet.
 func (ss *session) serveConsole(st *wire.Startup, unsupported []string) {
-	if !ss.srv.isAdmin(ss.user) {
+	if !ss.srv.mayConsole(ss.user) {
 		ss.srv.log.Warn("admin console refused", "client", ss.addr, "user", ss.user)
 		refuse(ss.conn, wire.CodeInvalidAuthorization,
 			fmt.Sprintf("pgsidecar: user %q is not allowed to use the admin console", ss.user))
@@ -260,6 +268,10 @@ func (ss *session) consoleCommand(cmd string) bool {
 		return false
 	}
 	s := ss.srv
+	if len(f) > 0 && f[0] != "SHOW" && !s.isAdmin(ss.user) {
+		// Checked at each command: a reload may have moved the user.
+		return fail(codeInsufficientPrivilege, fmt.Sprintf("pgsidecar: user %q may only run SHOW commands (%s needs --admin-users)", ss.user, f[0]))
+	}
 	switch {
 	case len(f) == 2 && f[0] == "SHOW":
 		var cols []consoleCol

@@ -59,6 +59,8 @@ type Options struct {
 	// AdminUsers may connect to the admin console (database ConsoleDatabase);
 	// nobody when empty.
 	AdminUsers []string
+	// StatsUsers may connect to the admin console for its SHOW commands only.
+	StatsUsers []string
 	// Observer receives hot-path events for metrics (nil: none).
 	Observer Observer
 	// LeakThreshold makes a client idle inside a transaction for longer a leak
