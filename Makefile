@@ -54,6 +54,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzReadStartup$$' -fuzztime=$(FUZZTIME) ./internal/wire/
 	$(GO) test -run='^$$' -fuzz='^FuzzMessageStream$$' -fuzztime=$(FUZZTIME) ./internal/wire/
 	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZTIME) ./internal/sqlscan/
+	$(GO) test -run='^$$' -fuzz='^FuzzNormalize$$' -fuzztime=$(FUZZTIME) ./internal/sqlscan/
 	$(GO) test -run='^$$' -fuzz='^FuzzExchange$$' -fuzztime=$(FUZZTIME) ./internal/auth/
 
 vet:

@@ -28,7 +28,7 @@ throwaway PostgreSQL cluster started by this script (127.0.0.1 only):
              PROXY_BIN --listen 127.0.0.1:PORT
                        --upstream postgres://bench@127.0.0.1:PGPORT/bench?sslmode=disable
                        --pool-size POOL --max-client-conn MAXCLIENTS --http-listen off
-                       --log-level warn --client-auth trust \$PROXY_ARGS
+                       --log-level warn --client-auth trust --status-listen off \$PROXY_ARGS
              (--http-listen off: no metrics are collected; PROXY_ARGS='--http-listen
              127.0.0.1:0' measures with metrics on. Logins are not timed, and PgBouncer
              runs with auth_type trust too.)
@@ -381,7 +381,7 @@ start_target_once() {
 		PROXY_CMD=("$PROXY_BIN" --listen "127.0.0.1:${T_PORT[$t]}"
 			--upstream "postgres://bench@127.0.0.1:$PGPORT/bench?sslmode=disable"
 			--pool-size "$POOL" --max-client-conn "$MAXCLIENTS" --http-listen off --log-level warn
-			--client-auth trust "${PROXY_EXTRA[@]}")
+			--client-auth trust --status-listen off "${PROXY_EXTRA[@]}")
 		shell_quote "${PROXY_CMD[@]}" >"$OUT_DIR/pgsidecar.command"
 		"${SETSID[@]}" "${PROXY_CMD[@]}" >"$logf" 2>&1 </dev/null &
 		lpid=$!

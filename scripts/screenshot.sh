@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# screenshot.sh: a PNG of pgsidecar's live status page ("/" on --http-listen)
+# screenshot.sh: a PNG of pgsidecar's live status page ("/" on --status-listen)
 # with some traffic on it: a client left idle in a transaction (a leak suspect),
 # one running a long query, and one waiting for a server connection.
 #
@@ -21,7 +21,7 @@ out=$(realpath -m "${1:-/tmp/pgsidecar-status.png}")
 http_url=${2:-}
 db_url=${3:-${DATABASE_URL:-}}
 listen=${LISTEN:-127.0.0.1:16432}
-http_listen=${HTTP_LISTEN:-127.0.0.1:19127}
+http_listen=${HTTP_LISTEN:-127.0.0.1:19128}
 wait_s=${WAIT:-4}
 chromium=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)}
 
@@ -64,14 +64,14 @@ if [[ -z $http_url ]]; then
 		go build -o bin/proxy ./cmd/proxy
 	fi
 	# Own process group, so that whatever is left of it can be ended at once.
-	setsid bin/proxy dev --listen "$listen" --http-listen "$http_listen" \
+	setsid bin/proxy dev --listen "$listen" --http-listen off --status-listen "$http_listen" \
 		--pool-size 2 --leak-threshold 2s --shutdown-timeout 2s \
 		>"$tmp/proxy.out" 2>"$tmp/proxy.log" &
 	proxy_pid=$!
 	http_url="http://$http_listen"
 	for _ in $(seq 300); do
 		db_url=$(sed -n 's/^DATABASE_URL=//p' "$tmp/proxy.out")
-		[[ -n $db_url ]] && curl -fsS "$http_url/readyz" >/dev/null 2>&1 && break
+		[[ -n $db_url ]] && curl -fsS "$http_url/status.json" >/dev/null 2>&1 && break
 		if ! kill -0 "$proxy_pid" 2>/dev/null; then
 			echo "screenshot.sh: bin/proxy dev exited:" >&2
 			cat "$tmp/proxy.log" >&2

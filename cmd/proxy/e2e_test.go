@@ -30,6 +30,8 @@ func TestMain(m *testing.M) {
 	// The tests' throwaway clusters have no passwords: the proxies they start
 	// let clients in without one unless a test says otherwise (a flag wins).
 	os.Setenv("PGSIDECAR_CLIENT_AUTH", "trust")
+	// Proxies run side by side: no status page on its fixed default port.
+	os.Setenv("PGSIDECAR_STATUS_LISTEN", "off")
 	os.Exit(m.Run())
 }
 
@@ -37,11 +39,11 @@ func TestMain(m *testing.M) {
 // an open transaction commit, then exits 0.
 func TestBinarySIGTERM(t *testing.T) {
 	cl := pgtest.Start(t, localpg.Options{})
-	listen, httpAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
+	listen, httpAddr, statusAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "--listen", listen, "--http-listen", httpAddr,
-		"--pool-size", "2", "--shutdown-timeout", "10s", "--log-format", "json")
+		"--status-listen", statusAddr, "--pool-size", "2", "--shutdown-timeout", "10s", "--log-format", "json")
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "DATABASE_URL="+cl.URL("postgres"))
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -86,13 +88,21 @@ func TestBinarySIGTERM(t *testing.T) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `pgsidecar_server_connections{database="postgres",state="active",user="postgres"} 1`) {
 		t.Fatalf("/metrics = %d, want one active server connection:\n%s", code, body)
 	}
-	// The status page and its data: one active server connection, the open
-	// transaction listed as idle in transaction with its last statement.
-	if code, body := get("/"); code != 200 || !strings.Contains(body, "pgsidecar status") {
+	// The status page and its data, on their own listener: one active server
+	// connection, the open transaction listed as idle in transaction with its
+	// last statement, its constant replaced. The metrics listener has no
+	// status page.
+	status := func(path string) (int, string) { return pgtest.HTTPGet(statusAddr, path) }
+	if code, body := status("/"); code != 200 || !strings.Contains(body, "pgsidecar status") {
 		t.Fatalf("GET / = %d:\n%s", code, body)
 	}
-	if code, body := get("/status.json"); code != 200 || !strings.Contains(body, `"active":1`) ||
-		!strings.Contains(body, `"state":"idle_in_transaction"`) || !strings.Contains(body, "INSERT INTO e2e VALUES (1)") {
+	for _, p := range []string{"/", "/status.json"} {
+		if code, _ := get(p); code != 404 {
+			t.Errorf("GET %s on --http-listen: %d, want 404", p, code)
+		}
+	}
+	if code, body := status("/status.json"); code != 200 || !strings.Contains(body, `"active":1`) ||
+		!strings.Contains(body, `"state":"idle_in_transaction"`) || !strings.Contains(body, "INSERT INTO e2e VALUES ($1)") {
 		t.Fatalf("/status.json = %d, want the pool and the open transaction:\n%s", code, body)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -275,7 +275,7 @@ func runImage(t *testing.T, ctx context.Context, eng *containerEngine, ref strin
 		args = append(args, "--read-only-tmpfs=false")
 	}
 	args = append(args, ref, "--upstream", cl.URL("postgres"), "--listen", listen, "--http-listen", httpAddr,
-		"--pool-size", "2", "--shutdown-timeout", "5s", "--log-format", "json", "--client-auth", "trust")
+		"--pool-size", "2", "--shutdown-timeout", "5s", "--log-format", "json", "--client-auth", "trust", "--status-listen", "off")
 	start := time.Now()
 	id := eng.mustRun(t, ctx, args...)
 	t.Cleanup(func() {

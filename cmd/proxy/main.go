@@ -382,6 +382,7 @@ func serverOptions(cfg config.Config) proxy.Options {
 		TransactionTimeout:      cfg.TransactionTimeout,
 		AdminUsers:              splitList(cfg.AdminUsers),
 		StatsUsers:              splitList(cfg.StatsUsers),
+		SQLLiterals:             cfg.SQLLiterals,
 		MaxMessageSize:          int(cfg.MaxMessageSize),
 		MaxMessageMemory:        cfg.MaxMessageMemory,
 		MaxClientStatements:     cfg.MaxClientPreparedStatements,
@@ -538,7 +539,6 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 				}
 				return nil
 			},
-			Status: statusFunc(pools, srv, func() time.Duration { return cur.Load().LeakThreshold }),
 		}, metricsHandler)
 		if httpSrv, err = admin.Listen(cfg.HTTPListen, h, log); err != nil {
 			ln.Close()
@@ -550,13 +550,32 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 			}
 		}()
 	}
+	// The status page lists clients and their statements: on a listener of
+	// its own (loopback by default), not on the one the probes and Prometheus
+	// reach.
+	var statusSrv *admin.Server
+	if cfg.StatusListen != "" {
+		h := admin.NewStatusHandler(statusFunc(pools, srv, func() time.Duration { return cur.Load().LeakThreshold }))
+		if statusSrv, err = admin.Listen(cfg.StatusListen, h, log); err != nil {
+			ln.Close()
+			if httpSrv != nil {
+				_ = httpSrv.Close()
+			}
+			return err
+		}
+		go func() {
+			if err := statusSrv.Serve(); err != nil {
+				log.Error("status server failed", "error", err)
+			}
+		}()
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	started.Store(true)
 	onListening(ln.Addr().String())
 	log.Info("pgsidecar listening", "listen", ln.Addr().String(), "upstream_host", upstream.Host,
 		"upstream_port", upstream.Port, "pool_mode", cfg.PoolMode.String(), "pool_size", cfg.PoolSize,
-		"http_listen", cfg.HTTPListen)
+		"http_listen", cfg.HTTPListen, "status_listen", cfg.StatusListen)
 
 	var runErr error
 	select {
@@ -582,12 +601,15 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		log.Warn("shutdown timeout reached: remaining clients ended, their transactions rolled back", "error", err)
 	}
 	cancel()
-	if httpSrv != nil {
+	for _, hs := range []*admin.Server{httpSrv, statusSrv} {
+		if hs == nil {
+			continue
+		}
 		// Bounded: an open scrape or a slow HTTP client must not delay the exit.
 		hctx, hcancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
-		if err := httpSrv.Shutdown(hctx); err != nil {
-			log.Debug("http server: connections still open after shutdown bound, closing them", "timeout", httpShutdownTimeout, "error", err)
-			_ = httpSrv.Close()
+		if err := hs.Shutdown(hctx); err != nil {
+			log.Debug("http server: connections still open after shutdown bound, closing them", "addr", hs.Addr().String(), "timeout", httpShutdownTimeout, "error", err)
+			_ = hs.Close()
 		}
 		hcancel()
 	}

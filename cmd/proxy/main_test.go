@@ -352,8 +352,8 @@ type proxyProcess struct {
 }
 
 // startProxy starts the proxy with args and, on top of this process's
-// environment without its PGSIDECAR_* variables, PGSIDECAR_CLIENT_AUTH=trust
-// and env. The process is killed at
+// environment without its PGSIDECAR_* variables, PGSIDECAR_CLIENT_AUTH=trust,
+// PGSIDECAR_STATUS_LISTEN=off (tests run proxies side by side) and env. The process is killed at
 // the end of the test if still running.
 func startProxy(t *testing.T, env []string, args ...string) *proxyProcess {
 	t.Helper()
@@ -371,7 +371,7 @@ func startProxyCmd(t *testing.T, cmd *exec.Cmd, env []string) *proxyProcess {
 	}
 	// The tests' clusters have no passwords: trust unless env says otherwise
 	// (the last of duplicate variables counts).
-	cmd.Env = append(cmd.Env, "PGSIDECAR_CLIENT_AUTH=trust")
+	cmd.Env = append(cmd.Env, "PGSIDECAR_CLIENT_AUTH=trust", "PGSIDECAR_STATUS_LISTEN=off")
 	cmd.Env = append(append(cmd.Env, env...), runMainEnv+"=1")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -600,6 +600,7 @@ func TestHTTPShutdownIsBounded(t *testing.T) {
 	cfg.HTTPListen = pgtest.FreeAddr(t)
 	cfg.ShutdownTimeout = 0
 	cfg.ClientAuth = config.ClientAuthTrust // the upstream has no password
+	cfg.StatusListen = ""
 	upstream, err := pgconn.ParseConfig("postgres://postgres@127.0.0.1:1/postgres")
 	if err != nil {
 		t.Fatal(err)

@@ -135,7 +135,8 @@ func TestReloadUnderLoad(t *testing.T) {
 		"url":      fmt.Sprintf("postgres://app@127.0.0.1:%d/postgres?sslmode=disable\n", cl.Port),
 		"password": "old-password\n",
 	})
-	p := startProxy(t, nil, "--listen", listen, "--http-listen", httpAddr, "--log-format", "json",
+	statusAddr := pgtest.FreeAddr(t)
+	p := startProxy(t, nil, "--listen", listen, "--http-listen", httpAddr, "--status-listen", statusAddr, "--log-format", "json",
 		"--config", cm.path("pgsidecar.conf"), "--upstream-file", secret.path("url"),
 		"--upstream-password-file", secret.path("password"), "--shutdown-timeout", "10s")
 	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
@@ -329,7 +330,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	// The leak threshold and the log level are in force: the status page shows
 	// 3s, and a SIGHUP's reload logs its WARN but no longer its INFO line.
-	if _, body := pgtest.HTTPGet(httpAddr, "/status.json"); !strings.Contains(body, `"leak_threshold_seconds":3`) {
+	if _, body := pgtest.HTTPGet(statusAddr, "/status.json"); !strings.Contains(body, `"leak_threshold_seconds":3`) {
 		t.Errorf("status page: %.300s", body)
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {

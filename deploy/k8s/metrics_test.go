@@ -395,7 +395,7 @@ func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--config", conf, "--upstream", cluster.URL("postgres"),
-		"--listen", listen, "--http-listen", httpAddr, "--log-format", "text", "--client-auth", "trust")
+		"--listen", listen, "--http-listen", httpAddr, "--log-format", "text", "--client-auth", "trust", "--status-listen", "off")
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "PGSIDECAR_") && !strings.HasPrefix(kv, "DATABASE_URL=") {
 			cmd.Env = append(cmd.Env, kv)

@@ -16,14 +16,12 @@ type Probes struct {
 	Started func() bool
 	// Ready returns nil when the proxy should receive traffic, else the reason.
 	Ready func() error
-	// Status, when set, serves the live status page at "/" and its data at
-	// "/status.json".
-	Status func() Status
 }
 
-// NewHandler returns the HTTP handler: /livez (the process serves HTTP),
-// /startupz, /readyz, /metrics when metrics is not nil, and the status page ("/",
-// "/status.json") when p.Status is set.
+// NewHandler returns the HTTP handler of --http-listen: /livez (the process
+// serves HTTP), /startupz, /readyz and /metrics when metrics is not nil. The
+// status page is not there: it shows clients and their statements, and has a
+// listener of its own (NewStatusHandler).
 func NewHandler(p Probes, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
@@ -48,11 +46,18 @@ func NewHandler(p Probes, metrics http.Handler) http.Handler {
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
-	registerStatus(mux, p.Status)
 	return mux
 }
 
-// Server is the HTTP server on --http-listen.
+// NewStatusHandler returns the HTTP handler of --status-listen: the live
+// status page at "/" and its data at "/status.json", from status.
+func NewStatusHandler(status func() Status) http.Handler {
+	mux := http.NewServeMux()
+	registerStatus(mux, status)
+	return mux
+}
+
+// Server is an HTTP server: the one on --http-listen or on --status-listen.
 type Server struct {
 	srv *http.Server
 	ln  net.Listener

@@ -32,7 +32,7 @@ func fakeStatus() Status {
 
 func statusServer(t *testing.T) *httptest.Server {
 	t.Helper()
-	ts := httptest.NewServer(NewHandler(Probes{Status: fakeStatus}, nil))
+	ts := httptest.NewServer(NewStatusHandler(fakeStatus))
 	t.Cleanup(ts.Close)
 	return ts
 }
@@ -140,7 +140,7 @@ func TestStatusJSON(t *testing.T) {
 }
 
 func TestStatusJSONEmptyListsAreArrays(t *testing.T) {
-	ts := httptest.NewServer(NewHandler(Probes{Status: func() Status { return Status{} }}, nil))
+	ts := httptest.NewServer(NewStatusHandler(func() Status { return Status{} }))
 	defer ts.Close()
 	_, body := get(t, ts.URL+"/status.json")
 	for _, want := range []string{`"pools":[]`, `"leaks":[]`, `"clients":{}`} {
@@ -161,19 +161,23 @@ func TestStatusUnknownPath404(t *testing.T) {
 			t.Errorf("GET %s: %d, want 404", p, resp.StatusCode)
 		}
 	}
-	resp, _ := get(t, ts.URL+"/livez")
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("/livez: %d", resp.StatusCode)
+	// The status listener serves nothing else: the probes and metrics are on
+	// --http-listen.
+	for _, p := range []string{"/livez", "/readyz", "/metrics"} {
+		if resp, _ := get(t, ts.URL+p); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s on the status handler: %d, want 404", p, resp.StatusCode)
+		}
 	}
 }
 
-func TestStatusOffWithoutFunc(t *testing.T) {
+// The health and metrics handler has no status page.
+func TestStatusNotOnHTTPListen(t *testing.T) {
 	ts := httptest.NewServer(NewHandler(Probes{}, nil))
 	defer ts.Close()
 	for _, p := range []string{"/", "/status.json"} {
 		resp, _ := get(t, ts.URL+p)
 		if resp.StatusCode != http.StatusNotFound {
-			t.Errorf("GET %s without Probes.Status: %d, want 404", p, resp.StatusCode)
+			t.Errorf("GET %s on the health and metrics handler: %d, want 404 (the status page has its own listener)", p, resp.StatusCode)
 		}
 	}
 }

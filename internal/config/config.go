@@ -43,6 +43,10 @@ type Config struct {
 	// HTTPListen is the host:port of the HTTP (metrics/health) server; ""
 	// disables it (--http-listen).
 	HTTPListen string
+	// StatusListen is the host:port of the status page ("/" and
+	// "/status.json"), which shows clients and their last statements; ""
+	// disables it (--status-listen).
+	StatusListen string
 	// LeakThreshold reports a client idle inside a transaction for longer than
 	// this as a leak suspect; 0 disables the check (--leak-threshold).
 	LeakThreshold time.Duration
@@ -67,6 +71,9 @@ type Config struct {
 	// AdminUsers are the user names allowed to connect to the admin console
 	// (database "pgsidecar"), comma-separated (--admin-users).
 	AdminUsers string
+	// SQLLiterals shows SQL statements with their constants in logs, SHOW
+	// and the status page, for debugging (--sql-literals).
+	SQLLiterals bool
 	// StatsUsers are the user names allowed to connect to the admin console
 	// for its SHOW commands only, comma-separated (--stats-users).
 	StatsUsers string
@@ -196,6 +203,7 @@ func Default() Config {
 		PoolSize:               20,
 		MaxClientConn:          1000,
 		HTTPListen:             "127.0.0.1:9127",
+		StatusListen:           "127.0.0.1:9128",
 		LeakThreshold:          10 * time.Second,
 		IdleTransactionTimeout: 0,
 		MaxPreparedStatements:  256,
@@ -231,11 +239,19 @@ func (c Config) Validate() error {
 		}
 	}
 	// Cross-field checks.
-	if c.HTTPListen != "" && c.HTTPListen == c.Listen {
-		// Port 0 picks a free port per listener, so only a fixed port clashes.
-		if _, port, err := net.SplitHostPort(c.Listen); err == nil && port != "0" {
-			errs = append(errs, fmt.Errorf("--%s: must differ from --%s, both are %q", flagHTTPListen, flagListen, c.Listen))
+	// Port 0 picks a free port per listener, so only a fixed port clashes.
+	clash := func(a, b string) bool {
+		if a == "" || a != b {
+			return false
 		}
+		_, port, err := net.SplitHostPort(a)
+		return err == nil && port != "0"
+	}
+	if clash(c.HTTPListen, c.Listen) {
+		errs = append(errs, fmt.Errorf("--%s: must differ from --%s, both are %q", flagHTTPListen, flagListen, c.Listen))
+	}
+	if clash(c.StatusListen, c.Listen) || clash(c.StatusListen, c.HTTPListen) {
+		errs = append(errs, fmt.Errorf("--%s: must differ from --%s and --%s, got %q", flagStatusListen, flagListen, flagHTTPListen, c.StatusListen))
 	}
 	return errors.Join(errs...)
 }

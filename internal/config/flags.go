@@ -33,6 +33,7 @@ const (
 	flagUpstreamFile         = "upstream-file"
 	flagUpstreamPasswordFile = "upstream-password-file"
 	flagHTTPListen           = "http-listen"
+	flagStatusListen         = "status-listen"
 	flagConfig               = "config"
 	flagMaxPrepared          = "max-prepared-statements"
 	flagAuthFile             = "auth-file"
@@ -162,6 +163,21 @@ var specs = []spec{
 		restart: true,
 	},
 	{
+		name: flagStatusListen,
+		arg:  "host:port|off",
+		usage: `Address of the live status page ("/" and "/status.json": clients, their states and last ` +
+			`statements), kept off --http-listen so that exposing metrics and probes does not expose it; ` +
+			`"off" or "" disables it.`,
+		value: func(c *Config) flag.Value { return (*optionalAddrValue)(&c.StatusListen) },
+		check: func(c Config) string {
+			if c.StatusListen == "" {
+				return ""
+			}
+			return checkHostPort(c.StatusListen)
+		},
+		restart: true,
+	},
+	{
 		name:  "leak-threshold",
 		arg:   "duration",
 		usage: "Report a client idle inside a transaction for longer than this as a leak suspect (logged once per episode, counted); 0 disables.",
@@ -242,6 +258,14 @@ var specs = []spec{
 		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AdminUsers) },
 		check:        func(c Config) string { return "" },
 		emptyDefault: "none",
+	},
+	{
+		name: "sql-literals",
+		arg:  "",
+		usage: "Show SQL statements with their constants (string and number literals) in logs, SHOW LEAKS and the " +
+			"status page, for debugging. By default they are replaced by $1, $2, ... as in pg_stat_statements.",
+		value: func(c *Config) flag.Value { return (*boolValue)(&c.SQLLiterals) },
+		check: func(c Config) string { return "" },
 	},
 	{
 		name: "stats-users",

@@ -182,7 +182,7 @@ func TestConsoleShow(t *testing.T) {
 	if len(leaks) != 1 {
 		t.Fatalf("SHOW LEAKS: %v", leaks)
 	}
-	if l := leaks[0]; l["id"] != ids["c_intx"] || l["application_name"] != "c_intx" || !strings.Contains(l["last_statement"], "SELECT 42 AS leaked") ||
+	if l := leaks[0]; l["id"] != ids["c_intx"] || l["application_name"] != "c_intx" || l["last_statement"] != "SELECT $1 AS leaked" ||
 		l["state"] != "idle_in_transaction" || l["suspect"] != "f" || l["server_pid"] == "" || l["age_seconds"] == "" {
 		t.Errorf("SHOW LEAKS row %v", l)
 	}

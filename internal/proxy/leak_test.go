@@ -100,13 +100,16 @@ func TestLeakSuspect(t *testing.T) {
 	if age := time.Since(start); age < 200*time.Millisecond {
 		t.Errorf("reported after %v, before the 200ms threshold", age)
 	}
+	// The statement is shown without its literal (sqlscan.Normalize): its
+	// comment and shape remain.
+	const shown = "SELECT $1 /* consume_message */"
 	rec := logs.find("leak suspect")[0]
-	if rec["application_name"] != "orders-worker" || !strings.Contains(rec["last_statement"], "leaky statement marker") ||
+	if rec["application_name"] != "orders-worker" || rec["last_statement"] != shown ||
 		rec["user"] != "postgres" || rec["database"] != db || rec["client"] == "" || rec["state"] != "idle in transaction" {
 		t.Errorf("leak suspect log line %v", rec)
 	}
 	if ls := tp.srv.Leaks(); len(ls) != 1 || !ls[0].Suspect || ls[0].Application != "orders-worker" ||
-		!strings.Contains(ls[0].LastStatement, "leaky statement marker") || ls[0].ServerPID == 0 || ls[0].ClientID == 0 {
+		ls[0].LastStatement != shown || ls[0].ServerPID == 0 || ls[0].ClientID == 0 {
 		t.Errorf("Leaks() = %+v", ls)
 	}
 	if st := tp.srv.LeakStats(); st.OldestIdleTx < 200*time.Millisecond {
@@ -221,4 +224,25 @@ func TestTransactionTimeout(t *testing.T) {
 	if n := tp.srv.LeakStats().ForcedRollbacks["transaction_timeout"]; n != 2 {
 		t.Errorf("transaction_timeout rollbacks = %d, want 2", n)
 	}
+}
+
+// With SQLLiterals the last statement is shown as sent, for debugging.
+func TestLeakSQLLiterals(t *testing.T) {
+	db := newDatabase(t)
+	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{SQLLiterals: true}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := tp.connect(t, pgx.QueryExecModeSimpleProtocol)
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT 'card=4111' AS shown"); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.EventuallyTrue(t, 10*time.Second, "the client listed idle in transaction", func() bool {
+		ls := tp.srv.Leaks()
+		return len(ls) == 1 && ls[0].LastStatement == "SELECT 'card=4111' AS shown"
+	})
 }

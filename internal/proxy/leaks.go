@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
+	"github.com/pgsidecar/pgsidecar/internal/sqlscan"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -142,7 +143,7 @@ func (ss *session) reportLeak(now time.Time) {
 		return
 	}
 	ss.leakReported = true
-	stmt := ss.e.LastStatement()
+	stmt := ss.srv.shownStatement(ss.e.LastStatement())
 	state := "idle in transaction"
 	if ss.e.Tx == wire.TxFailed {
 		state = "idle in transaction (aborted)"
@@ -178,11 +179,22 @@ func (ss *session) checkTxTimeout(now time.Time) {
 	}
 }
 
-// lastStatement is the start of the client's last statement.
+// lastStatement is the start of the client's last statement, as shown
+// (shownStatement).
 func (ss *session) lastStatement() string {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.e.LastStatement()
+	stmt := ss.e.LastStatement()
+	ss.mu.Unlock()
+	return ss.srv.shownStatement(stmt)
+}
+
+// shownStatement is stmt as logs, SHOW and the status page show it: its
+// constants replaced by $n (sqlscan.Normalize) unless Options.SQLLiterals.
+func (s *Server) shownStatement(stmt string) string {
+	if s.options().SQLLiterals {
+		return stmt
+	}
+	return sqlscan.Normalize([]byte(stmt))
 }
 
 // Leak is one client idle inside a transaction.
@@ -212,6 +224,7 @@ func (s *Server) Leaks() []Leak {
 		}
 		l := Leak{ClientID: ss.pid, Client: ss.addr, Application: ss.app, User: ss.user, Database: ss.db,
 			State: StateIdleInTransaction, Age: now.Sub(since), LastStatement: ss.e.LastStatement()}
+		l.LastStatement = s.shownStatement(l.LastStatement)
 		if ss.e.Tx == wire.TxFailed {
 			l.State = StateIdleInTransactionAborted
 		}

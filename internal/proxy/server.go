@@ -61,6 +61,9 @@ type Options struct {
 	AdminUsers []string
 	// StatsUsers may connect to the admin console for its SHOW commands only.
 	StatsUsers []string
+	// SQLLiterals shows statements with their constants in logs, SHOW LEAKS
+	// and the status page; by default constants are replaced by $n.
+	SQLLiterals bool
 	// Observer receives hot-path events for metrics (nil: none).
 	Observer Observer
 	// LeakThreshold makes a client idle inside a transaction for longer a leak
