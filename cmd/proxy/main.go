@@ -204,6 +204,9 @@ func run(args []string, getenv func(string) string, environ func() []string, std
 		fmt.Fprintf(stdout, "pgsidecar dev: PostgreSQL %s (data in %s)\n", cfg.Upstream, devDir)
 		fmt.Fprintf(stdout, "DATABASE_URL=postgres://postgres@%s/postgres?sslmode=disable\n", addr)
 		fmt.Fprintf(stdout, "try: psql \"postgres://postgres@%s/postgres?sslmode=disable\"   (Ctrl-C stops both)\n", addr)
+		if cfg.StatusListen != "" {
+			fmt.Fprintf(stdout, "status page: http://%s/\n", cfg.StatusListen)
+		}
 		if cfg.AdminUsers == "" {
 			fmt.Fprintf(stdout, "admin console: set %s=postgres (or --admin-users postgres), then psql \"postgres://postgres@%s/pgsidecar?sslmode=disable\" -c 'SHOW POOLS'\n",
 				config.EnvName("admin-users"), addr)
