@@ -35,7 +35,8 @@ func TestClientAuthRefusesToStart(t *testing.T) {
 // The application keeps its DATABASE_URL with only host and port changed: the
 // upstream's user and password log in with SCRAM; a wrong password, another
 // database and a role only the auth file knows behave as documented, and a new
-// auth file is taken on SIGHUP. No password reaches the log.
+// auth file is taken on SIGHUP. No password, and no literal of a statement,
+// reaches the log, the console, /metrics or /status.json.
 func TestClientAuthBinary(t *testing.T) {
 	cl := pgtest.Start(t, localpg.Options{})
 	dir := t.TempDir()
@@ -47,9 +48,10 @@ func TestClientAuthBinary(t *testing.T) {
 	if _, err := admin.Exec(context.Background(), "CREATE ROLE filer LOGIN"); err != nil {
 		t.Fatal(err)
 	}
-	listen := pgtest.FreeAddr(t)
+	listen, httpAddr, statusAddr := pgtest.FreeAddr(t), pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 	upstream := strings.Replace(cl.URL("postgres"), "postgres@", "postgres:up-secret@", 1)
-	p := startProxy(t, []string{"PGSIDECAR_CLIENT_AUTH=scram-sha-256"}, "--listen", listen, "--http-listen", "off",
+	p := startProxy(t, []string{"PGSIDECAR_CLIENT_AUTH=scram-sha-256"}, "--listen", listen, "--http-listen", httpAddr,
+		"--status-listen", statusAddr, "--admin-users", "postgres", "--leak-threshold", "100ms",
 		"--log-format", "json", "--log-level", "debug", "--upstream", upstream, "--auth-file", userlist)
 	p.waitFor(t, `"msg":"pgsidecar listening"`, 1, 30*time.Second)
 
@@ -113,9 +115,52 @@ func TestClientAuthBinary(t *testing.T) {
 	if failed := p.matching(`"msg":"client authentication failed"`); len(failed) == 0 {
 		t.Error("failed logins are not logged")
 	}
-	for _, secret := range []string{"up-secret", "file-pass-1", "file-pass-2", "file-pass-3", "nope"} {
-		if strings.Contains(p.output(), secret) {
-			t.Errorf("the log shows %q:\n%s", secret, p.output())
+
+	// A client leaves a transaction open after a statement with a literal:
+	// a leak suspect, in the log, SHOW LEAKS and the status page.
+	ctx := context.Background()
+	leaky := pgtest.Connect(t, url("postgres", "up-secret", "postgres"), pgx.QueryExecModeSimpleProtocol, nil)
+	if _, err := leaky.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaky.Exec(ctx, "SELECT 'card=4111-literal' AS leaked"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, "leak suspect", 1, 20*time.Second)
+	con := pgtest.Connect(t, url("postgres", "up-secret", "pgsidecar"), pgx.QueryExecModeSimpleProtocol, nil)
+	var channels strings.Builder
+	for _, cmd := range []string{"SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW LEAKS"} {
+		res, err := con.PgConn().Exec(ctx, cmd).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		for _, r := range res {
+			for _, row := range r.Rows {
+				for _, v := range row {
+					channels.Write(v)
+					channels.WriteByte(' ')
+				}
+			}
+		}
+	}
+	if !strings.Contains(channels.String(), "SELECT $1 AS leaked") {
+		t.Errorf("SHOW LEAKS lacks the normalized statement: %s", channels.String())
+	}
+	_, metricsBody := pgtest.HTTPGet(httpAddr, "/metrics")
+	_, status := pgtest.HTTPGet(statusAddr, "/status.json")
+	if !strings.Contains(status, "SELECT $1 AS leaked") {
+		t.Errorf("/status.json lacks the normalized statement: %.500s", status)
+	}
+	if !strings.Contains(metricsBody, `pgsidecar_client_errors_total{reason="auth_failed"}`) {
+		t.Errorf("/metrics lacks auth_failed")
+	}
+	// No secret and no literal in any output: log, console, metrics, status.
+	out := map[string]string{"log": p.output(), "console": channels.String(), "metrics": metricsBody, "status.json": status}
+	for name, text := range out {
+		for _, secret := range []string{"up-secret", "file-pass-1", "file-pass-2", "file-pass-3", "nope", "card=4111"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("the %s shows %q", name, secret)
+			}
 		}
 	}
 }
