@@ -150,41 +150,6 @@ func TestClientAuthLibPQ(t *testing.T) {
 	}
 }
 
-// rawLogin connects to addr and sends a startup packet for user and db; it
-// returns the connection and a reader positioned after it.
-func rawLogin(t *testing.T, addr, user, db string) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(wire.AppendStartup(nil, 3<<16, wire.StartupParam{Name: "user", Value: user},
-		wire.StartupParam{Name: "database", Value: db})); err != nil {
-		t.Fatal(err)
-	}
-	return c, bufio.NewReader(c)
-}
-
-// readMsg reads one backend message.
-func readMsg(t *testing.T, r *bufio.Reader) (byte, []byte) {
-	t.Helper()
-	var h [5]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		t.Fatalf("read message: %v", err)
-	}
-	n := int(binary.BigEndian.Uint32(h[1:])) - 4
-	if n < 0 || n > 1<<16 {
-		t.Fatalf("message %q length %d", h[0], n)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		t.Fatalf("read body: %v", err)
-	}
-	return h[0], body
-}
-
 // Bad authentication input gets 08P01 and the connection closed; a client
 // logging in meanwhile is served.
 func TestClientAuthBadInput(t *testing.T) {
@@ -201,21 +166,21 @@ func TestClientAuthBadInput(t *testing.T) {
 		{"garbage SASL", append([]byte{'p', 0, 0, 0, 9}, "abcde"...), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, r := rawLogin(t, tp.addr, "postgres", db)
-			typ, body := readMsg(t, r)
-			if typ != 'R' || binary.BigEndian.Uint32(body) != 10 || !strings.Contains(string(body[4:]), "SCRAM-SHA-256") {
-				t.Fatalf("first message %q %q, want AuthenticationSASL", typ, body)
+			rc := pgtest.Dial(t, tp.addr)
+			rc.Send(wire.AppendStartup(nil, wire.ProtocolVersion30, wire.StartupParam{Name: "user", Value: "postgres"},
+				wire.StartupParam{Name: "database", Value: db}))
+			typ, body, err := rc.Next(10 * time.Second)
+			if err != nil || typ != 'R' || binary.BigEndian.Uint32(body) != 10 || !strings.Contains(string(body[4:]), "SCRAM-SHA-256") {
+				t.Fatalf("first message %q %q (%v), want AuthenticationSASL", typ, body, err)
 			}
-			if _, err := c.Write(tc.send); err != nil {
-				t.Fatal(err)
-			}
-			typ, body = readMsg(t, r)
+			rc.Send(tc.send)
+			typ, body, err = rc.Next(10 * time.Second)
 			f := wire.ParseError(body)
-			if typ != 'E' || f.Code != wire.CodeProtocolViolation || tc.msg != "" && f.Message != tc.msg {
-				t.Errorf("answer %q %+v, want 08P01 %q", typ, f, tc.msg)
+			if err != nil || typ != 'E' || f.Code != wire.CodeProtocolViolation || tc.msg != "" && f.Message != tc.msg {
+				t.Errorf("answer %q %+v (%v), want 08P01 %q", typ, f, err, tc.msg)
 			}
-			if _, err := r.ReadByte(); err == nil {
-				t.Error("connection still open after the error")
+			if _, _, err := rc.Next(10 * time.Second); !pgtest.Closed(err) {
+				t.Errorf("after the error: %v, want the connection closed", err)
 			}
 		})
 	}
