@@ -2,9 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/md5"
-	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -96,7 +94,6 @@ func TestClientAuthPgx(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := authProxy(t, db, tc.method, map[string]auth.Secret{"postgres": tc.secret(t)})
-			ctx := context.Background()
 			c, err := pgtest.TryConnect(t, tp.urlAs("postgres", tc.pass, db), pgx.QueryExecModeExec, nil)
 			if err != nil {
 				t.Fatalf("right password: %v", err)
@@ -123,7 +120,6 @@ func TestClientAuthPgx(t *testing.T) {
 			if len(snap) != 1 || snap[0].Key.Database != db || snap[0].Key.User != "postgres" {
 				t.Errorf("pools %+v, want only %s/postgres", snap, db)
 			}
-			_ = ctx
 		})
 	}
 }
@@ -145,7 +141,6 @@ func TestClientAuthLibPQ(t *testing.T) {
 			if !errors.As(err, &pe) || pe.Code != "28P01" || pe.Message != `password authentication failed for user "postgres"` {
 				t.Errorf("wrong password: %v, want 28P01", err)
 			}
-			var _ *sql.DB = bad
 		})
 	}
 }
