@@ -285,7 +285,13 @@ func (l *Loop) runPosted() {
 // called instead. Either way h.Closed is called exactly once. Register returns
 // an error, having closed fd, when the loop has stopped (ErrLoopClosed) or fd
 // is not a descriptor.
-func (l *Loop) Register(fd int, h Handler) error {
+func (l *Loop) Register(fd int, h Handler) error { return l.RegisterCodec(fd, h, nil) }
+
+// RegisterCodec is Register of a connection whose bytes go through cd (see
+// Conn.SetCodec) from the first: a client's TLS session, established before
+// the loop took the connection over, whose codec may hold input already.
+// A nil cd is Register.
+func (l *Loop) RegisterCodec(fd int, h Handler, cd Codec) error {
 	if fd < 0 {
 		return fmt.Errorf("driver: register: bad descriptor %d", fd)
 	}
@@ -294,7 +300,7 @@ func (l *Loop) Register(fd int, h Handler) error {
 		return fmt.Errorf("driver: register: %w", os.NewSyscallError("fcntl", err))
 	}
 	c := &Conn{loop: l, h: h, fd: int32(fd)}
-	if err := l.Post(func() { l.attach(c) }); err != nil {
+	if err := l.Post(func() { l.attach(c, cd) }); err != nil {
 		_ = unix.Close(fd)
 		return err
 	}
@@ -335,7 +341,7 @@ func (l *Loop) Adopt(c *Conn, fd int, h Handler) error {
 }
 
 // attach registers c with epoll and tells its handler.
-func (l *Loop) attach(c *Conn) {
+func (l *Loop) attach(c *Conn, cd Codec) {
 	fd := int(c.fd)
 	if fd < len(l.conns) && l.conns[fd] != nil {
 		// The descriptor is another Conn's: a caller's bug. Not closed: it is
@@ -361,6 +367,9 @@ func (l *Loop) attach(c *Conn) {
 	}
 	l.conns[fd] = c
 	l.nconns++
+	if cd != nil {
+		c.SetCodec(cd) // what it holds is decoded once Opened returned
+	}
 	c.h.Opened(c)
 }
 
