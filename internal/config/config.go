@@ -88,6 +88,22 @@ type Config struct {
 	AuthFile string
 	// AuthFileData is the content of AuthFile. It is not a flag.
 	AuthFileData string
+	// TLSCert and TLSKey are the PEM files of the certificate chain and the
+	// private key clients' TLS connections are served with (--tls-cert,
+	// --tls-key); "" for none. [Load] reads them into TLSCertData and
+	// TLSKeyData.
+	TLSCert, TLSKey string
+	// TLSClientCA is a PEM file of CA certificates: a client connecting with
+	// TLS must present a certificate one of them signed (--tls-client-ca); ""
+	// for none. [Load] reads it into TLSClientCAData.
+	TLSClientCA string
+	// TLSCertData, TLSKeyData and TLSClientCAData are the contents of
+	// TLSCert, TLSKey and TLSClientCA. They are not flags.
+	TLSCertData, TLSKeyData, TLSClientCAData string
+	// ClientTLS is whether clients may use TLS: "disable", "allow" or
+	// "require"; "" (the default) is "allow" with a TLSCert and "disable"
+	// without one (--client-tls). [Config.ClientTLSMode] resolves it.
+	ClientTLS string
 	// AllowRoutes are the (database, user) pools clients may use besides the
 	// upstream's own, comma-separated "database/user" patterns where "*"
 	// matches any name (--allow-routes).
@@ -156,6 +172,25 @@ const (
 	ClientAuthMD5   = "md5"
 	ClientAuthTrust = "trust"
 )
+
+// Client TLS modes accepted for [Config.ClientTLS].
+const (
+	ClientTLSDisable = "disable"
+	ClientTLSAllow   = "allow"
+	ClientTLSRequire = "require"
+)
+
+// ClientTLSMode is ClientTLS with its default resolved: "allow" when a
+// certificate is configured, else "disable".
+func (c Config) ClientTLSMode() string {
+	if c.ClientTLS != "" {
+		return c.ClientTLS
+	}
+	if c.TLSCert != "" {
+		return ClientTLSAllow
+	}
+	return ClientTLSDisable
+}
 
 // Log formats accepted for [Config.LogFormat].
 const (

@@ -37,6 +37,9 @@ const (
 	flagConfig               = "config"
 	flagMaxPrepared          = "max-prepared-statements"
 	flagAuthFile             = "auth-file"
+	flagTLSCert              = "tls-cert"
+	flagTLSKey               = "tls-key"
+	flagTLSClientCA          = "tls-client-ca"
 )
 
 // spec describes one setting. The specs table below is the single source of
@@ -312,6 +315,61 @@ var specs = []spec{
 			"and when it changes.",
 		value:        func(c *Config) flag.Value { return (*stringValue)(&c.AuthFile) },
 		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name:  "client-tls",
+		arg:   "mode",
+		usage: "Client TLS: disable, allow (TLS for clients that ask: sslmode=prefer, require, verify-full) or require (plaintext clients are refused with SQLSTATE 28000). allow and require need --tls-cert and --tls-key.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.ClientTLS) },
+		check: func(c Config) string {
+			switch c.ClientTLS {
+			case "", ClientTLSDisable:
+				return ""
+			case ClientTLSAllow, ClientTLSRequire:
+				if c.TLSCert == "" || c.TLSKey == "" {
+					return fmt.Sprintf("%s needs --%s and --%s", c.ClientTLS, flagTLSCert, flagTLSKey)
+				}
+				return ""
+			}
+			return fmt.Sprintf("must be %s, %s or %s, got %q", ClientTLSDisable, ClientTLSAllow, ClientTLSRequire, c.ClientTLS)
+		},
+		emptyDefault: "allow with --tls-cert, else disable",
+	},
+	{
+		name: flagTLSCert,
+		arg:  "file",
+		usage: "PEM file of the certificate (chain) clients' TLS connections are served with. Re-read on reload and " +
+			"when it changes (a rotated Kubernetes Secret): new connections get the new certificate.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.TLSCert) },
+		check: func(c Config) string {
+			if (c.TLSCert == "") != (c.TLSKey == "") {
+				return fmt.Sprintf("--%s and --%s go together", flagTLSCert, flagTLSKey)
+			}
+			return ""
+		},
+		emptyDefault: "none",
+	},
+	{
+		name:         flagTLSKey,
+		arg:          "file",
+		usage:        "PEM file of --tls-cert's private key. Re-read with it.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.TLSKey) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "none",
+	},
+	{
+		name: flagTLSClientCA,
+		arg:  "file",
+		usage: "PEM file of CA certificates: a client connecting with TLS must present a certificate signed by one " +
+			"of them (its password is checked as well). Re-read on reload and when it changes.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.TLSClientCA) },
+		check: func(c Config) string {
+			if c.TLSClientCA != "" && c.TLSCert == "" {
+				return fmt.Sprintf("needs --%s and --%s", flagTLSCert, flagTLSKey)
+			}
+			return ""
+		},
 		emptyDefault: "none",
 	},
 	{

@@ -256,6 +256,23 @@ func Load(src Sources) (Loaded, error) {
 			l.AuthFileData = string(data)
 		}
 	}
+	for _, f := range []struct {
+		flag, path string
+		data       *string
+	}{
+		{flagTLSCert, l.TLSCert, &l.TLSCertData},
+		{flagTLSKey, l.TLSKey, &l.TLSKeyData},
+		{flagTLSClientCA, l.TLSClientCA, &l.TLSClientCAData},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if data, err := readSmall(readFile, f.path); err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", f.flag, err))
+		} else {
+			*f.data = string(data)
+		}
+	}
 	if err := l.Config.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -307,8 +324,9 @@ func (c Change) String() string {
 
 // Changes lists the settings whose values differ between old and new, in
 // table order; a changed upstream password counts as a change of the
-// upstream, and new content of the same --auth-file a change of it. Turning --max-prepared-statements on or off (to or from 0) needs
-// a restart; changing its bound does not.
+// upstream, and new content of the same --auth-file, --tls-cert, --tls-key or
+// --tls-client-ca a change of it. Turning --max-prepared-statements on or off
+// (to or from 0) needs a restart; changing its bound does not.
 func Changes(old, new Config) []Change {
 	var out []Change
 	for _, s := range specs {
@@ -316,7 +334,7 @@ func Changes(old, new Config) []Change {
 		if s.name == flagUpstream && (old.HasUpstreamPassword != new.HasUpstreamPassword || old.UpstreamPassword != new.UpstreamPassword) {
 			o += "\x00" // differ
 		}
-		fileChanged := s.name == flagAuthFile && old.AuthFileData != new.AuthFileData
+		fileChanged := fileData(s.name, old) != fileData(s.name, new)
 		if fileChanged {
 			o += "\x00" // same file, new content
 		}
@@ -327,8 +345,8 @@ func Changes(old, new Config) []Change {
 		if s.secret || s.name == flagUpstream {
 			c.Old, c.New = "(old)", "(changed)"
 		}
-		if fileChanged && old.AuthFile == new.AuthFile {
-			c.Old, c.New = old.AuthFile, new.AuthFile+" (content changed)"
+		if fileChanged && o == n+"\x00" {
+			c.Old, c.New = n, n+" (content changed)"
 		}
 		if s.name == flagMaxPrepared && (old.MaxPreparedStatements == 0) != (new.MaxPreparedStatements == 0) {
 			c.Restart = true
@@ -336,6 +354,22 @@ func Changes(old, new Config) []Change {
 		out = append(out, c)
 	}
 	return out
+}
+
+// fileData is the content of the file the flag name names, for the flags
+// whose file is read with the configuration; "" for other flags.
+func fileData(name string, c Config) string {
+	switch name {
+	case flagAuthFile:
+		return c.AuthFileData
+	case flagTLSCert:
+		return c.TLSCertData
+	case flagTLSKey:
+		return c.TLSKeyData
+	case flagTLSClientCA:
+		return c.TLSClientCAData
+	}
+	return ""
 }
 
 // KeepRestartOnly returns new with every setting that needs a restart set

@@ -139,7 +139,8 @@ func (r *Reloader) Stats() Stats {
 }
 
 // Files returns the files the configuration in force was read from: the
-// configuration file, the upstream file and the password file, those in use.
+// configuration file, the upstream file, the password file, the auth file and
+// the TLS files, those in use.
 func (r *Reloader) Files() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -148,7 +149,8 @@ func (r *Reloader) Files() []string {
 
 func files(c config.Config) []string {
 	var out []string
-	for _, f := range []string{c.ConfigFile, c.UpstreamFile, c.UpstreamPasswordFile, c.AuthFile} {
+	for _, f := range []string{c.ConfigFile, c.UpstreamFile, c.UpstreamPasswordFile, c.AuthFile,
+		c.TLSCert, c.TLSKey, c.TLSClientCA} {
 		if f != "" {
 			out = append(out, f)
 		}
