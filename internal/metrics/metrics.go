@@ -155,6 +155,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		"protocol":                 st.ProtocolError,
 		"auth_failed":              st.AuthFailed,
 		"route_refused":            st.RouteRefused,
+		"tls_required":             st.TLSRequired,
+		"tls_handshake":            st.TLSFailed,
 		"query_wait_timeout":       waitTimeouts,
 		"idle_transaction_timeout": st.IdleTxKilled,
 		"transaction_timeout":      ls.ForcedRollbacks["transaction_timeout"],

@@ -53,6 +53,9 @@ type testProxy struct {
 	// tests find the proxy's backends by database instead (serverBackends): every
 	// connection to the test's database except direct ones (directAppName).
 	appName string
+	// url, when set, replaces URL's connection string (a TLS test's sslmode
+	// and files).
+	url string
 }
 
 type proxyOpts struct {
@@ -163,6 +166,9 @@ func startProxy(t testing.TB, db string, o proxyOpts) *testProxy {
 
 // URL is a client connection string for the proxy.
 func (tp *testProxy) URL() string {
+	if tp.url != "" {
+		return tp.url
+	}
 	return fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", tp.addr, tp.db)
 }
 

@@ -4,14 +4,17 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/driver"
 	"github.com/pgsidecar/pgsidecar/internal/engine"
+	"github.com/pgsidecar/pgsidecar/internal/netio"
 	"github.com/pgsidecar/pgsidecar/internal/pool"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
+	"golang.org/x/sys/unix"
 )
 
 // The event loop (docs/design.md section 16): after login, every client
@@ -273,8 +276,31 @@ func (ss *session) toLoop() bool {
 		p, _ := ss.r.Peek(n)
 		pending = append([]byte(nil), p...)
 	}
-	fd, err := driver.FD(ss.conn)
-	if err != nil {
+	var codec driver.Codec
+	var fd int
+	var err error
+	if tr := ss.tlsTr; tr != nil {
+		// TLS: the loop reads ciphertext and decodes it through the
+		// session's tls.Conn, whose transport the socket's duplicate leaves
+		// for good (netio.NewDetachedConn): only the codec reaches it now.
+		tc, _ := ss.conn.(*tls.Conn)
+		var cd *netio.TLSCodec
+		if tc == nil {
+			return false
+		}
+		if cd, err = netio.NewTLSCodec(tc); err != nil {
+			return false
+		}
+		sock := tr.NetConn()
+		if fd, err = driver.FD(sock); err != nil {
+			return false
+		}
+		if err = tr.EnterMemoryPhase(netio.NewDetachedConn(sock.LocalAddr(), sock.RemoteAddr())); err != nil {
+			_ = unix.Close(fd)
+			return false
+		}
+		codec = cd
+	} else if fd, err = driver.FD(ss.conn); err != nil {
 		return false
 	}
 	ls := &loopSess{ss: ss, d: d, in: pending}
@@ -286,7 +312,7 @@ func (ss *session) toLoop() bool {
 	ss.conn = nil // serveClient drops the login's reader (goSide)
 	ss.mu.Unlock()
 	ss.srv.onLoop.Add(1)
-	if err := d.l.Register(fd, ls); err != nil {
+	if err := d.l.RegisterCodec(fd, ls, codec); err != nil {
 		// The loop has stopped (shutdown): the descriptor is closed.
 		ss.mu.Lock()
 		ss.ls = nil

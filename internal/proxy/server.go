@@ -98,6 +98,9 @@ type Options struct {
 	// Routes decides which (database, user) pools authenticated clients may
 	// use; nil allows all. A refused client leaves no pool or metric series.
 	Routes RoutePolicy
+	// TLS is how clients may or must use TLS; nil: they may not (SSLRequest
+	// is answered 'N').
+	TLS *ClientTLS
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
@@ -131,6 +134,8 @@ type Stats struct {
 	ProtocolError uint64 // clients closed for a protocol violation
 	AuthFailed    uint64 // clients whose authentication failed (wrong password, unknown role, bad exchange)
 	RouteRefused  uint64 // authenticated clients refused by Options.Routes
+	TLSFailed     uint64 // clients whose TLS handshake failed
+	TLSRequired   uint64 // clients refused for logging in without TLS (TLSRequire)
 	IdleTxKilled  uint64 // clients ended by the idle-transaction timeout
 	// TooLarge counts clients closed for a message over MaxMessageSize (or one
 	// needing more than the whole MaxMessageMemory), SQLSTATE 54000.
@@ -173,6 +178,8 @@ type Server struct {
 	authLog      logLimiter // failed logins and refused routes: one line a second at most
 	authFailed   atomic.Uint64
 	routeRefused atomic.Uint64
+	tlsFailed    atomic.Uint64 // client TLS handshakes that failed
+	tlsRequired  atomic.Uint64 // plaintext clients refused by TLSRequire
 
 	clients  atomic.Int64
 	accepted atomic.Uint64
@@ -377,6 +384,8 @@ func (s *Server) Stats() Stats {
 		ProtocolError:  s.protoErr.Load(),
 		AuthFailed:     s.authFailed.Load(),
 		RouteRefused:   s.routeRefused.Load(),
+		TLSFailed:      s.tlsFailed.Load(),
+		TLSRequired:    s.tlsRequired.Load(),
 		IdleTxKilled:   s.idleKill.Load(),
 		TooLarge:       s.tooLarge.Load(),
 		OutOfMemory:    s.memTimeout.Load(),
@@ -524,7 +533,7 @@ func (s *Server) register(ss *session) bool {
 		if _, taken := s.sessions[pid]; !taken {
 			ss.pid, ss.key = pid, cancelKey()
 			s.sessions[pid] = ss
-			delete(s.logins, ss.conn) // Shutdown reaches it as a session now
+			delete(s.logins, ss.sock) // Shutdown reaches it as a session now
 			return true
 		}
 	}

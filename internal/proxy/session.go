@@ -179,10 +179,12 @@ type session struct {
 // goSide is what a client has only while a goroutine serves it: the login,
 // and the admin console for good.
 type goSide struct {
-	cio  io.ReadWriter // reads and writes conn
-	r    *bufio.Reader // client reader
-	cout sink          // client connection, error-swallowing
-	w    *bufio.Writer // buffered writes to the client (the console)
+	sock  net.Conn            // the accepted connection (conn, or what conn's TLS runs over)
+	tlsTr *netio.TLSTransport // under conn when the client uses TLS (startTLS)
+	cio   io.ReadWriter       // reads and writes conn
+	r     *bufio.Reader       // client reader
+	cout  sink                // client connection, error-swallowing
+	w     *bufio.Writer       // buffered writes to the client (the console)
 }
 
 func (s *Server) serveClient(c net.Conn) {
@@ -196,6 +198,7 @@ func (s *Server) serveClient(c net.Conn) {
 	ss := &session{srv: s, conn: c, addr: c.RemoteAddr().String(), connectedAt: stampNow(),
 		goSide: new(goSide)}
 	ss.e.Tx = wire.TxIdle
+	ss.sock = c
 	ss.cio = netio.ConnIO(c)
 	ss.cout.c = ss.cio
 	ss.r = loginReaderPool.Get().(*bufio.Reader)
@@ -264,8 +267,10 @@ func (ss *session) release() {
 	ss.w = nil
 }
 
-// startup reads packets until a StartupMessage; it answers SSL and GSSENC requests
-// with 'N' and serves CancelRequests. ok is false when the connection is done.
+// startup reads packets until a StartupMessage; it answers an SSLRequest with
+// a TLS handshake when clients may use TLS (startTLS), else 'N' as it
+// answers GSSENCRequests, and serves CancelRequests. ok is false when the
+// connection is done.
 func (ss *session) startup() (*wire.Startup, bool) {
 	for i := 0; ; i++ {
 		st, err := wire.ReadStartup(ss.r)
@@ -283,6 +288,16 @@ func (ss *session) startup() (*wire.Startup, bool) {
 				// The client must wait for our answer before sending more.
 				ss.protocolViolation("received unencrypted data after SSL request")
 				return nil, false
+			}
+			if ss.tlsTr != nil {
+				ss.protocolViolation("encryption requested on an encrypted connection")
+				return nil, false
+			}
+			if t := ss.srv.tlsFor(); t != nil && st.Code == wire.SSLRequestCode {
+				if !ss.startTLS(t) {
+					return nil, false
+				}
+				continue
 			}
 			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
 				return nil, false
@@ -356,7 +371,7 @@ func (ss *session) login(st *wire.Startup) bool {
 			unsupported = append(unsupported, p.Name)
 		}
 	}
-	if !ss.authenticate() {
+	if !ss.requireTLS() || !ss.authenticate() {
 		return false
 	}
 	if ss.db == ConsoleDatabase {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/engine"
@@ -43,11 +44,14 @@ func (ss *session) terminate(reason killReason) {
 // killDeadlines wakes the goroutine of a client logging in (or of the console)
 // from its read and bounds the writes to a client being ended.
 func (ss *session) killDeadlines() {
-	if ss.conn == nil {
+	ss.mu.Lock()
+	c := ss.conn
+	ss.mu.Unlock()
+	if c == nil {
 		return // on the event loop (terminate posts there)
 	}
-	_ = ss.conn.SetReadDeadline(time.Unix(1, 0))
-	_ = ss.conn.SetWriteDeadline(time.Now().Add(killWriteGrace))
+	_ = c.SetReadDeadline(time.Unix(1, 0))
+	_ = c.SetWriteDeadline(time.Now().Add(killWriteGrace))
 }
 
 // forceClose closes the client's connection and the server connection it
@@ -59,7 +63,10 @@ func (ss *session) forceClose() {
 		ls.post(ls.forceClose)
 		return
 	}
-	c := ss.conn // logging in, or the console: no server connection
+	var c net.Conn // logging in, or the console: no server connection
+	if ss.conn != nil {
+		c = ss.sock // not a TLS conn's Close, which may wait to send close_notify
+	}
 	ss.mu.Unlock()
 	if c != nil {
 		c.Close()

@@ -11,13 +11,18 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 )
 
-// PEM is a certificate authority and a server certificate it signs, with
-// the server's private key, PEM-encoded.
+// PEM is a certificate authority, a server certificate it signs with the
+// server's private key, and a client certificate it signs (common name
+// "postgres", for TLS client authentication) with the client's key,
+// PEM-encoded.
 type PEM struct {
-	CA, Cert, Key []byte
+	CA, Cert, Key         []byte
+	ClientCert, ClientKey []byte
 }
 
 // New returns a fresh authority and server certificate, valid for ten
@@ -66,11 +71,52 @@ func New() (PEM, error) {
 	if err != nil {
 		return PEM{}, err
 	}
+	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return PEM{}, err
+	}
+	client := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "postgres"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cder, err := x509.CreateCertificate(rand.Reader, client, ca, &ckey.PublicKey, caKey)
+	if err != nil {
+		return PEM{}, err
+	}
+	ckeyDER, err := x509.MarshalPKCS8PrivateKey(ckey)
+	if err != nil {
+		return PEM{}, err
+	}
 	return PEM{
-		CA:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		Cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		Key:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		CA:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		Cert:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		Key:        pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		ClientCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}),
+		ClientKey:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ckeyDER}),
 	}, nil
+}
+
+// WriteFiles writes the PEM files into dir as ca.crt, server.crt,
+// server.key, client.crt and client.key (the keys mode 0600, as libpq
+// wants), and returns dir.
+func (p PEM) WriteFiles(dir string) (string, error) {
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{"ca.crt", p.CA, 0o644}, {"server.crt", p.Cert, 0o644}, {"server.key", p.Key, 0o600},
+		{"client.crt", p.ClientCert, 0o644}, {"client.key", p.ClientKey, 0o600},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 // Configs returns the configurations of a TLS server with a fresh

@@ -3,6 +3,7 @@ package pgtest
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,6 +39,31 @@ func Dial(t testing.TB, addr string) *Raw {
 	}
 	t.Cleanup(func() { c.Close() })
 	return &Raw{T: t, Conn: c, R: bufio.NewReader(c)}
+}
+
+// StartTLS sends an SSLRequest and, when the server answers 'S', runs the
+// client side of the TLS handshake with cfg within 5 seconds; from then on
+// the client talks over TLS. It returns the server's answer ('S' or 'N')
+// and the handshake's error.
+func (rc *Raw) StartTLS(cfg *tls.Config) (byte, error) {
+	rc.T.Helper()
+	rc.Send(wire.AppendStartup(nil, wire.SSLRequestCode))
+	_ = rc.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := rc.R.ReadByte()
+	if err != nil || b != 'S' {
+		return b, err
+	}
+	if rc.R.Buffered() > 0 {
+		return b, errors.New("bytes after the SSLRequest's answer")
+	}
+	tc := tls.Client(rc.Conn, cfg)
+	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		return b, err
+	}
+	_ = tc.SetDeadline(time.Time{})
+	rc.Conn, rc.R = tc, bufio.NewReader(tc)
+	return b, nil
 }
 
 // Send writes b within 5 seconds.
