@@ -445,6 +445,9 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	if opts.Auth, opts.Routes, err = clientAuth(cfg, upstream, mockKey); err != nil {
 		return err
 	}
+	if opts.TLS, err = clientTLS(cfg); err != nil {
+		return err
+	}
 	if !dev {
 		opts.Reload = func() (string, error) {
 			res := rl.Reload("RELOAD")
@@ -492,6 +495,9 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 			return nil, err
 		}
 		if o.Auth, o.Routes, err = clientAuth(next.Config, nu, mockKey); err != nil {
+			return nil, err
+		}
+		if o.TLS, err = clientTLS(next.Config); err != nil {
 			return nil, err
 		}
 		return func() { srv.Reconfigure(o) }, nil
