@@ -32,6 +32,15 @@ type Codec interface {
 	Output(dst []byte) []byte
 }
 
+// CloseNotifier is a Codec with a goodbye of its own (TLS's close_notify):
+// a connection of the loop's own (registered, not adopted) that closes
+// gracefully (CloseAfterFlush) sends it after its last output.
+type CloseNotifier interface {
+	// CloseNotify appends the goodbye to dst, after anything Output would
+	// have returned.
+	CloseNotify(dst []byte) []byte
+}
+
 // codecState is what a connection with a codec keeps: behind a pointer, so
 // that a connection without one pays 8 bytes.
 type codecState struct {

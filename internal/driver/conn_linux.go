@@ -449,10 +449,21 @@ func (c *Conn) Close() { c.closeNow(nil) }
 // is written; Handler.Closed then receives nil. If that takes longer than
 // timeout (the loop's Options.FlushTimeout when 0 or less), c is closed anyway
 // and Handler.Closed receives ErrFlushTimeout. Writes are refused from now
-// on. Without pending output, it is Close.
+// on. Without pending output, it is Close. A connection of the loop's own
+// whose codec is a CloseNotifier sends its goodbye first.
 func (c *Conn) CloseAfterFlush(timeout time.Duration) {
 	if c.flags&(fClosed|fClosing) != 0 {
 		return
+	}
+	if c.cx != nil && c.flags&fBorrowed == 0 {
+		if cn, ok := c.cx.codec.(CloseNotifier); ok {
+			out := cn.CloseNotify(c.loop.cbuf[:0])
+			err := c.writeSocket(out)
+			c.loop.keepCipher(out)
+			if err != nil {
+				return // c is closed
+			}
+		}
 	}
 	if c.out == nil {
 		c.closeNow(nil)

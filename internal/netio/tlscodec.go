@@ -153,6 +153,22 @@ func (c *TLSCodec) Output(dst []byte) []byte {
 	return dst
 }
 
+// CloseNotify appends to dst, after what Output would return, a
+// close_notify alert: the goodbye of a connection its loop closes, which
+// tells the peer the stream ended where it meant to (libpq otherwise
+// reports "SSL SYSCALL error: EOF detected"). tls.Conn writes nothing
+// after it; an error of tls.Conn's leaves dst without the alert.
+func (c *TLSCodec) CloseNotify(dst []byte) []byte {
+	t := c.t
+	if !t.mem {
+		return dst
+	}
+	t.nb = true
+	_ = c.tc.CloseWrite()
+	t.nb = false
+	return c.Output(dst)
+}
+
 // Close ends the connection without ever blocking: it encodes last (the
 // application's goodbye; may be empty), adds a close_notify alert, writes
 // what is pending with one non-blocking attempt (what the socket does not

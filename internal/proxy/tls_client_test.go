@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,6 +171,29 @@ func TestClientTLS(t *testing.T) {
 	if len(rows) != 1 || rows[0] != "pipelined" {
 		t.Fatalf("pipelined over TLS: rows %q, want [pipelined]", rows)
 	}
+	// A protocol violation on the loop ends the client: its FATAL, then
+	// close_notify, as PostgreSQL ends a TLS session. TLS 1.2, whose alert
+	// records show their type: the last record must be one.
+	v := pgtest.Dial(t, tp.addr)
+	rec := &recordingConn{Conn: v.Conn}
+	v.Conn = rec
+	cfg12 := f.clientConfig(t, false)
+	cfg12.MaxVersion = tls.VersionTLS12
+	if b, err := v.StartTLS(cfg12); b != 'S' || err != nil {
+		t.Fatalf("SSLRequest: answer %q, handshake %v", b, err)
+	}
+	v.Login(db, "tls12")
+	v.Send([]byte{'!', 0, 0, 0, 4})
+	typ, body, err := v.Next(10 * time.Second)
+	if typ != 'E' || !bytes.Contains(body, []byte(wire.CodeProtocolViolation)) {
+		t.Fatalf("bad message over TLS: %q %q %v, want an 08P01 ErrorResponse", typ, body, err)
+	}
+	if _, _, err := v.Next(10 * time.Second); err != io.EOF {
+		t.Fatalf("after the FATAL: %v, want io.EOF", err)
+	}
+	if last := rec.lastRecordType(t); last != 21 {
+		t.Errorf("last TLS record of an ended client: type %d, want 21 (alert: close_notify)", last)
+	}
 	if st := tp.srv.Stats(); st.TLSFailed != 0 || st.TLSRequired != 0 {
 		t.Errorf("TLSFailed %d, TLSRequired %d; want 0, 0", st.TLSFailed, st.TLSRequired)
 	}
@@ -290,4 +316,35 @@ func TestClientTLSCertificates(t *testing.T) {
 	if n, err := pgtest.Int(c, "SELECT 3"); err != nil || n != 3 {
 		t.Fatalf("session opened before the rotation: %d, %v", n, err)
 	}
+}
+
+// recordingConn keeps what is read through it: a TLS client's raw records.
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex
+	got []byte
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.got = append(c.got, p[:n]...)
+	c.mu.Unlock()
+	return n, err
+}
+
+// lastRecordType is the content type of the last whole TLS record read.
+func (c *recordingConn) lastRecordType(t testing.TB) byte {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, last := c.got, byte(0)
+	for len(b) >= 5 {
+		n := int(b[3])<<8 | int(b[4])
+		if len(b) < 5+n {
+			t.Fatalf("a TLS record cut short: %d of %d bytes", len(b)-5, n)
+		}
+		last, b = b[0], b[5+n:]
+	}
+	return last
 }
