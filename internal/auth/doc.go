@@ -14,7 +14,11 @@
 //     the caller writes the bytes it returns and feeds it the bodies of the
 //     client's 'p' messages. SCRAM-SHA-256 (RFC 5802, RFC 7677) and the MD5
 //     challenge are implemented, including PostgreSQL's mock authentication for
-//     unknown roles so that clients cannot tell them from wrong passwords.
+//     unknown roles so that clients cannot tell them from wrong passwords;
+//   - ServerLogin, what a successful exchange proved (the ClientKey of a SCRAM
+//     login against a verifier PostgreSQL made, or the MD5 hash), and
+//     SCRAMClient and MD5Response, which use it to answer PostgreSQL's own
+//     challenge for the same role without its password.
 //
 // The package does no I/O of its own. It must not import net, os or any other
 // socket or file code, Prometheus, or other internal packages (internal/wire

@@ -132,6 +132,12 @@ type Exchange struct {
 	// MD5.
 	md5Hex  string
 	md5Salt [4]byte
+
+	// login is what the client proved, for ServerLogin: kept when the
+	// exchange succeeds.
+	login ServerLogin
+	// secret is the role's secret, for login.
+	secret Secret
 }
 
 // mockMD5Hex stands for the MD5 hash of a role that has none, so that a doomed
@@ -168,7 +174,7 @@ func NewExchange(m Method, user string, sec Secret, known bool, mockKey []byte, 
 	if !known {
 		sec = Secret{}
 	}
-	x := &Exchange{}
+	x := &Exchange{secret: sec}
 	if m == MD5 && (sec.CanMD5() || !sec.CanSCRAM()) {
 		x.method, x.state = MD5, stPassword
 		x.md5Hex = sec.md5Hex
@@ -287,9 +293,22 @@ func (x *Exchange) UnexpectedMessage(typ byte) error {
 	return &ProtocolError{Message: fmt.Sprintf("expected SASL response, got message type %d", typ)}
 }
 
-// finish ends the exchange in state st and forgets its key material.
+// finish ends the exchange in state st and forgets its key material, but
+// for what ServerLogin returns after a success.
 func (x *Exchange) finish(st state) {
 	x.state = st
+	if st == stDone && !x.doomed {
+		x.login.md5Hex = x.secret.md5Hex
+		if x.method == SCRAMSHA256 && x.login.hasKey && !x.secret.derived {
+			x.login.ver = x.ver
+		} else {
+			x.login.hasKey = false
+			clear(x.login.clientKey[:])
+		}
+	} else {
+		x.login = ServerLogin{}
+	}
+	x.secret = Secret{}
 	x.ver = verifier{}
 	x.md5Hex = ""
 }

@@ -264,9 +264,11 @@ func (x *Exchange) clientFinal(in []byte) ([]byte, error) {
 
 	// The proof is checked even in a doomed exchange, so that it takes as long
 	// as a real one.
-	if !verifyProof(&x.ver, authMsg, &proof) || x.doomed {
+	if !verifyProof(&x.ver, authMsg, &proof, &x.login.clientKey) || x.doomed {
+		clear(x.login.clientKey[:])
 		return nil, ErrFailed
 	}
+	x.login.hasKey = true
 	m := hmac.New(sha256.New, x.ver.serverKey[:])
 	m.Write(authMsg)
 	return authMessage(authReqSASLFinal, "v="+base64.StdEncoding.EncodeToString(m.Sum(nil))), nil
@@ -274,12 +276,12 @@ func (x *Exchange) clientFinal(in []byte) ([]byte, error) {
 
 // verifyProof reports whether proof is the client proof of AuthMessage authMsg
 // for verifier v: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage)
-// must hash to StoredKey. The comparison takes constant time.
-func verifyProof(v *verifier, authMsg []byte, proof *[scramKeyLen]byte) bool {
+// must hash to StoredKey. The comparison takes constant time. The ClientKey
+// recovered is left in clientKey (meaningful only when the proof is good).
+func verifyProof(v *verifier, authMsg []byte, proof, clientKey *[scramKeyLen]byte) bool {
 	m := hmac.New(sha256.New, v.storedKey[:])
 	m.Write(authMsg)
 	sig := m.Sum(nil)
-	var clientKey [scramKeyLen]byte
 	subtle.XORBytes(clientKey[:], proof[:], sig)
 	h := sha256.Sum256(clientKey[:])
 	return subtle.ConstantTimeCompare(h[:], v.storedKey[:]) == 1

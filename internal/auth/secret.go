@@ -62,6 +62,7 @@ type Secret struct {
 	md5Hex   string // 32 lowercase hex digits of md5(password+user); "" if unknown
 	scram    verifier
 	hasSCRAM bool
+	derived  bool // scram was derived here (PlainSecret): its salt is not the server's
 }
 
 // PlainSecret makes the secret of a cleartext password for user. It derives a
@@ -84,7 +85,7 @@ func PlainSecret(user, password string) Secret {
 	_, _ = rand.Read(salt[:]) // never fails (crypto/rand, Go 1.24+)
 	s := Secret{md5Hex: md5Hex(password + user)}
 	if v, err := deriveVerifier(password, salt[:], scramIterations); err == nil {
-		s.scram, s.hasSCRAM = v, true
+		s.scram, s.hasSCRAM, s.derived = v, true, true
 	}
 	return s
 }
