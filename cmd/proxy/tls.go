@@ -41,9 +41,11 @@ func clientTLS(cfg config.Config) (*proxy.ClientTLS, error) {
 			return nil, fmt.Errorf("--tls-client-ca %s: %w", cfg.TLSClientCA, errNoCACerts)
 		}
 		tc.ClientCAs = cas
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		// A missing certificate is refused after the handshake, with
+		// PostgreSQL's 28000 (proxy.ClientTLS.ClientCert).
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
 	}
-	return &proxy.ClientTLS{Mode: mode, Config: tc}, nil
+	return &proxy.ClientTLS{Mode: mode, Config: tc, ClientCert: tc.ClientCAs != nil}, nil
 }
 
 // errNoCACerts: a --tls-client-ca file without a PEM certificate.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/netio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
@@ -46,10 +47,17 @@ type ClientTLS struct {
 	// Mode says whether clients may or must use TLS.
 	Mode TLSMode
 	// Config is the server side of the handshake: the certificate, and the
-	// client CAs when clients must present a certificate. It must not be nil
-	// unless Mode is TLSDisable, and is not modified: a new certificate comes
-	// with new Options (Server.Reconfigure), for the handshakes after it.
+	// client CAs that verify a client certificate. It must not be nil unless
+	// Mode is TLSDisable, and is not modified: a new certificate comes with
+	// new Options (Server.Reconfigure), for the handshakes after it.
 	Config *tls.Config
+	// ClientCert: a TLS client must present a certificate. Config verifies
+	// one that is given (tls.VerifyClientCertIfGiven: a bad one fails the
+	// handshake); a client that gives none is refused after the handshake
+	// with 28000 "connection requires a valid client certificate", as
+	// PostgreSQL's clientcert=verify-ca does, so that its driver reports a
+	// clear error rather than a TLS alert.
+	ClientCert bool
 }
 
 // tlsFor is the TLS clients get now: nil when they get none.
@@ -77,7 +85,9 @@ func (ss *session) startTLS(t *ClientTLS) bool {
 		if !errors.Is(err, io.EOF) && !(errors.As(err, &ne) && ne.Timeout() && ss.srv.Draining()) {
 			ss.srv.authLog.note(ss.srv.log, "client TLS handshake failed", "client", ss.addr, "error", err)
 		}
-		// No alert of ours to add: crypto/tls sent one where it could.
+		// crypto/tls sent its alert where it could; the client must get to
+		// read it (lingerClose).
+		lingerClose(ss.sock)
 		return false
 	}
 	ss.mu.Lock()
@@ -89,12 +99,48 @@ func (ss *session) startTLS(t *ClientTLS) bool {
 	return true
 }
 
+// lingerClose ends a connection whose last bytes (a TLS alert) the peer
+// must read: closing a socket with unread input sends a reset, which can
+// reach the peer before what was written (with TLS 1.3 a client writes its
+// Finished and its startup packet before it learns that the handshake
+// failed). The write side is shut, what arrives is read and dropped for a
+// moment, then the socket is closed.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		_ = c.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.CopyN(io.Discard, c, lingerBytes)
+	}
+	_ = c.Close()
+}
+
+// How long, and how many bytes at most, lingerClose drains.
+const (
+	lingerTime  = 250 * time.Millisecond
+	lingerBytes = 64 << 10
+)
+
 // requireTLS refuses a plaintext client when TLS is required, as PostgreSQL
-// refuses a connection no pg_hba.conf "hostssl" line allows. It reports
-// false when the client was refused.
+// refuses a connection no pg_hba.conf "hostssl" line allows, and a TLS
+// client without a certificate when one is required. It reports false when
+// the client was refused.
 func (ss *session) requireTLS() bool {
 	t := ss.srv.tlsFor()
-	if t == nil || t.Mode != TLSRequire || ss.tlsTr != nil {
+	if t == nil {
+		return true
+	}
+	if ss.tlsTr != nil {
+		if !t.ClientCert {
+			return true
+		}
+		if tc, ok := ss.conn.(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
+			return true // verified by the handshake
+		}
+		ss.srv.tlsRequired.Add(1)
+		ss.srv.authLog.note(ss.srv.log, "client refused: no client certificate", "client", ss.addr, "user", ss.user, "database", ss.db)
+		refuse(ss.conn, wire.CodeInvalidAuthorization, "connection requires a valid client certificate")
+		return false
+	}
+	if t.Mode != TLSRequire {
 		return true
 	}
 	ss.srv.tlsRequired.Add(1)
