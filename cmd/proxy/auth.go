@@ -22,9 +22,10 @@ var errNoCredentials = errors.New("no password to check clients against: give th
 
 // clientAuth builds how clients authenticate and which routes they may use
 // from cfg and its parsed upstream: the upstream's user with its password,
-// then the roles of --auth-file. mockKey is the process's key for the fake
-// exchanges of unknown roles.
-func clientAuth(cfg config.Config, up *pgconn.Config, mockKey []byte) (*proxy.ClientAuth, proxy.RoutePolicy, error) {
+// then the roles of --auth-file, then those aq finds (--auth-query; aq nil
+// without it). What clients prove goes to logins. mockKey is the process's
+// key for the fake exchanges of unknown roles.
+func clientAuth(cfg config.Config, up *pgconn.Config, mockKey []byte, aq *authQuery, logins *serverLogins) (*proxy.ClientAuth, proxy.RoutePolicy, error) {
 	method, err := auth.ParseMethod(cfg.ClientAuth)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--client-auth: %w", err)
@@ -36,6 +37,11 @@ func clientAuth(cfg config.Config, up *pgconn.Config, mockKey []byte) (*proxy.Cl
 		}
 	}
 	rp := &routePolicy{def: defaultRoute(up), fileUsers: map[string]bool{}}
+	if aq != nil && cfg.AuthQuery != "" {
+		rp.queryUser = aq.known
+	} else {
+		aq = nil
+	}
 	for u := range secrets {
 		rp.fileUsers[u] = true
 	}
@@ -48,13 +54,21 @@ func clientAuth(cfg config.Config, up *pgconn.Config, mockKey []byte) (*proxy.Cl
 			rp.allow = append(rp.allow, pool.Key{Database: db, User: user})
 		}
 	}
-	if method != auth.Trust && len(secrets) == 0 {
+	if method != auth.Trust && len(secrets) == 0 && aq == nil {
 		return nil, nil, fmt.Errorf("--client-auth %s: %w", method, errNoCredentials)
 	}
-	ca := &proxy.ClientAuth{Method: method, MockKey: mockKey, Lookup: func(user string) (auth.Secret, bool) {
-		s, ok := secrets[user]
-		return s, ok
+	ca := &proxy.ClientAuth{Method: method, MockKey: mockKey, Lookup: func(user string) (auth.Secret, bool, error) {
+		if s, ok := secrets[user]; ok {
+			return s, true, nil
+		}
+		if aq == nil {
+			return auth.Secret{}, false, nil
+		}
+		return aq.lookup(user)
 	}}
+	if logins != nil {
+		ca.Proved = logins.put
+	}
 	return ca, rp, nil
 }
 
@@ -64,15 +78,17 @@ func clientAuth(cfg config.Config, up *pgconn.Config, mockKey []byte) (*proxy.Cl
 type routePolicy struct {
 	def       pool.Key
 	fileUsers map[string]bool
-	allow     []pool.Key // patterns: path.Match syntax, "*" any name
+	queryUser func(string) bool // a role --auth-query found; nil without it
+	allow     []pool.Key        // patterns: path.Match syntax, "*" any name
 }
 
 // Allow implements proxy.RoutePolicy.
 func (p *routePolicy) Allow(database, user string) (code, msg string) {
-	if user == p.def.User && database == p.def.Database || p.fileUsers[user] && database == p.def.Database {
+	ownUser := user == p.def.User || p.fileUsers[user] || p.queryUser != nil && p.queryUser(user)
+	if ownUser && database == p.def.Database {
 		return "", ""
 	}
-	knownUser := user == p.def.User || p.fileUsers[user]
+	knownUser := ownUser
 	for _, k := range p.allow {
 		um := match(k.User, user)
 		if um && match(k.Database, database) {

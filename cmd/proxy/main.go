@@ -406,9 +406,24 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	var up atomic.Pointer[pgconn.Config]
 	cur.Store(&cfg)
 	up.Store(upstream)
+	// What clients proved, per role: the pools of roles whose password the
+	// proxy does not know (auth file, auth query) log in with it.
+	logins := &serverLogins{}
+	aq := newAuthQuery(func() (string, time.Duration, time.Duration, *pgconn.Config) {
+		c, u := cur.Load(), up.Load()
+		pc := u.Copy()
+		pc.ConnectTimeout = c.ServerConnectTimeout
+		pc.RuntimeParams["application_name"] = "pgsidecar auth query"
+		return c.AuthQuery, c.AuthQueryTTL, c.ServerConnectTimeout, pc
+	})
+	defer aq.close()
 	poolConfig := func(k pool.Key) pool.Config {
 		c, u := cur.Load(), up.Load()
 		pc := u.Copy()
+		if k.User != pc.User {
+			// Another role: its client's proof, not the upstream's password.
+			pc.AfterNetConnect = pool.LoginWith(logins.get)
+		}
 		pc.Database, pc.User = k.Database, k.User
 		pc.ConnectTimeout = c.ServerConnectTimeout
 		return pool.Config{
@@ -442,7 +457,7 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		return fmt.Errorf("random key: %w", err)
 	}
 	var err error
-	if opts.Auth, opts.Routes, err = clientAuth(cfg, upstream, mockKey); err != nil {
+	if opts.Auth, opts.Routes, err = clientAuth(cfg, upstream, mockKey, aq, logins); err != nil {
 		return err
 	}
 	if opts.TLS, err = clientTLS(cfg); err != nil {
@@ -494,7 +509,7 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		if err != nil {
 			return nil, err
 		}
-		if o.Auth, o.Routes, err = clientAuth(next.Config, nu, mockKey); err != nil {
+		if o.Auth, o.Routes, err = clientAuth(next.Config, nu, mockKey, aq, logins); err != nil {
 			return nil, err
 		}
 		if o.TLS, err = clientTLS(next.Config); err != nil {

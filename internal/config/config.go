@@ -88,6 +88,14 @@ type Config struct {
 	AuthFile string
 	// AuthFileData is the content of AuthFile. It is not a flag.
 	AuthFileData string
+	// AuthQuery is a query run as the upstream's user that returns the
+	// password (SCRAM verifier or MD5 hash, as pg_authid.rolpassword) of the
+	// role named by its $1, for roles no other source knows (--auth-query);
+	// "" for none.
+	AuthQuery string
+	// AuthQueryTTL is how long an answer of AuthQuery is kept
+	// (--auth-query-ttl).
+	AuthQueryTTL time.Duration
 	// TLSCert and TLSKey are the PEM files of the certificate chain and the
 	// private key clients' TLS connections are served with (--tls-cert,
 	// --tls-key); "" for none. [Load] reads them into TLSCertData and
@@ -245,6 +253,7 @@ func Default() Config {
 		TransactionTimeout:     0,
 		PinPolicy:              PinPolicyPin,
 		ClientAuth:             ClientAuthSCRAM,
+		AuthQueryTTL:           time.Minute,
 		GCPercent:              DefaultGCPercent,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,

@@ -71,6 +71,7 @@ func TestDefault(t *testing.T) {
 		TransactionTimeout:     0,
 		PinPolicy:              "pin",
 		ClientAuth:             "scram-sha-256",
+		AuthQueryTTL:           time.Minute,
 		GCPercent:              50,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
@@ -259,6 +260,8 @@ func TestAllFlagsParse(t *testing.T) {
 		"--client-auth=md5",
 		"--allow-remote-trust=true",
 		"--allow-routes=reports/*,*/app",
+		"--auth-query=SELECT p FROM f($1)",
+		"--auth-query-ttl=5s",
 	}
 	want := config.Config{
 		Listen:                 ":5432",
@@ -291,6 +294,8 @@ func TestAllFlagsParse(t *testing.T) {
 		ClientAuth:                  "md5",
 		AllowRemoteTrust:            true,
 		AllowRoutes:                 "reports/*,*/app",
+		AuthQuery:                   "SELECT p FROM f($1)",
+		AuthQueryTTL:                5 * time.Second,
 	}
 	got := mustLoad(t, args, nil)
 	if got != want {

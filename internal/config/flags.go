@@ -318,6 +318,30 @@ var specs = []spec{
 		emptyDefault: "none",
 	},
 	{
+		name: "auth-query",
+		arg:  "sql",
+		usage: "Query run as the upstream's user, over a connection of its own, that returns the password of the role " +
+			"named by $1 in its last column (a SCRAM verifier or md5 hash, as pg_authid.rolpassword; NULL or no row: " +
+			"unknown), for roles the upstream URL and --auth-file do not know (PgBouncer's auth_query). Such a role " +
+			"may log in to the upstream's database; the proxy logs in to PostgreSQL as it with its client's SCRAM " +
+			"proof (or md5 hash), never its password.",
+		value: func(c *Config) flag.Value { return (*stringValue)(&c.AuthQuery) },
+		check: func(c Config) string {
+			if c.AuthQuery != "" && !strings.Contains(c.AuthQuery, "$1") {
+				return "must use $1, the role's name"
+			}
+			return ""
+		},
+		emptyDefault: "none",
+	},
+	{
+		name:  "auth-query-ttl",
+		arg:   "duration",
+		usage: "How long an answer of --auth-query is kept before the role is looked up again; 0 asks every login.",
+		value: func(c *Config) flag.Value { return (*durationValue)(&c.AuthQueryTTL) },
+		check: func(c Config) string { return nonNegative(c.AuthQueryTTL) },
+	},
+	{
 		name:  "client-tls",
 		arg:   "mode",
 		usage: "Client TLS: disable, allow (TLS for clients that ask: sslmode=prefer, require, verify-full) or require (plaintext clients are refused with SQLSTATE 28000). allow and require need --tls-cert and --tls-key.",

@@ -269,6 +269,12 @@ func PgconnDialer(cfg *pgconn.Config) DialFunc {
 			params[k] = v
 		}
 		conn := hc.Conn
+		if lc, ok := conn.(*loginConn); ok { // LoginWith's
+			if conn, err = lc.unwrap(); err != nil {
+				hc.Conn.Close()
+				return nil, err
+			}
+		}
 		if tr, ok := conn.(*netio.TLSTransport); ok {
 			conn = tr.NetConn() // plain: nothing changes for it
 		}

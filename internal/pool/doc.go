@@ -20,7 +20,12 @@
 // drive a TLS server connection too: Backend.Unpoll switches its transport to
 // the loop and Backend.Codec is what the loop decodes and encodes it with.
 //
-// The pool never holds its mutex across network I/O. It may import the wire and netio packages
-// and pgconn; it must not import the proxy, metrics or admin packages, nor
+// LoginWith is a pgconn AfterNetConnect hook that logs in as a role whose
+// password the proxy does not know, with what its client proved (an
+// auth.ServerLogin): SCRAM-SHA-256 from the client's ClientKey, or MD5 from
+// the role's hash.
+//
+// The pool never holds its mutex across network I/O. It may import the wire, netio and
+// auth packages and pgconn; it must not import the proxy, metrics or admin packages, nor
 // Prometheus (metrics read Stats at scrape time).
 package pool

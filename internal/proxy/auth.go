@@ -15,10 +15,16 @@ type ClientAuth struct {
 	// nothing.
 	Method auth.Method
 	// Lookup returns what is known of user's password, and false for a role
-	// it does not know (whose login then fails like a wrong password). It is
-	// called on the login goroutine, never on the event loop, and must be safe
+	// it does not know (whose login then fails like a wrong password); an
+	// error when it cannot tell now (an auth query failed): the client is
+	// refused with 08006. It is called on the login goroutine, never on the
+	// event loop, may block (within the login's deadline), and must be safe
 	// for concurrent use.
-	Lookup func(user string) (auth.Secret, bool)
+	Lookup func(user string) (auth.Secret, bool, error)
+	// Proved, when set, receives what each client that authenticated proved
+	// (auth.Exchange.ServerLogin), for the proxy to log in to PostgreSQL as
+	// that role without its password. Called on the login goroutine.
+	Proved func(user string, l auth.ServerLogin)
 	// MockKey makes the fake exchange of an unknown role look like a real
 	// one, the same way every time for the same name (a random key per
 	// process is right).
@@ -50,7 +56,15 @@ func (ss *session) authenticate() bool {
 	}
 	sec, known := auth.Secret{}, false
 	if a.Lookup != nil {
-		sec, known = a.Lookup(ss.user)
+		var err error
+		if sec, known, err = a.Lookup(ss.user); err != nil {
+			ss.srv.authFailed.Add(1)
+			ss.srv.authLog.note(ss.srv.log, "client authentication impossible: the role's password cannot be looked up",
+				"client", ss.addr, "user", ss.user, "database", ss.db, "error", err)
+			refuse(ss.conn, wire.CodeConnectionFailure,
+				fmt.Sprintf("pgsidecar: the password of user %q cannot be checked now (see the proxy's log)", ss.user))
+			return false
+		}
 	}
 	x := auth.NewExchange(a.Method, ss.user, sec, known, a.MockKey, rand.Reader)
 	if _, err := ss.conn.Write(x.Start()); err != nil {
@@ -97,6 +111,11 @@ func (ss *session) authenticate() bool {
 			}
 		}
 		if done {
+			if a.Proved != nil {
+				if l, ok := x.ServerLogin(); ok {
+					a.Proved(ss.user, l)
+				}
+			}
 			return true
 		}
 	}

@@ -47,9 +47,9 @@ func (r testRoutes) Allow(database, user string) (code, msg string) {
 func authProxy(t *testing.T, db string, method auth.Method, secrets map[string]auth.Secret) *testProxy {
 	t.Helper()
 	return startProxy(t, db, proxyOpts{Mode: proxy.ModeTransaction, Opt: proxy.Options{
-		Auth: &proxy.ClientAuth{Method: method, MockKey: []byte("test mock key"), Lookup: func(u string) (auth.Secret, bool) {
+		Auth: &proxy.ClientAuth{Method: method, MockKey: []byte("test mock key"), Lookup: func(u string) (auth.Secret, bool, error) {
 			s, ok := secrets[u]
-			return s, ok
+			return s, ok, nil
 		}},
 		Routes: testRoutes{{db, "postgres"}: true},
 	}})
@@ -320,9 +320,9 @@ func TestConsoleAuthAndRoles(t *testing.T) {
 	}
 	tp := startProxy(t, db, proxyOpts{PoolSize: 1, Opt: proxy.Options{
 		AdminUsers: []string{"postgres"}, StatsUsers: []string{"watcher"},
-		Auth: &proxy.ClientAuth{Method: auth.SCRAMSHA256, MockKey: []byte("k"), Lookup: func(u string) (auth.Secret, bool) {
+		Auth: &proxy.ClientAuth{Method: auth.SCRAMSHA256, MockKey: []byte("k"), Lookup: func(u string) (auth.Secret, bool, error) {
 			s, ok := secrets[u]
-			return s, ok
+			return s, ok, nil
 		}},
 	}})
 	console := func(user, pass string) (*pgx.Conn, error) {
