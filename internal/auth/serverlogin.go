@@ -59,7 +59,9 @@ func (ServerLogin) String() string { return "auth.ServerLogin(redacted)" }
 func (ServerLogin) GoString() string { return "auth.ServerLogin(redacted)" }
 
 // Format writes "auth.ServerLogin(redacted)" for every verb.
-func (ServerLogin) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "auth.ServerLogin(redacted)") }
+func (ServerLogin) Format(f fmt.State, _ rune) {
+	_, _ = io.WriteString(f, "auth.ServerLogin(redacted)")
+}
 
 // LogValue makes log/slog record "auth.ServerLogin(redacted)".
 func (ServerLogin) LogValue() slog.Value { return slog.StringValue("auth.ServerLogin(redacted)") }
