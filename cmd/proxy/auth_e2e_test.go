@@ -35,8 +35,9 @@ func TestClientAuthRefusesToStart(t *testing.T) {
 // The application keeps its DATABASE_URL with only host and port changed: the
 // upstream's user and password log in with SCRAM; a wrong password, another
 // database and a role only the auth file knows behave as documented, and a new
-// auth file is taken on SIGHUP. No password, and no literal of a statement,
-// reaches the log, the console, /metrics or /status.json.
+// auth file is taken on SIGHUP. No password, no SCRAM message or verifier,
+// and no literal of a statement reaches the log, the console, /metrics or
+// /status.json.
 func TestClientAuthBinary(t *testing.T) {
 	cl := pgtest.Start(t, localpg.Options{})
 	dir := t.TempDir()
@@ -160,6 +161,13 @@ func TestClientAuthBinary(t *testing.T) {
 		for _, secret := range []string{"up-secret", "file-pass-1", "file-pass-2", "file-pass-3", "nope", "card=4111"} {
 			if strings.Contains(text, secret) {
 				t.Errorf("the %s shows %q", name, secret)
+			}
+		}
+		// Nor any piece of a SCRAM exchange (client-first "n,,n=", client-final
+		// "c=biws,r=", server-final "v="), a verifier or an md5 hash.
+		for _, piece := range []string{"n,,n=", "c=biws", ",p=", "v=", "SCRAM-SHA-256$", `"md5`} {
+			if strings.Contains(text, piece) {
+				t.Errorf("the %s shows a piece of an authentication exchange or secret: %q", name, piece)
 			}
 		}
 	}

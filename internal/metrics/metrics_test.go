@@ -48,8 +48,8 @@ pgsidecar_client_connections_open 0
 		"pgsidecar_pool_size", "pgsidecar_server_connect_failures_total", "pgsidecar_client_connections_open"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(c, "pgsidecar_client_errors_total"); n != 10 {
-		t.Errorf("client_errors_total: %d reasons, want 10", n)
+	if n := testutil.CollectAndCount(c, "pgsidecar_client_errors_total"); n != 12 {
+		t.Errorf("client_errors_total: %d reasons, want 12", n)
 	}
 	if v := p.Stats().DialTime; v <= 0 {
 		t.Errorf("DialTime after a failed dial = %v, want > 0", v)
