@@ -49,6 +49,27 @@ type Config struct {
 	Dial DialFunc
 	// Logger receives pool events (nil: discarded).
 	Logger *slog.Logger
+	// Budget, when set, must grant a slot for every backend the pool opens,
+	// beyond Size (a fleet-wide connection budget: internal/fleet). nil: no
+	// budget. Reconfigure keeps the pool's budget.
+	Budget Budget
+}
+
+// Budget is a share of server connections the pool must hold before it opens
+// one. Its methods are called with the pool's lock held: they must not block
+// or call into the pool (wake runs later, on another goroutine).
+type Budget interface {
+	// Take reserves a slot for one more backend. When none is free it
+	// returns false and calls wake once a slot may be (the pool then asks
+	// again for the clients still waiting).
+	Take(wake func()) bool
+	// Give returns n slots: backends closed, dials that failed.
+	Give(n int)
+	// Over is how many of the backends the pool has are beyond its slots
+	// (slots lost with the budget's coordination): they are closed when
+	// released, or when idle, until it is 0. Called at every release, so it
+	// must cost no more than an atomic load.
+	Over() int
 }
 
 // Stats is a snapshot of a pool's figures.
@@ -76,6 +97,10 @@ type Stats struct {
 	// (closed idle at the call, or at their release or the end of their dial
 	// while more than Size were open).
 	Retired uint64
+	// BudgetWaits counts the times the pool wanted to open a backend for a
+	// waiting client and its Budget had no slot; BudgetClosed the backends
+	// closed because the pool had more than its budget's slots.
+	BudgetWaits, BudgetClosed uint64
 	// Exhausted is the total time clients were waiting for a backend (every
 	// backend busy or being opened).
 	Exhausted time.Duration
@@ -639,9 +664,16 @@ func (p *Pool) handLocked(r result) bool {
 // the route's back-off allows.
 func (p *Pool) dialIfNeededLocked() {
 	for p.nwait > p.dialing-p.staleDials && p.open < p.cfg.Size && !p.closed {
+		if p.cfg.Budget != nil && !p.cfg.Budget.Take(p.budgetWoke) {
+			p.stats.BudgetWaits++
+			return // the budget wakes the pool when a slot may be free
+		}
 		now := time.Now()
 		ok, probe, retryAt := p.bo.permit(now)
 		if !ok {
+			if p.cfg.Budget != nil {
+				p.cfg.Budget.Give(1)
+			}
 			if p.open == 0 {
 				// Nothing open could ever serve the waiters: tell them now.
 				err := p.bo.refuse(now, p.nwait)
@@ -674,6 +706,27 @@ type dialGen struct {
 	gen     uint64
 	retired <-chan struct{} // closed when Reconfigure retires gen
 }
+
+// budgetWoke runs dialIfNeededLocked again when the budget may have a slot
+// (Budget.Take's wake).
+func (p *Pool) budgetWoke() {
+	p.mu.Lock()
+	p.dialIfNeededLocked()
+	p.mu.Unlock()
+}
+
+// dropOpenLocked takes n backends out of the open count (closed, or dials
+// that failed) and returns their slots to the budget. p.mu is held.
+func (p *Pool) dropOpenLocked(n int) {
+	p.open -= n
+	if p.cfg.Budget != nil && n > 0 {
+		p.cfg.Budget.Give(n)
+	}
+}
+
+// overBudgetLocked reports whether the pool has backends beyond its budget's
+// slots. p.mu is held.
+func (p *Pool) overBudgetLocked() bool { return p.cfg.Budget != nil && p.cfg.Budget.Over() > 0 }
 
 // retryDial runs dialIfNeededLocked again when the back-off ends (p.retry,
 // armed by dialIfNeededLocked): waiters kept waiting by it while backends are
@@ -712,7 +765,7 @@ func (p *Pool) dial(probe bool, g dialGen) {
 		p.staleDials--
 	}
 	if err != nil {
-		p.open--
+		p.dropOpenLocked(1)
 		p.stats.DialFailures++
 		if stale {
 			// It says nothing about the current configuration: no back-off step
@@ -761,7 +814,7 @@ func (p *Pool) dial(probe bool, g dialGen) {
 		st = p.bo.succeeded(start.Add(took), probe)
 	}
 	if p.closed {
-		p.open--
+		p.dropOpenLocked(1)
 		p.stats.Closed++
 		p.mu.Unlock()
 		_ = b.Close()
@@ -769,7 +822,7 @@ func (p *Pool) dial(probe bool, g dialGen) {
 	}
 	if stale || p.open > p.cfg.Size {
 		// Retired while dialing, or Reconfigure made the pool smaller.
-		p.open--
+		p.dropOpenLocked(1)
 		p.stats.Closed++
 		p.stats.Retired++
 		p.dialIfNeededLocked()
@@ -815,12 +868,21 @@ func (p *Pool) Release(b *Backend) {
 		return
 	}
 	if b.gen != p.gen || p.open > p.cfg.Size {
-		p.open--
+		p.dropOpenLocked(1)
 		p.stats.Closed++
 		p.stats.Retired++
 		p.dialIfNeededLocked() // a retired backend's slot may serve a waiter
 		p.mu.Unlock()
 		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "reconfigured")
+		_ = b.Close()
+		return
+	}
+	if p.overBudgetLocked() {
+		p.dropOpenLocked(1)
+		p.stats.Closed++
+		p.stats.BudgetClosed++
+		p.mu.Unlock()
+		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "over the fleet budget")
 		_ = b.Close()
 		return
 	}
@@ -836,7 +898,7 @@ func (p *Pool) Release(b *Backend) {
 func (p *Pool) Destroy(b *Backend) {
 	_ = b.Close()
 	p.mu.Lock()
-	p.open--
+	p.dropOpenLocked(1)
 	p.stats.Closed++
 	p.dialIfNeededLocked()
 	p.mu.Unlock()
@@ -877,6 +939,7 @@ func (p *Pool) Reconfigure(cfg Config, retire bool) {
 		p.log.Store(cfg.Logger)
 	}
 	p.mu.Lock()
+	cfg.Budget = p.cfg.Budget // the pool's for its life
 	if cfg.Dial == nil {
 		cfg.Dial = p.cfg.Dial
 	}
@@ -1017,7 +1080,7 @@ func (p *Pool) close(unproven bool) bool {
 	p.retry.stop()
 	idle := p.idle
 	p.idle = nil
-	p.open -= len(idle)
+	p.dropOpenLocked(len(idle))
 	p.stats.Closed += uint64(len(idle))
 	for p.handLocked(result{err: ErrClosed}) {
 	}
@@ -1062,7 +1125,7 @@ func (p *Pool) dropIdleLocked(drop func(*Backend) bool) []*Backend {
 		p.idle[i] = nil
 	}
 	p.idle = kept
-	p.open -= len(out)
+	p.dropOpenLocked(len(out))
 	p.stats.Closed += uint64(len(out))
 	return out
 }
@@ -1073,6 +1136,17 @@ func (p *Pool) reap(now time.Time) {
 	doomed := p.dropIdleLocked(func(b *Backend) bool {
 		return b.expired(now) || (p.cfg.IdleTimeout > 0 && now.Sub(b.idleSince) > p.cfg.IdleTimeout)
 	})
+	if p.cfg.Budget != nil {
+		// Beyond the budget's slots (its coordination was lost): the least
+		// recently used idle backends go.
+		over := p.cfg.Budget.Over()
+		extra := p.dropIdleLocked(func(*Backend) bool {
+			over--
+			return over >= 0
+		})
+		p.stats.BudgetClosed += uint64(len(extra))
+		doomed = append(doomed, extra...)
+	}
 	p.mu.Unlock()
 	for _, b := range doomed {
 		p.log.Load().Debug("server connection closed", "pid", b.PID, "reason", "idle timeout or lifetime")

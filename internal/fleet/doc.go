@@ -1,0 +1,13 @@
+// Package fleet owns the fleet-wide connection budget (docs/design.md section
+// 18): the sidecars of one Deployment share at most N server connections per
+// route, with no coordinator to run, through PostgreSQL itself. Each sidecar
+// keeps one coordination connection per route and holds on it one session
+// advisory lock per server connection it may open, pg_try_advisory_lock(key,
+// slot) with slot in [0, N): while PostgreSQL holds those locks the fleet
+// cannot open more than N. A Share is one route's part of the budget in one
+// sidecar, and is the pool.Budget of that route's pool.
+//
+// It imports pgconn (the coordination connection) and the standard library;
+// never internal/pool (whose Budget interface it satisfies), the proxy, the
+// metrics or Prometheus: metrics read Share.Stats at scrape time.
+package fleet
