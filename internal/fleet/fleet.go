@@ -82,8 +82,8 @@ type Share struct {
 	log *slog.Logger
 
 	mu        sync.Mutex
-	held      []int32 // slots locked on conn
-	used      int     // slots the pool took
+	held      []int32   // slots locked on conn
+	used      int       // slots the pool took
 	wake      func()    // the pool's, set by a refused Take until a slot is taken
 	promised  int       // slots taken for a woken pool that has not taken them yet
 	promiseAt time.Time // when the last was promised (promiseGrace)
