@@ -417,6 +417,7 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		return c.AuthQuery, c.AuthQueryTTL, c.ServerConnectTimeout, pc
 	})
 	defer aq.close()
+	fleets := newFleetShares(cfg, upstream, &up, &cur, log)
 	poolConfig := func(k pool.Key) pool.Config {
 		c, u := cur.Load(), up.Load()
 		pc := u.Copy()
@@ -426,7 +427,7 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		}
 		pc.Database, pc.User = k.Database, k.User
 		pc.ConnectTimeout = c.ServerConnectTimeout
-		return pool.Config{
+		pcfg := pool.Config{
 			Size:           c.PoolSize,
 			Lifetime:       c.ServerLifetime,
 			IdleTimeout:    c.ServerIdleTimeout,
@@ -434,6 +435,13 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 			Dial:           pool.PgconnDialer(pc),
 			Logger:         log.With("database", k.Database, "user", k.User),
 		}
+		if fleets != nil {
+			pcfg.Budget = fleets.get(k)
+		}
+		return pcfg
+	}
+	if fleets != nil {
+		defer fleets.close() // after the pools (deferred below, so run first)
 	}
 	pools := pool.NewRegistry(func(k pool.Key) *pool.Pool { return pool.New(poolConfig(k)) })
 	defer pools.Close()
@@ -450,6 +458,9 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	}
 	opts := serverOptions(cfg)
 	opts.Observer, opts.Logger = observer, log
+	if fleets != nil {
+		opts.Fleet = fleets.status
+	}
 	// The key of the fake exchanges of unknown roles: the same answers for a
 	// name while the process lives, unpredictable to clients.
 	mockKey := make([]byte, 32)
@@ -505,6 +516,9 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	}})
 	rl.Register(reload.Component{Name: "proxy", Prepare: func(prev, next config.Loaded) (func(), error) {
 		o := serverOptions(next.Config)
+		if fleets != nil {
+			o.Fleet = fleets.status
+		}
 		nu, err := parseUpstream(next.Config)
 		if err != nil {
 			return nil, err
@@ -543,6 +557,9 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 	var httpSrv *admin.Server
 	if cfg.HTTPListen != "" {
 		extra := []prometheus.Collector{obs, metrics.NewReloadCollector(rl.Stats)}
+		if fleets != nil {
+			extra = append(extra, metrics.NewFleetCollector(fleets.metrics))
+		}
 		if cfg.MetricsCompat == config.MetricsCompatPgBouncer {
 			extra = append(extra, metrics.NewPgBouncerCompat(pools, srv, obs))
 		}

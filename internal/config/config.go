@@ -37,6 +37,16 @@ type Config struct {
 	// PoolSize is the number of server connections per (database, user) pool,
 	// 1..10000 (--pool-size).
 	PoolSize int
+	// FleetBudget is the most server connections per route that all the
+	// sidecars of a fleet may have together; 0 turns the fleet budget off
+	// (--fleet-budget).
+	FleetBudget int
+	// FleetName names the fleet; "" derives it from the upstream's database
+	// and user (--fleet-name).
+	FleetName string
+	// FleetMin is the slots each sidecar keeps per route even when idle
+	// (--fleet-min).
+	FleetMin int
 	// MaxClientConn is the maximum number of concurrent client connections,
 	// at least 1 (--max-client-conn).
 	MaxClientConn int
@@ -254,6 +264,7 @@ func Default() Config {
 		PinPolicy:              PinPolicyPin,
 		ClientAuth:             ClientAuthSCRAM,
 		AuthQueryTTL:           time.Minute,
+		FleetMin:               1,
 		GCPercent:              DefaultGCPercent,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,

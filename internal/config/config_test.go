@@ -72,6 +72,7 @@ func TestDefault(t *testing.T) {
 		PinPolicy:              "pin",
 		ClientAuth:             "scram-sha-256",
 		AuthQueryTTL:           time.Minute,
+		FleetMin:               1,
 		GCPercent:              50,
 		MaxApplicationLabels:   20,
 		QueryWaitTimeout:       30 * time.Second,
@@ -262,6 +263,9 @@ func TestAllFlagsParse(t *testing.T) {
 		"--allow-routes=reports/*,*/app",
 		"--auth-query=SELECT p FROM f($1)",
 		"--auth-query-ttl=5s",
+		"--fleet-budget=12",
+		"--fleet-name=workers",
+		"--fleet-min=2",
 	}
 	want := config.Config{
 		Listen:                 ":5432",
@@ -296,6 +300,9 @@ func TestAllFlagsParse(t *testing.T) {
 		AllowRoutes:                 "reports/*,*/app",
 		AuthQuery:                   "SELECT p FROM f($1)",
 		AuthQueryTTL:                5 * time.Second,
+		FleetBudget:                 12,
+		FleetName:                   "workers",
+		FleetMin:                    2,
 	}
 	got := mustLoad(t, args, nil)
 	if got != want {

@@ -129,6 +129,43 @@ var specs = []spec{
 		restart: true,
 	},
 	{
+		name: "fleet-budget",
+		arg:  "n",
+		usage: "Most server connections per (database, user) that all the sidecars of the fleet open together, held as " +
+			"advisory locks on one coordination connection per route and sidecar (budget + replicas <= max_connections " +
+			"- reserved); 0 turns it off.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.FleetBudget) },
+		check: func(c Config) string {
+			if c.FleetBudget < 0 || c.FleetBudget > MaxPoolSize {
+				return fmt.Sprintf("must be between 0 and %d, got %d", MaxPoolSize, c.FleetBudget)
+			}
+			return ""
+		},
+		restart: true,
+	},
+	{
+		name:         "fleet-name",
+		arg:          "name",
+		usage:        "Name of the fleet sharing --fleet-budget: every sidecar of a Deployment must use the same one.",
+		value:        func(c *Config) flag.Value { return (*stringValue)(&c.FleetName) },
+		check:        func(c Config) string { return "" },
+		emptyDefault: "the upstream's database and user",
+		restart:      true,
+	},
+	{
+		name:  "fleet-min",
+		arg:   "n",
+		usage: "Slots of --fleet-budget each sidecar keeps per route even when idle: the floor no pod is starved below.",
+		value: func(c *Config) flag.Value { return (*intValue)(&c.FleetMin) },
+		check: func(c Config) string {
+			if c.FleetMin < 0 || c.FleetBudget > 0 && c.FleetMin > c.FleetBudget {
+				return fmt.Sprintf("must be between 0 and --fleet-budget (%d), got %d", c.FleetBudget, c.FleetMin)
+			}
+			return ""
+		},
+		restart: true,
+	},
+	{
 		name:  "pool-size",
 		arg:   "n",
 		usage: fmt.Sprintf("Server connections per (database, user) pool, %d..%d.", MinPoolSize, MaxPoolSize),

@@ -126,11 +126,17 @@ func (s *Share) Take(wake func()) bool {
 		s.updateLocked()
 		return true
 	}
+	first := s.wake == nil
 	s.wake = wake
 	if s.waitSince.IsZero() {
 		s.waitSince = time.Now()
 	}
-	s.kickLocked()
+	if first {
+		// A pool starts wanting: the goroutine tries at once, then keeps
+		// trying on its own schedule (a full fleet's back-off), whatever
+		// more refused Takes say meanwhile.
+		s.kickLocked()
+	}
 	return false
 }
 
@@ -139,7 +145,9 @@ func (s *Share) Give(n int) {
 	s.mu.Lock()
 	s.used = max(0, s.used-n)
 	s.updateLocked()
-	s.kickLocked()
+	if s.wake == nil && len(s.held) > max(s.cfg.Min, s.used+s.promised) {
+		s.kickLocked() // a slot to give back to the fleet
+	}
 	s.mu.Unlock()
 }
 

@@ -77,7 +77,7 @@ const (
 // consoleMaxQuery bounds a console Query message.
 const consoleMaxQuery = 1 << 20
 
-const consoleHelp = "pgsidecar admin console commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW LEAKS, PAUSE, RESUME, RELOAD, KILL_CLIENT <id>"
+const consoleHelp = "pgsidecar admin console commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW LEAKS, SHOW FLEET, PAUSE, RESUME, RELOAD, KILL_CLIENT <id>"
 
 var errConsoleEnd = errors.New("console client done")
 
@@ -287,6 +287,8 @@ func (ss *session) consoleCommand(cmd string) bool {
 			cols, rows = s.showStats()
 		case "LEAKS":
 			cols, rows = s.showLeaks()
+		case "FLEET":
+			cols, rows = s.showFleet()
 		default:
 			return fail(codeSyntaxError, "unknown SHOW command: "+strings.ToLower(f[1])+"; "+consoleHelp)
 		}
@@ -468,6 +470,36 @@ func (s *Server) showLeaks() ([]consoleCol, [][]any) {
 	for _, l := range leaks {
 		rows = append(rows, []any{int64(l.ClientID), l.Application, l.User, l.Database, l.Client, l.State,
 			l.Age.Seconds(), int64(l.ServerPID), l.Suspect, l.LastStatement})
+	}
+	return cols, rows
+}
+
+// FleetStatus is one route's share of the fleet-wide connection budget, for
+// SHOW FLEET (Options.Fleet).
+type FleetStatus struct {
+	Database, User string
+	Fleet          string // the fleet's name
+	Budget, Min    int    // the fleet's budget, and this sidecar's floor
+	Held, Used     int    // slots held here, and server connections open here
+	FleetHeld      int    // slots held by the whole fleet at the last check; -1 unknown
+	Up             bool   // the coordination connection is up
+	Failures       uint64 // attempts to take a slot that found none free
+}
+
+func (s *Server) showFleet() ([]consoleCol, [][]any) {
+	cols := []consoleCol{{"database", oidText}, {"user", oidText}, {"fleet", oidText}, {"budget", oidInt8},
+		{"min", oidInt8}, {"held_here", oidInt8}, {"used_here", oidInt8}, {"held_by_fleet", oidInt8},
+		{"coordination_up", oidBool}, {"acquire_failures", oidInt8}}
+	var rows [][]any
+	if f := s.options().Fleet; f != nil {
+		for _, r := range f() {
+			var fh any = int64(r.FleetHeld)
+			if r.FleetHeld < 0 {
+				fh = nil
+			}
+			rows = append(rows, []any{r.Database, r.User, r.Fleet, int64(r.Budget), int64(r.Min), int64(r.Held),
+				int64(r.Used), fh, r.Up, int64(r.Failures)})
+		}
 	}
 	return cols, rows
 }

@@ -101,6 +101,9 @@ type Options struct {
 	// TLS is how clients may or must use TLS; nil: they may not (SSLRequest
 	// is answered 'N').
 	TLS *ClientTLS
+	// Fleet, when set, reports the routes' shares of the fleet-wide
+	// connection budget (SHOW FLEET).
+	Fleet func() []FleetStatus
 	// Logger receives the server's log; nil discards.
 	Logger *slog.Logger
 	// Reload, when set, is what the admin console's RELOAD runs: it reloads
