@@ -81,17 +81,18 @@ type Share struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	held      []int32   // slots locked on conn
-	used      int       // slots the pool took
-	wake      func()    // the pool's, set by a refused Take until a slot is taken
-	promised  int       // slots taken for a woken pool that has not taken them yet
-	promiseAt time.Time // when the last was promised (promiseGrace)
-	waitSince time.Time // the first refused Take not served yet
-	up        bool
-	regaining bool      // up again, taking back slots for the connections open
-	overSince time.Time // used > allowed since
-	st        Stats
+	mu          sync.Mutex
+	held        []int32   // slots locked on conn
+	used        int       // slots the pool took
+	wake        func()    // the pool's, set by a refused Take until a slot is taken
+	promised    int       // slots taken for a woken pool that has not taken them yet
+	promiseAt   time.Time // when the last was promised (promiseGrace)
+	waitSince   time.Time // the first refused Take not served yet
+	up          bool
+	regaining   bool      // up again, taking back slots for the connections open
+	floorWarned time.Time // the last "floor cannot be met" log line
+	overSince   time.Time // used > allowed since
+	st          Stats
 
 	over atomic.Int32 // max(0, used - allowed), for Over
 	kick chan struct{}
@@ -208,6 +209,9 @@ func (s *Share) Close() {
 	close(s.done)
 	s.wg.Wait()
 }
+
+// floorWarnEvery spaces the log lines saying the floor cannot be met.
+const floorWarnEvery = 30 * time.Second
 
 // promiseGrace is how long a slot taken for a woken pool is kept for it
 // before it may be freed again.
@@ -356,6 +360,11 @@ func (s *Share) step(conn *pgconn.PgConn) (again bool, err error) {
 		}
 		s.mu.Lock()
 		if !ok {
+			if have < s.cfg.Min && time.Since(s.floorWarned) > floorWarnEvery {
+				s.floorWarned = time.Now()
+				s.log.Warn("fleet budget full: this sidecar holds less than its floor; it keeps trying",
+					"held", have, "min", s.cfg.Min, "budget", s.cfg.Budget)
+			}
 			s.st.AcquireFailures++
 			if s.regaining {
 				// The fleet took the slots meanwhile: the connections

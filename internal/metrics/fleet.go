@@ -17,7 +17,7 @@ type FleetRoute struct {
 type FleetCollector struct {
 	routes                                             func() []FleetRoute
 	budget, held, fleetHeld, used, up, failures, waits *prometheus.Desc
-	lost, overshoot                                    *prometheus.Desc
+	lost, overshoot, floor                             *prometheus.Desc
 }
 
 // NewFleetCollector returns a collector of the routes' shares.
@@ -26,7 +26,9 @@ func NewFleetCollector(routes func() []FleetRoute) *FleetCollector {
 	return &FleetCollector{
 		routes: routes,
 		budget: prometheus.NewDesc("pgsidecar_fleet_budget", "The fleet's budget of server connections for the route (--fleet-budget).", l, nil),
-		held:   prometheus.NewDesc("pgsidecar_fleet_slots_held", "Slots of the fleet's budget this sidecar holds (advisory locks on its coordination connection).", l, nil),
+		floor: prometheus.NewDesc("pgsidecar_fleet_min",
+			"The slots this sidecar keeps even when idle (--fleet-min); slots_held below it means the floor cannot be met now.", l, nil),
+		held: prometheus.NewDesc("pgsidecar_fleet_slots_held", "Slots of the fleet's budget this sidecar holds (advisory locks on its coordination connection).", l, nil),
 		fleetHeld: prometheus.NewDesc("pgsidecar_fleet_slots_held_by_fleet",
 			"Slots the whole fleet held at the last check (pg_locks, once a second).", l, nil),
 		used: prometheus.NewDesc("pgsidecar_fleet_slots_used", "Server connections this sidecar has open or opening under the budget.", l, nil),
@@ -44,7 +46,7 @@ func NewFleetCollector(routes func() []FleetRoute) *FleetCollector {
 
 // Describe implements prometheus.Collector.
 func (c *FleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.budget, c.held, c.fleetHeld, c.used, c.up, c.failures, c.waits, c.lost, c.overshoot} {
+	for _, d := range []*prometheus.Desc{c.budget, c.floor, c.held, c.fleetHeld, c.used, c.up, c.failures, c.waits, c.lost, c.overshoot} {
 		ch <- d
 	}
 }
@@ -54,6 +56,7 @@ func (c *FleetCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range c.routes() {
 		st, lv := r.Stats, []string{r.Database, r.User}
 		ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(st.Budget), lv...)
+		ch <- prometheus.MustNewConstMetric(c.floor, prometheus.GaugeValue, float64(st.Min), lv...)
 		ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(st.Held), lv...)
 		if st.FleetHeld >= 0 {
 			ch <- prometheus.MustNewConstMetric(c.fleetHeld, prometheus.GaugeValue, float64(st.FleetHeld), lv...)
