@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -243,7 +244,8 @@ func checkMetricUse(used map[string][]selector, families map[string]*dto.MetricF
 // TestMetricNames checks every pgsidecar_* metric the dashboard and the alerts
 // use, and the labels they match on, against a live scrape of the real binary
 // in front of a real PostgreSQL, after a client has done what makes every family
-// appear (a transaction, a pin, a configuration reload).
+// appear (a transaction, a pin, a configuration reload; --fleet-budget for the
+// fleet's families).
 func TestMetricNames(t *testing.T) {
 	used := usedSelectors(t)
 	families := scrapeRealProxy(t)
@@ -370,6 +372,9 @@ func buildProxy(t *testing.T) string {
 	return proxyBin
 }
 
+// fleetBudget is the --fleet-budget of the scraped proxy.
+const fleetBudget = 4
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if proxyBin != "" {
@@ -380,7 +385,9 @@ func TestMain(m *testing.M) {
 
 // scrapeRealProxy runs the proxy binary with the component's config file in front
 // of a throwaway PostgreSQL, drives it (a client's transaction, a pinned session,
-// a reload on SIGHUP) and returns its parsed /metrics.
+// a reload on SIGHUP) and returns its parsed /metrics. It runs with a fleet-wide
+// connection budget (--fleet-budget, off in the component), without which the
+// pgsidecar_fleet_* families the Fleet row and the fleet alerts read do not exist.
 func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
 	cluster := pgtest.Start(t, localpg.Options{})
@@ -395,7 +402,8 @@ func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--config", conf, "--upstream", cluster.URL("postgres"),
-		"--listen", listen, "--http-listen", httpAddr, "--log-format", "text", "--client-auth", "trust", "--status-listen", "off")
+		"--listen", listen, "--http-listen", httpAddr, "--log-format", "text", "--client-auth", "trust", "--status-listen", "off",
+		"--fleet-budget", strconv.Itoa(fleetBudget))
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "PGSIDECAR_") && !strings.HasPrefix(kv, "DATABASE_URL=") {
 			cmd.Env = append(cmd.Env, kv)
@@ -476,6 +484,17 @@ func scrapeRealProxy(t *testing.T) map[string]*dto.MetricFamily {
 	}) {
 		_, body := get("/metrics")
 		t.Errorf("no successful reload of %s/pgsidecar.conf counted 10s after SIGHUP:\n%s", componentDir, body)
+	}
+
+	// The route's share of the fleet's budget: its coordination connection up
+	// and the fleet's slots counted in pg_locks (once a second).
+	if !waitFor("the fleet's slots counted", 10*time.Second, func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, `pgsidecar_fleet_coordination_up{database="postgres",`) &&
+			strings.Contains(body, `pgsidecar_fleet_slots_held_by_fleet{database="postgres",`)
+	}) {
+		_, body := get("/metrics")
+		t.Errorf("no fleet coordination up and slots counted 10s after a transaction under --fleet-budget %d:\n%s", fleetBudget, body)
 	}
 
 	code, body := get("/metrics")

@@ -26,6 +26,7 @@ var wantAlerts = []string{
 	"PgsidecarLeakSuspects", "PgsidecarForcedRollbacksRising",
 	"PgsidecarServerConnectFailures", "PgsidecarDown",
 	"PgsidecarConfigReloadFailed",
+	"PgsidecarFleetBudgetExhausted", "PgsidecarFleetCoordinationDown",
 }
 
 // rulesFileName is the plain rules file promtool reads, extracted from the
