@@ -7,7 +7,12 @@
 // cannot open more than N. A Share is one route's part of the budget in one
 // sidecar, and is the pool.Budget of that route's pool.
 //
-// It imports pgconn (the coordination connection) and the standard library;
-// never internal/pool (whose Budget interface it satisfies), the proxy, the
-// metrics or Prometheus: metrics read Share.Stats at scrape time.
+// A sidecar below its floor holds a shared "hunger" lock (key, -1); the
+// others count those at their once-a-second check and, while any is held,
+// those above their own floor take no slot and give one up.
+//
+// It imports pgconn (the coordination connection), internal/pool (for the
+// Budget and BudgetUser interfaces it works with) and the standard library;
+// never the proxy, the metrics or Prometheus: metrics read Share.Stats at
+// scrape time.
 package fleet

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/pool"
 )
 
 // Config configures a Share.
@@ -82,14 +84,18 @@ type Share struct {
 	log *slog.Logger
 
 	mu          sync.Mutex
-	held        []int32   // slots locked on conn
-	used        int       // slots the pool took
-	wake        func()    // the pool's, set by a refused Take until a slot is taken
-	promised    int       // slots taken for a woken pool that has not taken them yet
-	promiseAt   time.Time // when the last was promised (promiseGrace)
-	waitSince   time.Time // the first refused Take not served yet
+	held        []int32         // slots locked on conn
+	used        int             // slots the pool took
+	user        pool.BudgetUser // the pool, known from its first refused Take
+	promised    int             // slots taken for a woken pool that has not taken them yet
+	promiseAt   time.Time       // when the last was promised (promiseGrace)
+	waitSince   time.Time       // the first refused Take not served yet
 	up          bool
 	regaining   bool      // up again, taking back slots for the connections open
+	yielding    bool      // giving a slot up for a sidecar below its floor
+	yieldedAt   time.Time // when it last gave one up
+	othersBelow int       // sidecars below their floor at the last check (hunger locks)
+	hungry      bool      // this one holds the hunger lock (below its floor); run's only
 	floorWarned time.Time // the last "floor cannot be met" log line
 	overSince   time.Time // used > allowed since
 	st          Stats
@@ -116,26 +122,23 @@ func New(cfg Config) *Share {
 	return s
 }
 
-// Take implements pool.Budget: a slot held and not used, else false, and
-// wake is called once a slot may be free.
-func (s *Share) Take(wake func()) bool {
+// Take implements pool.Budget: a slot held and not used, else false; the
+// goroutine then works on a slot for u while u is Wanting, and wakes it.
+func (s *Share) Take(u pool.BudgetUser) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.up && s.used < len(s.held) {
+	if s.up && s.used < s.allowedLocked() {
 		s.used++
 		s.promised = max(0, s.promised-1)
 		s.updateLocked()
 		return true
 	}
-	first := s.wake == nil
-	s.wake = wake
+	s.user = u
 	if s.waitSince.IsZero() {
-		s.waitSince = time.Now()
-	}
-	if first {
 		// A pool starts wanting: the goroutine tries at once, then keeps
-		// trying on its own schedule (a full fleet's back-off), whatever
-		// more refused Takes say meanwhile.
+		// trying on its own schedule (a full fleet's back-off) while the
+		// pool is Wanting, whatever more refused Takes say meanwhile.
+		s.waitSince = time.Now()
 		s.kickLocked()
 	}
 	return false
@@ -146,8 +149,8 @@ func (s *Share) Give(n int) {
 	s.mu.Lock()
 	s.used = max(0, s.used-n)
 	s.updateLocked()
-	if s.wake == nil && len(s.held) > max(s.cfg.Min, s.used+s.promised) {
-		s.kickLocked() // a slot to give back to the fleet
+	if len(s.held) > max(s.cfg.Min, s.used+s.promised) {
+		s.kickLocked() // a slot to give back to the fleet (unless the pool wants it)
 	}
 	s.mu.Unlock()
 }
@@ -160,6 +163,8 @@ func (s *Share) allowedLocked() int {
 	switch {
 	case s.up && s.regaining:
 		return max(len(s.held), s.used) // no closing while slots are taken back
+	case s.up && s.yielding:
+		return len(s.held) - 1 // one goes to a sidecar below its floor
 	case s.up:
 		return len(s.held)
 	}
@@ -264,7 +269,11 @@ func (s *Share) run() {
 				wait = 0
 			} else if again {
 				wait = 0
-			} else if s.wanting() {
+			} else if s.belowFloor() {
+				// Below the floor: others give up a slot for it (they see its
+				// hunger lock at their next check); be there to take it.
+				wait = 50*time.Millisecond + rand.N(100*time.Millisecond)
+			} else if s.demand() {
 				// The fleet is full: try again after a jittered pause.
 				wait = retry/2 + rand.N(retry)
 				retry = min(2*retry, time.Second)
@@ -292,11 +301,20 @@ func (s *Share) run() {
 	}
 }
 
-// wanting reports whether a pool waits for a slot.
-func (s *Share) wanting() bool {
+// demand reports whether the pool wants a slot it has not got (asked
+// without s.mu: Wanting takes the pool's lock).
+func (s *Share) demand() bool {
+	s.mu.Lock()
+	u := s.user
+	s.mu.Unlock()
+	return u != nil && u.Wanting()
+}
+
+// belowFloor reports whether the Share holds less than its floor.
+func (s *Share) belowFloor() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.wake != nil
+	return len(s.held) < s.cfg.Min
 }
 
 // connect opens the coordination connection; nil after a failure (logged).
@@ -308,9 +326,11 @@ func (s *Share) connect() *pgconn.PgConn {
 		s.log.Warn("fleet coordination connection failed", "error", err)
 		return nil
 	}
+	s.hungry = false // its locks went with the old connection
 	s.mu.Lock()
 	s.up, s.held = true, s.held[:0]
 	s.regaining = s.used > 0
+	s.yielding, s.othersBelow = false, 0
 	s.updateLocked()
 	s.mu.Unlock()
 	s.log.Info("fleet coordination up", "budget", s.cfg.Budget, "min", s.cfg.Min)
@@ -332,22 +352,40 @@ func (s *Share) lost(why string) {
 }
 
 // step takes one slot when the pool (or the floor) wants one, or frees the
-// slots above what is needed. again: there may be more to do at once.
+// slots above what is needed; while another sidecar is below its floor and
+// this one above its own, it takes none and gives one up. again: there may
+// be more to do at once.
 func (s *Share) step(conn *pgconn.PgConn) (again bool, err error) {
+	wanting := s.demand()
 	s.mu.Lock()
 	if s.promised > 0 && time.Since(s.promiseAt) > promiseGrace {
 		s.promised = 0 // the woken pool did not come for them
 	}
+	have := len(s.held)
 	want := max(s.cfg.Min, s.used+s.promised)
-	if s.wake != nil {
+	if wanting {
 		want = max(want, s.used+s.promised+1)
+	} else {
+		s.waitSince = time.Time{} // served by a released connection, or gone
 	}
 	want = min(want, s.cfg.Budget)
-	have := len(s.held)
+	if s.othersBelow > 0 {
+		// Another sidecar is below its floor: take nothing beyond our own
+		// floor, and give one slot up per check (its hunger lock is counted
+		// again at the next).
+		want = min(want, max(have, s.cfg.Min))
+		if have > s.cfg.Min && time.Since(s.yieldedAt) >= checkEvery {
+			s.yielding = true
+		}
+	}
+	if s.yielding {
+		want = min(want, have-1)
+	}
 	if s.regaining && have >= s.used {
 		s.regaining = false
-		s.updateLocked()
 	}
+	s.updateLocked()
+	target := max(want, s.used) // a slot in use is freed once its connection closes
 	held := slices.Clone(s.held)
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
@@ -358,52 +396,96 @@ func (s *Share) step(conn *pgconn.PgConn) (again bool, err error) {
 		if err != nil {
 			return false, err
 		}
-		s.mu.Lock()
 		if !ok {
-			if have < s.cfg.Min && time.Since(s.floorWarned) > floorWarnEvery {
-				s.floorWarned = time.Now()
-				s.log.Warn("fleet budget full: this sidecar holds less than its floor; it keeps trying",
-					"held", have, "min", s.cfg.Min, "budget", s.cfg.Budget)
-			}
-			s.st.AcquireFailures++
-			if s.regaining {
-				// The fleet took the slots meanwhile: the connections
-				// beyond those held go as they are released.
-				s.regaining = false
-				s.updateLocked()
-			}
-			s.mu.Unlock()
-			return false, nil
+			return false, s.full(ctx, conn, have)
 		}
+		s.mu.Lock()
 		s.held = append(s.held, slot)
 		s.updateLocked()
-		wake := s.wake
-		s.wake = nil
-		if wake != nil {
+		u := s.user
+		woke := wanting && u != nil
+		if woke {
 			s.promised++
 			s.promiseAt = time.Now()
+			if !s.waitSince.IsZero() {
+				s.recordWaitLocked(time.Since(s.waitSince))
+				s.waitSince = time.Time{}
+			}
 		}
-		if !s.waitSince.IsZero() && wake != nil {
-			s.recordWaitLocked(time.Since(s.waitSince))
-			s.waitSince = time.Time{}
-		}
+		satisfied := len(s.held) >= s.cfg.Min
 		s.mu.Unlock()
-		if wake != nil {
-			wake()
+		if s.hungry && satisfied {
+			if err := s.hunger(ctx, conn, false); err != nil {
+				return false, err
+			}
+		}
+		if woke {
+			u.Wake()
 		}
 		return true, nil
-	case have > want:
-		free := held[want:]
+	case have > target:
+		free := held[target:]
 		if err := s.unlock(ctx, conn, free); err != nil {
 			return false, err
 		}
 		s.mu.Lock()
 		s.held = slices.DeleteFunc(s.held, func(x int32) bool { return slices.Contains(free, x) })
+		if s.yielding {
+			// Given up: no other slot until the next check, and none taken
+			// while it says someone still starves.
+			s.yielding, s.yieldedAt = false, time.Now()
+		}
 		s.updateLocked()
 		s.mu.Unlock()
 		return false, nil
 	}
 	return false, nil
+}
+
+// full records an attempt that found the fleet's budget full; below the
+// floor, it also takes the hunger lock, which tells the other sidecars to
+// give a slot up.
+func (s *Share) full(ctx context.Context, conn *pgconn.PgConn, have int) error {
+	s.mu.Lock()
+	s.st.AcquireFailures++
+	if s.regaining {
+		// The fleet took the slots meanwhile: the connections beyond those
+		// held go as they are released.
+		s.regaining = false
+		s.updateLocked()
+	}
+	below := have < s.cfg.Min
+	s.mu.Unlock()
+	if !below {
+		return nil
+	}
+	if time.Since(s.floorWarned) > floorWarnEvery {
+		s.floorWarned = time.Now()
+		s.log.Warn("fleet budget full: this sidecar holds less than its floor; the others give slots up for it",
+			"held", have, "min", s.cfg.Min, "budget", s.cfg.Budget)
+	}
+	if !s.hungry {
+		return s.hunger(ctx, conn, true)
+	}
+	return nil
+}
+
+// hungerSlot is the second key of the hunger lock: a shared lock each
+// sidecar below its floor holds, counted by the others' checks.
+const hungerSlot = -1
+
+// hunger takes (on) or drops the hunger lock.
+func (s *Share) hunger(ctx context.Context, conn *pgconn.PgConn, on bool) error {
+	q := `SELECT pg_advisory_unlock_shared($1::int4, $2::int4)`
+	if on {
+		q = `SELECT pg_advisory_lock_shared($1::int4, $2::int4)` // shared: never waits on another shared holder
+	}
+	args := [][]byte{[]byte(strconv.Itoa(int(s.cfg.Key))), []byte(strconv.Itoa(hungerSlot))}
+	if res := conn.ExecParams(ctx, q, args, nil, nil, nil).Read(); res.Err != nil {
+		return fmt.Errorf("fleet: hunger lock: %w", res.Err)
+	}
+	s.hungry = on
+	return nil
 }
 
 func (s *Share) recordWaitLocked(d time.Duration) {
@@ -460,21 +542,27 @@ func (s *Share) check(conn *pgconn.PgConn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
 	defer cancel()
 	args := [][]byte{[]byte(strconv.Itoa(int(s.cfg.Key)))}
-	res := conn.ExecParams(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+	res := conn.ExecParams(ctx, `SELECT count(*) FILTER (WHERE objid::int8 <> 4294967295 AND mode = 'ExclusiveLock'),
+count(*) FILTER (WHERE objid::int8 = 4294967295 AND mode = 'ShareLock')
+FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 AND classid::int8 = ($1::int4::int8 & 4294967295)`, args, nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("fleet: check: %w", res.Err)
 	}
-	if len(res.Rows) != 1 {
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
 		return errors.New("fleet: check: no row")
 	}
-	n, err := strconv.Atoi(string(res.Rows[0][0]))
-	if err != nil {
+	n, err1 := strconv.Atoi(string(res.Rows[0][0]))
+	h, err2 := strconv.Atoi(string(res.Rows[0][1]))
+	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("fleet: check: %w", err)
 	}
+	if s.hungry {
+		h-- // not ourselves
+	}
 	s.mu.Lock()
-	s.st.FleetHeld = n
+	s.st.FleetHeld, s.othersBelow = n, max(0, h)
 	s.mu.Unlock()
 	return nil
 }

@@ -70,27 +70,30 @@ func TestShare(t *testing.T) {
 
 	var aOff atomic.Bool
 	a := newShareOff(t, cl, 3, 0, "fleet-a", &aOff)
-	var aWoke, bWoke atomic.Int32
-	take := func(s *fleet.Share, woke *atomic.Int32) bool { return s.Take(func() { woke.Add(1) }) }
+	aU, bU := &fakeUser{}, &fakeUser{}
+	aU.want.Store(true)
 	for i := 0; i < 3; i++ {
-		pgtest.EventuallyTrue(t, 5*time.Second, "a takes a slot", func() bool { return take(a, &aWoke) })
+		pgtest.EventuallyTrue(t, 5*time.Second, "a takes a slot", func() bool { return a.Take(aU) })
 	}
+	aU.want.Store(false)
 	if got := heldInDB(t, admin); got != 3 {
 		t.Fatalf("pg_locks: %d slots, want 3", got)
 	}
 	b := newShare(t, cl, 3, 0, "fleet-b")
-	if take(b, &bWoke) {
+	bU.want.Store(true)
+	if b.Take(bU) {
 		t.Fatal("b took a slot of a full fleet")
 	}
 	pgtest.EventuallyTrue(t, 5*time.Second, "b counts failed attempts", func() bool { return b.Stats().AcquireFailures > 0 })
-	if bWoke.Load() != 0 || heldInDB(t, admin) != 3 {
-		t.Fatalf("b woken %d times, pg_locks %d, with the fleet full", bWoke.Load(), heldInDB(t, admin))
+	if bU.woke.Load() != 0 || heldInDB(t, admin) != 3 {
+		t.Fatalf("b woken %d times, pg_locks %d, with the fleet full", bU.woke.Load(), heldInDB(t, admin))
 	}
 	a.Give(1)
-	pgtest.EventuallyTrue(t, 5*time.Second, "b is woken for the slot a gave back", func() bool { return bWoke.Load() > 0 })
-	if !take(b, &bWoke) {
+	pgtest.EventuallyTrue(t, 5*time.Second, "b is woken for the slot a gave back", func() bool { return bU.woke.Load() > 0 })
+	if !b.Take(bU) {
 		t.Fatal("b woken, but Take refused")
 	}
+	bU.want.Store(false)
 	if got := heldInDB(t, admin); got != 3 {
 		t.Fatalf("pg_locks: %d slots, want 3", got)
 	}
@@ -114,7 +117,7 @@ func TestShare(t *testing.T) {
 		t.Fatal(res.Err)
 	}
 	pgtest.EventuallyTrue(t, 5*time.Second, "a sees its coordination lost", func() bool { return a.Stats().CoordinationLost == 1 })
-	if a.Over() != 1 || a.Take(func() {}) {
+	if a.Over() != 1 || a.Take(&fakeUser{}) {
 		t.Errorf("a without coordination: Over %d (want 1), or it granted a slot", a.Over())
 	}
 	// Back: its one connection is kept while it takes its slot back.
@@ -133,4 +136,47 @@ func itoa(n int) string { return strconv.Itoa(n) }
 func atoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// fakeUser is a pool as a Share sees it: Wanting while want is set; Wake
+// counts.
+type fakeUser struct {
+	want atomic.Bool
+	woke atomic.Int32
+}
+
+func (u *fakeUser) Wake()         { u.woke.Add(1) }
+func (u *fakeUser) Wanting() bool { return u.want.Load() }
+
+// A sidecar below its floor gets a slot from one above its own: it takes
+// the hunger lock, the other sees it at its next check, reports one
+// connection over (its pool closes one as it is released), frees the slot,
+// and the hungry one takes it. A demand that went away (the pool no longer
+// Wanting) leaves no extra slot held.
+func TestShareFloor(t *testing.T) {
+	cl := pgtest.Start(t, localpg.Options{})
+	busy := newShare(t, cl, 2, 0, "fleet-busy")
+	u := &fakeUser{}
+	u.want.Store(true)
+	for i := 0; i < 2; i++ {
+		pgtest.EventuallyTrue(t, 5*time.Second, "busy takes a slot", func() bool { return busy.Take(u) })
+	}
+	// Still Wanting a third (the fleet is full), then not any more: the
+	// stale demand must not keep a slot.
+	if busy.Take(u) {
+		t.Fatal("a third slot of a budget of 2")
+	}
+	u.want.Store(false)
+
+	late := newShare(t, cl, 2, 1, "fleet-late")
+	pgtest.EventuallyTrue(t, 5*time.Second, "busy is asked to give one up", func() bool { return busy.Over() == 1 })
+	busy.Give(1) // its pool closed one as it came back
+	pgtest.EventuallyTrue(t, 5*time.Second, "the late sidecar holds its floor", func() bool { return late.Stats().Held == 1 })
+	if st := busy.Stats(); st.Held != 1 || st.Used != 1 {
+		t.Errorf("busy after giving one up: %+v, want 1 held and used", st)
+	}
+	// No more giving up once nobody starves.
+	pgtest.EventuallyTrue(t, 5*time.Second, "busy keeps its last slot", func() bool {
+		return busy.Over() == 0 && busy.Stats().Held == 1
+	})
 }

@@ -14,17 +14,17 @@ type fakeBudget struct {
 	mu         sync.Mutex
 	free, used int
 	over       int
-	wake       func()
+	user       pool.BudgetUser
 }
 
-func (b *fakeBudget) Take(wake func()) bool {
+func (b *fakeBudget) Take(u pool.BudgetUser) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.used < b.free {
 		b.used++
 		return true
 	}
-	b.wake = wake
+	b.user = u
 	return false
 }
 
@@ -44,11 +44,11 @@ func (b *fakeBudget) Over() int {
 func (b *fakeBudget) grant() {
 	b.mu.Lock()
 	b.free++
-	w := b.wake
-	b.wake = nil
+	u := b.user
+	b.user = nil
 	b.mu.Unlock()
-	if w != nil {
-		w()
+	if u != nil {
+		u.Wake()
 	}
 }
 
@@ -72,6 +72,12 @@ func TestBudget(t *testing.T) {
 	acquireAsync(p, ctxFor(t, 10*time.Second), 2, ch)
 	pgtest.EventuallyTrue(t, 2*time.Second, "the second Acquire to queue", func() bool { return p.Stats().Waiting == 1 })
 	noRecv(t, ch, 50*time.Millisecond)
+	bud.mu.Lock()
+	u := bud.user
+	bud.mu.Unlock()
+	if u == nil || !u.Wanting() {
+		t.Fatal("the refused pool is not Wanting")
+	}
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("%d dials with one slot, want 1", n)
 	}
@@ -85,6 +91,9 @@ func TestBudget(t *testing.T) {
 	}
 	if used, _ := bud.state(); used != 2 || f.calls.Load() != 2 {
 		t.Fatalf("after the grant: %d slots used, %d dials; want 2, 2", used, f.calls.Load())
+	}
+	if u.Wanting() {
+		t.Error("Wanting with no client waiting")
 	}
 
 	// Over: the released backend is closed and its slot given back.

@@ -51,7 +51,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Budget, when set, must grant a slot for every backend the pool opens,
 	// beyond Size (a fleet-wide connection budget: internal/fleet). nil: no
-	// budget. Reconfigure keeps the pool's budget.
+	// budget. New takes it for the pool's life; Reconfigure ignores it.
 	Budget Budget
 }
 
@@ -60,9 +60,10 @@ type Config struct {
 // or call into the pool (wake runs later, on another goroutine).
 type Budget interface {
 	// Take reserves a slot for one more backend. When none is free it
-	// returns false and calls wake once a slot may be (the pool then asks
-	// again for the clients still waiting).
-	Take(wake func()) bool
+	// returns false, keeps u, and calls u.Wake once a slot may be (the pool
+	// then asks again for the clients still waiting); it may ask u.Wanting
+	// meanwhile whether the pool still wants one.
+	Take(u BudgetUser) bool
 	// Give returns n slots: backends closed, dials that failed.
 	Give(n int)
 	// Over is how many of the backends the pool has are beyond its slots
@@ -70,6 +71,30 @@ type Budget interface {
 	// released, or when idle, until it is 0. Called at every release, so it
 	// must cost no more than an atomic load.
 	Over() int
+}
+
+// BudgetUser is the pool as its Budget sees it. Its methods take the pool's
+// lock: the budget calls them without holding a lock Take, Give or Over
+// take.
+type BudgetUser interface {
+	// Wake makes the pool open backends for its waiting clients again, as
+	// far as the budget grants slots.
+	Wake()
+	// Wanting reports whether the pool would open a backend now for a
+	// waiting client, had it a slot.
+	Wanting() bool
+}
+
+// budgetUser is a pool's BudgetUser.
+type budgetUser struct{ p *Pool }
+
+func (u *budgetUser) Wake() { u.p.budgetWoke() }
+
+func (u *budgetUser) Wanting() bool {
+	p := u.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.closed && p.nwait > p.dialing-p.staleDials && p.open < p.cfg.Size
 }
 
 // Stats is a snapshot of a pool's figures.
@@ -284,6 +309,9 @@ type Pool struct {
 	// log is cfg.Logger, readable without the lock.
 	log atomic.Pointer[slog.Logger]
 
+	budget Budget      // cfg.Budget, New's for the pool's life (read without mu)
+	bu     *budgetUser // what budget sees of the pool
+
 	mu sync.Mutex
 	// cfg may change under mu (Reconfigure): read it under mu only; a dial takes
 	// its Dial and ConnectTimeout when it starts.
@@ -331,6 +359,7 @@ func New(cfg Config) *Pool {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
 	p := &Pool{cfg: cfg, done: make(chan struct{}), retired: make(chan struct{}), bo: &backoff{}}
+	p.bu, p.budget = &budgetUser{p}, cfg.Budget
 	p.log.Store(cfg.Logger)
 	p.expiry.fn, p.retry.fn = p.expire, p.retryDial
 	p.wg.Add(1)
@@ -664,15 +693,15 @@ func (p *Pool) handLocked(r result) bool {
 // the route's back-off allows.
 func (p *Pool) dialIfNeededLocked() {
 	for p.nwait > p.dialing-p.staleDials && p.open < p.cfg.Size && !p.closed {
-		if p.cfg.Budget != nil && !p.cfg.Budget.Take(p.budgetWoke) {
+		if p.budget != nil && !p.budget.Take(p.bu) {
 			p.stats.BudgetWaits++
 			return // the budget wakes the pool when a slot may be free
 		}
 		now := time.Now()
 		ok, probe, retryAt := p.bo.permit(now)
 		if !ok {
-			if p.cfg.Budget != nil {
-				p.cfg.Budget.Give(1)
+			if p.budget != nil {
+				p.budget.Give(1)
 			}
 			if p.open == 0 {
 				// Nothing open could ever serve the waiters: tell them now.
@@ -719,14 +748,24 @@ func (p *Pool) budgetWoke() {
 // that failed) and returns their slots to the budget. p.mu is held.
 func (p *Pool) dropOpenLocked(n int) {
 	p.open -= n
-	if p.cfg.Budget != nil && n > 0 {
-		p.cfg.Budget.Give(n)
+	if p.budget != nil && n > 0 {
+		p.budget.Give(n)
 	}
+}
+
+// OverBudget reports whether the pool has backends beyond its Budget's
+// slots: a backend released now is to be closed (Release does), not handed
+// to a waiting client.
+func (p *Pool) OverBudget() bool {
+	if p.budget == nil {
+		return false
+	}
+	return p.budget.Over() > 0
 }
 
 // overBudgetLocked reports whether the pool has backends beyond its budget's
 // slots. p.mu is held.
-func (p *Pool) overBudgetLocked() bool { return p.cfg.Budget != nil && p.cfg.Budget.Over() > 0 }
+func (p *Pool) overBudgetLocked() bool { return p.budget != nil && p.budget.Over() > 0 }
 
 // retryDial runs dialIfNeededLocked again when the back-off ends (p.retry,
 // armed by dialIfNeededLocked): waiters kept waiting by it while backends are
@@ -939,7 +978,6 @@ func (p *Pool) Reconfigure(cfg Config, retire bool) {
 		p.log.Store(cfg.Logger)
 	}
 	p.mu.Lock()
-	cfg.Budget = p.cfg.Budget // the pool's for its life
 	if cfg.Dial == nil {
 		cfg.Dial = p.cfg.Dial
 	}
@@ -1029,9 +1067,11 @@ func (p *Pool) ready() error {
 	}
 	var err error
 	if p.open-p.dialing == 0 {
-		if p.dialing == p.staleDials && p.open < p.cfg.Size {
+		if p.dialing == p.staleDials && p.open < p.cfg.Size && (p.budget == nil || p.budget.Take(p.bu)) {
 			if ok, probe, _ := p.bo.permit(now); ok {
 				p.startDialLocked(probe)
+			} else if p.budget != nil {
+				p.budget.Give(1)
 			}
 		}
 		err = p.bo.readyErr()
@@ -1136,10 +1176,10 @@ func (p *Pool) reap(now time.Time) {
 	doomed := p.dropIdleLocked(func(b *Backend) bool {
 		return b.expired(now) || (p.cfg.IdleTimeout > 0 && now.Sub(b.idleSince) > p.cfg.IdleTimeout)
 	})
-	if p.cfg.Budget != nil {
+	if p.budget != nil {
 		// Beyond the budget's slots (its coordination was lost): the least
 		// recently used idle backends go.
-		over := p.cfg.Budget.Over()
+		over := p.budget.Over()
 		extra := p.dropIdleLocked(func(*Backend) bool {
 			over--
 			return over >= 0

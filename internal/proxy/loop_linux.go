@@ -141,7 +141,7 @@ func (d *loopDriver) settle() {
 func (d *loopDriver) place(be *pool.Backend) {
 	p := be.Pool()
 	lb := d.loopBackendOf(be)
-	if q := d.waiting[p]; q != nil {
+	if q := d.waiting[p]; q != nil && !p.OverBudget() { // over the fleet budget: Release closes it
 		for next := q.head; next != nil; next = q.head {
 			d.dequeue(next)
 			if p.HandOver(&next.wait.w, be) {
