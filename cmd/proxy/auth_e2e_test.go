@@ -116,6 +116,11 @@ func TestClientAuthBinary(t *testing.T) {
 	if failed := p.matching(`"msg":"client authentication failed"`); len(failed) == 0 {
 		t.Error("failed logins are not logged")
 	}
+	// Without --fleet-budget there is no coordination connection (issue 15, point 4).
+	var coord int
+	if err := admin.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsidecar fleet'").Scan(&coord); err != nil || coord != 0 {
+		t.Errorf("coordination connections without --fleet-budget: %d, %v; want 0", coord, err)
+	}
 
 	// A client leaves a transaction open after a statement with a literal:
 	// a leak suspect, in the log, SHOW LEAKS and the status page.
