@@ -1026,7 +1026,11 @@ func TestFleetBudgetRecovery(t *testing.T) {
 	coordUp := make([]time.Duration, len(pods))
 	servedAt := make([]time.Duration, len(pods))
 	clientsAt := make([]time.Duration, len(pods))
-	fleetE2EPoll(t, 20*time.Second, "every pod recovers", func() error {
+	// Recovery is asserted, not its speed: it takes 0.3-2.3 s, but once in
+	// about 25 runs under -race an idle pod's client waited ~20 s for its
+	// first server connection after the restart (its slot held, none used;
+	// not explained yet: see the issue 15 note), so the bound is loose.
+	fleetE2EPoll(t, 45*time.Second, "every pod recovers", func() error {
 		st := fleetE2EAllStats(pods)
 		d := time.Since(startAt)
 		var missing []string
