@@ -456,24 +456,32 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		obs = metrics.NewObserver(cfg.MaxApplicationLabels, cfg.MetricsCompat == config.MetricsCompatPgBouncer)
 		observer = obs
 	}
-	opts := serverOptions(cfg)
-	opts.Observer, opts.Logger = observer, log
-	if fleets != nil {
-		opts.Fleet = fleets.status
-	}
 	// The key of the fake exchanges of unknown roles: the same answers for a
 	// name while the process lives, unpredictable to clients.
 	mockKey := make([]byte, 32)
 	if _, err := rand.Read(mockKey); err != nil {
 		return fmt.Errorf("random key: %w", err)
 	}
-	var err error
-	if opts.Auth, opts.Routes, err = clientAuth(cfg, upstream, mockKey, aq, logins); err != nil {
+	// proxyOptions is what the server takes from a configuration, at start
+	// and at every reload: its settings, client authentication and routes,
+	// client TLS, and SHOW FLEET's source.
+	proxyOptions := func(c config.Config, up *pgconn.Config) (proxy.Options, error) {
+		o := serverOptions(c)
+		if fleets != nil {
+			o.Fleet = fleets.status
+		}
+		var err error
+		if o.Auth, o.Routes, err = clientAuth(c, up, mockKey, aq, logins); err != nil {
+			return o, err
+		}
+		o.TLS, err = clientTLS(c)
+		return o, err
+	}
+	opts, err := proxyOptions(cfg, upstream)
+	if err != nil {
 		return err
 	}
-	if opts.TLS, err = clientTLS(cfg); err != nil {
-		return err
-	}
+	opts.Observer, opts.Logger = observer, log
 	if !dev {
 		opts.Reload = func() (string, error) {
 			res := rl.Reload("RELOAD")
@@ -515,18 +523,12 @@ func serve(ctx context.Context, rl *reload.Reloader, upstream *pgconn.Config, lo
 		}, nil
 	}})
 	rl.Register(reload.Component{Name: "proxy", Prepare: func(prev, next config.Loaded) (func(), error) {
-		o := serverOptions(next.Config)
-		if fleets != nil {
-			o.Fleet = fleets.status
-		}
 		nu, err := parseUpstream(next.Config)
 		if err != nil {
 			return nil, err
 		}
-		if o.Auth, o.Routes, err = clientAuth(next.Config, nu, mockKey, aq, logins); err != nil {
-			return nil, err
-		}
-		if o.TLS, err = clientTLS(next.Config); err != nil {
+		o, err := proxyOptions(next.Config, nu)
+		if err != nil {
 			return nil, err
 		}
 		return func() { srv.Reconfigure(o) }, nil
