@@ -755,17 +755,8 @@ func (p *Pool) dropOpenLocked(n int) {
 
 // OverBudget reports whether the pool has backends beyond its Budget's
 // slots: a backend released now is to be closed (Release does), not handed
-// to a waiting client.
-func (p *Pool) OverBudget() bool {
-	if p.budget == nil {
-		return false
-	}
-	return p.budget.Over() > 0
-}
-
-// overBudgetLocked reports whether the pool has backends beyond its budget's
-// slots. p.mu is held.
-func (p *Pool) overBudgetLocked() bool { return p.budget != nil && p.budget.Over() > 0 }
+// to a waiting client. It needs no lock (budget is New's).
+func (p *Pool) OverBudget() bool { return p.budget != nil && p.budget.Over() > 0 }
 
 // retryDial runs dialIfNeededLocked again when the back-off ends (p.retry,
 // armed by dialIfNeededLocked): waiters kept waiting by it while backends are
@@ -916,7 +907,7 @@ func (p *Pool) Release(b *Backend) {
 		_ = b.Close()
 		return
 	}
-	if p.overBudgetLocked() {
+	if p.OverBudget() {
 		p.dropOpenLocked(1)
 		p.stats.Closed++
 		p.stats.BudgetClosed++

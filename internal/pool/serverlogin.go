@@ -86,7 +86,10 @@ func loginWith(conn net.Conn, cfg *pgconn.Config, l auth.ServerLogin) ([]byte, e
 		case 'E':
 			return withBuffered(append(replay, msg...), r), nil
 		case 'v':
-			replay = append(replay, msg...)
+			if len(replay) > 0 {
+				return nil, errors.New("server login: a second NegotiateProtocolVersion")
+			}
+			replay = msg // pgconn handles it as after its own startup packet
 			continue
 		case 'R':
 		default:
