@@ -25,79 +25,77 @@ type PEM struct {
 	ClientCert, ClientKey []byte
 }
 
-// New returns a fresh authority and server certificate, valid for ten
-// years from an hour ago.
+// New returns a fresh authority, and a server and a client certificate it
+// signs, valid for ten years from an hour ago.
 func New() (PEM, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	template := func(serial int64, cn string) *x509.Certificate {
+		return &x509.Certificate{
+			SerialNumber: big.NewInt(serial),
+			Subject:      pkix.Name{CommonName: cn},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+		}
+	}
+	ca := template(1, "pgsidecar test CA")
+	ca.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	ca.BasicConstraintsValid, ca.IsCA = true, true
+	caIss, err := issue(ca, nil)
 	if err != nil {
 		return PEM{}, err
 	}
+	server := template(2, "localhost")
+	server.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	server.DNSNames = []string{"localhost"}
+	server.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	serverIss, err := issue(server, caIss)
+	if err != nil {
+		return PEM{}, err
+	}
+	client := template(3, "postgres")
+	client.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	clientIss, err := issue(client, caIss)
+	if err != nil {
+		return PEM{}, err
+	}
+	return PEM{CA: caIss.certPEM, Cert: serverIss.certPEM, Key: serverIss.keyPEM,
+		ClientCert: clientIss.certPEM, ClientKey: clientIss.keyPEM}, nil
+}
+
+// issued is a certificate made by issue, with its key.
+type issued struct {
+	cert            *x509.Certificate
+	key             *ecdsa.PrivateKey
+	certPEM, keyPEM []byte
+}
+
+// issue makes a P-256 key and the certificate of tmpl for it, signed by
+// parent (self-signed when parent is nil).
+func issue(tmpl *x509.Certificate, parent *issued) (*issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return PEM{}, err
+		return nil, err
 	}
-	now := time.Now()
-	ca := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pgsidecar test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
+	signer, signerKey := tmpl, key
+	if parent != nil {
+		signer, signerKey = parent.cert, parent.key
 	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
 	if err != nil {
-		return PEM{}, err
+		return nil, err
 	}
-	if ca, err = x509.ParseCertificate(caDER); err != nil {
-		return PEM{}, err
-	}
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return PEM{}, err
+		return nil, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return PEM{}, err
+		return nil, err
 	}
-	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return PEM{}, err
-	}
-	client := &x509.Certificate{
-		SerialNumber: big.NewInt(3),
-		Subject:      pkix.Name{CommonName: "postgres"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	cder, err := x509.CreateCertificate(rand.Reader, client, ca, &ckey.PublicKey, caKey)
-	if err != nil {
-		return PEM{}, err
-	}
-	ckeyDER, err := x509.MarshalPKCS8PrivateKey(ckey)
-	if err != nil {
-		return PEM{}, err
-	}
-	return PEM{
-		CA:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		Cert:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		Key:        pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		ClientCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}),
-		ClientKey:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ckeyDER}),
-	}, nil
+	return &issued{cert: cert, key: key,
+		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})}, nil
 }
 
 // WriteFiles writes the PEM files into dir as ca.crt, server.crt,
