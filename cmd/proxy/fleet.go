@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -69,23 +71,19 @@ func (f *fleetShares) get(k pool.Key) *fleet.Share {
 	return s
 }
 
-// each calls fn with every route's share, in route order.
+// each calls fn with every route's share, in route order, outside the lock.
 func (f *fleetShares) each(fn func(pool.Key, *fleet.Share)) {
 	f.mu.Lock()
-	keys := make([]pool.Key, 0, len(f.m))
-	for k := range f.m {
-		keys = append(keys, k)
-	}
-	shares := make(map[pool.Key]*fleet.Share, len(f.m))
-	for k, s := range f.m {
-		shares[k] = s
+	keys := slices.SortedFunc(maps.Keys(f.m), func(a, b pool.Key) int {
+		return cmp.Or(cmp.Compare(a.Database, b.Database), cmp.Compare(a.User, b.User))
+	})
+	shares := make([]*fleet.Share, len(keys))
+	for i, k := range keys {
+		shares[i] = f.m[k]
 	}
 	f.mu.Unlock()
-	sort.Slice(keys, func(i, j int) bool {
-		return keys[i].Database < keys[j].Database || keys[i].Database == keys[j].Database && keys[i].User < keys[j].User
-	})
-	for _, k := range keys {
-		fn(k, shares[k])
+	for i, k := range keys {
+		fn(k, shares[i])
 	}
 }
 
