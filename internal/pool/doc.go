@@ -20,6 +20,11 @@
 // drive a TLS server connection too: Backend.Unpoll switches its transport to
 // the loop and Backend.Codec is what the loop decodes and encodes it with.
 //
+// Config.Budget, when set, gates every dial on a slot of a budget shared
+// beyond the pool (the fleet-wide connection budget, internal/fleet, which
+// implements it; the pool never imports it): Take before a dial, Give at every
+// close, and released or idle backends closed while Over is positive.
+//
 // LoginWith is a pgconn AfterNetConnect hook that logs in as a role whose
 // password the proxy does not know, with what its client proved (an
 // auth.ServerLogin): SCRAM-SHA-256 from the client's ClientKey, or MD5 from
